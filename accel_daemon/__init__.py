@@ -1,0 +1,1 @@
+"""accel-daemon: accelerated, privileged image conversion and compression."""

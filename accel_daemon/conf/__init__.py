@@ -1,0 +1,47 @@
+"""All of accel-daemon's configuration options live in this package.
+
+``register_opts(conf)`` registers every group; ``settings(conf)`` turns the
+values into the plain ``engine.settings.Settings`` the engine takes.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+from accel_daemon.conf import accel
+from accel_daemon.conf import compression
+from accel_daemon.conf import qemu_img
+from accel_daemon.engine.settings import Settings
+
+CONF = cfg.CONF
+
+_MODULES = (accel, compression, qemu_img)
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    for module in _MODULES:
+        module.register_opts(conf)
+
+
+def settings(conf: cfg.ConfigOpts) -> Settings:
+    a, c, q = conf.accel_daemon, conf.compression, conf.qemu_img
+    return Settings(
+        allowed_dirs=tuple(a.allowed_dirs),
+        allowed_block_devices=tuple(a.allowed_block_devices),
+        filters_path=tuple(a.filters_path),
+        exec_dirs=tuple(a.exec_dirs),
+        output_file_mode=int(a.output_file_mode, 8),
+        drivers=tuple(c.drivers),
+        allow_software_fallback=c.allow_software_fallback,
+        compression_level=c.level,
+        compression_threads=c.threads or Settings.compression_threads,
+        chunk_size=c.chunk_size_mib * 1024 * 1024,
+        max_decompressed_bytes=c.max_decompressed_gib * 1024 ** 3,
+        sysfs_root=c.sysfs_root,
+        info_cpu_seconds=q.info_cpu_seconds,
+        info_address_space=q.info_address_space_mib * 1024 * 1024,
+        convert_coroutines=q.convert_coroutines,
+    )
+
+
+register_opts(CONF)

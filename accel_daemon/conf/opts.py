@@ -1,0 +1,12 @@
+"""Entry point for oslo-config-generator (``oslo.config.opts``)."""
+
+from accel_daemon.conf import accel
+from accel_daemon.conf import compression
+from accel_daemon.conf import qemu_img
+
+
+def list_opts():
+    result = []
+    for module in (accel, compression, qemu_img):
+        result.extend(module.list_opts().items())
+    return result

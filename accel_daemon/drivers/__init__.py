@@ -1,0 +1,1 @@
+"""Compression drivers, loaded with stevedore from ``accel_daemon.compressors``."""

@@ -1,0 +1,39 @@
+"""Plain settings handed to the engine (built from oslo.config elsewhere)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+DEFAULT_DRIVERS = ('qat', 'isal', 'igzip', 'pigz', 'gzip')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Directories every input and output must resolve under.
+    allowed_dirs: tuple[str, ...] = ('/var/lib/accel-daemon',)
+    # fnmatch patterns of block devices that may be read or written.
+    allowed_block_devices: tuple[str, ...] = ()
+    # Directories holding oslo.rootwrap-style filter files.
+    filters_path: tuple[str, ...] = ('/etc/accel-daemon/rootwrap.d',)
+    # Where executables are looked up (like rootwrap's exec_dirs).
+    exec_dirs: tuple[str, ...] = ('/usr/local/bin', '/usr/bin', '/bin',
+                                  '/usr/sbin', '/sbin')
+    # Compression drivers in order of preference; the first available wins.
+    drivers: tuple[str, ...] = DEFAULT_DRIVERS
+    # Whether a software driver may be used when no hardware one is found.
+    allow_software_fallback: bool = True
+    compression_level: int = 1
+    compression_threads: int = max(1, os.cpu_count() or 1)
+    chunk_size: int = 4 * 1024 * 1024
+    # Decompressed output may never exceed this many bytes.
+    max_decompressed_bytes: int = 2 * 1024 ** 4
+    # Limits for "qemu-img info" on untrusted input.
+    info_cpu_seconds: int = 30
+    info_address_space: int = 1024 ** 3
+    # qemu-img convert -m (parallel coroutines).
+    convert_coroutines: int = 16
+    # Root of sysfs (tests point this at a fake tree).
+    sysfs_root: str = '/sys'
+    # Mode of every file accel-daemon creates.
+    output_file_mode: int = 0o640

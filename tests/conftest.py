@@ -1,0 +1,23 @@
+import shutil
+
+import pytest
+
+from tests import envfixture
+
+
+@pytest.fixture
+def env(tmp_path):
+    return envfixture.make_env(tmp_path)
+
+
+def have(tool):
+    return shutil.which(tool) is not None
+
+
+def pytest_configure(config):
+    for name, text in (
+            ('functional', 'uses real external tools'),
+            ('rpc', 'uses the real RabbitMQ broker'),
+            ('privsep', 'starts a real privsep daemon'),
+            ('slow', 'takes more than a few seconds')):
+        config.addinivalue_line('markers', '%s: %s' % (name, text))
