@@ -19,6 +19,7 @@ Kinds and their parameters (``None`` means optional):
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -72,14 +73,20 @@ class Engine:
             self._running[task_id] = progress
         started = time.monotonic()
         try:
-            result = getattr(self, '_' + kind)(progress, **params)
-        except TypeError as e:
-            raise exception.InvalidRequest(reason=str(e))
+            result = self._call(kind, progress, params)
         finally:
             with self._lock:
                 self._running.pop(task_id, None)
         result.setdefault('wall_seconds', time.monotonic() - started)
         return result
+
+    def _call(self, kind: str, progress: Progress, params: dict) -> dict:
+        method = getattr(self, '_' + kind)
+        try:
+            inspect.signature(method).bind(progress, **params)
+        except TypeError as e:
+            raise exception.InvalidRequest(reason='%s: %s' % (kind, e))
+        return method(progress, **params)
 
     def capabilities(self) -> dict:
         raise NotImplementedError
