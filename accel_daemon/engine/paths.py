@@ -80,8 +80,6 @@ def check_output(path: str, allowed_dirs: Iterable[str],
     _basic_checks(path)
     if allowed_block_device(path, block_patterns):
         return os.path.realpath(path)
-    if os.path.lexists(path):
-        raise exception.OutputExists(path=path)
     parent = os.path.dirname(path)
     real_parent = os.path.realpath(parent)
     if not _under(real_parent, allowed_dirs):
@@ -92,6 +90,8 @@ def check_output(path: str, allowed_dirs: Iterable[str],
     if not os.path.isdir(real_parent):
         raise exception.PathNotAllowed(path=path,
                                        reason='parent is not a directory')
+    if os.path.lexists(path):
+        raise exception.OutputExists(path=path)
     return os.path.join(real_parent, os.path.basename(path))
 
 
