@@ -69,3 +69,34 @@ class Progress:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return {'done': self._done, 'total': self._total}
+
+
+class Phase(Progress):
+    """One step of a multi-step operation, reporting into its parent.
+
+    The step keeps its own done/total; the parent sees ``start`` plus the
+    step's fraction of ``span``.
+    Cancellation is the parent's, so cancelling the task stops every step.
+    """
+
+    def __init__(self, parent: Progress, start: int, span: int) -> None:
+        super().__init__(total=span)
+        self._parent = parent
+        self._start = start
+        self._span = span
+        self._cancelled = parent._cancelled
+
+    def _publish(self) -> None:
+        self._parent.set_done(self._start + int(self._span * self.fraction))
+
+    def add(self, nbytes: int) -> None:
+        super().add(nbytes)
+        self._publish()
+
+    def set_done(self, nbytes: int) -> None:
+        super().set_done(nbytes)
+        self._publish()
+
+    def set_fraction(self, fraction: float) -> None:
+        super().set_fraction(fraction)
+        self._publish()

@@ -7,6 +7,7 @@ import pytest
 from accel_daemon import exception
 from accel_daemon.engine import filters
 from accel_daemon.engine import process
+from accel_daemon.engine.progress import Phase
 from accel_daemon.engine.progress import Progress
 
 FILTERS = """
@@ -113,3 +114,18 @@ def test_progress_fraction_and_snapshot():
     p.cancel()
     with pytest.raises(exception.Cancelled):
         p.check()
+
+
+def test_phase_maps_into_parent_and_shares_cancel():
+    parent = Progress(total=300)
+    first = Phase(parent, 0, 100)
+    first.set_total(50)          # the step learns its own size
+    first.add(25)
+    assert parent.done == 50
+    second = Phase(parent, 100, 200)
+    second.set_total(10)
+    second.set_fraction(0.5)
+    assert parent.done == 200
+    parent.cancel()
+    with pytest.raises(exception.Cancelled):
+        second.check()
