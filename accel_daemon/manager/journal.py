@@ -1,0 +1,160 @@
+"""The task journal: one sqlite file in the state directory.
+
+The journal is what lets a restart of the daemon "never lose a task
+silently": every task is written when it is queued, when it starts and when
+it ends, so finished tasks stay queryable and in-flight ones can be found and
+reported after a crash (``TaskManager.recover``).
+
+Threads: one connection shared by the manager's workers and the RPC threads,
+serialised by a lock (``check_same_thread=False``).  Writes are tiny and
+rare compared with the image work, so one lock costs nothing measurable and
+avoids sqlite's "database is locked" retries between our own connections.
+WAL keeps readers from blocking the writer if an operator opens the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+FINAL_STATES = ('succeeded', 'failed', 'cancelled')
+ACTIVE_STATES = ('queued', 'running')
+_SCHEMA_VERSION = 1
+_JSON_COLUMNS = ('params', 'progress', 'result', 'error')
+_COLUMNS = ('id', 'kind', 'state', 'params', 'progress', 'result', 'error',
+            'created_at', 'started_at', 'finished_at')
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    params TEXT NOT NULL,
+    progress TEXT,
+    result TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
+"""
+
+
+class JournalClosed(RuntimeError):
+    """The journal was used after ``close()`` (a worker outlived stop())."""
+
+
+class Journal:
+    """Task dicts stored by id; see ``TaskManager`` for the dict layout."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        _create_private(path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None)
+        with self._lock:
+            self._setup()
+
+    def _setup(self) -> None:
+        db = self._conn()
+        db.execute('PRAGMA journal_mode=WAL')
+        # NORMAL in WAL mode may lose the last commits on power loss, never
+        # corrupt the file; a lost "succeeded" row shows as TaskInterrupted.
+        db.execute('PRAGMA synchronous=NORMAL')
+        db.executescript(_SCHEMA)
+        db.execute('PRAGMA user_version=%d' % _SCHEMA_VERSION)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise JournalClosed(self.path)
+        return self._db
+
+    # -- writes ------------------------------------------------------------
+    def save(self, task: dict[str, Any]) -> None:
+        """Insert or replace one task."""
+        row = _to_row(task)
+        sql = 'INSERT OR REPLACE INTO tasks (%s) VALUES (%s)' % (
+            ', '.join(_COLUMNS), ', '.join('?' * len(_COLUMNS)))
+        with self._lock:
+            self._conn().execute(sql, row)
+
+    def prune(self, finished_before: float, keep: int) -> int:
+        """Delete finished tasks that ended before ``finished_before``, then
+        the oldest finished ones beyond the newest ``keep``.  Returns the
+        number of rows deleted; queued and running tasks are never pruned."""
+        marks = ', '.join('?' * len(FINAL_STATES))
+        with self._lock:
+            db = self._conn()
+            old = db.execute(
+                'DELETE FROM tasks WHERE state IN (%s) AND finished_at < ?'
+                % marks, (*FINAL_STATES, finished_before)).rowcount
+            extra = db.execute(
+                'DELETE FROM tasks WHERE id IN (SELECT id FROM tasks '
+                'WHERE state IN (%s) ORDER BY finished_at DESC '
+                'LIMIT -1 OFFSET ?)' % marks,
+                (*FINAL_STATES, max(0, keep))).rowcount
+        return old + extra
+
+    # -- reads -------------------------------------------------------------
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        rows = self._select('WHERE id = ?', (task_id,))
+        return rows[0] if rows else None
+
+    def list(self, state: str | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first."""
+        where, args = ('WHERE state = ?', (state,)) if state else ('', ())
+        return self._select(where + ' ORDER BY created_at DESC LIMIT ?',
+                            (*args, limit))
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Queued and running tasks, oldest first."""
+        return self._select('WHERE state IN (?, ?) ORDER BY created_at',
+                            ACTIVE_STATES)
+
+    def _select(self, tail: str, args: tuple) -> list[dict[str, Any]]:
+        sql = 'SELECT %s FROM tasks %s' % (', '.join(_COLUMNS), tail)
+        with self._lock:
+            rows = self._conn().execute(sql, args).fetchall()
+        return [_from_row(r) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+def _create_private(path: str) -> None:
+    """Create the state directory (0700) and the file (0600) ourselves:
+    task params name volumes and images, which other local users should not
+    read.  sqlite gives the -wal and -shm files the same mode as the main
+    file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700,
+                exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _to_row(task: dict[str, Any]) -> tuple:
+    return tuple(json.dumps(task.get(c)) if c in _JSON_COLUMNS
+                 else task.get(c) for c in _COLUMNS)
+
+
+def _from_row(row: tuple) -> dict[str, Any]:
+    task = dict(zip(_COLUMNS, row))
+    for col in _JSON_COLUMNS:
+        task[col] = json.loads(task[col]) if task[col] is not None else None
+    return task
