@@ -135,3 +135,16 @@ class TaskNotFound(AccelError):
 
 class ServiceUnavailable(AccelError):
     msg_fmt = "accel-daemon is not reachable: %(reason)s"
+
+
+class TaskInterrupted(AccelError):
+    msg_fmt = ("Task %(task_id)s was interrupted by a stop or crash of "
+               "accel-daemon; partial outputs were removed")
+
+
+class QueueFull(AccelError):
+    msg_fmt = "Too many tasks are queued (limit %(limit)d); retry later"
+
+
+class InternalError(AccelError):
+    msg_fmt = "Internal error in accel-daemon: %(reason)s"
