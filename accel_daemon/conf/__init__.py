@@ -10,12 +10,13 @@ from oslo_config import cfg
 
 from accel_daemon.conf import accel
 from accel_daemon.conf import compression
+from accel_daemon.conf import manager
 from accel_daemon.conf import qemu_img
 from accel_daemon.engine.settings import Settings
 
 CONF = cfg.CONF
 
-_MODULES = (accel, compression, qemu_img)
+_MODULES = (accel, compression, qemu_img, manager)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

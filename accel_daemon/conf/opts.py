@@ -2,11 +2,12 @@
 
 from accel_daemon.conf import accel
 from accel_daemon.conf import compression
+from accel_daemon.conf import manager
 from accel_daemon.conf import qemu_img
 
 
 def list_opts():
     result = []
-    for module in (accel, compression, qemu_img):
+    for module in (accel, compression, qemu_img, manager):
         result.extend(module.list_opts().items())
     return result
