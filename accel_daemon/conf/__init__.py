@@ -12,11 +12,12 @@ from accel_daemon.conf import accel
 from accel_daemon.conf import compression
 from accel_daemon.conf import manager
 from accel_daemon.conf import qemu_img
+from accel_daemon.conf import rpc
 from accel_daemon.engine.settings import Settings
 
 CONF = cfg.CONF
 
-_MODULES = (accel, compression, qemu_img, manager)
+_MODULES = (accel, compression, qemu_img, manager, rpc)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

@@ -4,10 +4,11 @@ from accel_daemon.conf import accel
 from accel_daemon.conf import compression
 from accel_daemon.conf import manager
 from accel_daemon.conf import qemu_img
+from accel_daemon.conf import rpc
 
 
 def list_opts():
     result = []
-    for module in (accel, compression, qemu_img, manager):
+    for module in (accel, compression, qemu_img, manager, rpc):
         result.extend(module.list_opts().items())
     return result

@@ -1,0 +1,73 @@
+"""RPC options: the daemon's server side and the client library's side.
+
+oslo.messaging registers its own options (transport_url, control_exchange,
+rpc_response_timeout...) on whatever ``ConfigOpts`` it is handed; only our
+own options live here.  The client group is registered on the *caller's*
+configuration (cinder's or nova's) by ``accel_daemon.client``.
+"""
+
+import socket
+
+from oslo_config import cfg
+
+SERVER_GROUP = cfg.OptGroup('accel_daemon_rpc',
+                            title='accel-daemon RPC server')
+CLIENT_GROUP = cfg.OptGroup('accel_daemon_client',
+                            title='accel-daemon client library')
+
+DEFAULT_TOPIC = 'accel_daemon'
+
+SERVER_OPTS = [
+    cfg.StrOpt('host', default=socket.gethostname(),
+               sample_default='<this host name>',
+               help='Name this daemon listens as (the RPC server name). '
+                    'Clients address it with the same value in '
+                    '[accel_daemon_client] host. Defaults to the machine '
+                    'host name.'),
+    cfg.StrOpt('topic', default=DEFAULT_TOPIC,
+               help='RPC topic the daemon listens on. Change it only to run '
+                    'several independent daemons against one broker.'),
+    cfg.FloatOpt('max_task_wait', default=10.0, min=0.0, max=300.0,
+                 help='Longest time, in seconds, one task_wait call blocks '
+                      'inside the daemon. Clients wait longer by calling '
+                      'again; keep this well below the clients\' RPC '
+                      'timeout ([accel_daemon_client] timeout).'),
+    cfg.IntOpt('shutdown_timeout', default=30, min=0,
+               help='Seconds SIGTERM waits for running tasks before they '
+                    'are cancelled.'),
+]
+
+CLIENT_OPTS = [
+    cfg.StrOpt('host',
+               help='Host name of the accel-daemon to call (its '
+                    '[accel_daemon_rpc] host). Unset means this machine\'s '
+                    'host name, which is right when the daemon runs beside '
+                    'the service.'),
+    cfg.StrOpt('topic', default=DEFAULT_TOPIC,
+               help='RPC topic of the daemon ([accel_daemon_rpc] topic).'),
+    cfg.IntOpt('timeout', default=60, min=1,
+               help='Seconds to wait for the daemon to answer one RPC call '
+                    '(not for a task to finish: tasks are waited for with '
+                    'repeated short calls). A daemon that does not answer '
+                    'in time raises ServiceUnavailable.'),
+    cfg.FloatOpt('wait_interval', default=5.0, min=0.1, max=300.0,
+                 help='Seconds each task_wait call asks the daemon to block '
+                      'while a task handle waits. Smaller values notice a '
+                      'caller-side deadline sooner; larger ones make fewer '
+                      'calls.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(SERVER_GROUP)
+    conf.register_opts(SERVER_OPTS, group=SERVER_GROUP)
+    register_client_opts(conf)
+
+
+def register_client_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(CLIENT_GROUP)
+    conf.register_opts(CLIENT_OPTS, group=CLIENT_GROUP)
+
+
+def list_opts():
+    return {SERVER_GROUP: SERVER_OPTS, CLIENT_GROUP: CLIENT_OPTS}
