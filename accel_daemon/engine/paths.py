@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterable
@@ -179,6 +180,30 @@ class AtomicOutput:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.committed:
             self.discard()
+
+
+def check_output_dir(path: str, allowed_dirs: Iterable[str]) -> str:
+    """Validate where an output goes, whether or not it exists yet."""
+    _basic_checks(path)
+    real_parent = os.path.realpath(os.path.dirname(path))
+    if not _under(real_parent, allowed_dirs):
+        raise exception.PathNotAllowed(
+            path=path, reason='outside the allowed directories')
+    return os.path.join(real_parent, os.path.basename(path))
+
+
+def temp_files_for(final: str) -> list[str]:
+    """The temp files AtomicOutput may have left for ``final``."""
+    pattern = re.compile(r'%s%s\.[0-9a-f]{8}%s\Z' % (
+        re.escape(TEMP_PREFIX), re.escape(os.path.basename(final)),
+        re.escape(TEMP_SUFFIX)))
+    directory = os.path.dirname(final)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(directory, n) for n in names
+                  if pattern.match(n))
 
 
 def stray_temp_files(directory: str) -> list[str]:

@@ -136,3 +136,13 @@ def test_atomic_output_never_clobbers(allowed):
             out.commit()
     assert final.read_bytes() == b'someone else'
     assert paths.stray_temp_files(str(allowed)) == []
+
+
+def test_temp_files_for_matches_only_that_output(allowed):
+    final = str(allowed / 'a.img')
+    with paths.AtomicOutput(final):
+        with paths.AtomicOutput(str(allowed / 'a.img.x')):
+            found = paths.temp_files_for(final)
+            assert len(found) == 1
+            assert os.path.basename(found[0]).startswith('.accel-a.img.')
+    assert paths.temp_files_for(final) == []
