@@ -1,0 +1,413 @@
+"""TaskManager: a bounded pool of worker threads running backend operations.
+
+Requests become tasks at once (state ``queued``) and run first-in, first-out
+on at most ``workers`` threads.  A task dict holds only plain JSON types:
+
+    id, kind, state (queued|running|succeeded|failed|cancelled), params,
+    progress {'done', 'total'}, result dict | None,
+    error {'type', 'message', 'fields'} | None,
+    created_at, started_at, finished_at (float epoch seconds)
+
+Queued and running tasks live in memory (under one lock); every state change
+is also written to the ``Journal`` so finished tasks survive a restart, and
+tasks that were in flight when the daemon died are reported as failed with
+``TaskInterrupted`` by ``recover()`` (called by ``start()``).
+
+Plain threads, no eventlet: the daemon does not monkey-patch (DESIGN.md
+section 6) and the work happens in child processes or the privsep daemon.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from accel_daemon import exception
+from accel_daemon.engine.api import KINDS
+from accel_daemon.manager.backend import Backend
+from accel_daemon.manager.journal import ACTIVE_STATES
+from accel_daemon.manager.journal import FINAL_STATES
+from accel_daemon.manager.journal import Journal
+
+LOG = logging.getLogger(__name__)
+
+STATES = ACTIVE_STATES + FINAL_STATES
+MAX_LIST = 1000
+# A cancel can arrive after a worker took the task but before the backend
+# registered it (backend.cancel() then returns False): retry for this long.
+_CANCEL_RETRY_SECONDS = 2.0
+_CANCEL_RETRY_STEP = 0.02
+_PRUNE_INTERVAL = 60.0
+
+
+class TaskManager:
+    def __init__(self, backend: Backend, journal: Journal, workers: int = 4,
+                 max_queued: int = 0, retention_hours: float = 168.0,
+                 max_tasks_kept: int = 10000,
+                 clock: Callable[[], float] = time.time) -> None:
+        if workers < 1:
+            raise ValueError('workers must be at least 1')
+        self.backend = backend
+        self.journal = journal
+        self.workers = workers
+        self.max_queued = max_queued
+        self.retention_seconds = retention_hours * 3600.0
+        self.max_tasks_kept = max_tasks_kept
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)     # workers wait here
+        self._changed = threading.Condition(self._lock)  # wait() waits here
+        self._active: dict[str, dict[str, Any]] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._cancel_requested: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._accepting = False
+        self._stopping = False
+        self._last_prune = 0.0
+
+    @classmethod
+    def from_conf(cls, backend: Backend, conf: Any) -> TaskManager:
+        """Build from oslo.config: journal at [accel_daemon] state_dir."""
+        t = conf.tasks
+        path = os.path.join(conf.accel_daemon.state_dir, 'tasks.sqlite')
+        return cls(backend, Journal(path), workers=t.workers,
+                   max_queued=t.max_queued,
+                   retention_hours=t.task_retention_hours,
+                   max_tasks_kept=t.max_tasks_kept)
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        """Recover tasks of a previous run, prune, start the workers."""
+        self.recover()
+        self.prune()
+        with self._lock:
+            self._accepting = True
+            self._stopping = False
+        for n in range(self.workers):
+            t = threading.Thread(target=self._worker, daemon=True,
+                                 name='accel-task-worker-%d' % n)
+            t.start()
+            self._threads.append(t)
+        LOG.info('Task manager started with %d workers', self.workers)
+
+    def recover(self) -> int:
+        """Report queued/running tasks of a previous run as failed
+        (TaskInterrupted) and remove their partial outputs."""
+        count = 0
+        for task in self.journal.unfinished():
+            removed = self._discard(task)
+            err = exception.TaskInterrupted(task_id=task['id'],
+                                            removed=removed)
+            self._finish(task, 'failed', error=err.to_dict())
+            count += 1
+        if count:
+            LOG.warning('%d task(s) interrupted by the previous stop', count)
+        return count
+
+    def _discard(self, task: dict) -> list[str]:
+        dst = (task.get('params') or {}).get('dst')
+        if not dst:
+            return []
+        try:
+            return list(self.backend.discard_partial(dst))
+        except Exception:
+            LOG.exception('Could not remove partial output of %s', dst)
+            return []
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Refuse new tasks, fail queued ones (TaskInterrupted), wait up to
+        ``timeout`` for running ones, cancel the rest, close the journal.
+
+        A task still running after the grace period stays 'running' in the
+        journal and is recovered by the next start."""
+        with self._lock:
+            self._accepting = False
+            queued = [self._mark_locked(
+                self._active[i], 'failed', error=exception.TaskInterrupted(
+                    task_id=i, removed=[]).to_dict()) for i in self._queue]
+            self._queue.clear()
+        for task in queued:
+            self._commit(task)
+        if not self._wait_idle(timeout):
+            for task_id in self._running_ids():
+                self._cancel_running(task_id)
+            self._wait_idle(max(timeout, 5.0))
+        with self._lock:
+            self._stopping = True
+            self._work.notify_all()
+        for t in self._threads:
+            t.join(1.0)
+        self._threads = []
+        self.journal.close()
+        LOG.info('Task manager stopped')
+
+    def _wait_idle(self, timeout: float) -> bool:
+        with self._lock:
+            return self._changed.wait_for(lambda: not self._active, timeout)
+
+    def _running_ids(self) -> list[str]:
+        with self._lock:
+            return [i for i, t in self._active.items()
+                    if t['state'] == 'running']
+
+    # -- API ---------------------------------------------------------------
+    def submit(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        _validate(kind, params)
+        task = {'id': str(uuid.uuid4()), 'kind': kind, 'state': 'queued',
+                'params': params, 'progress': {'done': 0, 'total': 0},
+                'result': None, 'error': None, 'created_at': self._clock(),
+                'started_at': None, 'finished_at': None}
+        with self._lock:
+            if not self._accepting:
+                raise exception.ServiceUnavailable(
+                    reason='the task manager is not running')
+            if self.max_queued and len(self._queue) >= self.max_queued:
+                raise exception.QueueFull(limit=self.max_queued)
+            # Journal before the task can start, so a crash never loses it;
+            # under the lock, so the queue order is the journal order.
+            self.journal.save(task)
+            self._active[task['id']] = task
+            self._queue.append(task['id'])
+            self._work.notify()
+            LOG.info('Task %s queued: %s', task['id'], kind)
+            return _copy(task)
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        with self._lock:
+            task = self._active.get(task_id)
+            task = _copy(task) if task else None
+        if task is None:
+            task = self.journal.get(task_id)
+            if task is None:
+                raise exception.TaskNotFound(task_id=task_id)
+            return task
+        return self._with_live_progress(task)
+
+    def list(self, state: str | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+        """Tasks, newest first, optionally of one state."""
+        if state is not None and state not in STATES:
+            raise exception.InvalidRequest(reason='unknown state %r' % state)
+        if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
+            raise exception.InvalidRequest(
+                reason='limit must be an integer from 1 to %d' % MAX_LIST)
+        rows = self.journal.list(state, limit)
+        with self._lock:
+            live = {i: _copy(t) for i, t in self._active.items()}
+        return [self._with_live_progress(live[r['id']])
+                if r['id'] in live else r for r in rows]
+
+    def wait(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        """Return the task once finished or after ``timeout`` seconds,
+        whichever is first; a timeout is not an error."""
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        with self._lock:
+            if task_id in self._active:
+                self._changed.wait_for(
+                    lambda: self._active.get(task_id, {}).get('state')
+                    not in ACTIVE_STATES, timeout)
+        return self.get(task_id)
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Cancel a queued task at once, or ask the backend to stop a running
+        one and wait briefly for it to end.  Finished tasks are unchanged."""
+        final = None
+        with self._lock:
+            task = self._active.get(task_id)
+            state = task['state'] if task else None
+            if state == 'queued':
+                self._queue.remove(task_id)
+                # Marked under the same lock, so a second cancel or stop()
+                # sees it finished and never touches the queue again.
+                final = self._mark_locked(
+                    task, 'cancelled', error=exception.Cancelled().to_dict())
+            elif state == 'running':
+                self._cancel_requested.add(task_id)
+        if final is not None:
+            self._commit(final)
+        elif state == 'running':
+            self._cancel_running(task_id)
+            self.wait(task_id, _CANCEL_RETRY_SECONDS)
+        return self.get(task_id)
+
+    def prune(self) -> int:
+        now = self._clock()
+        self._last_prune = now
+        try:
+            n = self.journal.prune(now - self.retention_seconds,
+                                   self.max_tasks_kept)
+        except Exception:
+            LOG.exception('Pruning the task journal failed')
+            return 0
+        if n:
+            LOG.info('Pruned %d finished task(s) from the journal', n)
+        return n
+
+    # -- internals ---------------------------------------------------------
+    def _with_live_progress(self, task: dict) -> dict:
+        if task['state'] == 'running':
+            try:
+                live = self.backend.progress(task['id'])
+            except Exception:
+                LOG.exception('Progress of task %s unavailable', task['id'])
+                live = None
+            if live:
+                task['progress'] = {'done': int(live['done']),
+                                    'total': int(live['total'])}
+                with self._lock:
+                    if task['id'] in self._active:
+                        self._active[task['id']]['progress'] = dict(
+                            task['progress'])
+        return task
+
+    def _cancel_running(self, task_id: str) -> None:
+        """backend.cancel(), retried while the task is running but not yet
+        registered by the backend (the race described at the top)."""
+        deadline = time.monotonic() + _CANCEL_RETRY_SECONDS
+        while not self._try_cancel(task_id):
+            with self._lock:
+                if self._active.get(task_id, {}).get('state') != 'running':
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    LOG.warning('Task %s did not accept the cancel', task_id)
+                    return
+                self._changed.wait(min(left, _CANCEL_RETRY_STEP))
+
+    def _try_cancel(self, task_id: str) -> bool:
+        try:
+            return bool(self.backend.cancel(task_id))
+        except Exception:
+            LOG.exception('Cancel of task %s failed', task_id)
+            return False
+
+    def _worker(self) -> None:
+        while True:
+            task = self._next()
+            if task is None:
+                return
+            self._run(task)
+
+    def _next(self) -> dict | None:
+        with self._lock:
+            self._work.wait_for(lambda: self._queue or self._stopping)
+            if not self._queue:
+                return None
+            task = self._active[self._queue.popleft()]
+            task['state'] = 'running'
+            task['started_at'] = self._clock()
+            snapshot = _copy(task)
+            self._changed.notify_all()
+        self._save(snapshot)
+        return snapshot
+
+    def _run(self, task: dict) -> None:
+        task_id = task['id']
+        LOG.info('Task %s started: %s', task_id, task['kind'])
+        try:
+            result = self.backend.run(task_id, task['kind'], task['params'])
+        except exception.AccelError as e:
+            self._end_with_error(task, e)
+        except Exception as e:
+            # A bug, not a refusal: keep the worker alive, log the traceback
+            # and give the caller a typed error without internals.
+            LOG.exception('Task %s failed unexpectedly', task_id)
+            err = exception.InternalError(reason=type(e).__name__)
+            self._finish(task, 'failed', error=err.to_dict())
+        else:
+            self._finish(task, 'succeeded', result=_plain_result(result))
+
+    def _end_with_error(self, task: dict, err: exception.AccelError) -> None:
+        with self._lock:
+            requested = task['id'] in self._cancel_requested
+        if isinstance(err, exception.Cancelled) or requested:
+            if not isinstance(err, exception.Cancelled):
+                LOG.info('Task %s ended with %s after a cancel', task['id'],
+                         err.to_dict())
+            self._finish(task, 'cancelled',
+                         error=exception.Cancelled().to_dict())
+        else:
+            LOG.info('Task %s failed: %s', task['id'], err)
+            self._finish(task, 'failed', error=err.to_dict())
+
+    def _finish(self, task: dict, state: str, result: dict | None = None,
+                error: dict | None = None) -> None:
+        with self._lock:
+            final = self._mark_locked(task, state, result, error)
+        self._commit(final)
+
+    def _mark_locked(self, task: dict, state: str, result: dict | None = None,
+                     error: dict | None = None) -> dict:
+        """Set the final state in memory (caller holds the lock)."""
+        final = _copy(self._active.get(task['id'], task))
+        final.update(state=state, result=result, error=error,
+                     finished_at=self._clock())
+        if state == 'succeeded':
+            final['progress'] = _final_progress(final)
+        if task['id'] in self._active:
+            self._active[task['id']] = final
+        return _copy(final)
+
+    def _commit(self, final: dict) -> None:
+        """Journal a finished task, then forget it and wake waiters."""
+        task_id = final['id']
+        saved = self._save(final)
+        with self._lock:
+            if saved:
+                # Else keep answering from memory: the journal cannot.
+                self._active.pop(task_id, None)
+            self._cancel_requested.discard(task_id)
+            self._changed.notify_all()
+            due = self._clock() - self._last_prune > _PRUNE_INTERVAL
+        LOG.info('Task %s %s', task_id, final['state'])
+        if due:
+            self.prune()
+
+    def _save(self, task: dict) -> bool:
+        try:
+            self.journal.save(task)
+            return True
+        except Exception:
+            LOG.exception('Could not journal task %s', task['id'])
+            return False
+
+
+def _validate(kind: Any, params: Any) -> None:
+    if kind not in KINDS:
+        raise exception.InvalidRequest(reason='unknown operation %r' % kind)
+    if not isinstance(params, dict):
+        raise exception.InvalidRequest(reason='params must be a dict')
+    try:
+        json.dumps(params)
+    except (TypeError, ValueError):
+        raise exception.InvalidRequest(reason='params must be plain JSON')
+
+
+def _copy(task: dict) -> dict:
+    # Tasks hold only JSON types; a JSON round trip is a cheap deep copy
+    # that also guarantees callers never share our mutable state.
+    return json.loads(json.dumps(task))
+
+
+def _plain_result(result: Any) -> dict:
+    try:
+        return json.loads(json.dumps(dict(result)))
+    except (TypeError, ValueError):
+        LOG.warning('Backend result is not plain JSON: %r', result)
+        return {k: str(v) for k, v in dict(result).items()}
+
+
+def _final_progress(task: dict) -> dict[str, int]:
+    prog = dict(task.get('progress') or {'done': 0, 'total': 0})
+    size = (task.get('result') or {}).get('size')
+    if prog.get('total', 0) <= 0 and isinstance(size, int):
+        prog['total'] = size
+    prog['done'] = prog['total']
+    return prog
