@@ -1,0 +1,122 @@
+#!/bin/bash
+# Prepare this checkout for development, tests and the demo. Idempotent:
+# a second run installs nothing and takes a second or two.
+#
+#   1. the Debian packages bindep.txt lists (for the profiles in
+#      ACCEL_BINDEP_PROFILES, default "compile test"), with one
+#      `apt-get update` first, only when something is missing;
+#   2. the virtualenv .venv, built from Debian's /usr/bin/python3 (the
+#      daemon's service user cannot read a Python under /root);
+#   3. requirements.txt, test-requirements.txt and accel-daemon itself
+#      (editable) in that venv. A stamp of the dependency files skips this
+#      step when nothing changed.
+#
+# Usage: bash tools/setup.sh            (as root, or with sudo available)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${ACCEL_VENV:-$ROOT/.venv}
+PYTHON=/usr/bin/python3
+PROFILES=${ACCEL_BINDEP_PROFILES:-compile test}
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { echo "setup: $*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo -n "$@"
+    else
+        log "need root (or sudo) to run: $*"
+        return 1
+    fi
+}
+
+# Print the Debian package names bindep.txt selects for the profiles in $1.
+# bindep rules kept here: an entry restricted to other platforms is skipped;
+# an entry with profiles is taken only when one of them is selected.
+bindep_packages() {
+    local profiles=" $1 " line name spec tok platform_ok has_profile wanted
+    while IFS= read -r line; do
+        line=${line%%#*}
+        read -r name spec <<<"$line" || true
+        [ -n "$name" ] || continue
+        spec=${spec#[}; spec=${spec%]}
+        platform_ok=1; has_profile=0; wanted=0
+        for tok in $spec; do
+            case $tok in
+                platform:dpkg|platform:debian) ;;
+                platform:*) platform_ok=0 ;;
+                !*) [[ $profiles == *" ${tok#!} "* ]] && platform_ok=0 ;;
+                *) has_profile=1
+                   [[ $profiles == *" $tok "* ]] && wanted=1 ;;
+            esac
+        done
+        if [ $platform_ok = 1 ] && { [ $has_profile = 0 ] || [ $wanted = 1 ]; }
+        then
+            echo "$name"
+        fi
+    done <"$ROOT/bindep.txt"
+}
+
+is_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+install_debs() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        is_installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        return 0
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    # Services are started by our own scripts (tools/rabbitmq.sh), not by
+    # the package's postinst, which cannot work without an init system.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+venv_ok() {
+    [ -x "$VENV/bin/python" ] &&
+        grep -qx 'home = /usr/bin' "$VENV/pyvenv.cfg" 2>/dev/null &&
+        "$VENV/bin/python" -c 'import sys' 2>/dev/null
+}
+
+deps_stamp() {
+    cat "$ROOT/requirements.txt" "$ROOT/test-requirements.txt" \
+        "$ROOT/setup.cfg" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+}
+
+make_venv() {
+    if ! venv_ok; then
+        log "creating $VENV from $PYTHON"
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local stamp_file=$VENV/.accel-setup-stamp stamp
+    stamp=$(deps_stamp)
+    if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] &&
+        "$VENV/bin/python" -c 'import accel_daemon' 2>/dev/null; then
+        log "venv up to date"
+        return 0
+    fi
+    log "installing Python requirements into $VENV"
+    "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" \
+        -r "$ROOT/test-requirements.txt"
+    "$VENV/bin/pip" install -q -e "$ROOT"
+    echo "$stamp" >"$stamp_file"
+}
+
+main() {
+    # shellcheck disable=SC2046  # one package name per word
+    install_debs $(bindep_packages "$PROFILES")
+    make_venv
+    log "ready: $VENV"
+}
+
+main "$@"
