@@ -148,3 +148,7 @@ class QueueFull(AccelError):
 
 class InternalError(AccelError):
     msg_fmt = "Internal error in accel-daemon: %(reason)s"
+
+
+class TaskWaitTimeout(AccelError):
+    msg_fmt = "Task %(task_id)s did not finish within %(timeout)s seconds"
