@@ -1,0 +1,303 @@
+"""ISA-L in-process gzip: the fastest software path.
+
+The source is cut into fixed chunks (``settings.chunk_size``), each chunk is
+compressed into an independent gzip member by a pool of threads (ISA-L
+releases the GIL), and the members are written in order.  Concatenated
+members are a valid gzip file (RFC 1952 section 2.2): stock ``gzip -d``,
+``pigz -d`` and ``igzip -d`` read it.
+
+Disk images are mostly holes.  Holes are found with SEEK_DATA/SEEK_HOLE and
+never read; a hole chunk (or a read chunk that is all zeros) is written as a
+precomputed member of zeros, computed once per length and level.  At most
+``2 * threads`` chunks are in flight, so memory stays bounded (a few tens of
+MB) whatever the image size.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from accel_daemon import exception
+from accel_daemon.drivers import base
+from accel_daemon.engine import paths
+from accel_daemon.engine.progress import Progress
+
+try:  # The library is a hard requirement, but say so clearly if missing.
+    import isal
+    from isal import igzip
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - exercised only on broken installs
+    isal = igzip = isal_zlib = None
+
+LOG = logging.getLogger(__name__)
+
+MAX_LEVEL = 3          # ISA-L supports levels 0..3; higher requests clamp.
+GZIP_WBITS = 31        # zlib convention: 16 + 15 = gzip wrapper, 32 KiB window
+
+
+@dataclasses.dataclass
+class HashedStats(base.Stats):
+    """Stats plus the sha256 of the output, computed while writing it."""
+    sha256: str | None = None
+
+
+def clamp_level(level: int) -> int:
+    return max(0, min(MAX_LEVEL, int(level)))
+
+
+# --- planning ---------------------------------------------------------------
+def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """Yield (start, end) of the allocated ranges of ``fd``.
+
+    Falls back to one extent covering everything where SEEK_DATA is not
+    supported (block devices, some filesystems).
+    """
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:      # no data after pos
+                return
+            if pos == 0:                    # not supported at all
+                yield 0, size
+                return
+            raise
+        end = min(size, os.lseek(fd, start, os.SEEK_HOLE))
+        if start >= end:
+            return
+        yield start, end
+        pos = end
+
+
+def chunk_plan(extents: Iterable[tuple[int, int]], size: int,
+               chunk: int) -> Iterator[tuple[int, int, bool]]:
+    """Yield (offset, length, has_data) for every chunk of the file in order.
+
+    A chunk has data when any extent touches it; the rest are holes.
+    """
+    pos = 0
+    for start, end in extents:
+        first = (start // chunk) * chunk
+        while pos < first:
+            yield pos, min(chunk, size - pos), False
+            pos += chunk
+        while pos < end:
+            yield pos, min(chunk, size - pos), True
+            pos += chunk
+    while pos < size:
+        yield pos, min(chunk, size - pos), False
+        pos += chunk
+
+
+_ZERO_MEMBERS: dict[tuple[int, int], bytes] = {}
+_ZERO_LOCK = threading.Lock()
+
+
+def zero_member(length: int, level: int) -> bytes:
+    """The gzip member for ``length`` zero bytes (cached per length/level)."""
+    key = (length, level)
+    with _ZERO_LOCK:
+        member = _ZERO_MEMBERS.get(key)
+        if member is None:
+            member = isal_zlib.compress(bytes(length), level, wbits=GZIP_WBITS)
+            _ZERO_MEMBERS[key] = member
+        return member
+
+
+# --- I/O helpers ------------------------------------------------------------
+def read_exact(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` from ``offset``; a short file is an error (it shrank)."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise exception.CorruptInput(
+                path=paths.fd_path(fd), reason='file shrank while reading')
+        done += n
+
+
+def write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def source_size(fd: int) -> int:
+    size = os.fstat(fd).st_size
+    if size == 0:   # block devices report 0; ask the device
+        size = os.lseek(fd, 0, os.SEEK_END)
+    return size
+
+
+# --- the driver -------------------------------------------------------------
+class IsalCompressor(base.Compressor):
+    name = 'isal'
+    hardware = False
+    output_format = base.GZIP
+
+    def availability(self) -> base.Availability:
+        if isal_zlib is None:
+            return base.Availability(False, 'the isal Python library is not '
+                                            'installed')
+        return base.Availability(True, version=isal.__version__)
+
+    @property
+    def level(self) -> int:
+        return clamp_level(self.settings.compression_level)
+
+    def compress(self, src: str, dst: str, progress: Progress) -> HashedStats:
+        stats = HashedStats(self.name, self.hardware)
+        src_fd = paths.open_input(src, self.settings.allowed_dirs,
+                                  self.settings.allowed_block_devices)
+        try:
+            dst_fd = os.open(dst, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                self._compress_fds(src_fd, dst_fd, progress, stats)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+        return stats
+
+    def _compress_fds(self, src_fd: int, dst_fd: int, progress: Progress,
+                      stats: HashedStats) -> None:
+        size = source_size(src_fd)
+        progress.set_total(size)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        chunk = max(64 * 1024, int(self.settings.chunk_size))
+        plan = chunk_plan(data_extents(src_fd, size), size, chunk)
+        job = _Job(src_fd, dst_fd, chunk, self.level,
+                   max(1, int(self.settings.compression_threads)), progress)
+        main_cpu = time.thread_time()
+        job.run(plan)
+        stats.bytes_in = size
+        stats.bytes_out = job.written
+        stats.sha256 = job.hasher.hexdigest()
+        stats.cpu_seconds = job.worker_cpu + (time.thread_time() - main_cpu)
+
+    @contextlib.contextmanager
+    def open_decompressed(self, src: str,
+                          progress: Progress) -> Iterator[BinaryIO]:
+        fd = paths.open_input(src, self.settings.allowed_dirs,
+                              self.settings.allowed_block_devices)
+        raw = os.fdopen(fd, 'rb', buffering=0)
+        with raw:
+            # igzip.GzipFile reads every member of a multi-member file and
+            # checks each member's CRC32 and length.
+            with igzip.GzipFile(fileobj=raw, mode='rb') as gz:
+                yield CheckedReader(gz, src)
+
+
+class _Job:
+    """One compression run: ordered writes over a bounded pool of chunks."""
+
+    def __init__(self, src_fd: int, dst_fd: int, chunk: int, level: int,
+                 threads: int, progress: Progress) -> None:
+        self.src_fd, self.dst_fd = src_fd, dst_fd
+        self.chunk, self.level, self.threads = chunk, level, threads
+        self.progress = progress
+        self.hasher = hashlib.sha256()
+        self.written = 0
+        self.worker_cpu = 0.0
+        self._cpu_lock = threading.Lock()
+        self._zeros = bytes(chunk)
+        # Bounded memory: two chunks per thread (one compressing, one read
+        # ahead); results wait in ``pending`` until written in order.
+        self._free = [bytearray(chunk) for _ in range(2 * threads)]
+        self._pending: collections.deque = collections.deque()
+
+    def run(self, plan: Iterable[tuple[int, int, bool]]) -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(
+            self.threads, thread_name_prefix='isal')
+        try:
+            for offset, length, has_data in plan:
+                self.progress.check()
+                if has_data:
+                    while not self._free:
+                        self._write_oldest()
+                    buf = self._free.pop()
+                    fut = pool.submit(self._work, buf, offset, length)
+                    self._pending.append((fut, buf, offset + length))
+                else:
+                    self._pending.append(
+                        (zero_member(length, self.level), None,
+                         offset + length))
+                self._write_ready()
+            while self._pending:
+                self.progress.check()
+                self._write_oldest()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _work(self, buf: bytearray, offset: int, length: int) -> bytes:
+        started = time.thread_time()
+        view = memoryview(buf)[:length]
+        try:
+            read_exact(self.src_fd, view, offset)
+            full = length == self.chunk
+            if (buf == self._zeros) if full else not any(view):
+                return zero_member(length, self.level)
+            return isal_zlib.compress(view, self.level, wbits=GZIP_WBITS)
+        finally:
+            view.release()
+            with self._cpu_lock:
+                self.worker_cpu += time.thread_time() - started
+
+    def _write_ready(self) -> None:
+        while self._pending:
+            item = self._pending[0][0]
+            if isinstance(item, concurrent.futures.Future) and not item.done():
+                return
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        item, buf, end = self._pending.popleft()
+        data = item.result() if buf is not None else item
+        if buf is not None:
+            self._free.append(buf)
+        write_all(self.dst_fd, data)
+        self.hasher.update(data)
+        self.written += len(data)
+        self.progress.set_done(end)
+
+
+# Errors the gzip reader raises for bad input (never for our own I/O errors).
+DECODE_ERRORS = (EOFError, zlib.error) + (
+    (isal_zlib.error, igzip.BadGzipFile) if isal_zlib is not None else ())
+
+
+class CheckedReader:
+    """Wraps a decompressing stream so bad input raises CorruptInput."""
+
+    def __init__(self, stream: BinaryIO, path: str) -> None:
+        self._stream = stream
+        self._path = path
+
+    def readinto(self, buf) -> int:
+        try:
+            return self._stream.readinto(buf)
+        except DECODE_ERRORS as e:
+            raise exception.CorruptInput(path=self._path,
+                                         reason=str(e) or type(e).__name__)
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except DECODE_ERRORS as e:
+            raise exception.CorruptInput(path=self._path,
+                                         reason=str(e) or type(e).__name__)
