@@ -1,0 +1,165 @@
+"""Format detection and safety checks before qemu-img ever sees an image.
+
+Every input goes through ``inspect()``: oslo.utils' format_inspector reads
+the headers in Python (no qemu), every known format's inspector runs at once,
+the one format found must pass its ``safety_check()`` and must equal the
+format the caller claimed.  Only then may qemu-img open the file, and always
+with that format forced (``-f``).
+
+What this refuses, and why:
+- qcow2 with a backing file or an external data file: qemu would open
+  another host file (CVE-2024-32498).
+- VMDK whose descriptor names flat or other extents: same, through the
+  descriptor (CVE-2022-47951).  format_inspector refuses subformats other
+  than monolithicSparse/streamOptimized and extent names with '/'; we also
+  refuse non-SPARSE extents (a sparse header with capacity 0 makes qemu
+  treat the embedded descriptor as a descriptor file, and a relative FLAT
+  extent would then read a neighbour in the same directory).
+- More than one format at once (a qcow2 header hidden in an ISO's system
+  area, or a qcow2 that also carries an MBR/GPT signature): a parser that
+  picks the "other" one would interpret the image differently.
+- A claimed format that differs from the content (a qcow2 sent as "raw" is
+  the classic way to smuggle a backing file to a later guessing reader).
+
+Raw claims accept content detected as 'gpt' (partitioned disks, also MBR)
+and 'iso' (the bytes of an ISO 9660/UDF filesystem): qemu-img reads both
+with ``-f raw`` as opaque bytes, and cinder volumes created from ISO images
+hold exactly that.  Both must still pass their own safety check, and an
+ISO or GPT that also looks like something else is refused above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import stat
+
+from oslo_utils.imageutils import format_inspector as fi
+
+from accel_daemon import exception
+from accel_daemon.engine import qemu_img
+
+LOG = logging.getLogger(__name__)
+
+# qemu-img driver name -> format_inspector name.
+_INSPECTOR_NAME = {'vpc': 'vhd'}
+# Content that a 'raw' claim may carry (see the module docstring).
+RAW_COMPATIBLE = frozenset({'raw', 'gpt', 'iso'})
+
+_CHUNK = 64 * 1024
+# Stop reading once the inspectors decided; this bounds a pathological file.
+_MAX_READ = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspected:
+    format: str          # qemu-img driver name (claimed == detected)
+    virtual_size: int    # bytes the guest sees
+    actual_size: int     # bytes allocated on disk (device size for devices)
+    detected: str = ''   # format_inspector's name, e.g. 'gpt' for raw
+
+
+def inspect(path: str, claimed: str) -> Inspected:
+    """Detect the format of ``path`` and check it is safe and as claimed.
+
+    ``path`` must already be validated (paths.check_input) and real.  The
+    file is opened with O_NOFOLLOW so a swapped-in symlink is refused.
+    """
+    fmt = qemu_img.input_format(claimed, 'inspection')
+    fd = _open(path)
+    try:
+        found = _detect(fd, path)
+        _check_claim(found, fmt, path)
+        _safety(found, path)
+        if str(found) == 'vmdk':
+            check_vmdk_extents(found, path)
+        size, allocated = _sizes(fd)
+    finally:
+        os.close(fd)
+    virtual = size if fmt == 'raw' else found.virtual_size
+    if virtual <= 0:
+        raise exception.ImageInspectionError(
+            path=path, reason='could not determine the virtual size')
+    LOG.debug('%s: %s (detected %s), virtual %d bytes', path, fmt, found,
+              virtual)
+    return Inspected(fmt, virtual, allocated, str(found))
+
+
+def _open(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise exception.InputNotFound(path=path)
+    except OSError as e:
+        # ELOOP: the last component became a symlink after the path check.
+        if e.errno == errno.ELOOP:
+            raise exception.SymlinkEscape(path=path)
+        raise exception.ImageInspectionError(path=path, reason=e.strerror)
+
+
+def _detect(fd: int, path: str) -> fi.FileInspector:
+    """Feed the file to every inspector until they agree on one format."""
+    with os.fdopen(os.dup(fd), 'rb', buffering=0) as f:
+        wrapper = fi.InspectWrapper(f)
+        read = 0
+        try:
+            while read < _MAX_READ:
+                chunk = wrapper.read(_CHUNK)
+                if not chunk:
+                    break
+                read += len(chunk)
+                if wrapper.formats is not None:
+                    break
+            wrapper.close()
+            found = wrapper.format
+        except fi.ImageFormatError as e:
+            # Raised for several matching formats, i.e. one header hidden
+            # behind another (qcow2 in an ISO or behind an MBR/GPT).
+            raise exception.UnsafeImage(path=path, reason=str(e))
+    if found is None:
+        raise exception.ImageInspectionError(
+            path=path, reason='format could not be determined')
+    return found
+
+
+def _check_claim(found: fi.FileInspector, fmt: str, path: str) -> None:
+    detected = str(found)
+    if fmt == 'raw':
+        ok = detected in RAW_COMPATIBLE
+    else:
+        ok = detected == _INSPECTOR_NAME.get(fmt, fmt)
+    if not ok:
+        raise exception.FormatMismatch(path=path, claimed=fmt,
+                                       detected=detected)
+
+
+def _safety(found: fi.FileInspector, path: str) -> None:
+    try:
+        found.safety_check()
+    except fi.SafetyCheckFailed as e:
+        reasons = '; '.join('%s: %s' % (k, v) for k, v in e.failures.items())
+        raise exception.UnsafeImage(path=path, reason=reasons)
+    except fi.ImageFormatError as e:
+        raise exception.ImageInspectionError(path=path, reason=str(e))
+
+
+def check_vmdk_extents(found: fi.FileInspector, path: str) -> None:
+    """Every extent of a VMDK we accept must be SPARSE (CVE-2022-47951)."""
+    text = getattr(found, 'desc_text', None) or ''
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] in ('rw', 'rdonly', 'noaccess'):
+            if len(words) < 3 or words[2] != 'sparse':
+                raise exception.UnsafeImage(
+                    path=path, reason='VMDK has a non-sparse extent: %s'
+                    % ' '.join(words[:3]))
+
+
+def _sizes(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        size = os.lseek(fd, 0, os.SEEK_END)
+        return size, size
+    return st.st_size, st.st_blocks * 512
