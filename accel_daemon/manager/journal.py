@@ -99,7 +99,8 @@ class Journal:
                 % marks, (*FINAL_STATES, finished_before)).rowcount
             extra = db.execute(
                 'DELETE FROM tasks WHERE id IN (SELECT id FROM tasks '
-                'WHERE state IN (%s) ORDER BY finished_at DESC '
+                'WHERE state IN (%s) '
+                'ORDER BY finished_at DESC, created_at DESC '
                 'LIMIT -1 OFFSET ?)' % marks,
                 (*FINAL_STATES, max(0, keep))).rowcount
         return old + extra
