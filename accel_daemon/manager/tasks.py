@@ -149,7 +149,9 @@ class TaskManager:
 
     def _wait_idle(self, timeout: float) -> bool:
         with self._lock:
-            return self._changed.wait_for(lambda: not self._active, timeout)
+            return self._changed.wait_for(
+                lambda: not any(t['state'] in ACTIVE_STATES
+                                for t in self._active.values()), timeout)
 
     def _running_ids(self) -> list[str]:
         with self._lock:

@@ -320,3 +320,20 @@ def test_stop_waits_for_running_tasks(db):
     journal = Journal(db)
     assert journal.get(task['id'])['state'] == 'succeeded'
     journal.close()
+
+
+def test_from_conf(tmp_path):
+    from oslo_config import cfg
+
+    from accel_daemon import conf as accel_conf
+
+    conf = cfg.ConfigOpts()
+    accel_conf.register_opts(conf)
+    conf([], project='accel-daemon')
+    conf.set_override('state_dir', str(tmp_path / 'st'), 'accel_daemon')
+    conf.set_override('workers', 3, 'tasks')
+    conf.set_override('max_queued', 7, 'tasks')
+    mgr = TaskManager.from_conf(FakeBackend(), conf)
+    assert (mgr.workers, mgr.max_queued) == (3, 7)
+    assert mgr.journal.path == str(tmp_path / 'st' / 'tasks.sqlite')
+    mgr.journal.close()
