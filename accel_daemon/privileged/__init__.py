@@ -1,0 +1,195 @@
+"""The one privilege-separation context of accel-daemon, and how it starts.
+
+accel-daemon's main process (RPC server, task manager, journal) runs as an
+unprivileged service user.  Everything that needs privilege goes through the
+entrypoints in ``accel_daemon.privileged.ops``, which run in an oslo.privsep
+daemon started by ``init()``.
+
+Capabilities (the fewest the work needs)
+----------------------------------------
+The privsep daemon starts as uid 0 (through sudo, or directly when
+accel-daemon already runs as root) and keeps only these capabilities:
+
+``CAP_DAC_OVERRIDE``
+    Inputs belong to other services (cinder-volume writes its volume files
+    mode 0600 as ``cinder``) and outputs go into their directories (mode
+    0750).  Reading needs ``CAP_DAC_READ_SEARCH``, but creating the temp
+    output, writing it and unlinking a partial output needs write access to
+    a directory we do not own, which only ``CAP_DAC_OVERRIDE`` gives.  It
+    includes everything ``CAP_DAC_READ_SEARCH`` grants for plain files and
+    directories, so that one is not kept as well.
+``CAP_CHOWN``
+    Outputs are given the owner and group of their destination directory
+    (``engine.paths.AtomicOutput``) so that the caller can read them.
+``CAP_SETPCAP``
+    Held only until ``caps.harden_thread()`` has narrowed what children
+    inherit (see below); then dropped from every thread that runs work.
+
+Deliberately not kept:
+
+``CAP_FOWNER``
+    ``fchmod`` happens before the ``fchown``, while we own the file;
+    publishing with ``link(2)`` a file we no longer own passes
+    ``fs.protected_hardlinks`` because ``CAP_DAC_OVERRIDE`` gives read and
+    write access; we never set times.  (It would be needed to unlink other
+    users' files in a sticky directory such as /tmp: do not configure
+    sticky directories in ``allowed_dirs``.)
+``CAP_KILL``
+    Cancel kills the process group of a child we started; the child has our
+    uid, and signalling a process with the same uid needs no capability.
+``CAP_SYS_ADMIN`` / ``CAP_SYS_RAWIO``
+    Opening a block device for reading or writing (also with O_DIRECT) and
+    the ioctls qemu-img uses (BLKGETSIZE64, BLKDISCARD, BLKZEROOUT) are
+    governed by file permissions only.  ``CAP_SYS_ADMIN`` would be needed
+    for BLKFLSBUF/BLKRRPART or mounting, which accel-daemon never does.
+``CAP_FSETID``, ``CAP_SETUID``/``CAP_SETGID``
+    We never create set-id files or change identity after start.
+
+Children of a uid-0 process get every capability back
+-----------------------------------------------------
+Linux gives a program exec'ed by uid 0 the full bounding set, whatever
+capabilities the parent had dropped.  So ``qemu-img`` started by a naive
+privsep daemon is full root again, and the filters and path checks would be
+the only boundary.  ``caps.harden_thread()`` therefore, in each privsep
+worker thread before its first operation (capabilities are per thread):
+
+* drops every capability but ``CHILD_CAPABILITIES`` from the bounding set;
+* sets ``SECBIT_NOROOT`` (locked), so uid 0 no longer implies capabilities
+  on exec;
+* raises ``CAP_DAC_OVERRIDE`` as an *ambient* capability, the only one a
+  tool needs (to open the files we checked), so children get exactly that;
+* sets ``no_new_privs``, so no set-uid or file-capability binary a filter
+  might allow by mistake can gain more;
+* drops ``CAP_SETPCAP`` from the thread.
+
+Known limitations: children still run as uid 0, so they can write files
+owned by root without any capability; with ``CAP_DAC_OVERRIDE`` they could
+write any file anyway.  The real boundary for what a child touches is the
+filters (every argument restricted) plus the path checks done here.
+Running the privsep daemon as a dedicated user (``[privsep_accel] user``)
+is possible but outputs then keep that owner, because
+``AtomicOutput`` only chowns as euid 0.  Passing opened descriptors to
+unprivileged children instead of paths would remove the need for any child
+capability; that is a change in the engine, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+
+from oslo_config import cfg
+from oslo_privsep import capabilities as c
+from oslo_privsep import priv_context
+
+import accel_daemon.conf  # noqa: F401  (registers [tasks] for the pool size)
+
+LOG = logging.getLogger(__name__)
+
+SECTION = 'privsep_accel'
+CONTEXT_PYPATH = 'accel_daemon.privileged.context'
+
+CAPABILITIES = (c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_SETPCAP)
+# What tools exec'ed by the privsep daemon keep (see the module docstring).
+CHILD_CAPABILITIES = (c.CAP_DAC_OVERRIDE,)
+
+# privsep threads beyond the task workers, for calls that must never wait
+# behind a running task: progress, cancel, capabilities, info, reload.
+CONTROL_THREADS = 4
+
+context = priv_context.PrivContext(
+    'accel_daemon',
+    cfg_section=SECTION,
+    pypath=CONTEXT_PYPATH,
+    capabilities=list(CAPABILITIES),
+    logger_name=__name__,
+)
+
+
+def pool_size(workers: int) -> int:
+    """privsep threads needed for ``workers`` tasks plus control calls.
+
+    privsep's own default (the CPU count) would let two tasks block every
+    progress and cancel call on a two-CPU host.
+    """
+    return max(1, int(workers)) + CONTROL_THREADS
+
+
+def _apply_pool_default(conf: cfg.ConfigOpts) -> None:
+    try:
+        workers = conf.tasks.workers
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        return
+    conf.set_default('thread_pool_size', pool_size(workers), group=SECTION)
+
+
+def helper_command(executable: str, euid: int,
+                   config_files: Sequence[str] = (),
+                   config_dirs: Sequence[str] = (),
+                   sudo: str | None = '/usr/bin/sudo') -> list[str]:
+    """argv that starts our privsep daemon; privsep appends the context
+    and socket arguments.
+
+    The helper is named by absolute path next to ``executable`` (the venv's
+    interpreter): sudo's secure_path would not find a venv.  sudo is used
+    only when we are not root; ``-n`` makes a missing sudoers rule fail at
+    once instead of waiting for a password.  The argument order is the one
+    the sudoers sample (etc/accel-daemon/sudoers.d) expects.
+    """
+    helper = os.path.join(os.path.dirname(os.path.abspath(executable)),
+                          'privsep-helper')
+    cmd = [helper]
+    for path in config_files:
+        cmd += ['--config-file', os.path.abspath(path)]
+    for path in config_dirs:
+        cmd += ['--config-dir', os.path.abspath(path)]
+    if euid != 0:
+        if not sudo:
+            raise RuntimeError('accel-daemon runs as uid %d and sudo was not '
+                               'found to start the privsep helper' % euid)
+        cmd = [sudo, '-n'] + cmd
+    return cmd
+
+
+def _conf_list(conf: cfg.ConfigOpts, name: str) -> list[str]:
+    try:
+        return list(getattr(conf, name) or [])
+    except cfg.NoSuchOptError:
+        return []
+
+
+def init(conf: cfg.ConfigOpts = cfg.CONF, start: bool = True) -> None:
+    """Configure (and by default start) the privsep daemon.
+
+    Call once from the daemon's main() after the configuration is parsed.
+    An operator-set ``[privsep_accel] helper_command`` is used unchanged.
+    oslo.privsep reads its options from the global ``cfg.CONF`` only.
+    """
+    if conf is not cfg.CONF:
+        raise ValueError('oslo.privsep only reads the global cfg.CONF')
+    _apply_pool_default(conf)
+    if not conf[SECTION].helper_command:
+        cmd = helper_command(sys.executable, os.geteuid(),
+                             _conf_list(conf, 'config_file'),
+                             _conf_list(conf, 'config_dir'),
+                             shutil.which('sudo'))
+        conf.set_override('helper_command', shlex.join(cmd), group=SECTION)
+    LOG.info('privsep helper: %s (threads %d)', conf[SECTION].helper_command,
+             conf[SECTION].thread_pool_size)
+    if start:
+        context.start(priv_context.Method.ROOTWRAP)
+
+
+def stop() -> None:
+    """Close the channel; the privsep daemon exits when it sees EOF."""
+    context.stop()
+
+
+# In the privsep daemon this module is imported after the configuration
+# files are parsed and before the thread pool is created: the default pool
+# size follows [tasks] workers there too.
+_apply_pool_default(cfg.CONF)

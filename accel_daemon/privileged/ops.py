@@ -1,0 +1,195 @@
+"""Privileged entrypoints: one verb each, run inside the privsep daemon.
+
+Each entrypoint is a thin wrapper over an unprivileged twin (``do_*``) that
+takes the Engine as an argument, so the same checks run for the in-process
+``LocalBackend`` and can be unit-tested without privsep.  Every twin
+re-validates the paths it is given *in this process* (realpath under the
+allowed directories or an allowed block device, no symbolic link) before
+the Engine sees them: the RPC layer's checks ran in another process, maybe
+on another view of the filesystem, and must not be trusted here.  The
+Engine checks again when it opens the files and enforces the filters
+through ``engine.process.run``.
+
+Errors cross the privsep channel as ``Failure(type, message, fields)``:
+oslo.privsep rebuilds an exception as ``cls(*e.args)``, which for an
+``AccelError`` would keep the class and message but lose the fields.
+``backends.PrivsepBackend`` turns a ``Failure`` back into the original
+``AccelError`` subclass.  Anything else (a bug) becomes ``InternalError``
+here, so no exception that cannot be rebuilt ever reaches the channel.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from oslo_config import cfg
+
+from accel_daemon import conf as accel_conf
+from accel_daemon import exception
+from accel_daemon import privileged
+from accel_daemon.engine import api
+from accel_daemon.engine import paths
+from accel_daemon.engine.settings import Settings
+from accel_daemon.privileged import caps
+
+LOG = logging.getLogger(__name__)
+
+_state_lock = threading.Lock()
+_engine: api.Engine | None = None
+
+
+class Failure(Exception):
+    """An AccelError in transit: args are (type name, message, fields)."""
+
+    def to_error(self) -> exception.AccelError:
+        name, message, fields = (tuple(self.args) + (None, None, None))[:3]
+        return exception.AccelError.from_dict(
+            {'type': name, 'message': message, 'fields': dict(fields or {})})
+
+
+def use_engine(engine: api.Engine | None) -> api.Engine | None:
+    """Set the Engine the entrypoints use; return the previous one.
+
+    The privsep daemon builds its own on first use; tests inject one.
+    """
+    global _engine
+    with _state_lock:
+        previous, _engine = _engine, engine
+    return previous
+
+
+def engine() -> api.Engine:
+    global _engine
+    with _state_lock:
+        if _engine is None:
+            # The privsep daemon got the parent's --config-file arguments.
+            _engine = api.Engine(accel_conf.settings(cfg.CONF))
+        return _engine
+
+
+def plain(value: Any) -> Any:
+    """Deep copy made of JSON types (privsep turns lists into tuples)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode('utf-8', 'replace')
+    return str(value)
+
+
+# -- path re-validation (pure, unprivileged twins) -------------------------
+def check_src(settings: Settings, path: Any) -> str:
+    return paths.check_input(path, settings.allowed_dirs,
+                             settings.allowed_block_devices)
+
+
+def check_dst(settings: Settings, path: Any) -> str:
+    return paths.check_output(path, settings.allowed_dirs,
+                              settings.allowed_block_devices)
+
+
+def check_dst_dir(settings: Settings, dst: Any) -> None:
+    """Confine ``dst`` whether or not it exists (crash recovery: the final
+    output may already have been published)."""
+    try:
+        check_dst(settings, dst)
+    except exception.OutputExists:
+        probe = '%s%s.probe' % (paths.TEMP_PREFIX, secrets.token_hex(8))
+        check_dst(settings, os.path.join(os.path.dirname(dst), probe))
+
+
+def check_params(settings: Settings, params: Any) -> dict[str, Any]:
+    if not isinstance(params, dict):
+        raise exception.InvalidRequest(reason='params must be a mapping')
+    params = plain(params)
+    if 'src' in params:
+        check_src(settings, params['src'])
+    if 'dst' in params:
+        check_dst(settings, params['dst'])
+    return params
+
+
+def _check_id(task_id: Any) -> str:
+    if not isinstance(task_id, str) or not task_id:
+        raise exception.InvalidRequest(reason='task_id must be a string')
+    return task_id
+
+
+def do_run(eng: api.Engine, task_id: str, kind: str, params: dict) -> dict:
+    params = check_params(eng.settings, params)
+    return plain(eng.run(_check_id(task_id), kind, params))
+
+
+def do_info(eng: api.Engine, path: str, fmt: str) -> dict:
+    check_src(eng.settings, path)
+    return plain(eng.info(path, fmt))
+
+
+def do_discard_partial(eng: api.Engine, dst: str) -> list[str]:
+    check_dst_dir(eng.settings, dst)
+    return plain(eng.discard_partial(dst))
+
+
+# -- entrypoints -----------------------------------------------------------
+def _privileged(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Harden the thread, run, and make every error cross the channel."""
+    @functools.wraps(func)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        ctx = privileged.context
+        caps.harden_thread(ctx.conf.capabilities,
+                           privileged.CHILD_CAPABILITIES)
+        try:
+            return func(*args, **kwargs)
+        except exception.AccelError as e:
+            d = e.to_dict()
+            raise Failure(d['type'], d['message'], d['fields']) from None
+        except Exception as e:
+            LOG.exception('Unexpected error in privileged %s', func.__name__)
+            d = exception.InternalError(
+                reason='%s: %s' % (type(e).__name__, e)).to_dict()
+            raise Failure(d['type'], d['message'], d['fields']) from None
+    return privileged.context.entrypoint(inner)
+
+
+@_privileged
+def run(task_id: str, kind: str, params: dict) -> dict:
+    return do_run(engine(), task_id, kind, params)
+
+
+@_privileged
+def capabilities() -> dict:
+    return plain(engine().capabilities())
+
+
+@_privileged
+def info(path: str, fmt: str) -> dict:
+    return do_info(engine(), path, fmt)
+
+
+@_privileged
+def progress(task_id: str) -> dict | None:
+    return plain(engine().progress(_check_id(task_id)))
+
+
+@_privileged
+def cancel(task_id: str) -> bool:
+    return bool(engine().cancel(_check_id(task_id)))
+
+
+@_privileged
+def discard_partial(dst: str) -> list[str]:
+    return do_discard_partial(engine(), dst)
+
+
+@_privileged
+def reload_filters() -> int:
+    return int(engine().reload_filters())
