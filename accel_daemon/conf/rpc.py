@@ -32,9 +32,6 @@ SERVER_OPTS = [
                       'inside the daemon. Clients wait longer by calling '
                       'again; keep this well below the clients\' RPC '
                       'timeout ([accel_daemon_client] timeout).'),
-    cfg.IntOpt('shutdown_timeout', default=30, min=0,
-               help='Seconds SIGTERM waits for running tasks before they '
-                    'are cancelled.'),
 ]
 
 CLIENT_OPTS = [

@@ -1,0 +1,150 @@
+"""Client side of the accel-daemon RPC API (low level).
+
+Every call is addressed to one daemon (``server=host``) and pinned to the
+API version that introduced the method.  Errors come back typed: the
+daemon's ``AccelError`` subclasses are rebuilt by oslo.messaging (their
+module is in ``allowed_remote_exmods``) and cleaned of oslo.messaging's
+``*_Remote`` wrapper class; an unknown method or version becomes
+``InvalidRequest``; a daemon that does not answer becomes
+``ServiceUnavailable``.  ``accel_daemon.client`` builds task handles on top.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import oslo_messaging
+from oslo_config import cfg
+
+from accel_daemon import exception
+
+LOG = logging.getLogger(__name__)
+
+TOPIC = 'accel_daemon'
+EXMODS = [exception.__name__]
+_REMOTE_SUFFIX = '_Remote'
+# RemoteError types that mean "the daemon does not know what you asked for".
+_REQUEST_ERRORS = ('NoSuchMethod', 'UnsupportedVersion', 'InvalidTarget')
+
+
+def get_transport(conf: cfg.ConfigOpts,
+                  url: str | None = None) -> oslo_messaging.Transport:
+    """An RPC transport that may rebuild accel-daemon's exceptions."""
+    return oslo_messaging.get_rpc_transport(conf, url=url,
+                                            allowed_remote_exmods=EXMODS)
+
+
+def _clean(err: exception.AccelError) -> exception.AccelError:
+    # oslo.messaging subclasses the class as "<Name>_Remote" with a __str__
+    # holding the server's traceback; callers want the plain class.
+    name = type(err).__name__
+    if name.endswith(_REMOTE_SUFFIX):
+        name = name[:-len(_REMOTE_SUFFIX)]
+    return exception.AccelError.from_dict(
+        {'type': name, 'message': err.message, 'fields': err.fields})
+
+
+def _from_remote(err: oslo_messaging.RemoteError) -> exception.AccelError:
+    if err.exc_type in _REQUEST_ERRORS:
+        return exception.InvalidRequest(reason=err.value)
+    return exception.InternalError(
+        reason='%s: %s' % (err.exc_type, err.value))
+
+
+class AccelAPI:
+    """Client side of the accel-daemon RPC API.
+
+    API version history:
+
+    * 1.0 - Initial version: capabilities, image_info, compress,
+      decompress, convert, copy, upload, download, task_get, task_list,
+      task_wait, task_cancel.
+
+    To add a method or an argument: bump the minor version here and in
+    ``accel_daemon.rpc.endpoint.API_VERSION``, pin the new call to the new
+    version in ``prepare()``, and keep the endpoint accepting older calls.
+    """
+
+    VERSION = '1.0'
+
+    def __init__(self, transport: oslo_messaging.Transport,
+                 topic: str = TOPIC, timeout: float = 60,
+                 version_cap: str | None = None) -> None:
+        target = oslo_messaging.Target(topic=topic, version=self.VERSION)
+        self.timeout = timeout
+        self._client = oslo_messaging.get_rpc_client(
+            transport, target, timeout=timeout, version_cap=version_cap)
+
+    def call(self, host: str, method: str, version: str = '1.0',
+             rpc_timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call ``method`` on the daemon named ``host``; raise typed."""
+        rpc_timeout = rpc_timeout or self.timeout
+        cctxt = self._client.prepare(server=host, version=version,
+                                     timeout=rpc_timeout)
+        try:
+            return cctxt.call({}, method, **kwargs)
+        except exception.AccelError as e:
+            raise _clean(e) from None
+        except oslo_messaging.MessagingTimeout:
+            raise exception.ServiceUnavailable(
+                reason='no answer from host %s within %ss'
+                       % (host, rpc_timeout)) from None
+        except oslo_messaging.RemoteError as e:
+            raise _from_remote(e) from None
+
+    # -- 1.0 ----------------------------------------------------------------
+    def capabilities(self, host: str) -> dict:
+        return self.call(host, 'capabilities')
+
+    def image_info(self, host: str, path: str, format: str) -> dict:
+        return self.call(host, 'image_info', path=path, format=format)
+
+    def compress(self, host: str, src: str, dst: str,
+                 driver: str | None = None, level: int | None = None,
+                 format: str = 'gzip') -> dict:
+        return self.call(host, 'compress', src=src, dst=dst, driver=driver,
+                         level=level, format=format)
+
+    def decompress(self, host: str, src: str, dst: str,
+                   max_bytes: int | None = None) -> dict:
+        return self.call(host, 'decompress', src=src, dst=dst,
+                         max_bytes=max_bytes)
+
+    def convert(self, host: str, src: str, dst: str, src_format: str,
+                dst_format: str, compress: bool = False,
+                target_is_zero: bool = False) -> dict:
+        return self.call(host, 'convert', src=src, dst=dst,
+                         src_format=src_format, dst_format=dst_format,
+                         compress=compress, target_is_zero=target_is_zero)
+
+    def copy(self, host: str, src: str, dst: str) -> dict:
+        return self.call(host, 'copy', src=src, dst=dst)
+
+    def upload(self, host: str, src: str, dst: str, src_format: str,
+               disk_format: str) -> dict:
+        return self.call(host, 'upload', src=src, dst=dst,
+                         src_format=src_format, disk_format=disk_format)
+
+    def download(self, host: str, src: str, dst: str, disk_format: str,
+                 dst_format: str, max_bytes: int | None = None) -> dict:
+        return self.call(host, 'download', src=src, dst=dst,
+                         disk_format=disk_format, dst_format=dst_format,
+                         max_bytes=max_bytes)
+
+    def task_get(self, host: str, task_id: str) -> dict:
+        return self.call(host, 'task_get', task_id=task_id)
+
+    def task_list(self, host: str, state: str | None = None,
+                  limit: int = 100) -> list[dict]:
+        return self.call(host, 'task_list', state=state, limit=limit)
+
+    def task_wait(self, host: str, task_id: str, timeout: float) -> dict:
+        # The daemon blocks up to ``timeout``: give the call that long on
+        # top of the usual answer time.
+        return self.call(host, 'task_wait',
+                         rpc_timeout=self.timeout + timeout,
+                         task_id=task_id, timeout=timeout)
+
+    def task_cancel(self, host: str, task_id: str) -> dict:
+        return self.call(host, 'task_cancel', task_id=task_id)

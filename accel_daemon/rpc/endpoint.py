@@ -1,0 +1,270 @@
+"""Server side of the accel-daemon RPC API.
+
+The endpoint validates and delegates, nothing else: every argument of every
+method is checked for presence and type (unknown ones are refused), paths are
+checked against the allowed directories before a task is queued, and the
+work goes to the task manager (long operations) or the backend (quick ones).
+The privileged layer checks every path again: this first check exists to
+answer a bad request at once, with a typed error, instead of queueing a task
+that can only fail.
+
+Methods take ``**kwargs`` rather than named parameters so that a missing or
+unknown argument is answered with ``InvalidRequest`` by our own validation
+instead of a ``TypeError`` from the dispatcher.
+
+Errors: ``AccelError`` subclasses are raised as they are.  oslo.messaging
+rebuilds a remote exception on the client as ``cls(*args, **kwargs)`` from
+the exception's ``args`` and its ``kwargs`` attribute, so ``_remote`` sets
+``kwargs`` to the error's plain fields: the client gets the same class with
+the same fields (``accel_daemon.rpc.api`` strips oslo.messaging's
+``_Remote`` wrapper class).  They are wrapped in ``ExpectedException`` so
+the server does not log a traceback for a refused request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import uuid
+from typing import Any, Callable
+
+import oslo_messaging
+
+from accel_daemon import exception
+from accel_daemon.engine import paths
+from accel_daemon.engine.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+API_VERSION = '1.0'
+TASK_STATES = ('queued', 'running', 'succeeded', 'failed', 'cancelled')
+_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
+_MAX_PATH = 4096
+
+
+class Field:
+    """One argument: a checker, and whether it may be left out (or None)."""
+
+    def __init__(self, check: Callable[[str, Any], None],
+                 required: bool = True, role: str | None = None) -> None:
+        self.check = check
+        self.required = required
+        self.role = role            # 'input' / 'output' paths get checked
+
+
+def _bad(name: str, why: str) -> exception.InvalidRequest:
+    return exception.InvalidRequest(reason='%s: %s' % (name, why))
+
+
+def _path(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise _bad(name, 'must be a non-empty string')
+    if len(value) > _MAX_PATH:
+        raise _bad(name, 'longer than %d characters' % _MAX_PATH)
+
+
+def _name(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise _bad(name, 'must be a short name of letters, digits, _ . -')
+
+
+def _bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _bad(name, 'must be a boolean')
+
+
+def _int(low: int, high: int) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        # bool is an int subclass; True is not a size.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(name, 'must be an integer')
+        if not low <= value <= high:
+            raise _bad(name, 'must be between %d and %d' % (low, high))
+    return check
+
+
+def _seconds(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, 'must be a number of seconds')
+    if not 0 <= value < float('inf'):
+        raise _bad(name, 'must be zero or more seconds')
+
+
+def _task_id(name: str, value: Any) -> None:
+    try:
+        if str(uuid.UUID(value)) == value:
+            return
+    except (TypeError, ValueError, AttributeError):
+        pass
+    raise _bad(name, 'must be a task id (a lower-case UUID string)')
+
+
+def _state(name: str, value: Any) -> None:
+    if value not in TASK_STATES:
+        raise _bad(name, 'must be one of %s' % ', '.join(TASK_STATES))
+
+
+_SRC = Field(_path, role='input')
+_DST = Field(_path, role='output')
+_FORMAT = Field(_name)
+_MAX_BYTES = Field(_int(1, 2 ** 62), required=False)
+
+SIGNATURES: dict[str, dict[str, Field]] = {
+    'capabilities': {},
+    'image_info': {'path': Field(_path, role='input'), 'format': _FORMAT},
+    'compress': {'src': _SRC, 'dst': _DST,
+                 'driver': Field(_name, required=False),
+                 'level': Field(_int(1, 22), required=False),
+                 'format': Field(_name, required=False)},
+    'decompress': {'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES},
+    'convert': {'src': _SRC, 'dst': _DST, 'src_format': _FORMAT,
+                'dst_format': _FORMAT,
+                'compress': Field(_bool, required=False),
+                'target_is_zero': Field(_bool, required=False)},
+    'copy': {'src': _SRC, 'dst': _DST},
+    'upload': {'src': _SRC, 'dst': _DST, 'src_format': _FORMAT,
+               'disk_format': _FORMAT},
+    'download': {'src': _SRC, 'dst': _DST, 'disk_format': _FORMAT,
+                 'dst_format': _FORMAT, 'max_bytes': _MAX_BYTES},
+    'task_get': {'task_id': Field(_task_id)},
+    'task_list': {'state': Field(_state, required=False),
+                  'limit': Field(_int(1, 1000), required=False)},
+    'task_wait': {'task_id': Field(_task_id), 'timeout': Field(_seconds)},
+    'task_cancel': {'task_id': Field(_task_id)},
+}
+
+
+PATH_CHECKS = {'input': paths.check_input, 'output': paths.check_output}
+
+
+def validate(method: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Check ``args`` against ``SIGNATURES[method]``; return the non-None
+    ones (None means "use the default" for optional arguments)."""
+    spec = SIGNATURES[method]
+    unknown = sorted(set(args) - set(spec))
+    if unknown:
+        raise exception.InvalidRequest(
+            reason='%s: unknown argument(s) %s' % (method, ', '.join(unknown)))
+    clean = {}
+    for name, field in spec.items():
+        value = args.get(name)
+        if value is None:
+            if field.required:
+                raise exception.InvalidRequest(
+                    reason='%s: missing argument %s' % (method, name))
+            continue
+        field.check(name, value)
+        clean[name] = value
+    return clean
+
+
+def _remote(func: Callable) -> Callable:
+    """Send AccelErrors to the caller typed, with their fields."""
+    @functools.wraps(func)
+    def wrapper(self, ctxt, **kwargs):
+        try:
+            return func(self, ctxt, **kwargs)
+        except exception.AccelError as e:
+            e.kwargs = e.to_dict()['fields']
+            LOG.info('%s refused: %s', func.__name__, e.message)
+            raise oslo_messaging.ExpectedException()
+    return wrapper
+
+
+class AccelEndpoint:
+    """RPC API 1.0; see ``accel_daemon.rpc.api.AccelAPI`` for the history."""
+
+    target = oslo_messaging.Target(version=API_VERSION)
+
+    def __init__(self, manager: Any, backend: Any, settings: Settings,
+                 max_wait: float = 10.0,
+                 path_checks: dict[str, Callable] | None = None) -> None:
+        self._manager = manager
+        self._backend = backend
+        self._settings = settings
+        self._max_wait = max_wait
+        self._path_checks = path_checks or PATH_CHECKS
+
+    # -- quick calls --------------------------------------------------------
+    @_remote
+    def capabilities(self, ctxt, **kwargs):
+        validate('capabilities', kwargs)
+        return self._backend.capabilities()
+
+    @_remote
+    def image_info(self, ctxt, **kwargs):
+        args = self._checked('image_info', kwargs)
+        return self._backend.info(args['path'], args['format'])
+
+    # -- tasks --------------------------------------------------------------
+    @_remote
+    def compress(self, ctxt, **kwargs):
+        return self._submit('compress', kwargs)
+
+    @_remote
+    def decompress(self, ctxt, **kwargs):
+        return self._submit('decompress', kwargs)
+
+    @_remote
+    def convert(self, ctxt, **kwargs):
+        return self._submit('convert', kwargs)
+
+    @_remote
+    def copy(self, ctxt, **kwargs):
+        return self._submit('copy', kwargs)
+
+    @_remote
+    def upload(self, ctxt, **kwargs):
+        return self._submit('upload', kwargs)
+
+    @_remote
+    def download(self, ctxt, **kwargs):
+        return self._submit('download', kwargs)
+
+    @_remote
+    def task_get(self, ctxt, **kwargs):
+        return self._manager.get(validate('task_get', kwargs)['task_id'])
+
+    @_remote
+    def task_list(self, ctxt, **kwargs):
+        args = validate('task_list', kwargs)
+        return self._manager.list(state=args.get('state'),
+                                  limit=args.get('limit', 100))
+
+    @_remote
+    def task_wait(self, ctxt, **kwargs):
+        args = validate('task_wait', kwargs)
+        # Bounded so one call never outlives the caller's RPC timeout nor
+        # holds a server thread for long; callers loop to wait longer.
+        timeout = min(float(args['timeout']), self._max_wait)
+        return self._manager.wait(args['task_id'], timeout)
+
+    @_remote
+    def task_cancel(self, ctxt, **kwargs):
+        return self._manager.cancel(validate('task_cancel', kwargs)['task_id'])
+
+    # -- helpers ------------------------------------------------------------
+    def _submit(self, kind: str, kwargs: dict) -> dict:
+        params = self._checked(kind, kwargs)
+        task = self._manager.submit(kind, params)
+        LOG.info('Task %s queued: %s %s', task['id'], kind, params)
+        return task
+
+    def _checked(self, method: str, kwargs: dict) -> dict:
+        args = validate(method, kwargs)
+        for name, field in SIGNATURES[method].items():
+            if field.role and name in args:
+                self._check_path(field.role, args[name])
+        return args
+
+    def _check_path(self, role: str, path: str) -> None:
+        s = self._settings
+        try:
+            self._path_checks[role](path, s.allowed_dirs,
+                                    s.allowed_block_devices)
+        except OSError as e:
+            # The daemon's main process is unprivileged and may not see
+            # into every directory; the privileged layer checks again with
+            # the rights to do so.
+            LOG.debug('Path pre-check of %s skipped: %s', path, e)

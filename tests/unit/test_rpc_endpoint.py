@@ -1,0 +1,270 @@
+"""The RPC endpoint: validation, path pre-checks, delegation, typed errors.
+
+Called directly (no transport): the dispatcher only adds routing, which
+tests/unit/test_client.py covers through the fake:// transport.
+"""
+
+import os
+import time
+import uuid
+
+import oslo_messaging
+import pytest
+from oslo_messaging._drivers import common as driver_common
+
+from accel_daemon import exception
+from accel_daemon.engine.settings import Settings
+from accel_daemon.manager.backend import FakeBackend
+from accel_daemon.manager.journal import Journal
+from accel_daemon.manager.tasks import TaskManager
+from accel_daemon.rpc import api
+from accel_daemon.rpc import endpoint as ep
+
+CTXT = {}
+
+
+@pytest.fixture
+def images(tmp_path):
+    d = tmp_path / 'images'
+    d.mkdir()
+    (d / 'in.raw').write_bytes(b'x' * 100)
+    return str(d)
+
+
+@pytest.fixture
+def service(tmp_path, images):
+    backend = FakeBackend()
+    manager = TaskManager(backend, Journal(str(tmp_path / 'tasks.sqlite')),
+                          workers=2)
+    manager.start()
+    endpoint = ep.AccelEndpoint(manager, backend,
+                                Settings(allowed_dirs=(images,)),
+                                max_wait=0.2)
+    yield endpoint, manager, backend
+    manager.stop(1.0)
+
+
+def call(endpoint, method, **kwargs):
+    """Call like the dispatcher does, unwrapping ExpectedException."""
+    try:
+        return getattr(endpoint, method)(CTXT, **kwargs)
+    except oslo_messaging.ExpectedException as e:
+        raise e.exc_info[1]
+
+
+def test_target_version():
+    assert ep.AccelEndpoint.target.version == '1.0'
+    assert api.AccelAPI.VERSION == ep.API_VERSION
+
+
+def test_every_api_method_has_an_endpoint_method():
+    for method in ep.SIGNATURES:
+        assert callable(getattr(ep.AccelEndpoint, method)), method
+        assert callable(getattr(api.AccelAPI, method)), method
+
+
+def test_compress_queues_a_task_without_none_arguments(service, images):
+    endpoint, manager, backend = service
+    src, dst = os.path.join(images, 'in.raw'), os.path.join(images, 'o.gz')
+    task = call(endpoint, 'compress', src=src, dst=dst, driver=None,
+                level=3, format='gzip')
+    assert task['kind'] == 'compress'
+    assert task['params'] == {'src': src, 'dst': dst, 'level': 3,
+                              'format': 'gzip'}
+    done = manager.wait(task['id'], 5)
+    assert done['state'] == 'succeeded'
+    assert backend.calls[0][1:] == ('compress', task['params'])
+
+
+@pytest.mark.parametrize('kwargs, word', [
+    ({'dst': 'o.gz'}, 'missing argument src'),
+    ({'src': 'in.raw', 'dst': 'o.gz', 'colour': 'red'}, 'unknown argument'),
+    ({'src': 7, 'dst': 'o.gz'}, 'src: must be a non-empty string'),
+    ({'src': 'in.raw', 'dst': ''}, 'dst: must be a non-empty string'),
+    ({'src': 'in.raw', 'dst': 'o.gz', 'level': '3'}, 'level: must be an int'),
+    ({'src': 'in.raw', 'dst': 'o.gz', 'level': True}, 'level: must be an int'),
+    ({'src': 'in.raw', 'dst': 'o.gz', 'level': 0}, 'level: must be between'),
+    ({'src': 'in.raw', 'dst': 'o.gz', 'driver': 'a b'}, 'driver: must be'),
+    ({'src': 'in.raw', 'dst': 'o.gz', 'driver': ['qat']}, 'driver: must be'),
+])
+def test_compress_bad_arguments(service, images, kwargs, word):
+    endpoint, manager, _ = service
+    for key in ('src', 'dst'):
+        if isinstance(kwargs.get(key), str) and kwargs[key]:
+            kwargs[key] = os.path.join(images, kwargs[key])
+    with pytest.raises(exception.InvalidRequest) as err:
+        call(endpoint, 'compress', **kwargs)
+    assert type(err.value) is exception.InvalidRequest
+    assert word in err.value.message
+    assert manager.list() == []
+    assert os.listdir(images) == ['in.raw']
+
+
+@pytest.mark.parametrize('method, kwargs', [
+    ('convert', {'src_format': 'raw', 'dst_format': 'qcow2',
+                 'compress': 'yes'}),
+    ('convert', {'src_format': 'raw', 'dst_format': 'qcow2',
+                 'target_is_zero': 1}),
+    ('convert', {'src_format': 'raw'}),
+    ('decompress', {'max_bytes': -1}),
+    ('decompress', {'max_bytes': 1.5}),
+    ('download', {'disk_format': 'raw', 'dst_format': 'raw',
+                  'max_bytes': '10'}),
+    ('upload', {'src_format': 'raw', 'disk_format': None}),
+])
+def test_operation_bad_arguments(service, images, method, kwargs):
+    endpoint, manager, _ = service
+    with pytest.raises(exception.InvalidRequest):
+        call(endpoint, method, src=os.path.join(images, 'in.raw'),
+             dst=os.path.join(images, 'out'), **kwargs)
+    assert manager.list() == []
+
+
+@pytest.mark.parametrize('method, kwargs', [
+    ('task_get', {'task_id': 'not-a-uuid'}),
+    ('task_get', {'task_id': str(uuid.uuid4()).upper()}),
+    ('task_get', {}),
+    ('task_wait', {'task_id': str(uuid.uuid4())}),
+    ('task_wait', {'task_id': str(uuid.uuid4()), 'timeout': 'soon'}),
+    ('task_wait', {'task_id': str(uuid.uuid4()), 'timeout': -1}),
+    ('task_wait', {'task_id': str(uuid.uuid4()), 'timeout': float('nan')}),
+    ('task_list', {'state': 'sleeping'}),
+    ('task_list', {'limit': 0}),
+    ('task_cancel', {'task_id': 42}),
+    ('capabilities', {'verbose': True}),
+    ('image_info', {'path': '/x'}),
+])
+def test_control_bad_arguments(service, method, kwargs):
+    with pytest.raises(exception.InvalidRequest):
+        call(service[0], method, **kwargs)
+
+
+def test_unknown_task_is_typed(service):
+    task_id = str(uuid.uuid4())
+    with pytest.raises(exception.TaskNotFound) as err:
+        call(service[0], 'task_get', task_id=task_id)
+    assert err.value.fields == {'task_id': task_id}
+
+
+def test_path_outside_allowed_dirs(service, images, tmp_path):
+    outside = tmp_path / 'outside.raw'
+    outside.write_bytes(b'secret')
+    endpoint, manager, _ = service
+    with pytest.raises(exception.PathNotAllowed) as err:
+        call(endpoint, 'copy', src=str(outside),
+             dst=os.path.join(images, 'o'))
+    assert err.value.fields['path'] == str(outside)
+    with pytest.raises(exception.PathNotAllowed):
+        call(endpoint, 'copy', src=os.path.join(images, 'in.raw'),
+             dst=str(tmp_path / 'o'))
+    with pytest.raises(exception.PathNotAllowed):
+        call(endpoint, 'copy', src=os.path.join(images, '..', 'outside.raw'),
+             dst=os.path.join(images, 'o'))
+    assert manager.list() == []
+    assert sorted(os.listdir(images)) == ['in.raw']
+
+
+def test_symlink_escape(service, images, tmp_path):
+    endpoint, manager, _ = service
+    (tmp_path / 'secret').write_bytes(b'secret')
+    os.symlink(str(tmp_path / 'secret'), os.path.join(images, 'link'))
+    os.symlink(str(tmp_path), os.path.join(images, 'dirlink'))
+    with pytest.raises(exception.SymlinkEscape):
+        call(endpoint, 'image_info', path=os.path.join(images, 'link'),
+             format='raw')
+    with pytest.raises(exception.SymlinkEscape):
+        call(endpoint, 'copy', src=os.path.join(images, 'in.raw'),
+             dst=os.path.join(images, 'dirlink', 'o'))
+    assert manager.list() == []
+    assert not (tmp_path / 'o').exists()
+
+
+def test_existing_output_and_missing_input(service, images):
+    endpoint, manager, _ = service
+    src = os.path.join(images, 'in.raw')
+    with pytest.raises(exception.OutputExists):
+        call(endpoint, 'copy', src=src, dst=src)
+    with pytest.raises(exception.InputNotFound):
+        call(endpoint, 'copy', src=os.path.join(images, 'nope'),
+             dst=os.path.join(images, 'o'))
+    assert manager.list() == []
+
+
+def test_unreadable_paths_are_left_to_the_privileged_layer(service, images):
+    def denied(*args):
+        raise PermissionError(13, 'Permission denied')
+    endpoint = ep.AccelEndpoint(service[1], service[2],
+                                Settings(allowed_dirs=(images,)),
+                                path_checks={'input': denied,
+                                             'output': denied})
+    # The unprivileged daemon may not see into the directory: that is not
+    # a verdict, the privileged layer checks again with the rights to.
+    info = call(endpoint, 'image_info', path=os.path.join(images, 'x'),
+                format='raw')
+    assert info['format'] == 'raw'
+
+
+def test_quick_calls_go_to_the_backend(service, images):
+    endpoint = service[0]
+    caps = call(endpoint, 'capabilities')
+    assert caps['drivers'] == ['fake']
+    info = call(endpoint, 'image_info', path=os.path.join(images, 'in.raw'),
+                format='raw')
+    assert info['format'] == 'raw'
+
+
+def test_task_wait_is_capped_by_max_wait(service, images):
+    endpoint, _, backend = service
+    backend.hold = True
+    try:
+        task = call(endpoint, 'copy', src=os.path.join(images, 'in.raw'),
+                    dst=os.path.join(images, 'o'))
+        started = time.monotonic()
+        got = call(endpoint, 'task_wait', task_id=task['id'], timeout=30)
+        assert time.monotonic() - started < 5
+        assert got['state'] in ('queued', 'running')
+        cancelled = call(endpoint, 'task_cancel', task_id=task['id'])
+        assert cancelled['id'] == task['id']
+        final = call(endpoint, 'task_wait', task_id=task['id'], timeout=5)
+    finally:
+        backend.hold = False
+        backend.release()
+    assert final['state'] in ('cancelled', 'running')
+
+
+def test_task_list_filters_by_state(service, images):
+    endpoint, manager, _ = service
+    task = call(endpoint, 'copy', src=os.path.join(images, 'in.raw'),
+                dst=os.path.join(images, 'o'))
+    manager.wait(task['id'], 5)
+    assert [t['id'] for t in call(endpoint, 'task_list')] == [task['id']]
+    assert call(endpoint, 'task_list', state='failed', limit=5) == []
+
+
+def test_errors_cross_the_wire_typed_with_fields(service, tmp_path):
+    """What rabbit does: serialise, rebuild from allowed modules, clean."""
+    endpoint = service[0]
+    (tmp_path / 'x').write_bytes(b'outside')
+    try:
+        endpoint.image_info(CTXT, path=str(tmp_path / 'x'), format='raw')
+    except oslo_messaging.ExpectedException as e:
+        data = driver_common.serialize_remote_exception(e.exc_info)
+    remote = driver_common.deserialize_remote_exception(data, api.EXMODS)
+    assert isinstance(remote, exception.PathNotAllowed)
+    clean = api._clean(remote)
+    assert type(clean) is exception.PathNotAllowed
+    assert clean.fields == {'path': str(tmp_path / 'x'),
+                            'reason': 'outside the allowed directories'}
+    assert clean.message == remote.message
+    assert 'Traceback' not in str(clean)
+
+
+def test_bugs_are_not_wrapped_as_expected(service, images):
+    endpoint, _, backend = service
+
+    def broken():
+        raise RuntimeError('bug')
+    backend.capabilities = broken
+    # Not an ExpectedException: the server logs the traceback of a bug.
+    with pytest.raises(RuntimeError):
+        endpoint.capabilities(CTXT)
