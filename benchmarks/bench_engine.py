@@ -54,6 +54,7 @@ class Bench:
             common.remove(self.gzip6)  # made from an older build
         self.engine_gz = self._out('engine.gz')
         self.rows: list[Row] = []
+        self.notes: list[str] = []
 
     def _out(self, name: str) -> str:
         path = os.path.join(self.out, name)
@@ -101,52 +102,58 @@ class Bench:
                                  stdout=tmp)
             os.replace(tmp, self.gzip6)
             base = self._row('compress', 'gzip -6', bm, self.gzip6)
-        self._row('compress', self._engine_name(m), m, self.engine_gz, base)
+        row = self._row('compress', self._engine_name(m), m, self.engine_gz,
+                        base)
+        if base is None and os.path.exists(self.gzip6):
+            self.notes.append('compress: %.3fx the size of the kept gzip -6 '
+                              'file' % (row.out_bytes
+                                        / os.path.getsize(self.gzip6)))
         os.sync()
 
     def decompress(self) -> None:
-        common.warm(self.engine_gz)
-        out = self._out('engine-own.raw')
-        m = self._engine('decompress', {'src': self.engine_gz, 'dst': out})
-        own = self._row('decompress (own)', self._engine_name(m), m, out)
-        self._verify(out, self.vol.raw)
-        self._settle(out)
-        if not os.path.exists(self.gzip6):
+        base = None
+        have_gzip6 = os.path.exists(self.gzip6)
+        if not have_gzip6:
             LOG.warning('no %s (run once without --skip-baseline): '
                         'skipping decompress of the gzip -6 file', self.gzip6)
-            return
-        common.warm(self.gzip6)
-        base = None
-        if not self.args.skip_baseline:
+        elif not self.args.skip_baseline:
+            common.warm(self.gzip6)
             out = self._out('gzip-d.raw')
             bm = common.run_tool(['gzip', '-d', '-c'], stdin=self.gzip6,
                                  stdout=out)
-            base = self._row('decompress', 'gzip -d', bm, out)
+            base = self._row('decompress (gzip -6)', 'gzip -d', bm, out)
             self._settle(out)
-        own.baseline = base
-        out = self._out('engine-gzip6.raw')
-        m = self._engine('decompress', {'src': self.gzip6, 'dst': out})
-        self._row('decompress (gzip -6)', self._engine_name(m), m, out, base)
+        self._engine_decompress('own', self.engine_gz, base)
+        if have_gzip6:
+            self._engine_decompress('gzip -6', self.gzip6, base)
+
+    def _engine_decompress(self, label: str, src: str,
+                           base: Row | None) -> None:
+        common.warm(src)
+        out = self._out('engine-decompress.raw')
+        m = self._engine('decompress', {'src': src, 'dst': out})
+        self._row('decompress (%s)' % label, self._engine_name(m), m, out,
+                  base)
         self._verify(out, self.vol.raw)
         self._settle(out)
 
     def convert(self) -> None:
         common.warm(self.vol.qcow2)
+        base = None
+        if not self.args.skip_baseline:
+            out = self._out('qemu-img-wt.raw')
+            bm = common.run_tool(['qemu-img', 'convert', '-f', 'qcow2', '-O',
+                                  'raw', '-t', 'writethrough',
+                                  self.vol.qcow2, out])
+            base = self._row('convert qcow2->raw',
+                             'qemu-img -t writethrough', bm, out)
+            self._settle(out)
         out = self._out('engine-convert.raw')
         m = self._engine('convert', {'src': self.vol.qcow2, 'dst': out,
                                      'src_format': 'qcow2',
                                      'dst_format': 'raw'})
-        row = self._row('convert qcow2->raw', self._engine_name(m), m, out)
+        self._row('convert qcow2->raw', self._engine_name(m), m, out, base)
         self._verify(out, self.vol.raw)
-        self._settle(out)
-        if self.args.skip_baseline:
-            return
-        out = self._out('qemu-img-wt.raw')
-        bm = common.run_tool(['qemu-img', 'convert', '-f', 'qcow2', '-O',
-                              'raw', '-t', 'writethrough', self.vol.qcow2,
-                              out])
-        row.baseline = self._row('convert qcow2->raw',
-                                 'qemu-img -t writethrough', bm, out)
         self._settle(out)
 
     def run(self) -> None:
@@ -219,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
               os.cpu_count() or 0))
     print(common.table(bench.rows))
     print()
-    print('\n'.join(check_targets(bench.rows)))
+    print('\n'.join(bench.notes + check_targets(bench.rows)))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'volume': vol.__dict__,
