@@ -1,0 +1,267 @@
+"""qemu-img argv builders, parsers and the shipped filters (no tools run)."""
+
+import json
+import os
+
+import pytest
+
+from accel_daemon import exception
+from accel_daemon.engine import qemu_img
+from accel_daemon.engine.filters import CommandPolicy
+from tests import envfixture
+
+SRC = '/var/lib/accel-daemon/in.qcow2'
+DST = '/var/lib/accel-daemon/.accel-out.raw.1234abcd.part'
+
+
+def convert(**kw):
+    args = dict(src_cache='writeback', dst_cache='none', coroutines=16)
+    args.update(kw)
+    return qemu_img.convert_cmd(SRC, DST, 'qcow2', 'raw', **args)
+
+
+# --- formats ---------------------------------------------------------------
+@pytest.mark.parametrize('name,expected', [
+    ('raw', 'raw'), ('QCOW2', 'qcow2'), ('vhd', 'vpc'), ('VPC', 'vpc'),
+    ('vhdx', 'vhdx'), ('vmdk', 'vmdk'), ('vdi', 'vdi')])
+def test_input_formats(name, expected):
+    assert qemu_img.input_format(name) == expected
+
+
+@pytest.mark.parametrize('name', ['vdi', 'iso', 'qed', 'luks', 'auto', '',
+                                  None, 3])
+def test_unsupported_output_formats(name):
+    with pytest.raises(exception.UnsupportedFormat):
+        qemu_img.output_format(name)
+
+
+# --- builders --------------------------------------------------------------
+def test_info_forces_format_and_json():
+    assert qemu_img.info_cmd(SRC, 'vhd') == [
+        'qemu-img', 'info', '-f', 'vpc', '--output=json', SRC]
+
+
+def test_info_refuses_missing_format():
+    # CVE-2026-24708: a format-less call lets qemu-img guess.
+    with pytest.raises(exception.UnsupportedFormat):
+        qemu_img.info_cmd(SRC, None)
+
+
+def test_check_compare_measure():
+    assert qemu_img.check_cmd(SRC, 'qcow2') == [
+        'qemu-img', 'check', '-f', 'qcow2', '--output=json', SRC]
+    assert qemu_img.compare_cmd(SRC, 'qcow2', DST, 'raw') == [
+        'qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw', SRC, DST]
+    assert qemu_img.measure_cmd(SRC, 'qcow2', 'raw') == [
+        'qemu-img', 'measure', '-f', 'qcow2', '-O', 'raw', '--output=json',
+        SRC]
+
+
+def test_measure_only_for_measurable_outputs():
+    with pytest.raises(exception.UnsupportedFormat):
+        qemu_img.measure_cmd(SRC, 'qcow2', 'vmdk')
+
+
+def test_convert_raw_file():
+    assert convert(unordered=True) == [
+        'qemu-img', 'convert', '-p', '-f', 'qcow2', '-O', 'raw',
+        '-T', 'writeback', '-t', 'none', '-W', '-m', '16', '-S', '4k',
+        SRC, DST]
+
+
+def test_convert_device_zeroed():
+    argv = convert(unordered=True, existing_target=True, target_is_zero=True)
+    assert argv[-5:] == ['4k', '-n', '--target-is-zero', SRC, DST]
+
+
+def test_convert_compressed_qcow2():
+    argv = qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
+                                dst_cache='writeback', coroutines=4,
+                                compress=True)
+    assert argv[argv.index('-O') + 1] == 'qcow2'
+    assert argv[-3:] == ['-c', SRC, DST]
+    assert '-W' not in argv
+
+
+@pytest.mark.parametrize('kw', [
+    {'dst_cache': 'writethrough'}, {'dst_cache': 'unsafe'},
+    {'src_cache': 'directsync'}, {'coroutines': 0}, {'coroutines': 17},
+    {'target_is_zero': True}, {'compress': True}])
+def test_convert_refuses(kw):
+    # writethrough is never chosen; target_is_zero needs -n; -c needs qcow2.
+    with pytest.raises(exception.InvalidRequest):
+        convert(**kw)
+
+
+# --- parsers ---------------------------------------------------------------
+def info(**extra):
+    data = {'format': 'qcow2', 'virtual-size': 1024, 'filename': SRC}
+    data.update(extra)
+    return data
+
+
+def test_parse_info_roundtrip():
+    assert qemu_img.parse_info(json.dumps(info()).encode()) == info()
+
+
+@pytest.mark.parametrize('data', [b'', b'not json', b'[1]', b'\xff'])
+def test_parse_info_garbage(data):
+    with pytest.raises(exception.ImageInspectionError):
+        qemu_img.parse_info(data, SRC)
+
+
+def test_validate_info_accepts_plain():
+    qemu_img.validate_info(info(), SRC, 'qcow2')
+
+
+@pytest.mark.parametrize('bad,error', [
+    ({'format': 'raw'}, exception.FormatMismatch),
+    ({'backing-filename': '/etc/passwd'}, exception.UnsafeImage),
+    ({'full-backing-filename': 'x'}, exception.UnsafeImage),
+    ({'format-specific': {'type': 'qcow2',
+                          'data': {'data-file': '/etc/shadow'}}},
+     exception.UnsafeImage),
+    ({'virtual-size': None}, exception.ImageInspectionError)])
+def test_validate_info_refuses(bad, error):
+    with pytest.raises(error):
+        qemu_img.validate_info(info(**bad), SRC, 'qcow2')
+
+
+def test_validate_info_vmdk_extents():
+    own = {'format': 'vmdk', 'virtual-size': 1,
+           'format-specific': {'type': 'vmdk', 'data': {'extents': [
+               {'filename': SRC}]}}}
+    qemu_img.validate_info(own, SRC, 'vmdk')
+    own['format-specific']['data']['extents'].append(
+        {'filename': '/etc/shadow'})
+    with pytest.raises(exception.UnsafeImage):
+        qemu_img.validate_info(own, SRC, 'vmdk')
+
+
+def test_parse_measure():
+    out = qemu_img.parse_measure(b'{"required": 5, "fully-allocated": 9}')
+    assert out['required'] == 5
+    with pytest.raises(exception.ImageInspectionError):
+        qemu_img.parse_measure(b'{"required": 5}')
+
+
+def test_compare_result():
+    assert [qemu_img.compare_result(rc) for rc in (0, 1, 2)] == [
+        True, False, None]
+
+
+# --- progress ---------------------------------------------------------------
+def test_progress_parser_split_records():
+    parser = qemu_img.ProgressParser()
+    assert parser.feed(b'    (0.00/100%)\r    (12.') == 0.0
+    assert parser.feed(b'34/100%)\r') == pytest.approx(0.1234)
+    assert parser.feed(b'    (') is None
+    assert parser.feed(b'100.00/100%)\r') == 1.0
+
+
+def test_progress_parser_never_goes_back():
+    parser = qemu_img.ProgressParser()
+    parser.feed(b'(50.00/100%)\r')
+    assert parser.feed(b'(10.00/100%)\r') == 0.5
+
+
+def test_progress_parser_bounded_memory():
+    parser = qemu_img.ProgressParser()
+    for _ in range(1000):
+        parser.feed(b'x' * 4096)
+    assert len(parser._tail) <= 64
+
+
+# --- O_DIRECT probe -------------------------------------------------------
+def test_probe_direct_io_leaves_file_empty(tmp_path):
+    path = tmp_path / 'target'
+    path.write_bytes(b'')
+    works = qemu_img.probe_direct_io(str(path))
+    assert isinstance(works, bool)
+    assert path.stat().st_size == 0
+
+
+def test_probe_direct_io_missing(tmp_path):
+    assert qemu_img.probe_direct_io(str(tmp_path / 'missing')) is False
+
+
+def test_probe_read_does_not_modify(tmp_path):
+    path = tmp_path / 'src'
+    path.write_bytes(b'a' * 8192)
+    qemu_img.probe_direct_io(str(path), write=False)
+    assert path.read_bytes() == b'a' * 8192
+
+
+# --- shipped filters --------------------------------------------------------
+@pytest.fixture
+def policy(tmp_path):
+    """The shipped filters, with a stand-in qemu-img in exec_dirs (the
+    filters need an executable to resolve; nothing is run)."""
+    bindir = tmp_path / 'bin'
+    bindir.mkdir()
+    fake = bindir / 'qemu-img'
+    fake.write_text('#!/bin/false\n')
+    fake.chmod(0o755)
+    envfixture.install_filters(str(tmp_path / 'filters'),
+                               '/var/lib/accel-daemon')
+    return CommandPolicy([str(tmp_path / 'filters')], [str(bindir)])
+
+
+def all_built_commands():
+    yield qemu_img.info_cmd(SRC, 'vdi')
+    yield qemu_img.check_cmd(SRC, 'raw')
+    yield qemu_img.compare_cmd(SRC, 'qcow2', DST, 'vhd')
+    yield qemu_img.measure_cmd(SRC, 'vmdk', 'qcow2')
+    for fmt in qemu_img.OUTPUT_FORMATS:
+        yield qemu_img.convert_cmd(
+            SRC, DST, 'vhdx', fmt, src_cache='none', dst_cache='writeback',
+            coroutines=1, unordered=fmt == 'raw')
+    yield convert(compress=False, unordered=True, coroutines=9)
+    yield qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
+                               dst_cache='none', coroutines=16, compress=True)
+    for zero in (False, True):
+        yield qemu_img.convert_cmd(
+            SRC, '/dev/dm-3', 'qcow2', 'raw', src_cache='none',
+            dst_cache='none', coroutines=16, unordered=True,
+            existing_target=True, target_is_zero=zero)
+
+
+def test_filters_allow_every_built_shape(policy):
+    for argv in all_built_commands():
+        assert policy.allows(argv), argv
+
+
+@pytest.mark.parametrize('argv', [
+    # format-less (CVE-2026-24708)
+    ['qemu-img', 'info', '--output=json', SRC],
+    ['qemu-img', 'convert', '-O', 'raw', SRC, DST],
+    # writethrough and unsafe caches, a path escape, other places
+    ['qemu-img', 'convert', '-p', '-f', 'qcow2', '-O', 'raw', '-T', 'none',
+     '-t', 'writethrough', '-W', '-m', '16', '-S', '4k', SRC, DST],
+    ['qemu-img', 'convert', '-p', '-f', 'qcow2', '-O', 'raw', '-T', 'none',
+     '-t', 'unsafe', '-W', '-m', '16', '-S', '4k', SRC, DST],
+    ['qemu-img', 'info', '-f', 'raw', '--output=json',
+     '/var/lib/accel-daemon/../../etc/shadow'],
+    ['qemu-img', 'info', '-f', 'raw', '--output=json', '/etc/shadow'],
+    ['qemu-img', 'info', '-f', 'raw', '--output=json', '/dev/sda'],
+    # file output onto a device name, device output without -n
+    ['qemu-img', 'create', '-f', 'raw', SRC, '1G'],
+    ['qemu-img', 'convert', '-p', '-f', 'raw', '-O', 'raw', '-T', 'none',
+     '-t', 'none', '-W', '-m', '16', '-S', '4k', SRC, '/dev/dm-0'],
+    # -c on a non-qcow2 output, an extra option
+    convert(unordered=False)[:6] + ['vmdk'] + convert()[7:-2] + ['-c', SRC,
+                                                               DST],
+    qemu_img.info_cmd(SRC, 'raw')[:-1] + ['-U', SRC],
+])
+def test_filters_deny(policy, argv):
+    with pytest.raises(exception.CommandDenied):
+        policy.check(argv)
+
+
+def test_filter_file_has_comments_for_each_group():
+    path = os.path.join(envfixture.SHIPPED_FILTERS, 'qemu-img.filters')
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if 'RegExpFilter' in line and not lines[i - 1].startswith('qemu_img'):
+            assert lines[i - 1].startswith('#'), line
