@@ -23,63 +23,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { echo "setup: $*" >&2; }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null; then
-        sudo -n "$@"
-    else
-        log "need root (or sudo) to run: $*"
-        return 1
-    fi
-}
-
-# Print the Debian package names bindep.txt selects for the profiles in $1.
-# bindep rules kept here: an entry restricted to other platforms is skipped;
-# an entry with profiles is taken only when one of them is selected.
-bindep_packages() {
-    local profiles=" $1 " line name spec tok platform_ok has_profile wanted
-    while IFS= read -r line; do
-        line=${line%%#*}
-        read -r name spec <<<"$line" || true
-        [ -n "$name" ] || continue
-        spec=${spec#[}; spec=${spec%]}
-        platform_ok=1; has_profile=0; wanted=0
-        for tok in $spec; do
-            case $tok in
-                platform:dpkg|platform:debian) ;;
-                platform:*) platform_ok=0 ;;
-                !*) [[ $profiles == *" ${tok#!} "* ]] && platform_ok=0 ;;
-                *) has_profile=1
-                   [[ $profiles == *" $tok "* ]] && wanted=1 ;;
-            esac
-        done
-        if [ $platform_ok = 1 ] && { [ $has_profile = 0 ] || [ $wanted = 1 ]; }
-        then
-            echo "$name"
-        fi
-    done <"$ROOT/bindep.txt"
-}
-
-is_installed() {
-    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
-}
-
-install_debs() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        is_installed "$pkg" || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        return 0
-    fi
-    log "installing Debian packages: ${missing[*]}"
-    as_root apt-get update -qq
-    # Services are started by our own scripts (tools/rabbitmq.sh), not by
-    # the package's postinst, which cannot work without an init system.
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=tools/bindep.sh
+source "$ROOT/tools/bindep.sh"
 
 venv_ok() {
     [ -x "$VENV/bin/python" ] &&

@@ -1,0 +1,138 @@
+#!/bin/bash
+# Deploy accel-daemon on this host from this checkout. Idempotent; run as
+# root:
+#
+#   bash tools/install.sh
+#
+# Environment (all optional):
+#   ACCEL_USER           service user                   (accel-daemon)
+#   ACCEL_PREFIX         where the venv goes             (/opt/accel-daemon)
+#   ACCEL_ALLOWED_DIRS   comma-separated allowed dirs    (/var/lib/accel-daemon)
+#   ACCEL_TRANSPORT_URL  oslo.messaging transport URL
+#                        (rabbit://guest:guest@127.0.0.1:5672/)
+#
+# What it does: Debian packages from bindep.txt (runtime entries only); a
+# system user; /var/lib/accel-daemon (0750, owned by that user); a venv
+# built from Debian's /usr/bin/python3 with a regular (not editable) install,
+# readable by the service user; /etc/accel-daemon with the config, the
+# rootwrap.conf and the filters (root-owned: the service user must not be
+# able to widen them); the sudoers rule for the privsep helper.
+# accel-daemon.conf is written only when absent, so local edits survive.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+USER_NAME=${ACCEL_USER:-accel-daemon}
+PREFIX=${ACCEL_PREFIX:-/opt/accel-daemon}
+VENV=$PREFIX/venv
+ALLOWED_DIRS=${ACCEL_ALLOWED_DIRS:-/var/lib/accel-daemon}
+TRANSPORT_URL=${ACCEL_TRANSPORT_URL:-rabbit://guest:guest@127.0.0.1:5672/}
+STATE=/var/lib/accel-daemon
+ETC=/etc/accel-daemon
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { echo "install: $*" >&2; }
+
+# shellcheck source=tools/bindep.sh
+source "$ROOT/tools/bindep.sh"
+
+make_user() {
+    if ! getent passwd "$USER_NAME" >/dev/null; then
+        log "creating system user $USER_NAME"
+        useradd --system --user-group --home-dir "$STATE" --no-create-home \
+            --shell /usr/sbin/nologin "$USER_NAME"
+    fi
+    install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE" "$STATE/state"
+}
+
+make_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV from /usr/bin/python3"
+        install -d -m 0755 "$PREFIX"
+        /usr/bin/python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt"
+    # Not editable: the service user must not depend on (or be able to
+    # read) a developer's checkout. pbr needs a version outside git.
+    if ! git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+        export PBR_VERSION=${PBR_VERSION:-0.0.0}
+    fi
+    "$VENV/bin/pip" install -q --use-pep517 --no-deps --force-reinstall "$ROOT"
+    # pip honours root's umask; make sure the service user can read it all.
+    chmod -R u+rwX,go+rX,go-w "$PREFIX"
+}
+
+install_file() {  # mode src dest: copy, replacing dest only when it differs
+    if ! cmp -s "$2" "$3"; then
+        install -m "$1" -o root -g "$USER_NAME" "$2" "$3"
+        log "installed $3"
+    fi
+}
+
+write_config() {
+    local conf=$ETC/accel-daemon.conf
+    [ -e "$conf" ] && return 0
+    log "writing $conf"
+    install -m 0640 -o root -g "$USER_NAME" /dev/null "$conf"
+    cat >"$conf" <<EOF
+# accel-daemon configuration; every option is described in
+# $ETC/accel-daemon.conf.sample.
+[DEFAULT]
+transport_url = $TRANSPORT_URL
+
+[accel_daemon]
+allowed_dirs = $ALLOWED_DIRS
+filters_path = $ETC/rootwrap.d
+state_dir = $STATE/state
+EOF
+}
+
+install_etc() {
+    install -d -m 0755 -o root -g root "$ETC" "$ETC/rootwrap.d"
+    install_file 0644 "$ROOT/etc/accel-daemon/rootwrap.conf" "$ETC/rootwrap.conf"
+    install_file 0644 "$ROOT/etc/accel-daemon/accel-daemon.conf.sample" \
+        "$ETC/accel-daemon.conf.sample"
+    write_config
+    # The filters are the command boundary: owned by root, not writable by
+    # the service user, path patterns rewritten for the allowed directories.
+    local -a dirs
+    IFS=, read -r -a dirs <<<"$ALLOWED_DIRS"
+    /usr/bin/python3 "$ROOT/tools/render_filters.py" "$ROOT/filters" \
+        "$ETC/rootwrap.d" "${dirs[@]}" >/dev/null
+    chown -R root:root "$ETC/rootwrap.d"
+}
+
+install_sudoers() {
+    local src=$ROOT/etc/accel-daemon/sudoers.d/accel-daemon
+    if [ ! -f "$src" ]; then
+        log "no sudoers sample in the tree; skipping"
+        return 0
+    fi
+    local tmp
+    tmp=$(mktemp)
+    sed -e "s|/opt/accel-daemon/venv|$VENV|g" \
+        -e "s|^accel-daemon|$USER_NAME|" "$src" >"$tmp"
+    if ! visudo -c -q -f "$tmp"; then
+        rm -f "$tmp"
+        log "sudoers file does not parse; not installed"
+        return 1
+    fi
+    install -m 0440 -o root -g root "$tmp" /etc/sudoers.d/accel-daemon
+    rm -f "$tmp"
+}
+
+main() {
+    if [ "$(id -u)" -ne 0 ]; then
+        log "run as root"
+        exit 1
+    fi
+    # shellcheck disable=SC2046  # one package name per word
+    install_debs $(bindep_packages)
+    make_user
+    make_venv
+    install_etc
+    install_sudoers
+    log "done. Start the daemon as the service user, for example:"
+    log "  sudo -u $USER_NAME $VENV/bin/accel-daemon --config-file $ETC/accel-daemon.conf"
+}
+
+main "$@"
