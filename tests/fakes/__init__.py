@@ -1,0 +1,1 @@
+"""Test doubles: fake sysfs trees and a stand-in qzip (no hardware)."""
