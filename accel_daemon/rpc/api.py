@@ -92,6 +92,11 @@ class AccelAPI:
                        % (host, rpc_timeout)) from None
         except oslo_messaging.RemoteError as e:
             raise _from_remote(e) from None
+        except (oslo_messaging.NoSuchMethod,
+                oslo_messaging.UnsupportedVersion) as e:
+            # Raised as themselves by in-process transports (fake://);
+            # over a broker they arrive as RemoteError (above).
+            raise exception.InvalidRequest(reason=str(e)) from None
 
     # -- 1.0 ----------------------------------------------------------------
     def capabilities(self, host: str) -> dict:

@@ -1,0 +1,255 @@
+"""AccelClient and task handles through oslo.messaging's fake:// transport,
+against a real endpoint + TaskManager + FakeBackend.  One server for the
+whole module: stopping one costs about a second."""
+
+import os
+import socket
+import threading
+import time
+import uuid
+
+import oslo_messaging
+import pytest
+from oslo_config import cfg
+from oslo_messaging import conffixture
+
+from accel_daemon import exception
+from accel_daemon.client import AccelClient
+from accel_daemon.engine.settings import Settings
+from accel_daemon.manager.backend import FakeBackend
+from accel_daemon.manager.journal import Journal
+from accel_daemon.manager.tasks import TaskManager
+from accel_daemon.rpc import endpoint as rpc_endpoint
+from accel_daemon.rpc import server as rpc_server
+
+HOST = 'unit-%s' % uuid.uuid4().hex[:8]
+
+
+class Daemon:
+    def __init__(self, root):
+        self.images = os.path.join(root, 'images')
+        os.makedirs(self.images)
+        self.backend = FakeBackend(step=0.002)
+        self.manager = TaskManager(
+            self.backend, Journal(os.path.join(root, 'tasks.sqlite')),
+            workers=3)
+
+
+@pytest.fixture(scope='module')
+def conf():
+    fixture = conffixture.ConfFixture(cfg.CONF, transport_url='fake:/')
+    fixture.setUp()
+    fixture.conf.set_override('control_exchange', 'test-%s' % HOST)
+    yield fixture.conf
+    fixture.cleanUp()
+
+
+@pytest.fixture(scope='module')
+def daemon(conf, tmp_path_factory):
+    d = Daemon(str(tmp_path_factory.mktemp('daemon')))
+    d.manager.start()
+    transport = rpc_server.get_transport(conf)
+    endpoint = rpc_endpoint.AccelEndpoint(
+        d.manager, d.backend, Settings(allowed_dirs=(d.images,)),
+        max_wait=0.5)
+    server = rpc_server.build(transport, 'accel_daemon', HOST, [endpoint])
+    # A unit test must never reach a real broker.
+    assert type(transport._driver).__name__ == 'FakeDriver'
+    server.start()
+    d.server = server
+    yield d
+    server.stop()
+    d.manager.stop(1.0)
+    server.wait()
+    transport.cleanup()
+
+
+@pytest.fixture(scope='module')
+def client(conf, daemon):
+    c = AccelClient(conf, host=HOST)
+    c.wait_interval = 0.2
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def backend(daemon):
+    """The shared fake backend, reset after each test."""
+    yield daemon.backend
+    daemon.backend.duration = 0.0
+    daemon.backend.fail = None
+
+
+@pytest.fixture
+def src(daemon):
+    path = os.path.join(daemon.images, 'src-%s.raw' % uuid.uuid4().hex[:6])
+    with open(path, 'wb') as f:
+        f.write(b'data')
+    return path
+
+
+def out(daemon, name='out'):
+    return os.path.join(daemon.images, '%s-%s' % (name, uuid.uuid4().hex[:6]))
+
+
+def test_executor_is_threading(daemon):
+    # oslo.messaging picks it from the process (no executor= argument).
+    assert daemon.server.executor_type == 'threading'
+    assert daemon.server.dispatcher.access_policy.__class__ is \
+        oslo_messaging.DefaultRPCAccessPolicy
+
+
+def test_capabilities_and_info(client, src):
+    assert client.capabilities()['drivers'] == ['fake']
+    assert client.image_info(src, 'raw')['filename'] == src
+
+
+def test_compress_wait_returns_result(client, daemon, src, backend):
+    dst = out(daemon, 'c.gz')
+    handle = client.compress(src, dst, level=1)
+    assert handle.kind == 'compress'
+    assert handle.state in ('queued', 'running', 'succeeded')
+    result = handle.wait(timeout=10)
+    assert result['output'] == dst
+    assert handle.state == 'succeeded'
+    assert handle.result == result
+    assert handle.error is None
+    assert handle.status()['state'] == 'succeeded'
+    assert handle.progress == {'done': 1000, 'total': 1000}
+    assert client.task(handle.id).kind == 'compress'
+
+
+@pytest.mark.parametrize('method, args', [
+    ('decompress', ('max_bytes',)),
+    ('convert', ('raw', 'qcow2')),
+    ('copy', ()),
+    ('upload', ('raw', 'raw')),
+    ('download', ('raw', 'qcow2')),
+])
+def test_every_operation_reaches_the_backend(client, daemon, src, backend,
+                                             method, args):
+    dst = out(daemon)
+    if method == 'decompress':
+        handle = client.decompress(src, dst, max_bytes=10)
+    else:
+        handle = getattr(client, method)(src, dst, *args)
+    assert handle.wait(timeout=10)['output'] == dst
+    kind, params = [c[1:] for c in backend.calls if c[0] == handle.id][0]
+    assert kind == method
+    assert params['src'] == src and params['dst'] == dst
+
+
+def test_refused_request_is_typed_with_fields(client, daemon, tmp_path):
+    outside = tmp_path / 'outside'
+    outside.write_bytes(b'x')
+    with pytest.raises(exception.PathNotAllowed) as err:
+        client.copy(str(outside), out(daemon))
+    assert type(err.value) is exception.PathNotAllowed
+    assert err.value.fields['path'] == str(outside)
+
+
+def test_wrong_type_is_invalid_request(client, daemon, src):
+    with pytest.raises(exception.InvalidRequest) as err:
+        client.compress(src, out(daemon), level='fast')
+    assert 'level' in err.value.message
+
+
+def test_unknown_and_private_methods_are_invalid_requests(client):
+    with pytest.raises(exception.InvalidRequest):
+        client._api.call(client.host, 'format_disk')
+    # DefaultRPCAccessPolicy: names starting with _ are not callable.
+    with pytest.raises(exception.InvalidRequest):
+        client._api.call(client.host, '_submit', kind='copy', kwargs={})
+
+
+def test_newer_version_is_an_invalid_request(client):
+    with pytest.raises(exception.InvalidRequest):
+        client._api.call(client.host, 'capabilities', version='1.9')
+
+
+def test_failed_task_raises_typed_error(client, daemon, src, backend):
+    backend.fail = 'CorruptInput'
+    handle = client.decompress(src, out(daemon))
+    with pytest.raises(exception.CorruptInput) as err:
+        handle.wait(timeout=10)
+    assert type(err.value) is exception.CorruptInput
+    assert handle.state == 'failed'
+    assert isinstance(handle.error, exception.CorruptInput)
+
+
+def test_wait_timeout_then_cancel(client, daemon, src, backend):
+    backend.duration = 60
+    handle = client.copy(src, out(daemon))
+    started = time.monotonic()
+    with pytest.raises(exception.TaskWaitTimeout) as err:
+        handle.wait(timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 3
+    assert err.value.fields['task_id'] == handle.id
+    assert handle.state in ('queued', 'running')
+    handle.cancel()
+    with pytest.raises(exception.Cancelled):
+        handle.wait(timeout=10)
+    assert handle.state == 'cancelled'
+
+
+def test_unknown_task(client):
+    with pytest.raises(exception.TaskNotFound):
+        client.task(str(uuid.uuid4()))
+
+
+def test_tasks_listing(client, daemon, src, backend):
+    handle = client.copy(src, out(daemon))
+    handle.wait(timeout=10)
+    ids = [t.id for t in client.tasks(state='succeeded', limit=1000)]
+    assert handle.id in ids
+    assert all(t.state == 'succeeded' for t in client.tasks('succeeded'))
+
+
+def test_concurrent_clients(client, daemon, src, backend):
+    backend.duration = 0.05
+    results, errors = [], []
+
+    def worker(n):
+        try:
+            for i in range(5):
+                h = client.copy(src, out(daemon, 'cc%d-%d' % (n, i)))
+                results.append(h.wait(timeout=30))
+        except Exception as e:      # collected and asserted below
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(results) == 20
+    assert len({r['output'] for r in results}) == 20
+    assert backend.max_running <= 3
+
+
+def test_unreachable_daemon_is_service_unavailable(conf, daemon):
+    conf.set_override('timeout', 1, group='accel_daemon_client')
+    try:
+        with AccelClient(conf, host='nobody-%s' % HOST) as c:
+            with pytest.raises(exception.ServiceUnavailable):
+                c.capabilities()
+    finally:
+        conf.clear_override('timeout', group='accel_daemon_client')
+
+
+def test_client_options_registered_on_callers_conf():
+    conf = cfg.ConfigOpts()
+    fixture = conffixture.ConfFixture(conf, transport_url='fake:/')
+    fixture.setUp()
+    conf([], project='cinder')
+    try:
+        with AccelClient(conf) as c:
+            assert conf.accel_daemon_client.timeout == 60
+            assert c.host == socket.gethostname()
+        conf.set_override('host', 'h1', group='accel_daemon_client')
+        with AccelClient(conf) as c:
+            assert c.host == 'h1'
+        with AccelClient(conf, host='h2') as c:
+            assert c.host == 'h2'
+    finally:
+        fixture.cleanUp()
