@@ -27,12 +27,10 @@ LOG = logging.getLogger(__name__)
 class LocalBackend:
     """An Engine in-process; it has whatever privileges this process has."""
 
-    def __init__(self, engine: api.Engine) -> None:
+    def __init__(self, engine: api.Engine | Settings) -> None:
+        if isinstance(engine, Settings):
+            engine = api.Engine(engine)
         self.engine = engine
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LocalBackend:
-        return cls(api.Engine(settings))
 
     def run(self, task_id: str, kind: str, params: dict) -> dict:
         return ops.do_run(self.engine, task_id, kind, params)

@@ -171,6 +171,8 @@ def init(conf: cfg.ConfigOpts = cfg.CONF, start: bool = True) -> None:
     """
     if conf is not cfg.CONF:
         raise ValueError('oslo.privsep only reads the global cfg.CONF')
+    # Again here: a test fixture's conf.reset() unsets privsep's defaults.
+    conf.set_default('capabilities', list(CAPABILITIES), group=SECTION)
     _apply_pool_default(conf)
     if not conf[SECTION].helper_command:
         cmd = helper_command(sys.executable, os.geteuid(),

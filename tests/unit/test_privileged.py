@@ -1,0 +1,337 @@
+"""The privileged layer without a privsep daemon: entrypoints called
+in-process (client mode off) with an injected fake Engine, the helper
+command, the sudoers sample, the capability plan and error transport."""
+
+import os
+import re
+import tempfile
+
+import msgpack
+import pytest
+from oslo_config import cfg
+from oslo_privsep import capabilities as c
+from oslo_utils import importutils
+
+from accel_daemon import backends
+from accel_daemon import exception
+from accel_daemon import privileged
+from accel_daemon.engine import api
+from accel_daemon.engine import paths
+from accel_daemon.privileged import caps
+from accel_daemon.privileged import ops
+from tests.envfixture import ROOT
+
+SUDOERS = os.path.join(ROOT, 'etc', 'accel-daemon', 'sudoers.d',
+                       'accel-daemon')
+
+
+class RecordingEngine(api.Engine):
+    """An Engine whose operations only record what reached them."""
+
+    def __init__(self, settings, fail=None):
+        super().__init__(settings)
+        self.calls = []
+        self.fail = fail
+
+    def run(self, task_id, kind, params):
+        self.calls.append(('run', task_id, kind, params))
+        if self.fail:
+            raise self.fail
+        return {'output': params['dst'], 'size': 3, 'extents': ((0, 3),)}
+
+    def info(self, path, fmt):
+        self.calls.append(('info', path, fmt))
+        return {'format': fmt, 'snapshots': ()}
+
+    def capabilities(self):
+        return {'drivers': ('gzip', 'pigz'), 'tools': {'gzip': '1.12'}}
+
+    def discard_partial(self, dst):
+        self.calls.append(('discard_partial', dst))
+        return (dst + '.part',)
+
+
+@pytest.fixture
+def engine(env):
+    eng = RecordingEngine(env.settings)
+    previous = ops.use_engine(eng)
+    privileged.context.set_client_mode(False)
+    yield eng
+    privileged.context.set_client_mode(True)
+    ops.use_engine(previous)
+
+
+@pytest.fixture(params=['privsep-in-process', 'local'])
+def backend(request, engine):
+    if request.param == 'local':
+        return backends.LocalBackend(engine)
+    return backends.PrivsepBackend()
+
+
+def _src(env, name='src.img', data=b'abc'):
+    path = env.path(name)
+    with open(path, 'wb') as f:
+        f.write(data)
+    return path
+
+
+# -- path re-validation ----------------------------------------------------
+def test_run_passes_checked_params_and_normalises_tuples(env, engine,
+                                                         backend):
+    src = _src(env)
+    result = backend.run('t1', 'compress', {'src': src, 'dst': env.path('o')})
+    assert result == {'output': env.path('o'), 'size': 3,
+                      'extents': [[0, 3]]}
+    assert engine.calls == [('run', 't1', 'compress',
+                             {'src': src, 'dst': env.path('o')})]
+
+
+@pytest.mark.parametrize('make_params, error', [
+    (lambda env, src: {'src': '/etc/passwd', 'dst': env.path('o')},
+     exception.PathNotAllowed),
+    (lambda env, src: {'src': src, 'dst': os.path.join(env.root, 'o')},
+     exception.PathNotAllowed),
+    (lambda env, src: {'src': env.path('..', 'x'), 'dst': env.path('o')},
+     exception.PathNotAllowed),
+    (lambda env, src: {'src': 'relative.img', 'dst': env.path('o')},
+     exception.PathNotAllowed),
+    (lambda env, src: {'src': src, 'dst': src}, exception.OutputExists),
+    (lambda env, src: {'src': env.path('missing'), 'dst': env.path('o')},
+     exception.InputNotFound),
+])
+def test_run_refuses_bad_paths_before_the_engine(env, engine, backend,
+                                                 make_params, error):
+    params = make_params(env, _src(env))
+    with pytest.raises(error) as e:
+        backend.run('t1', 'compress', params)
+    assert type(e.value) is error
+    assert e.value.fields.get('path')
+    assert engine.calls == []
+    assert not os.path.exists(env.path('o'))
+    assert paths.stray_temp_files(env.images) == []
+
+
+def test_symlink_escape_refused_even_if_caller_skipped_checks(env, engine,
+                                                              backend):
+    secret = os.path.join(env.root, 'secret')
+    with open(secret, 'w') as f:
+        f.write('x')
+    os.symlink(secret, env.path('link.img'))
+    os.symlink(env.root, env.path('outdir'))
+    with pytest.raises(exception.SymlinkEscape):
+        backend.run('t1', 'copy', {'src': env.path('link.img'),
+                                   'dst': env.path('o')})
+    with pytest.raises(exception.SymlinkEscape):
+        backend.run('t1', 'copy', {'src': _src(env),
+                                   'dst': env.path('outdir', 'o')})
+    assert engine.calls == []
+    assert not os.path.exists(os.path.join(env.root, 'o'))
+
+
+def test_info_revalidates_path(env, engine, backend):
+    with pytest.raises(exception.PathNotAllowed):
+        backend.info('/etc/hostname', 'raw')
+    src = _src(env)
+    assert backend.info(src, 'raw') == {'format': 'raw', 'snapshots': []}
+    assert engine.calls == [('info', src, 'raw')]
+
+
+def test_discard_partial_confined_but_dst_may_exist(env, engine, backend):
+    with pytest.raises(exception.PathNotAllowed):
+        backend.discard_partial(os.path.join(env.root, 'o'))
+    with pytest.raises(exception.PathNotAllowed):
+        backend.discard_partial('/etc/passwd')
+    published = _src(env, 'published.img')
+    assert backend.discard_partial(published) == [published + '.part']
+    assert engine.calls == [('discard_partial', published)]
+
+
+def test_bad_argument_types_are_invalid_requests(env, engine, backend):
+    with pytest.raises(exception.InvalidRequest):
+        backend.run('t1', 'copy', ['not', 'a', 'dict'])
+    with pytest.raises(exception.InvalidRequest):
+        backend.run(None, 'copy', {'src': _src(env), 'dst': env.path('o')})
+    assert engine.calls == []
+
+
+def test_capabilities_plain(engine, backend):
+    assert backend.capabilities() == {'drivers': ['gzip', 'pigz'],
+                                      'tools': {'gzip': '1.12'}}
+
+
+def test_progress_and_cancel_of_unknown_task(engine, backend):
+    assert backend.progress('nope') is None
+    assert backend.cancel('nope') is False
+
+
+def test_unknown_kind_typed(env, engine):
+    engine.run = api.Engine.run.__get__(engine)  # the real dispatcher
+    with pytest.raises(exception.InvalidRequest) as e:
+        backends.PrivsepBackend().run('t', 'format-disk', {})
+    assert 'format-disk' in str(e.value)
+
+
+# -- errors across the channel ---------------------------------------------
+def _over_privsep_wire(exc):
+    """What oslo.privsep does with an exception: msgpack the class name and
+    args, then rebuild ``cls(*args)`` on the other side."""
+    cls = type(exc)
+    wire = msgpack.packb(('%s.%s' % (cls.__module__, cls.__name__), exc.args),
+                         use_bin_type=True)
+    name, args = msgpack.unpackb(wire, use_list=False, raw=False)
+    return importutils.import_class(name)(*args)
+
+
+def test_entrypoint_sends_failure_that_rebuilds_type_and_fields(env, engine):
+    engine.fail = exception.SizeLimitExceeded(path='/x', limit=10)
+    with pytest.raises(ops.Failure) as e:
+        ops.run('t1', 'compress', {'src': _src(env), 'dst': env.path('o')})
+    rebuilt = _over_privsep_wire(e.value).to_error()
+    assert type(rebuilt) is exception.SizeLimitExceeded
+    assert rebuilt.fields == {'path': '/x', 'limit': 10}
+    assert rebuilt.message == str(engine.fail)
+
+
+def test_backend_reraises_typed_error_with_fields(env, engine):
+    engine.fail = exception.Cancelled()
+    with pytest.raises(exception.Cancelled):
+        backends.PrivsepBackend().run('t', 'copy', {'src': _src(env),
+                                                    'dst': env.path('o')})
+
+
+def test_bug_in_engine_becomes_internal_error(env, engine, backend):
+    engine.fail = KeyError('oops')
+    err_type = (KeyError if isinstance(backend, backends.LocalBackend)
+                else exception.InternalError)
+    with pytest.raises(err_type):
+        backend.run('t', 'copy', {'src': _src(env), 'dst': env.path('o')})
+
+
+def test_every_accel_error_survives_privsep_native_rebuild():
+    # Defence in depth: should an AccelError ever reach privsep's own
+    # serialisation, it still arrives as the same class and message.
+    for name in dir(exception):
+        cls = getattr(exception, name)
+        if isinstance(cls, type) and issubclass(cls, exception.AccelError):
+            err = cls('message for %s' % name)
+            rebuilt = _over_privsep_wire(err)
+            assert type(rebuilt) is cls
+            assert str(rebuilt) == 'message for %s' % name
+
+
+def test_entrypoints_are_registered_with_our_context():
+    for name in ('run', 'capabilities', 'info', 'progress', 'cancel',
+                 'discard_partial', 'reload_filters'):
+        assert privileged.context.is_entrypoint(getattr(ops, name)), name
+    assert not privileged.context.is_entrypoint(ops.do_run)
+
+
+# -- starting the daemon ---------------------------------------------------
+def test_helper_command_root_runs_helper_directly():
+    cmd = privileged.helper_command('/opt/a/venv/bin/python3', 0,
+                                    ['/etc/accel-daemon/accel-daemon.conf'],
+                                    ['/etc/accel-daemon/conf.d'])
+    assert cmd == ['/opt/a/venv/bin/privsep-helper',
+                   '--config-file', '/etc/accel-daemon/accel-daemon.conf',
+                   '--config-dir', '/etc/accel-daemon/conf.d']
+
+
+def test_helper_command_non_root_uses_sudo_noninteractive():
+    cmd = privileged.helper_command('/opt/a/venv/bin/python3', 1000,
+                                    ['rel.conf'], sudo='/usr/bin/sudo')
+    assert cmd[:3] == ['/usr/bin/sudo', '-n', '/opt/a/venv/bin/privsep-helper']
+    assert cmd[4] == os.path.abspath('rel.conf')
+    with pytest.raises(RuntimeError):
+        privileged.helper_command('/opt/a/venv/bin/python3', 1000, sudo=None)
+
+
+@pytest.fixture
+def global_conf():
+    # Not oslo.config's fixture: its cleanup resets every default, including
+    # the capabilities oslo.privsep set for our context.
+    yield cfg.CONF
+    cfg.CONF.clear_override('workers', group='tasks')
+    cfg.CONF.clear_override('helper_command', group=privileged.SECTION)
+    privileged._apply_pool_default(cfg.CONF)
+
+
+def test_init_sets_absolute_helper_and_pool_size(global_conf):
+    global_conf.set_override('workers', 7, group='tasks')
+    privileged.init(global_conf, start=False)
+    section = global_conf[privileged.SECTION]
+    assert section.thread_pool_size == 7 + privileged.CONTROL_THREADS
+    helper = os.path.join(os.path.dirname(os.path.abspath(
+        __import__('sys').executable)), 'privsep-helper')
+    words = section.helper_command.split()
+    assert helper in words
+    assert (words[0] == helper) == (os.geteuid() == 0)
+
+
+def test_init_keeps_operator_helper_command(global_conf):
+    global_conf.set_override('helper_command', 'custom-helper',
+                             group=privileged.SECTION)
+    privileged.init(global_conf, start=False)
+    assert global_conf[privileged.SECTION].helper_command == 'custom-helper'
+    with pytest.raises(ValueError):
+        privileged.init(cfg.ConfigOpts(), start=False)
+
+
+def test_default_pool_exceeds_workers_and_cpu_count():
+    assert privileged.pool_size(4) >= 4 + 2
+    assert cfg.CONF[privileged.SECTION].thread_pool_size >= (
+        cfg.CONF.tasks.workers + 2)
+
+
+def _sudoers_args_regex():
+    with open(SUDOERS) as f:
+        rule = [ln for ln in f if ln.startswith('accel-daemon ')][0]
+    helper, args = re.search(r'NOPASSWD: (\S+) \^(.*)\$$', rule).groups()
+    return helper, re.compile(args)
+
+
+def test_sudoers_sample_allows_exactly_what_init_builds():
+    helper, args = _sudoers_args_regex()
+    cmd = privileged.helper_command(
+        '/opt/accel-daemon/venv/bin/python3', 999,
+        ['/etc/accel-daemon/accel-daemon.conf'], sudo='/usr/bin/sudo')
+    sock = os.path.join(tempfile.mkdtemp(dir='/tmp'), 'privsep.sock')
+    os.rmdir(os.path.dirname(sock))
+    full = cmd[2:] + ['--privsep_context', privileged.CONTEXT_PYPATH,
+                      '--privsep_sock_path', sock]
+    assert full[0] == helper
+    assert args.fullmatch(' '.join(full[1:]))
+    # Anything appended (another config file, context...) is refused.
+    for extra in (['--config-file', '/tmp/evil.conf'],
+                  ['--privsep_context', 'os.system']):
+        assert not args.fullmatch(' '.join(full[1:] + extra))
+    assert privileged.context.helper_command  # pypath is importable
+    assert importutils.import_class(privileged.CONTEXT_PYPATH) is (
+        privileged.context)
+
+
+# -- capabilities ----------------------------------------------------------
+def test_context_keeps_only_the_documented_capabilities():
+    assert set(cfg.CONF[privileged.SECTION].capabilities) == {
+        c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_SETPCAP}
+    assert set(privileged.CHILD_CAPABILITIES) == {c.CAP_DAC_OVERRIDE}
+
+
+def test_hardening_plan_drops_setpcap_and_limits_children():
+    keep, child = caps.plan(privileged.CAPABILITIES,
+                            privileged.CHILD_CAPABILITIES)
+    assert keep == [c.CAP_CHOWN, c.CAP_DAC_OVERRIDE]
+    assert child == [c.CAP_DAC_OVERRIDE]
+    # A child capability the daemon does not hold is never granted.
+    assert caps.plan([c.CAP_CHOWN], [c.CAP_DAC_OVERRIDE]) == (
+        [c.CAP_CHOWN], [])
+
+
+def test_bounding_drops_everything_but_kept():
+    drops = caps.bounding_drops([c.CAP_DAC_OVERRIDE], 40)
+    assert c.CAP_DAC_OVERRIDE not in drops
+    assert c.CAP_SYS_ADMIN in drops and len(drops) == 40
+
+
+def test_test_process_is_not_a_privsep_daemon():
+    # The guard that keeps in-process callers from being hardened.
+    assert not caps.in_privsep_daemon(privileged.CAPABILITIES)
