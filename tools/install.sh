@@ -110,7 +110,8 @@ install_sudoers() {
     local tmp
     tmp=$(mktemp)
     sed -e "s|/opt/accel-daemon/venv|$VENV|g" \
-        -e "s|^accel-daemon|$USER_NAME|" "$src" >"$tmp"
+        -e "s|^accel-daemon |$USER_NAME |" \
+        -e "s|^Defaults:accel-daemon |Defaults:$USER_NAME |" "$src" >"$tmp"
     if ! visudo -c -q -f "$tmp"; then
         rm -f "$tmp"
         log "sudoers file does not parse; not installed"
