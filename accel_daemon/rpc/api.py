@@ -28,9 +28,28 @@ _REMOTE_SUFFIX = '_Remote'
 _REQUEST_ERRORS = ('NoSuchMethod', 'UnsupportedVersion', 'InvalidTarget')
 
 
+def register_messaging_opts(conf: cfg.ConfigOpts) -> None:
+    """Register the oslo.messaging options it only puts on ``cfg.CONF``.
+
+    oslo.messaging 18.x registers its tracing and metrics options on the
+    global configuration at import time, yet reads them from the transport's
+    ``conf`` on every call: a caller with its own ``ConfigOpts`` would get
+    NoSuchOptError from ``call()`` (DESIGN.md section 6).
+    """
+    if conf is cfg.CONF:
+        return
+    from oslo_messaging._metrics import client as metrics
+    from oslo_messaging._tracing import client as tracing
+    conf.register_opts(tracing.oslo_messaging_tracing,
+                       group='oslo_messaging_tracing')
+    conf.register_opts(metrics.oslo_messaging_metrics,
+                       group='oslo_messaging_metrics')
+
+
 def get_transport(conf: cfg.ConfigOpts,
                   url: str | None = None) -> oslo_messaging.Transport:
     """An RPC transport that may rebuild accel-daemon's exceptions."""
+    register_messaging_opts(conf)
     return oslo_messaging.get_rpc_transport(conf, url=url,
                                             allowed_remote_exmods=EXMODS)
 

@@ -160,11 +160,20 @@ def validate(method: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _remote(func: Callable) -> Callable:
-    """Send AccelErrors to the caller typed, with their fields."""
+    """Send errors to the caller typed, with their fields; a bug (not an
+    AccelError) is logged with its traceback here and sent as InternalError,
+    so callers only ever see accel_daemon.exception classes."""
     @functools.wraps(func)
     def wrapper(self, ctxt, **kwargs):
         try:
-            return func(self, ctxt, **kwargs)
+            try:
+                return func(self, ctxt, **kwargs)
+            except exception.AccelError:
+                raise
+            except Exception as e:
+                LOG.exception('%s failed', func.__name__)
+                raise exception.InternalError(
+                    reason='%s: %s' % (type(e).__name__, e)) from e
         except exception.AccelError as e:
             e.kwargs = e.to_dict()['fields']
             LOG.info('%s refused: %s', func.__name__, e.message)

@@ -15,10 +15,13 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 
+from accel_daemon.rpc import api
+
 LOG = logging.getLogger(__name__)
 
 
 def get_transport(conf: cfg.ConfigOpts) -> oslo_messaging.Transport:
+    api.register_messaging_opts(conf)
     return oslo_messaging.get_rpc_transport(conf)
 
 

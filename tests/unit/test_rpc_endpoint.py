@@ -259,12 +259,14 @@ def test_errors_cross_the_wire_typed_with_fields(service, tmp_path):
     assert 'Traceback' not in str(clean)
 
 
-def test_bugs_are_not_wrapped_as_expected(service, images):
+def test_bugs_become_internal_errors(service, caplog):
     endpoint, _, backend = service
 
     def broken():
-        raise RuntimeError('bug')
+        raise NotImplementedError('not yet')
     backend.capabilities = broken
-    # Not an ExpectedException: the server logs the traceback of a bug.
-    with pytest.raises(RuntimeError):
-        endpoint.capabilities(CTXT)
+    with pytest.raises(exception.InternalError) as err:
+        call(endpoint, 'capabilities')
+    assert 'NotImplementedError: not yet' in err.value.message
+    # The traceback stays in the daemon's log.
+    assert 'Traceback' in caplog.text

@@ -1,0 +1,152 @@
+"""The ``accel-daemon`` console script: the RPC service.
+
+    accel-daemon --config-file /etc/accel-daemon/accel-daemon.conf
+
+Threading model only: the daemon never monkey-patches.  oslo.messaging
+imports oslo.service, whose default backend is eventlet, so the threading
+backend is chosen here before anything imports oslo.messaging.
+
+Signals: SIGTERM (and SIGINT) stop the RPC server, stop the task manager
+(running tasks get ``[tasks] stop_timeout`` seconds, then are cancelled)
+and exit 0; SIGHUP reloads the command filters.  Handlers only post to a
+queue: the work happens in the main thread, never inside a handler that may
+have interrupted code holding a lock.
+"""
+
+from oslo_service import backend as _service_backend
+
+_service_backend.init_backend(_service_backend.BackendType.THREADING)
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import queue  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+from oslo_config import cfg  # noqa: E402
+from oslo_log import log as oslo_log  # noqa: E402
+
+from accel_daemon import conf as accel_conf  # noqa: E402
+from accel_daemon.manager.tasks import TaskManager  # noqa: E402
+from accel_daemon.rpc import endpoint as rpc_endpoint  # noqa: E402
+from accel_daemon.rpc import server as rpc_server  # noqa: E402
+
+LOG = logging.getLogger(__name__)
+CONF = accel_conf.CONF
+PROJECT = 'accel-daemon'
+
+CLI_OPTS = [
+    # For tests and development only: run the engine inside this process
+    # instead of behind oslo.privsep.  Only honoured for root, where the
+    # privilege split buys nothing anyway.
+    cfg.BoolOpt('local-backend', default=False, advanced=True,
+                help='(Testing only) run operations in-process instead of '
+                     'in the privsep daemon. Requires running as root.'),
+]
+
+
+def parse_args(argv: list[str] | None, conf: cfg.ConfigOpts = CONF) -> None:
+    conf.register_cli_opts(CLI_OPTS)
+    oslo_log.register_options(conf)
+    conf(argv, project=PROJECT)
+    oslo_log.setup(conf, PROJECT)
+
+
+def make_backend(conf: cfg.ConfigOpts) -> tuple[Any, Callable[[], None]]:
+    """The backend and how to close it: privsep, or in-process when asked
+    (as root only)."""
+    from accel_daemon import backends
+    if conf.local_backend:
+        if os.geteuid() != 0:
+            raise SystemExit('--local-backend needs root')
+        LOG.warning('Running operations in-process (--local-backend)')
+        return backends.LocalBackend(accel_conf.settings(conf)), lambda: None
+    from accel_daemon import privileged
+    privileged.init(conf)
+    # Closing the channel makes the privsep daemon exit.
+    return backends.PrivsepBackend(), privileged.stop
+
+
+def make_manager(conf: cfg.ConfigOpts, backend: Any) -> TaskManager:
+    os.makedirs(conf.accel_daemon.state_dir, mode=0o700, exist_ok=True)
+    return TaskManager.from_conf(backend, conf)
+
+
+class Service:
+    """Backend + task manager + RPC server, and their ordered shutdown."""
+
+    def __init__(self, conf: cfg.ConfigOpts, backend: Any,
+                 close_backend: Callable[[], None] = lambda: None) -> None:
+        self.conf = conf
+        self.backend = backend
+        self.close_backend = close_backend
+        self.manager = make_manager(conf, backend)
+        self.transport = rpc_server.get_transport(conf)
+        opts = conf.accel_daemon_rpc
+        self.endpoint = rpc_endpoint.AccelEndpoint(
+            self.manager, backend, accel_conf.settings(conf),
+            max_wait=opts.max_task_wait)
+        self.server = rpc_server.build(self.transport, opts.topic, opts.host,
+                                       [self.endpoint])
+
+    def start(self) -> None:
+        self.manager.start()
+        self.server.start()
+        LOG.info('accel-daemon serving topic %s as %s',
+                 self.conf.accel_daemon_rpc.topic,
+                 self.conf.accel_daemon_rpc.host)
+
+    def reload(self) -> None:
+        try:
+            count = self.backend.reload_filters()
+            LOG.info('Filters reloaded: %s filters', count)
+        except Exception:
+            # A broken filter file must not kill the service; the old
+            # filters stay in force.
+            LOG.exception('Reloading the filters failed')
+
+    def stop(self) -> None:
+        LOG.info('accel-daemon stopping')
+        # No new requests, then let the tasks end (which also wakes any
+        # task_wait calls still in flight), then wait for those calls.
+        self.server.stop()
+        self.manager.stop(self.conf.tasks.stop_timeout)
+        self.server.wait()
+        self.transport.cleanup()
+        self.close_backend()
+        LOG.info('accel-daemon stopped')
+
+
+def _install_signals(events: queue.SimpleQueue) -> None:
+    # SimpleQueue.put is safe to call from a signal handler.
+    for signum, name in ((signal.SIGTERM, 'stop'), (signal.SIGINT, 'stop'),
+                         (signal.SIGHUP, 'reload')):
+        signal.signal(signum, lambda *_, n=name: events.put(n))
+
+
+def serve(service: Service, events: queue.SimpleQueue) -> None:
+    service.start()
+    while True:
+        try:
+            event = events.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if event == 'reload':
+            service.reload()
+        elif event == 'stop':
+            break
+    service.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args(sys.argv[1:] if argv is None else argv)
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    _install_signals(events)
+    service = Service(CONF, *make_backend(CONF))
+    serve(service, events)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
