@@ -39,7 +39,8 @@ ENGINE = 'qemu-img'
 
 
 # --- helpers --------------------------------------------------------------
-def _input(path: str, fmt: str, settings: Settings) -> tuple[str, inspection.Inspected]:
+def _input(path: str, fmt: str,
+           settings: Settings) -> tuple[str, inspection.Inspected]:
     real = paths.check_input(path, settings.allowed_dirs,
                              settings.allowed_block_devices)
     return real, inspection.inspect(real, fmt)
@@ -205,7 +206,7 @@ def _convert_argv(src: str, dst: str, src_fmt: str, dst_fmt: str,
     return qemu_img.convert_cmd(
         src, dst, src_fmt, dst_fmt,
         src_cache=source_cache_mode(src),
-        dst_cache=target_cache_mode(dst),
+        dst_cache=target_cache_mode(dst, existing_target),
         coroutines=settings.convert_coroutines,
         # -W: raw has no metadata whose order matters, and out-of-order
         # writes keep all coroutines busy on slow or remote storage (4.2 s
@@ -221,14 +222,15 @@ def source_cache_mode(path: str) -> str:
     return qemu_img.CACHE_WRITEBACK
 
 
-def target_cache_mode(path: str) -> str:
+def target_cache_mode(path: str, existing_target: bool = False) -> str:
     """'none' if O_DIRECT works on the actual destination, else 'writeback'.
 
     The destination normally exists (AtomicOutput's temp file or a device);
-    if the caller has not created it, probe a scratch file beside it.
+    if the caller has not created it, probe a scratch file beside it.  An
+    existing target (-n) is only read: its content must survive the probe.
     """
     if os.path.lexists(path):
-        works = qemu_img.probe_direct_io(path, write=True)
+        works = qemu_img.probe_direct_io(path, write=not existing_target)
     else:
         works = _probe_beside(path)
     return qemu_img.CACHE_NONE if works else qemu_img.CACHE_WRITEBACK

@@ -105,7 +105,7 @@ def qemu_create(path: str, fmt: str, size: str, *options: str) -> str:
 
 
 def qemu_write(path: str, fmt: str, *writes: tuple[int, int, int]) -> str:
-    """qemu-io 'write -P pattern offset length' for each (pattern, off, len)."""
+    """qemu-io 'write -P pattern offset length' per (pattern, off, len)."""
     cmds = []
     for pattern, offset, length in writes:
         cmds += ['-c', 'write -P 0x%02x %d %d' % (pattern, offset, length)]

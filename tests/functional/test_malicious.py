@@ -153,3 +153,16 @@ def test_dotdot_path(env):
     src = env.images + '/../outside.raw'
     gen.write(os.path.join(env.root, 'outside.raw'), b'\1' * 4096)
     refused(env, src, 'raw', exception.PathNotAllowed)
+
+
+
+def test_corrupt_qcow2_fails_cleanly(env):
+    # A bare header passes inspection; qemu-img itself then refuses it (no
+    # L1/refcount tables): the error is typed and nothing is left.
+    src = gen.write(env.path('bare.qcow2'), gen.qcow2_header())
+    with pytest.raises(exception.ProcessFailed):
+        images.info(src, 'qcow2', env.settings, env.policy)
+    with pytest.raises(exception.ProcessFailed):
+        images.convert(src, env.path('out.raw'), 'qcow2', 'raw',
+                       env.settings, env.policy)
+    assert listing(env) == ['bare.qcow2']

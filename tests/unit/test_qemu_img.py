@@ -6,6 +6,7 @@ import os
 import pytest
 
 from accel_daemon import exception
+from accel_daemon.engine import images
 from accel_daemon.engine import qemu_img
 from accel_daemon.engine.filters import CommandPolicy
 from tests import envfixture
@@ -249,8 +250,8 @@ def test_filters_allow_every_built_shape(policy):
     ['qemu-img', 'convert', '-p', '-f', 'raw', '-O', 'raw', '-T', 'none',
      '-t', 'none', '-W', '-m', '16', '-S', '4k', SRC, '/dev/dm-0'],
     # -c on a non-qcow2 output, an extra option
-    convert(unordered=False)[:6] + ['vmdk'] + convert()[7:-2] + ['-c', SRC,
-                                                               DST],
+    convert(unordered=False)[:6] + ['vmdk'] + convert()[7:-2]
+    + ['-c', SRC, DST],
     qemu_img.info_cmd(SRC, 'raw')[:-1] + ['-U', SRC],
 ])
 def test_filters_deny(policy, argv):
@@ -265,3 +266,17 @@ def test_filter_file_has_comments_for_each_group():
     for i, line in enumerate(lines):
         if 'RegExpFilter' in line and not lines[i - 1].startswith('qemu_img'):
             assert lines[i - 1].startswith('#'), line
+
+
+def test_target_probe_keeps_existing_target(tmp_path):
+    path = tmp_path / 'precreated'
+    path.write_bytes(b'z' * 8192)
+    mode = images.target_cache_mode(str(path), existing_target=True)
+    assert mode in ('none', 'writeback')
+    assert path.read_bytes() == b'z' * 8192
+
+
+def test_target_probe_beside_missing_file_leaves_nothing(tmp_path):
+    mode = images.target_cache_mode(str(tmp_path / 'not-yet'))
+    assert mode in ('none', 'writeback')
+    assert os.listdir(tmp_path) == []
