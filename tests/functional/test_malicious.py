@@ -155,7 +155,6 @@ def test_dotdot_path(env):
     refused(env, src, 'raw', exception.PathNotAllowed)
 
 
-
 def test_corrupt_qcow2_fails_cleanly(env):
     # A bare header passes inspection; qemu-img itself then refuses it (no
     # L1/refcount tables): the error is typed and nothing is left.
