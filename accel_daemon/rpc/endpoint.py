@@ -257,7 +257,7 @@ class AccelEndpoint:
     def _submit(self, kind: str, kwargs: dict) -> dict:
         params = self._checked(kind, kwargs)
         task = self._manager.submit(kind, params)
-        LOG.info('Task %s queued: %s %s', task['id'], kind, params)
+        LOG.debug('Task %s queued: %s %s', task['id'], kind, params)
         return task
 
     def _checked(self, method: str, kwargs: dict) -> dict:
