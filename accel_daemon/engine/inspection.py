@@ -17,7 +17,8 @@ What this refuses, and why:
   extent would then read a neighbour in the same directory).
 - More than one format at once (a qcow2 header hidden in an ISO's system
   area, or a qcow2 that also carries an MBR/GPT signature): a parser that
-  picks the "other" one would interpret the image differently.
+  picks the "other" one would interpret the image differently.  Only a
+  hybrid ISO (ISO + MBR/GPT) claimed as raw is accepted, see _choose().
 - A claimed format that differs from the content (a qcow2 sent as "raw" is
   the classic way to smuggle a backing file to a later guessing reader).
 
@@ -70,7 +71,7 @@ def inspect(path: str, claimed: str) -> Inspected:
     fmt = qemu_img.input_format(claimed, 'inspection')
     fd = _open(path)
     try:
-        found = _detect(fd, path)
+        found = _choose(_detect(fd, path), fmt, path)
         _check_claim(found, fmt, path)
         _safety(found, path)
         if str(found) == 'vmdk':
@@ -99,29 +100,49 @@ def _open(path: str) -> int:
         raise exception.ImageInspectionError(path=path, reason=e.strerror)
 
 
-def _detect(fd: int, path: str) -> fi.FileInspector:
-    """Feed the file to every inspector until they agree on one format."""
+def _detect(fd: int, path: str) -> list[fi.FileInspector]:
+    """Feed the file to every inspector until they all decided."""
     with os.fdopen(os.dup(fd), 'rb', buffering=0) as f:
         wrapper = fi.InspectWrapper(f)
         read = 0
+        while read < _MAX_READ:
+            chunk = wrapper.read(_CHUNK)
+            if not chunk:
+                break
+            read += len(chunk)
+            if wrapper.formats is not None:
+                break
+        wrapper.close()
         try:
-            while read < _MAX_READ:
-                chunk = wrapper.read(_CHUNK)
-                if not chunk:
-                    break
-                read += len(chunk)
-                if wrapper.formats is not None:
-                    break
-            wrapper.close()
-            found = wrapper.format
+            found = wrapper.formats
         except fi.ImageFormatError as e:
-            # Raised for several matching formats, i.e. one header hidden
-            # behind another (qcow2 in an ISO or behind an MBR/GPT).
-            raise exception.UnsafeImage(path=path, reason=str(e))
-    if found is None:
+            raise exception.ImageInspectionError(path=path, reason=str(e))
+    if not found:
         raise exception.ImageInspectionError(
             path=path, reason='format could not be determined')
     return found
+
+
+def _choose(found: list[fi.FileInspector], fmt: str,
+            path: str) -> fi.FileInspector:
+    """The one format of the content; several at once is an attack.
+
+    One exception: a "hybrid" ISO (an ISO 9660 filesystem plus an MBR/GPT so
+    it boots from USB sticks; most Linux installer images) claimed as raw.
+    Both are read by qemu-img -f raw as plain bytes, both safety checks must
+    pass, and a third format (a qcow2 header at offset 0) is still refused.
+    """
+    names = sorted(str(i) for i in found)
+    if len(found) == 1:
+        return found[0]
+    if fmt == 'raw' and names == ['gpt', 'iso']:
+        for inspector in found:
+            _safety(inspector, path)
+        return next(i for i in found if str(i) == 'iso')
+    # Two headers in one file: a parser that picks the "other" one reads a
+    # different image (qcow2 hidden in an ISO's system area, or behind GPT).
+    raise exception.UnsafeImage(
+        path=path, reason='Multiple formats detected: %s' % ','.join(names))
 
 
 def _check_claim(found: fi.FileInspector, fmt: str, path: str) -> None:

@@ -151,3 +151,20 @@ def test_empty_qcow2_claim_is_refused(tmp_path):
     path = make(tmp_path, 'empty', b'')
     with pytest.raises(exception.FormatMismatch):
         inspection.inspect(path, 'qcow2')
+
+
+def test_hybrid_iso_is_accepted_as_raw(tmp_path):
+    # ISO 9660 plus an MBR, like most Linux installer images.
+    path = make(tmp_path, 'hybrid.iso', gen.iso_bytes(system_area=gen.mbr()))
+    found = inspection.inspect(path, 'raw')
+    assert (found.format, found.detected) == ('raw', 'iso')
+    with pytest.raises(exception.UnsafeImage):
+        inspection.inspect(path, 'qcow2')
+
+
+def test_qcow2_in_hybrid_iso_refused(tmp_path):
+    path = make(tmp_path, 'evil.iso',
+                gen.iso_bytes(system_area=gen.qcow2_behind_gpt()))
+    with pytest.raises(exception.UnsafeImage) as e:
+        inspection.inspect(path, 'raw')
+    assert 'gpt,iso,qcow2' in e.value.message
