@@ -1,0 +1,392 @@
+"""The privileged layer through a REAL privsep daemon, started the way
+accel-daemon starts it as root (``privileged.init``: helper_command with the
+venv's absolute privsep-helper, the test's --config-file), with the real
+tools.  The allowed directory belongs to another user (uid 4242, mode 0750)
+and inputs are mode 0600, as cinder's are: the daemon must get there with
+its few capabilities only.
+"""
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+from oslo_config import cfg
+from oslo_privsep import capabilities as c
+
+from accel_daemon import backends
+from accel_daemon import exception
+from accel_daemon import privileged
+from accel_daemon.engine import paths
+from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.privileged import ops
+from tests import envfixture
+
+pytestmark = [
+    pytest.mark.functional, pytest.mark.privsep,
+    pytest.mark.skipif(os.geteuid() != 0,
+                       reason='starts the privsep helper as root directly'),
+    pytest.mark.timeout(120),
+]
+
+OWNER = 4242
+MiB = 1024 * 1024
+need_qemu = pytest.mark.skipif(shutil.which('qemu-img') is None,
+                               reason='qemu-img is not installed')
+
+
+def _mask(caps):
+    return sum(1 << cap for cap in caps)
+
+
+def _status(pid):
+    return _status_path('/proc/%d/status' % pid)
+
+
+def _status_path(path):
+    fields = {}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            fields[key] = value.strip()
+    return fields
+
+
+def _cmdline(pid):
+    try:
+        with open('/proc/%s/cmdline' % pid, 'rb') as f:
+            return f.read().split(b'\0')
+    except OSError:
+        return []
+
+
+def daemon_pids(conf_path):
+    return [int(p) for p in os.listdir('/proc') if p.isdigit()
+            and conf_path.encode() in _cmdline(p)
+            and any(a.endswith(b'privsep-helper') for a in _cmdline(p))]
+
+
+def children(pid):
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            direct = [int(x) for x in f.read().split()]
+    except OSError:
+        direct = []
+    # Work runs in pool threads: their children are listed per thread.
+    for tid in os.listdir('/proc/%d/task' % pid):
+        try:
+            with open('/proc/%d/task/%s/children' % (pid, tid)) as f:
+                direct += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return sorted(set(direct))
+
+
+@pytest.fixture(scope='module')
+def daemon(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('privsep'))
+    env = envfixture.make_env(root)
+    os.chown(env.images, OWNER, OWNER)
+    os.chmod(env.images, 0o750)
+    conf_path = os.path.join(env.root, 'accel-daemon.conf')
+    with open(conf_path, 'w') as f:
+        f.write('[accel_daemon]\nallowed_dirs = %s\nfilters_path = %s\n'
+                '[tasks]\nworkers = 4\n' % (env.images, env.filters_dir))
+    cfg.CONF(['--config-file', conf_path], project='accel-daemon')
+    privileged.init(cfg.CONF)
+    try:
+        yield env, conf_path, backends.PrivsepBackend()
+    finally:
+        privileged.stop()
+        cfg.CONF.clear_override('helper_command', group=privileged.SECTION)
+        cfg.CONF.clear()
+
+
+@pytest.fixture
+def env(daemon):
+    env = daemon[0]
+    yield env
+    for name in os.listdir(env.images):
+        os.unlink(env.path(name))
+
+
+@pytest.fixture
+def backend(daemon):
+    return daemon[2]
+
+
+def owned_input(env, name, data=None, size=None):
+    path = env.path(name)
+    with open(path, 'wb') as f:
+        if data is not None:
+            f.write(data)
+        else:
+            for _ in range(size // MiB):
+                f.write(os.urandom(MiB))
+    os.chown(path, OWNER, OWNER)
+    os.chmod(path, 0o600)
+    return path
+
+
+def assert_nothing_written(env, *outputs):
+    for out in outputs:
+        assert not os.path.lexists(out)
+    assert paths.stray_temp_files(env.images) == []
+
+
+# -- the daemon itself -----------------------------------------------------
+def test_helper_started_by_absolute_path_without_sudo(daemon):
+    cmd = cfg.CONF[privileged.SECTION].helper_command.split()
+    assert os.path.isabs(cmd[0]) and cmd[0].endswith('/privsep-helper')
+    assert 'sudo' not in cmd[0]
+    assert ['--config-file', daemon[1]] == cmd[1:3]
+    assert cfg.CONF[privileged.SECTION].thread_pool_size == 4 + 4
+
+
+def test_daemon_holds_only_the_configured_capabilities(daemon, backend):
+    backend.reload_filters()     # make sure a worker thread is hardened
+    pids = daemon_pids(daemon[1])
+    assert len(pids) == 1
+    status = _status(pids[0])    # the main (dispatch) thread
+    assert int(status['CapEff'], 16) == _mask(privileged.CAPABILITIES)
+    assert int(status['CapPrm'], 16) == _mask(privileged.CAPABILITIES)
+    assert status['Uid'].split()[0] == '0'
+
+
+def test_worker_threads_hardened(daemon, backend):
+    backend.reload_filters()
+    (pid,) = daemon_pids(daemon[1])
+    hardened = []
+    for tid in os.listdir('/proc/%d/task' % pid):
+        st = _status_path('/proc/%d/task/%s/status' % (pid, tid))
+        if st['NoNewPrivs'] == '1':
+            hardened.append(st)
+    assert hardened, 'no privsep worker thread was hardened'
+    child = _mask(privileged.CHILD_CAPABILITIES)
+    for st in hardened:
+        assert int(st['CapEff'], 16) == _mask([c.CAP_CHOWN,
+                                               c.CAP_DAC_OVERRIDE])
+        assert int(st['CapAmb'], 16) == child
+        assert int(st['CapBnd'], 16) == child
+
+
+HARDEN_SCRIPT = """
+import subprocess, sys
+from oslo_privsep import capabilities as c
+from accel_daemon import privileged
+from accel_daemon.privileged import caps
+keep = list(privileged.CAPABILITIES)
+c.drop_all_caps_except(keep, keep, [])      # what privsep's daemon does
+assert caps.harden_thread(keep, privileged.CHILD_CAPABILITIES)
+print(subprocess.run(['cat', '/proc/self/status'], capture_output=True,
+                     text=True).stdout)
+print('READ', subprocess.run(['cat', sys.argv[1]], capture_output=True,
+                             text=True).stdout)
+print('CHOWN', subprocess.run(['chown', '0', sys.argv[1]]).returncode)
+"""
+
+
+def test_children_of_hardened_thread_keep_only_dac_override(tmp_path):
+    # The kernel mechanism on its own, without the Engine: uid 0 children
+    # would get the full bounding set back; hardened ones get only
+    # CAP_DAC_OVERRIDE (so they can read a 0600 file of another user but
+    # cannot chown it).
+    secret = tmp_path / 'secret'
+    secret.write_text('s3cret')
+    os.chown(secret, OWNER, OWNER)
+    os.chmod(secret, 0o600)
+    out = subprocess.run(
+        [os.path.join(envfixture.ROOT, '.venv', 'bin', 'python'), '-c',
+         HARDEN_SCRIPT, str(secret)], capture_output=True, text=True,
+        cwd=envfixture.ROOT, check=True).stdout
+    st = dict(line.split(':', 1) for line in out.splitlines()
+              if line.startswith(('Cap', 'NoNewPrivs')))
+    assert int(st['CapEff'], 16) == _mask([c.CAP_DAC_OVERRIDE])
+    assert int(st['CapPrm'], 16) == _mask([c.CAP_DAC_OVERRIDE])
+    assert int(st['CapBnd'], 16) == _mask([c.CAP_DAC_OVERRIDE])
+    assert st['NoNewPrivs'].strip() == '1'
+    assert 'READ s3cret' in out
+    assert 'CHOWN 0' not in out
+    assert os.stat(secret).st_uid == OWNER
+
+
+def test_reload_filters_through_privsep(daemon, backend):
+    expected = len(CommandPolicy((daemon[0].filters_dir,)))
+    assert backend.reload_filters() == expected
+    assert type(backend.reload_filters()) is int
+
+
+def test_daemon_restarts_after_being_killed(daemon, backend):
+    (pid,) = daemon_pids(daemon[1])
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while privileged.context.channel.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.reload_filters() >= 0          # privsep started a new one
+    (new_pid,) = daemon_pids(daemon[1])
+    assert new_pid != pid
+
+
+# -- errors typed across the channel ----------------------------------------
+def test_path_errors_typed_with_fields(env, backend):
+    src = owned_input(env, 'src.img', b'data')
+    outside = os.path.join(env.root, 'out.gz')
+    with pytest.raises(exception.PathNotAllowed) as e:
+        backend.run('e1', 'compress', {'src': src, 'dst': outside})
+    assert type(e.value) is exception.PathNotAllowed
+    assert e.value.fields['path'] == outside
+    os.symlink('/etc/shadow', env.path('shadow.img'))
+    with pytest.raises(exception.SymlinkEscape):
+        backend.info(env.path('shadow.img'), 'raw')
+    with pytest.raises(exception.OutputExists):
+        backend.run('e2', 'copy', {'src': src, 'dst': src})
+    assert_nothing_written(env, outside)
+
+
+def test_unknown_kind_and_bad_types_typed(env, backend):
+    with pytest.raises(exception.InvalidRequest) as e:
+        backend.run('e3', 'format-disk', {})
+    assert 'format-disk' in e.value.message
+    with pytest.raises(exception.InvalidRequest):
+        backend.run('e4', 'copy', 'not a dict')
+    assert backend.progress('no-such-task') is None
+    assert backend.cancel('no-such-task') is False
+
+
+def test_raw_entrypoint_raises_failure_over_the_channel(env):
+    with pytest.raises(ops.Failure) as e:
+        ops.info('/etc/passwd', 'raw')
+    assert type(e.value.to_error()) is exception.PathNotAllowed
+
+
+# -- real work (needs the integrated Engine) --------------------------------
+def test_capabilities_plain(backend):
+    caps = backend.capabilities()
+    assert isinstance(caps['drivers'], list) and caps['drivers']
+    assert isinstance(caps['tools'], dict)
+    assert isinstance(caps['hardware'], bool)
+
+
+@need_qemu
+def test_info_qcow2(env, backend):
+    src = env.path('disk.qcow2')
+    subprocess.run(['qemu-img', 'create', '-f', 'qcow2', src, '16M'],
+                   check=True, capture_output=True)
+    os.chown(src, OWNER, OWNER)
+    os.chmod(src, 0o600)
+    info = backend.info(src, 'qcow2')
+    assert info['format'] == 'qcow2'
+    assert info['virtual_size'] == 16 * MiB
+
+
+def test_compress_owned_by_another_user(env, backend):
+    data = b''.join(b'block %d\n' % i for i in range(300000))
+    src = owned_input(env, 'vol.raw', data)
+    dst = env.path('vol.raw.gz')
+    result = backend.run('c1', 'compress', {'src': src, 'dst': dst})
+    with open(dst, 'rb') as f:
+        out = f.read()
+    assert gzip.decompress(out) == data
+    assert result['output'] == dst and result['size'] == len(out)
+    assert result['sha256'] == hashlib.sha256(out).hexdigest()
+    st = os.stat(dst)
+    assert (st.st_uid, st.st_gid) == (OWNER, OWNER)   # CAP_CHOWN at work
+    assert st.st_mode & 0o7777 == 0o640
+    assert paths.stray_temp_files(env.images) == []
+
+
+@need_qemu
+def test_convert_qcow2_to_raw(env, backend):
+    src = env.path('disk.qcow2')
+    subprocess.run(['qemu-img', 'create', '-f', 'qcow2', src, '16M'],
+                   check=True, capture_output=True)
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x5a 1M 2M',
+                    src], check=True, capture_output=True)
+    os.chown(src, OWNER, OWNER)
+    os.chmod(src, 0o600)
+    dst = env.path('disk.raw')
+    result = backend.run('v1', 'convert', {
+        'src': src, 'dst': dst, 'src_format': 'qcow2', 'dst_format': 'raw'})
+    assert result['output'] == dst
+    subprocess.run(['qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw',
+                    src, dst], check=True, capture_output=True)
+    assert os.stat(dst).st_uid == OWNER
+
+
+def test_discard_partial(env, backend):
+    dst = env.path('lost.raw')
+    stray = env.path('%slost.raw.0badc0de%s' % (paths.TEMP_PREFIX,
+                                                paths.TEMP_SUFFIX))
+    owned_input(env, os.path.basename(stray), b'partial')
+    removed = backend.discard_partial(dst)
+    assert isinstance(removed, list) and len(removed) == 1
+    assert not os.path.exists(stray)
+
+
+# -- concurrency, cancel, what children inherit -----------------------------
+def _slow_compress(backend, task_id, src, dst, errors):
+    try:
+        backend.run(task_id, 'compress', {'src': src, 'dst': dst,
+                                          'driver': 'gzip', 'level': 9})
+    except exception.AccelError as e:
+        errors[task_id] = e
+
+
+def _wait_all_running(backend, ids, errors, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not errors:
+        if all(backend.progress(t) is not None for t in ids):
+            return True
+        time.sleep(0.05)
+    assert not errors, errors
+    return False
+
+
+def test_cancel_from_another_thread(env, backend):
+    src = owned_input(env, 'big.raw', size=64 * MiB)
+    dst = env.path('big.raw.gz')
+    errors = {}
+    t = threading.Thread(target=_slow_compress,
+                         args=(backend, 'k1', src, dst, errors))
+    t.start()
+    assert _wait_all_running(backend, ['k1'], errors)
+    assert backend.cancel('k1') is True
+    t.join(30)
+    assert type(errors.get('k1')) is exception.Cancelled
+    assert backend.progress('k1') is None
+    assert_nothing_written(env, dst)
+
+
+def test_four_tasks_run_concurrently_children_narrowed(daemon, env, backend):
+    src = owned_input(env, 'big.raw', size=64 * MiB)
+    ids = ['p%d' % i for i in range(4)]
+    dsts = [env.path('%s.gz' % t) for t in ids]
+    errors = {}
+    threads = [threading.Thread(target=_slow_compress,
+                                args=(backend, t, src, d, errors))
+               for t, d in zip(ids, dsts)]
+    for t in threads:
+        t.start()
+    try:
+        # progress() answering for all four at once means four pool threads
+        # are busy with tasks and a fifth serves the control call.
+        assert _wait_all_running(backend, ids, errors)
+        (pid,) = daemon_pids(daemon[1])
+        kids = children(pid)
+        assert kids, 'the tasks run no child process'
+        for kid in kids:
+            st = _status(kid)
+            assert st['NoNewPrivs'] == '1'
+            assert int(st['CapEff'], 16) == _mask([c.CAP_DAC_OVERRIDE])
+            assert int(st['CapBnd'], 16) == _mask([c.CAP_DAC_OVERRIDE])
+    finally:
+        for t in ids:
+            backend.cancel(t)
+        for t in threads:
+            t.join(30)
+    assert all(type(errors.get(t)) is exception.Cancelled for t in ids)
+    assert_nothing_written(env, *dsts)
