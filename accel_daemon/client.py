@@ -37,6 +37,12 @@ FINAL_STATES = ('succeeded', 'failed', 'cancelled')
 _MIN_ROUND_TRIP = 0.05
 
 
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register ``[accel_daemon_client]`` on the caller's configuration
+    (AccelClient does it too; call this first to set overrides early)."""
+    rpc_conf.register_client_opts(conf)
+
+
 class TaskHandle:
     """One task on one daemon; ``task`` is the last task dict seen."""
 
@@ -128,7 +134,7 @@ class AccelClient:
 
     def __init__(self, conf: cfg.ConfigOpts, host: str | None = None,
                  transport: Any = None) -> None:
-        rpc_conf.register_client_opts(conf)
+        register_opts(conf)
         opts = conf.accel_daemon_client
         self.conf = conf
         self.host = host or opts.host or socket.gethostname()
