@@ -390,3 +390,106 @@ def test_four_tasks_run_concurrently_children_narrowed(daemon, env, backend):
             t.join(30)
     assert all(type(errors.get(t)) is exception.Cancelled for t in ids)
     assert_nothing_written(env, *dsts)
+
+
+# -- the production split: a non-root service user starts it through sudo ---
+SUDO_SCRIPT = """
+import json, os, sys
+from oslo_config import cfg
+from accel_daemon import backends, exception, privileged
+cfg.CONF(['--config-file', sys.argv[1]], project='accel-daemon')
+privileged.init(cfg.CONF)
+backend = backends.PrivsepBackend()
+out = {'helper': cfg.CONF.privsep_accel.helper_command,
+       'filters': backend.reload_filters(), 'me': os.geteuid()}
+try:
+    backend.info('/etc/shadow', 'raw')
+except exception.PathNotAllowed as e:
+    out['error'] = type(e).__name__
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        cmd = open('/proc/%s/cmdline' % pid, 'rb').read()
+        if b'privsep-helper' in cmd and sys.argv[1].encode() in cmd:
+            status = open('/proc/%s/status' % pid).read()
+            out['daemon_uid'] = status.split('Uid:')[1].split()[0]
+    except OSError:
+        pass
+print(json.dumps(out))
+"""
+
+need_sudo = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in ('sudo', 'visudo', 'useradd',
+                                          'runuser')),
+    reason='needs sudo, visudo, useradd and runuser')
+
+
+@pytest.fixture
+def service_user():
+    name = 'accel-ft-%s' % os.urandom(3).hex()
+    subprocess.run(['useradd', '--system', '--no-create-home', '--shell',
+                    '/usr/sbin/nologin', name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(['userdel', name], check=False)
+
+
+def _install_sudoers(user, venv, conf_path):
+    with open(os.path.join(envfixture.ROOT, 'etc', 'accel-daemon',
+                           'sudoers.d', 'accel-daemon')) as f:
+        text = f.read()
+    text = (text.replace('/opt/accel-daemon/venv', venv)
+            .replace('/etc/accel-daemon/accel-daemon[.]conf',
+                     conf_path.replace('.', '[.]'))
+            .replace('\naccel-daemon ', '\n%s ' % user)
+            .replace('Defaults:accel-daemon', 'Defaults:%s' % user))
+    path = '/etc/sudoers.d/zz-%s' % user
+    with open(path + '.new', 'w') as f:
+        f.write(text)
+    os.chmod(path + '.new', 0o440)
+    subprocess.run(['visudo', '-cf', path + '.new'], check=True,
+                   capture_output=True)
+    os.rename(path + '.new', path)
+    return path
+
+
+@need_sudo
+@pytest.mark.slow
+def test_service_user_starts_privsep_through_sudo(service_user):
+    import json
+    import tempfile
+    venv = os.path.dirname(os.path.dirname(
+        os.path.join(envfixture.ROOT, '.venv', 'bin', 'python')))
+    root = tempfile.mkdtemp(prefix='accel-sudo-', dir='/tmp')
+    os.chmod(root, 0o755)
+    env = envfixture.make_env(root)
+    conf_path = os.path.join(root, 'accel-daemon.conf')
+    with open(conf_path, 'w') as f:
+        f.write('[accel_daemon]\nallowed_dirs = %s\nfilters_path = %s\n'
+                % (env.images, env.filters_dir))
+    os.chmod(conf_path, 0o644)
+    sudoers = _install_sudoers(service_user, venv, conf_path)
+    try:
+        run = subprocess.run(
+            ['runuser', '-u', service_user, '--',
+             os.path.join(venv, 'bin', 'python'), '-c', SUDO_SCRIPT,
+             conf_path], capture_output=True, text=True, cwd='/',
+            timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        # Appending anything to the allowed command line is refused.
+        evil = subprocess.run(
+            ['runuser', '-u', service_user, '--', 'sudo', '-n',
+             os.path.join(venv, 'bin', 'privsep-helper'), '--config-file',
+             conf_path, '--config-file', '/tmp/evil.conf', '--version'],
+            capture_output=True, text=True, cwd='/', timeout=30)
+    finally:
+        os.unlink(sudoers)
+        shutil.rmtree(root)
+    assert out['me'] != 0 and out['daemon_uid'] == '0'
+    assert out['helper'].split()[:3] == [
+        shutil.which('sudo'), '-n', os.path.join(venv, 'bin',
+                                                 'privsep-helper')]
+    assert out['filters'] == len(env.policy)
+    assert out['error'] == 'PathNotAllowed'
+    assert evil.returncode != 0
