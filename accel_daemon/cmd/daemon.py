@@ -14,8 +14,14 @@ have interrupted code holding a lock.
 """
 
 from oslo_service import backend as _service_backend
+from oslo_service.backend import exceptions as _service_exceptions
 
-_service_backend.init_backend(_service_backend.BackendType.THREADING)
+try:
+    _service_backend.init_backend(_service_backend.BackendType.THREADING)
+except _service_exceptions.BackendAlreadySelected:
+    # Imported as a library after oslo.messaging (unit tests); main()
+    # refuses to serve in that case.
+    pass
 
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -140,6 +146,10 @@ def serve(service: Service, events: queue.SimpleQueue) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (_service_backend.get_backend_type()
+            != _service_backend.BackendType.THREADING):
+        raise SystemExit('accel-daemon must use the threading model; '
+                         'import accel_daemon.cmd.daemon first')
     parse_args(sys.argv[1:] if argv is None else argv)
     events: queue.SimpleQueue = queue.SimpleQueue()
     _install_signals(events)

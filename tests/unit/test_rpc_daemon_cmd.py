@@ -1,0 +1,91 @@
+"""accel-daemon's service wiring and its signal-driven loop, in-process with
+the fake:// transport and the FakeBackend (the real process is covered by
+tests/functional/test_rpc_daemon.py)."""
+
+import queue
+import signal
+import uuid
+
+import pytest
+from oslo_config import cfg
+from oslo_messaging import conffixture
+
+from accel_daemon.client import AccelClient
+from accel_daemon.cmd import daemon
+from accel_daemon.manager.backend import FakeBackend
+
+
+@pytest.fixture
+def conf(tmp_path):
+    fixture = conffixture.ConfFixture(cfg.CONF, transport_url='fake:/')
+    fixture.setUp()
+    c = fixture.conf
+    host = 'cmd-%s' % uuid.uuid4().hex[:8]
+    c.set_override('state_dir', str(tmp_path / 'state'), group='accel_daemon')
+    c.set_override('allowed_dirs', [str(tmp_path)], group='accel_daemon')
+    c.set_override('host', host, group='accel_daemon_rpc')
+    c.set_override('max_task_wait', 0.2, group='accel_daemon_rpc')
+    c.set_override('stop_timeout', 1.0, group='tasks')
+    yield c
+    fixture.cleanUp()
+
+
+def test_serve_answers_reloads_and_stops_in_order(conf, tmp_path):
+    backend = FakeBackend()
+    closed = []
+    service = daemon.Service(conf, backend, lambda: closed.append(True))
+    events = queue.SimpleQueue()
+    answers = {}
+
+    class Probe:
+        """Calls the running service from the loop's first reload."""
+
+        def __init__(self):
+            self.orig = service.reload
+
+        def __call__(self):
+            with AccelClient(conf, host=conf.accel_daemon_rpc.host) as c:
+                answers['caps'] = c.capabilities()
+            self.orig()
+    service.reload = Probe()
+    events.put('reload')
+    events.put('stop')
+    daemon.serve(service, events)
+
+    assert answers['caps']['drivers'] == ['fake']
+    assert backend.filters_reloaded == 1
+    assert closed == [True]
+    assert (tmp_path / 'state' / 'tasks.sqlite').exists()
+
+
+def test_broken_filters_do_not_stop_the_service(conf, caplog):
+    backend = FakeBackend()
+
+    def broken():
+        raise ValueError('bad filter file')
+    backend.reload_filters = broken
+    service = daemon.Service(conf, backend)
+    service.reload()            # logged, not raised
+    assert 'Reloading the filters failed' in caplog.text
+    assert 'bad filter file' in caplog.text
+
+
+def test_signals_post_events():
+    events = queue.SimpleQueue()
+    saved = {s: signal.getsignal(s)
+             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        daemon._install_signals(events)
+        signal.raise_signal(signal.SIGHUP)
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert [events.get(timeout=1), events.get(timeout=1)] == \
+        ['reload', 'stop']
+
+
+def test_local_backend_option_is_hidden_and_off(conf):
+    opt = [o for o in daemon.CLI_OPTS if o.name == 'local-backend'][0]
+    assert opt.default is False
+    assert opt.advanced is True
