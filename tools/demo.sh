@@ -40,6 +40,9 @@ write_config() {
         sed "s|/var/lib/accel-daemon|$IMAGES|g" "$f" >"$FILTERS/${f##*/}"
     done
     cat >"$CONF" <<EOF
+[DEFAULT]
+transport_url = rabbit://guest:guest@127.0.0.1:5672/
+
 [accel_daemon]
 allowed_dirs = $IMAGES
 filters_path = $FILTERS
@@ -53,6 +56,10 @@ build_volume() {
         --size-gib "$SIZE_GIB" --data-gb "$DATA_GB" >&2
 }
 
+# RPC mode: `bash tools/rabbitmq.sh`, then run
+# "$ROOT/.venv/bin/accel-daemon --config-file $CONF" in the background,
+# keep its pid, and wait until `accel-image capabilities` answers;
+# stop_service kills that pid.
 start_service() { :; }
 stop_service() { :; }
 
@@ -82,8 +89,10 @@ print("%-10s engine=%-8s (%s) %7.2f s  in=%8.1f MiB  out=%8.1f MiB  "
 step() {
     local name=$1 src=$2 dst=$3
     shift 3
+    local out
     rm -f "$dst"
-    accel "$name" "$src" "$dst" "$@" | report "$name" "$src" "$dst"
+    out=$(accel "$name" "$src" "$dst" "$@")
+    report "$name" "$src" "$dst" <<<"$out"
 }
 
 main() {
