@@ -23,6 +23,7 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import threading
 import time
 import zlib
@@ -200,7 +201,16 @@ class IsalCompressor(base.Compressor):
             # igzip.GzipFile reads every member of a multi-member file and
             # checks each member's CRC32 and length.
             with igzip.GzipFile(fileobj=raw, mode='rb') as gz:
-                yield CheckedReader(gz, src)
+                reader = BackgroundReader(gz, src)
+                try:
+                    yield reader
+                finally:
+                    reader.close()
+                    self._helper_cpu = reader.cpu_seconds
+
+    def child_cpu_seconds(self) -> float:
+        """CPU of the last decompression's decoding thread."""
+        return getattr(self, '_helper_cpu', 0.0)
 
 
 class _Job:
@@ -281,23 +291,74 @@ DECODE_ERRORS = (EOFError, zlib.error) + (
     (isal_zlib.error, igzip.BadGzipFile) if isal_zlib is not None else ())
 
 
-class CheckedReader:
-    """Wraps a decompressing stream so bad input raises CorruptInput."""
+class BackgroundReader:
+    """Decodes in its own thread so decoding overlaps the engine's writes.
 
-    def __init__(self, stream: BinaryIO, path: str) -> None:
-        self._stream = stream
-        self._path = path
+    ISA-L releases the GIL while inflating; on a 2-core host this roughly
+    halves the wall time of a decompression (decode and sparse writes run
+    side by side).  At most ``depth`` blocks wait in the queue.  Bad input
+    surfaces in the reading thread as CorruptInput.
+    """
+
+    def __init__(self, stream: BinaryIO, path: str, depth: int = 4,
+                 block_size: int = 1024 * 1024) -> None:
+        self._stream, self._path = stream, path
+        self._block_size = block_size
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._current = memoryview(b'')
+        self._eof = False
+        self.cpu_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='isal-decode')
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.thread_time()
+        try:
+            while not self._stop.is_set():
+                data = self._stream.read(self._block_size)
+                self._put(data)
+                if not data:
+                    break
+        except DECODE_ERRORS as e:
+            self._put(exception.CorruptInput(
+                path=self._path, reason=str(e) or type(e).__name__))
+        except BaseException as e:  # re-raised in the reading thread
+            self._put(e)
+        finally:
+            self.cpu_seconds = time.thread_time() - started
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
 
     def readinto(self, buf) -> int:
-        try:
-            return self._stream.readinto(buf)
-        except DECODE_ERRORS as e:
-            raise exception.CorruptInput(path=self._path,
-                                         reason=str(e) or type(e).__name__)
+        if not self._current:
+            if self._eof:
+                return 0
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return 0
+            self._current = memoryview(item)
+        n = min(len(buf), len(self._current))
+        buf[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
 
     def read(self, size: int = -1) -> bytes:
-        try:
-            return self._stream.read(size)
-        except DECODE_ERRORS as e:
-            raise exception.CorruptInput(path=self._path,
-                                         reason=str(e) or type(e).__name__)
+        buf = bytearray(size if size > 0 else self._block_size)
+        n = self.readinto(buf)
+        return bytes(buf[:n])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
