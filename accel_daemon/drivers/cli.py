@@ -31,7 +31,7 @@ LOG = logging.getLogger(__name__)
 _POSITION_POLL = 0.2
 
 
-# --- argv builders (pure) -----------------------------------------------------
+# --- argv builders (pure) ---------------------------------------------------
 def igzip_compress_argv(level: int, threads: int) -> list[str]:
     # ISA-L levels are 0..3; higher requests clamp like the isal driver.
     return ['igzip', '-c', '-%d' % max(0, min(3, level)), '-T', str(threads)]

@@ -97,7 +97,7 @@ class QatProbe:
         return [d for d in self.devices() if d.driver]
 
 
-# --- argv builders (pure) -----------------------------------------------------
+# --- argv builders (pure) ---------------------------------------------------
 def qzip_compress_argv(level: int, threads: int = 1) -> list[str]:
     return ['qzip', '-A', 'deflate', '-O', 'gzip',
             '-L', str(max(1, min(9, int(level))))]
