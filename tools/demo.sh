@@ -68,7 +68,9 @@ accel() {
     "$ROOT/.venv/bin/accel-image" --config-file "$CONF" --local --json "$@"
 }
 
-# Print "step: engine, seconds, sizes, ratio" from a JSON result on stdin.
+# Print "step: engine, seconds, sizes, ratio" from a JSON result on stdin;
+# the ratio is the larger size over the smaller (the compression ratio for
+# both compress and decompress).
 report() {
     "$PY" -c '
 import json, os, sys
@@ -82,7 +84,7 @@ hw = "hardware" if res.get("hardware") else "software"
 print("%-10s engine=%-8s (%s) %7.2f s  in=%8.1f MiB  out=%8.1f MiB  "
       "ratio=%.2f" % (step, engine, hw, res.get("wall_seconds", 0.0),
                       size_in / 2**20, size_out / 2**20,
-                      size_in / max(1, size_out)))
+                      max(size_in, size_out) / max(1, min(size_in, size_out))))
 ' "$@"
 }
 
