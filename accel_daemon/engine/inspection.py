@@ -104,6 +104,7 @@ def _detect(fd: int, path: str) -> list[fi.FileInspector]:
     """Feed the file to every inspector until they all decided."""
     with os.fdopen(os.dup(fd), 'rb', buffering=0) as f:
         wrapper = fi.InspectWrapper(f)
+        _vmdk_default(wrapper)
         read = 0
         while read < _MAX_READ:
             chunk = wrapper.read(_CHUNK)
@@ -121,6 +122,21 @@ def _detect(fd: int, path: str) -> list[fi.FileInspector]:
         raise exception.ImageInspectionError(
             path=path, reason='format could not be determined')
     return found
+
+
+def _vmdk_default(wrapper: fi.InspectWrapper) -> None:
+    """Work around a format_inspector crash on non-ASCII 'descriptors'.
+
+    VMDKInspector sets ``vmdktype`` only when the text it captured at
+    offset 0 decodes as ASCII; otherwise ``format_match`` raises
+    AttributeError and inspection of an ordinary raw disk (binary data in
+    its first 64 KiB after some text) fails.  Not decodable means "not a
+    VMDK descriptor", which is what this default says.
+    """
+    for inspector in getattr(wrapper, '_inspectors', ()):
+        if isinstance(inspector, fi.VMDKInspector) and \
+                not hasattr(inspector, 'vmdktype'):
+            inspector.vmdktype = 'formatnotfound'
 
 
 def _choose(found: list[fi.FileInspector], fmt: str,

@@ -280,7 +280,7 @@ def test_info_qcow2(env, backend):
     os.chmod(src, 0o600)
     info = backend.info(src, 'qcow2')
     assert info['format'] == 'qcow2'
-    assert info['virtual_size'] == 16 * MiB
+    assert info['virtual-size'] == 16 * MiB
 
 
 def test_compress_owned_by_another_user(env, backend):

@@ -168,3 +168,14 @@ def test_qcow2_in_hybrid_iso_refused(tmp_path):
     with pytest.raises(exception.UnsafeImage) as e:
         inspection.inspect(path, 'raw')
     assert 'gpt,iso,qcow2' in e.value.message
+
+
+def test_raw_with_text_then_binary_head_is_raw(tmp_path):
+    # format_inspector's VMDK inspector used to crash (AttributeError) when
+    # the first 64 KiB started as text but did not decode as ASCII.
+    path = tmp_path / 'disk.raw'
+    with open(path, 'wb') as f:
+        f.write(b'accel-daemon 0\n' * 4096)
+        f.write(bytes(range(128, 256)) * 512)
+    found = inspection.inspect(str(path), 'raw')
+    assert found.format == 'raw'
