@@ -251,7 +251,7 @@ def _run_remote(args, conf) -> int:
         return _tasks(args, client)
     handle = getattr(client, args.command)(**_params(args))
     if args.no_wait:
-        _emit(args, handle.status(), 'task %s queued' % handle.id)
+        _emit(args, handle.task, 'task %s %s' % (handle.id, handle.state))
         return 0
     return _wait_remote(args, handle)
 
@@ -260,22 +260,24 @@ def _wait_remote(args, handle) -> int:
     bar = _Bar(not args.json)
     deadline = time.monotonic() + args.timeout if args.timeout else None
     try:
-        while True:
-            task = handle.wait(timeout=1.0)
-            if task['state'] not in ('queued', 'running'):
-                break
-            bar.show(task.get('progress'))
-            if deadline and time.monotonic() > deadline:
-                bar.close()
-                raise exception.AccelError(
-                    'timed out waiting for task %s (still %s)'
-                    % (handle.id, task['state']))
+        while not handle.done:
+            try:
+                handle.wait(timeout=1.0)
+            except exception.TaskWaitTimeout:
+                bar.show(handle.progress)
+                if deadline and time.monotonic() > deadline:
+                    raise exception.AccelError(
+                        'timed out waiting for task %s (still %s)'
+                        % (handle.id, handle.state))
+            except exception.AccelError:
+                if not handle.done:
+                    raise
     except KeyboardInterrupt:
         handle.cancel()
-        bar.close()
         raise exception.Cancelled()
-    bar.close()
-    return _task_outcome(args, task)
+    finally:
+        bar.close()
+    return _task_outcome(args, handle.task)
 
 
 def _task_outcome(args, task: dict) -> int:
@@ -285,22 +287,25 @@ def _task_outcome(args, task: dict) -> int:
     if args.json:
         _emit(args, task, '')
         return EXIT_ERROR
+    if task['state'] == 'cancelled' and not task.get('error'):
+        raise exception.Cancelled()
     raise exception.AccelError.from_dict(
         task.get('error') or {'message': 'task %s' % task['state']})
 
 
 def _tasks(args, client) -> int:
     if args.action == 'list':
-        tasks = client.task_list(state=args.state, limit=args.limit)
+        tasks = [h.task for h in client.tasks(state=args.state,
+                                              limit=args.limit)]
         _emit(args, tasks, '\n'.join(
             '%s %-10s %-9s %s' % (t['id'], t['kind'], t['state'],
                                   _pct(t.get('progress'))) for t in tasks))
         return 0
-    if args.action == 'show':
-        task = client.task_get(args.task_id)
-        _emit(args, task, json.dumps(task, indent=2, sort_keys=True))
-        return 0
     handle = client.task(args.task_id)
+    if args.action == 'show':
+        _emit(args, handle.task, json.dumps(handle.task, indent=2,
+                                            sort_keys=True))
+        return 0
     if args.action == 'cancel':
         task = handle.cancel()
         _emit(args, task, 'task %s: %s' % (args.task_id, task['state']))

@@ -126,35 +126,42 @@ class AccelAPI:
 
     def compress(self, host: str, src: str, dst: str,
                  driver: str | None = None, level: int | None = None,
-                 format: str = 'gzip') -> dict:
+                 format: str = 'gzip',
+                 checksum: bool | None = None) -> dict:
         return self.call(host, 'compress', src=src, dst=dst, driver=driver,
-                         level=level, format=format)
+                         level=level, format=format, checksum=checksum)
 
     def decompress(self, host: str, src: str, dst: str,
-                   max_bytes: int | None = None) -> dict:
+                   max_bytes: int | None = None,
+                   checksum: bool | None = None) -> dict:
         return self.call(host, 'decompress', src=src, dst=dst,
-                         max_bytes=max_bytes)
+                         max_bytes=max_bytes, checksum=checksum)
 
     def convert(self, host: str, src: str, dst: str, src_format: str,
                 dst_format: str, compress: bool = False,
-                target_is_zero: bool = False) -> dict:
+                target_is_zero: bool = False,
+                checksum: bool | None = None) -> dict:
         return self.call(host, 'convert', src=src, dst=dst,
                          src_format=src_format, dst_format=dst_format,
-                         compress=compress, target_is_zero=target_is_zero)
+                         compress=compress, target_is_zero=target_is_zero,
+                         checksum=checksum)
 
-    def copy(self, host: str, src: str, dst: str) -> dict:
-        return self.call(host, 'copy', src=src, dst=dst)
+    def copy(self, host: str, src: str, dst: str,
+             checksum: bool | None = None) -> dict:
+        return self.call(host, 'copy', src=src, dst=dst, checksum=checksum)
 
     def upload(self, host: str, src: str, dst: str, src_format: str,
-               disk_format: str) -> dict:
+               disk_format: str, checksum: bool | None = None) -> dict:
         return self.call(host, 'upload', src=src, dst=dst,
-                         src_format=src_format, disk_format=disk_format)
+                         src_format=src_format, disk_format=disk_format,
+                         checksum=checksum)
 
     def download(self, host: str, src: str, dst: str, disk_format: str,
-                 dst_format: str, max_bytes: int | None = None) -> dict:
+                 dst_format: str, max_bytes: int | None = None,
+                 checksum: bool | None = None) -> dict:
         return self.call(host, 'download', src=src, dst=dst,
                          disk_format=disk_format, dst_format=dst_format,
-                         max_bytes=max_bytes)
+                         max_bytes=max_bytes, checksum=checksum)
 
     def task_get(self, host: str, task_id: str) -> dict:
         return self.call(host, 'task_get', task_id=task_id)

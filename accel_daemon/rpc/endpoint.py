@@ -109,6 +109,7 @@ _SRC = Field(_path, role='input')
 _DST = Field(_path, role='output')
 _FORMAT = Field(_name)
 _MAX_BYTES = Field(_int(1, 2 ** 62), required=False)
+_CHECKSUM = Field(_bool, required=False)
 
 SIGNATURES: dict[str, dict[str, Field]] = {
     'capabilities': {},
@@ -116,17 +117,21 @@ SIGNATURES: dict[str, dict[str, Field]] = {
     'compress': {'src': _SRC, 'dst': _DST,
                  'driver': Field(_name, required=False),
                  'level': Field(_int(1, 22), required=False),
-                 'format': Field(_name, required=False)},
-    'decompress': {'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES},
+                 'format': Field(_name, required=False),
+                 'checksum': _CHECKSUM},
+    'decompress': {'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES,
+                   'checksum': _CHECKSUM},
     'convert': {'src': _SRC, 'dst': _DST, 'src_format': _FORMAT,
                 'dst_format': _FORMAT,
                 'compress': Field(_bool, required=False),
-                'target_is_zero': Field(_bool, required=False)},
-    'copy': {'src': _SRC, 'dst': _DST},
+                'target_is_zero': Field(_bool, required=False),
+                'checksum': _CHECKSUM},
+    'copy': {'src': _SRC, 'dst': _DST, 'checksum': _CHECKSUM},
     'upload': {'src': _SRC, 'dst': _DST, 'src_format': _FORMAT,
-               'disk_format': _FORMAT},
+               'disk_format': _FORMAT, 'checksum': _CHECKSUM},
     'download': {'src': _SRC, 'dst': _DST, 'disk_format': _FORMAT,
-                 'dst_format': _FORMAT, 'max_bytes': _MAX_BYTES},
+                 'dst_format': _FORMAT, 'max_bytes': _MAX_BYTES,
+                 'checksum': _CHECKSUM},
     'task_get': {'task_id': Field(_task_id)},
     'task_list': {'state': Field(_state, required=False),
                   'limit': Field(_int(1, 1000), required=False)},
