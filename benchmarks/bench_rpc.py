@@ -197,12 +197,6 @@ class RpcBench:
         return times
 
 
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    index = max(0, min(len(ordered) - 1, int(round(p * len(ordered))) - 1))
-    return ordered[index]
-
-
 def report(bench: RpcBench, latency: dict[str, list[float]]) -> list[str]:
     # "in daemon" is the engine's own wall time as the daemon reports it:
     # RPC minus that is the messaging, queueing and privsep cost.
@@ -223,9 +217,10 @@ def report(bench: RpcBench, latency: dict[str, list[float]]) -> list[str]:
     lines += ['', '| small call | calls | p50 ms | p99 ms | mean ms |',
               '|---|---|---|---|---|']
     for name, samples in latency.items():
+        p50, p99 = (common.percentile(samples, p) for p in (0.50, 0.99))
         lines.append('| %s | %d | %.2f | %.2f | %.2f |' % (
-            name, len(samples), 1e3 * percentile(samples, 0.50),
-            1e3 * percentile(samples, 0.99), 1e3 * statistics.mean(samples)))
+            name, len(samples), 1e3 * p50, 1e3 * p99,
+            1e3 * statistics.mean(samples)))
     return lines + [''] + verdicts
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -137,6 +138,13 @@ def remove(*paths: str) -> None:
 
 def allocated(path: str) -> int:
     return os.stat(path).st_blocks * 512
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..1) of a non-empty sample."""
+    ordered = sorted(samples)
+    rank = math.ceil(p * len(ordered))
+    return ordered[max(0, min(len(ordered), rank) - 1)]
 
 
 @dataclasses.dataclass

@@ -65,7 +65,8 @@ def volume_name(size_gib: float, data_gb: float) -> str:
     return 'volume-%gg-%ggb' % (size_gib, data_gb)
 
 
-def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
+def _walk(root: str, max_bytes: int = MAX_FILE_BYTES
+          ) -> Iterator[tuple[str, os.stat_result]]:
     """Regular files under ``root`` in sorted order (no symlinks)."""
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -78,15 +79,17 @@ def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
             continue
         if stat.S_ISDIR(st.st_mode):
             if entry.name not in SKIP_DIRS:
-                yield from _walk(entry.path)
-        elif stat.S_ISREG(st.st_mode) and 0 < st.st_size <= MAX_FILE_BYTES:
+                yield from _walk(entry.path, max_bytes)
+        elif stat.S_ISREG(st.st_mode) and 0 < st.st_size <= max_bytes:
             yield entry.path, st
 
 
-def select_files(target_bytes: int, roots=ROOTS) -> list[tuple[str, int]]:
+def select_files(target_bytes: int, roots: tuple[str, ...] = ROOTS,
+                 max_bytes: int = MAX_FILE_BYTES) -> list[tuple[str, int]]:
     """Pick files until ``target_bytes``: always from the root that has
     given the fewest bytes so far, each inode once."""
-    walkers = {root: _walk(root) for root in roots if os.path.isdir(root)}
+    walkers = {root: _walk(root, max_bytes) for root in roots
+               if os.path.isdir(root)}
     taken = {root: 0 for root in walkers}
     seen: set[tuple[int, int]] = set()
     chosen: list[tuple[str, int]] = []
@@ -186,8 +189,8 @@ def build(workdir: str = DEFAULT_WORKDIR, size_gib: float = 8,
     qcow2 = os.path.join(images, name + '.qcow2')
     stamp_path = os.path.join(images, name + '.stamp.json')
     stamp = _read_stamp(stamp_path)
-    if (not rebuild and stamp and stamp.get('params') == _params(size_gib,
-                                                                   data_gb)
+    params = _params(size_gib, data_gb)
+    if (not rebuild and stamp and stamp.get('params') == params
             and os.path.exists(raw) and os.path.exists(qcow2)):
         LOG.info('reusing %s (stamp matches)', raw)
         return _volume(raw, qcow2, stamp)
