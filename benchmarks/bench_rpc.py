@@ -25,6 +25,10 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
+
+# futurist imports eventlet, which warns on import; not our concern here.
+warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')
 
 if __package__ in (None, ''):  # run as "python benchmarks/bench_rpc.py"
     sys.path.insert(0, os.path.dirname(os.path.dirname(
