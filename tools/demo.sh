@@ -1,54 +1,39 @@
 #!/bin/bash
-# The main job, end to end: set up, build a sample volume, then compress,
-# decompress and convert it with accel-image and print, for each step, the
-# engine that ran, the seconds it took and the size ratio.
+# The main job, end to end, the way a host runs it:
+#   1. set up (Debian packages, venv), start RabbitMQ if it is not running;
+#   2. install accel-daemon as a host deployment (tools/install.sh: service
+#      user "accel-daemon", /opt/accel-daemon/venv, /etc/accel-daemon with
+#      filters and a sudoers rule for the privsep helper only);
+#   3. start accel-daemon as that unprivileged user (its privsep daemon is
+#      started through sudo and holds the privileges);
+#   4. build a sample volume and run compress, decompress and convert
+#      through the RPC API with accel-image, printing for each step the
+#      engine that ran, the seconds it took and the size ratio;
+#   5. stop the daemon (SIGTERM).
 #
 #   bash tools/demo.sh            (as root on Debian bookworm)
 #
 # The sample volume is a sparse raw image holding an ext4 file system with
-# a few hundred MB of this host's real files (built by benchmarks/volume.py
-# and cached under $ACCEL_DEMO_DIR, default /var/tmp/accel-demo).
-#
-# Today accel-image runs the engine in-process (--local). To go through the
-# daemon instead, start it in start_service() and drop --local in accel().
+# a few hundred MB of this host's real files (built by benchmarks/volume.py,
+# cached under /var/lib/accel-daemon/demo).  ACCEL_DEMO_LOCAL=1 runs the
+# same steps with the engine in-process (accel-image --local) instead.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DEMO_DIR=${ACCEL_DEMO_DIR:-/var/tmp/accel-demo}
+DEMO_DIR=/var/lib/accel-daemon/demo
+SERVICE_USER=accel-daemon
+ETC_CONF=/etc/accel-daemon/accel-daemon.conf
 SIZE_GIB=${ACCEL_DEMO_SIZE_GIB:-1}
 DATA_GB=${ACCEL_DEMO_DATA_GB:-0.3}
 IMAGES=$DEMO_DIR/images
 OUT=$IMAGES/out
-CONF=$DEMO_DIR/accel-daemon.conf
-FILTERS=$DEMO_DIR/rootwrap.d
+CONF=$ETC_CONF
+LOCAL=${ACCEL_DEMO_LOCAL:-0}
+DAEMON_PID=
 PY=$ROOT/.venv/bin/python
 cd "$ROOT"
 
 log() { echo "demo: $*" >&2; }
-
-# The shipped filters name the default directory /var/lib/accel-daemon;
-# point them (and the config) at the demo's directory, as a deployment
-# does for its own directories.
-write_config() {
-    case $IMAGES in
-        *[!A-Za-z0-9_/.-]*) log "ACCEL_DEMO_DIR must be a plain path"; exit 2;;
-    esac
-    rm -rf "$FILTERS" && mkdir -p "$FILTERS"
-    local f
-    for f in filters/*; do
-        [ -e "$f" ] || continue
-        sed "s|/var/lib/accel-daemon|$IMAGES|g" "$f" >"$FILTERS/${f##*/}"
-    done
-    cat >"$CONF" <<EOF
-[DEFAULT]
-transport_url = rabbit://guest:guest@127.0.0.1:5672/
-
-[accel_daemon]
-allowed_dirs = $IMAGES
-filters_path = $FILTERS
-state_dir = $DEMO_DIR/state
-EOF
-}
 
 build_volume() {
     log "building the sample volume (${SIZE_GIB} GiB virtual, ${DATA_GB} GB of files; cached)"
@@ -56,16 +41,42 @@ build_volume() {
         --size-gib "$SIZE_GIB" --data-gb "$DATA_GB" >&2
 }
 
-# RPC mode: `bash tools/rabbitmq.sh`, then run
-# "$ROOT/.venv/bin/accel-daemon --config-file $CONF" in the background,
-# keep its pid, and wait until `accel-image capabilities` answers;
-# stop_service kills that pid.
-start_service() { :; }
-stop_service() { :; }
+start_service() {
+    [ "$LOCAL" = 1 ] && return 0
+    log "starting accel-daemon as user $SERVICE_USER"
+    runuser -u "$SERVICE_USER" -- env TMPDIR=/tmp \
+        /opt/accel-daemon/venv/bin/accel-daemon --config-file "$ETC_CONF" \
+        >"$DEMO_DIR/daemon.log" 2>&1 &
+    DAEMON_PID=$!
+    local i
+    for i in $(seq 1 60); do
+        if "$ROOT/.venv/bin/accel-image" --config-file "$CONF" \
+                capabilities >/dev/null 2>&1; then
+            log "accel-daemon (pid $DAEMON_PID) answers over RPC"
+            return 0
+        fi
+        kill -0 "$DAEMON_PID" 2>/dev/null || break
+        sleep 1
+    done
+    log "accel-daemon did not come up; its log:"
+    tail -n 30 "$DEMO_DIR/daemon.log" >&2
+    exit 1
+}
+
+stop_service() {
+    [ -n "$DAEMON_PID" ] || return 0
+    kill -TERM "$DAEMON_PID" 2>/dev/null || true
+    wait "$DAEMON_PID" 2>/dev/null || true
+    log "accel-daemon stopped"
+    DAEMON_PID=''
+}
 
 # The one place that runs accel-image; prints its JSON result.
 accel() {
-    "$ROOT/.venv/bin/accel-image" --config-file "$CONF" --local --json "$@"
+    local mode=()
+    [ "$LOCAL" = 1 ] && mode=(--local)
+    "$ROOT/.venv/bin/accel-image" --config-file "$CONF" "${mode[@]}" \
+        --json "$@"
 }
 
 # Print "step: engine, seconds, sizes, ratio" from a JSON result on stdin;
@@ -99,15 +110,19 @@ step() {
 
 main() {
     bash tools/setup.sh
-    mkdir -p "$IMAGES" "$DEMO_DIR/state"
-    write_config
+    bash tools/rabbitmq.sh
+    bash tools/install.sh
+    mkdir -p "$IMAGES"
     build_volume
     local raw=$IMAGES/volume-${SIZE_GIB}g-${DATA_GB}gb.raw
     rm -rf "$OUT" && mkdir -p "$OUT"
     start_service
     trap stop_service EXIT
-    log "capabilities:"
-    "$ROOT/.venv/bin/accel-image" --config-file "$CONF" --local capabilities
+    log "capabilities (as reported by the daemon):"
+    local mode=()
+    [ "$LOCAL" = 1 ] && mode=(--local)
+    "$ROOT/.venv/bin/accel-image" --config-file "$CONF" "${mode[@]}" \
+        capabilities
     step compress "$raw" "$OUT/volume.raw.gz"
     step decompress "$OUT/volume.raw.gz" "$OUT/volume.roundtrip.raw"
     cmp "$raw" "$OUT/volume.roundtrip.raw" && log "round trip identical"

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 
 from accel_daemon import exception
 
@@ -329,8 +330,24 @@ def _load_conf(args):
     return CONF
 
 
+def _threading_backend() -> None:
+    """A command line never runs green threads: pick oslo.service's
+    threading backend before oslo.messaging is imported (it otherwise loads
+    the deprecated eventlet backend and warns on every call)."""
+    # oslo.messaging's imports still touch eventlet, which warns at import
+    # time; that warning is for eventlet users, not for this tool's users.
+    warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')
+    from oslo_service import backend
+    from oslo_service.backend import exceptions
+    try:
+        backend.init_backend(backend.BackendType.THREADING)
+    except exceptions.BackendAlreadySelected:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _threading_backend()
     try:
         conf = _load_conf(args)
         return (_run_local if args.local else _run_remote)(args, conf)

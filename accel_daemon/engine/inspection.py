@@ -124,6 +124,18 @@ def _detect(fd: int, path: str) -> list[fi.FileInspector]:
     return found
 
 
+class _QuietVmdkProbe(logging.Filter):
+    """format_inspector logs an ERROR whenever the first bytes of any file
+    do not decode as ASCII while it checks for a VMDK text descriptor; that
+    is the normal case for raw disks, so it is not an error for us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'VMDK descriptor failed to decode' not in record.getMessage()
+
+
+logging.getLogger(fi.__name__).addFilter(_QuietVmdkProbe())
+
+
 def _vmdk_default(wrapper: fi.InspectWrapper) -> None:
     """Work around a format_inspector crash on non-ASCII 'descriptors'.
 
