@@ -3,12 +3,13 @@
 from accel_daemon.conf import accel
 from accel_daemon.conf import compression
 from accel_daemon.conf import manager
+from accel_daemon.conf import privsep
 from accel_daemon.conf import qemu_img
 from accel_daemon.conf import rpc
 
 
 def list_opts():
     result = []
-    for module in (accel, compression, qemu_img, manager, rpc):
+    for module in (accel, compression, qemu_img, manager, rpc, privsep):
         result.extend(module.list_opts().items())
     return result
