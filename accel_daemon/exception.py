@@ -71,7 +71,8 @@ class PathNotAllowed(InvalidRequest):
 
 
 class SymlinkEscape(PathNotAllowed):
-    msg_fmt = "Path %(path)s is a symbolic link or leaves the allowed directories"
+    msg_fmt = ("Path %(path)s is a symbolic link or leaves the allowed "
+               "directories")
 
 
 class OutputExists(InvalidRequest):

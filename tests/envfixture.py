@@ -35,7 +35,8 @@ class Env:
 def install_filters(dest: str, allowed_dir: str,
                     source: str = SHIPPED_FILTERS) -> None:
     if not re.fullmatch(r'[A-Za-z0-9_/.-]+', allowed_dir):
-        raise ValueError('test directory %s needs regex escaping' % allowed_dir)
+        raise ValueError('test directory %s needs regex escaping'
+                         % allowed_dir)
     os.makedirs(dest, exist_ok=True)
     for name in os.listdir(source):
         with open(os.path.join(source, name)) as f:
@@ -68,4 +69,3 @@ def copy_filters_without(env: Env, tool: str) -> None:
         with open(path, 'w') as f:
             f.writelines(kept)
     env.policy.reload()
-

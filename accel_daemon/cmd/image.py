@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--local', action='store_true',
                    help='run the engine in this process, not via the daemon')
     p.add_argument('--host', help='daemon host to talk to (default: this one)')
-    p.add_argument('--json', action='store_true', help='machine-readable output')
+    p.add_argument('--json', action='store_true',
+                   help='machine-readable output')
     p.add_argument('--no-wait', action='store_true',
                    help='print the task and return at once (RPC mode)')
     p.add_argument('--timeout', type=float, default=0,
@@ -175,7 +176,7 @@ class _LocalTask:
         self.result = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run,
-                                         args=(kind, params), daemon=True)
+                                        args=(kind, params), daemon=True)
         self._thread.start()
 
     def _run(self, kind, params) -> None:

@@ -11,7 +11,8 @@ OPTS = [
                      'patterns of the filter files in filters_path. Related '
                      'options: allowed_block_devices.'),
     cfg.ListOpt('allowed_block_devices', default=[],
-                help='Shell-style patterns (fnmatch) of block devices that may '
+                help='Shell-style patterns (fnmatch) of block devices that '
+                     'may '
                      'be read or written in place, for example '
                      '/dev/mapper/cinder--volumes-volume--*. A path must '
                      'match a pattern and be a block device. Empty (the '

@@ -1,1 +1,1 @@
-"""Compression drivers, loaded with stevedore from ``accel_daemon.compressors``."""
+"""Compression drivers (stevedore namespace ``accel_daemon.compressors``)."""

@@ -76,7 +76,8 @@ class Engine:
     # -- operations --------------------------------------------------------
     def run(self, task_id: str, kind: str, params: dict[str, Any]) -> dict:
         if kind not in KINDS:
-            raise exception.InvalidRequest(reason='unknown operation %r' % kind)
+            raise exception.InvalidRequest(
+                reason='unknown operation %r' % kind)
         progress = Progress()
         with self._lock:
             if task_id in self._running:

@@ -37,7 +37,8 @@ def _basic_checks(path: str) -> None:
     if '\0' in path:
         raise exception.PathNotAllowed(path=path, reason='NUL byte in path')
     if not os.path.isabs(path):
-        raise exception.PathNotAllowed(path=path, reason='path must be absolute')
+        raise exception.PathNotAllowed(path=path,
+                                       reason='path must be absolute')
     if '..' in path.split(os.sep):
         raise exception.PathNotAllowed(path=path, reason="'..' is not allowed")
 
@@ -142,7 +143,8 @@ class AtomicOutput:
         self.committed = False
 
     def __enter__(self) -> AtomicOutput:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC)
         fd = os.open(self.path, flags, self.mode)
         try:
             os.fchmod(fd, self.mode)
@@ -207,6 +209,6 @@ def temp_files_for(final: str) -> list[str]:
 
 
 def stray_temp_files(directory: str) -> list[str]:
-    """Temp files left in ``directory`` (used by tests and journal recovery)."""
+    """Temp files left in ``directory`` (tests and journal recovery)."""
     return sorted(n for n in os.listdir(directory)
                   if n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX))

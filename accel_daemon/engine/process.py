@@ -113,8 +113,12 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
     if check and result.returncode != 0:
         raise exception.ProcessFailed(
             command=' '.join(cmd), exit_code=result.returncode,
-            stderr=result.stderr.decode('utf-8', 'replace')[-_STDERR_TAIL:].strip())
+            stderr=_tail(result.stderr))
     return result
+
+
+def _tail(stderr: bytes) -> str:
+    return stderr.decode('utf-8', 'replace')[-_STDERR_TAIL:].strip()
 
 
 def _wait(proc: subprocess.Popen, progress: Progress | None):

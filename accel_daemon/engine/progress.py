@@ -1,4 +1,4 @@
-"""Thread-safe progress and cancellation shared by an operation and its task."""
+"""Thread-safe progress and cancellation, shared by an operation and task."""
 
 from __future__ import annotations
 

@@ -298,7 +298,7 @@ def test_upload_then_download(client, daemon):
     assert same_bytes(src, back)
 
 
-# --- load and control ----------------------------------------------------------
+# --- load and control ------------------------------------------------------
 def test_twenty_concurrent_tasks_from_four_threads(daemon):
     src = make_raw(os.path.join(daemon.images, 'many.raw'), 2 * MiB)
     results, errors = [], []
@@ -423,7 +423,7 @@ def test_command_denied_by_filters(client, daemon):
     assert not os.path.exists(dst)
 
 
-# --- restart with tasks in flight ---------------------------------------------
+# --- restart with tasks in flight -----------------------------------------
 def test_restart_with_tasks_in_flight(client, daemon):
     done = client.copy(make_raw(os.path.join(daemon.images, 'keep.raw'),
                                 MiB), os.path.join(daemon.images, 'kept'))

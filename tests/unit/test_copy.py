@@ -56,4 +56,5 @@ def test_sha256_matches_hashlib(tmp_path):
     import hashlib
     f = tmp_path / 'x'
     _sparse(f, 9 * MiB, [(5 * MiB, b'z' * 100)])
-    assert copy.sha256_file(str(f)) == hashlib.sha256(f.read_bytes()).hexdigest()
+    expected = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert copy.sha256_file(str(f)) == expected

@@ -38,7 +38,7 @@ def test_allowed_command_is_resolved(policy):
 @pytest.mark.parametrize('argv', [
     ['echo', 'hello', 'WORLD'],          # argument pattern
     ['echo', 'hello', 'a', 'b'],         # argument count
-    ['rm', '-rf', '/'],                  # no filter (the hidden file is ignored)
+    ['rm', '-rf', '/'],          # no filter (the hidden file is ignored)
     ['privsep-helper', '--config-file', '/x'],   # never allowed in-process
 ])
 def test_denied(policy, argv):
