@@ -82,7 +82,8 @@ class Journal:
     def save(self, task: dict[str, Any]) -> None:
         """Insert or replace one task."""
         row = _to_row(task)
-        sql = 'INSERT OR REPLACE INTO tasks (%s) VALUES (%s)' % (
+        # Only module constants are formatted in; values are bound.
+        sql = 'INSERT OR REPLACE INTO tasks (%s) VALUES (%s)' % (  # nosec B608
             ', '.join(_COLUMNS), ', '.join('?' * len(_COLUMNS)))
         with self._lock:
             self._conn().execute(sql, row)
@@ -94,14 +95,16 @@ class Journal:
         marks = ', '.join('?' * len(FINAL_STATES))
         with self._lock:
             db = self._conn()
+            # ``marks`` is only '?' placeholders; values are bound.
             old = db.execute(
                 'DELETE FROM tasks WHERE state IN (%s) AND finished_at < ?'
-                % marks, (*FINAL_STATES, finished_before)).rowcount
+                % marks,  # nosec B608
+                (*FINAL_STATES, finished_before)).rowcount
             extra = db.execute(
                 'DELETE FROM tasks WHERE id IN (SELECT id FROM tasks '
                 'WHERE state IN (%s) '
                 'ORDER BY finished_at DESC, created_at DESC '
-                'LIMIT -1 OFFSET ?)' % marks,
+                'LIMIT -1 OFFSET ?)' % marks,  # nosec B608
                 (*FINAL_STATES, max(0, keep))).rowcount
         return old + extra
 
@@ -123,7 +126,9 @@ class Journal:
                             ACTIVE_STATES)
 
     def _select(self, tail: str, args: tuple) -> list[dict[str, Any]]:
-        sql = 'SELECT %s FROM tasks %s' % (', '.join(_COLUMNS), tail)
+        # ``tail`` is one of this module's literal clauses; values are bound.
+        sql = 'SELECT %s FROM tasks %s' % (  # nosec B608
+            ', '.join(_COLUMNS), tail)
         with self._lock:
             rows = self._conn().execute(sql, args).fetchall()
         return [_from_row(r) for r in rows]
