@@ -88,9 +88,12 @@ class Daemon:
         if local_backend:
             argv.append('--local-backend')
         LOG.info('starting %s', ' '.join(argv))
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
+        # What the daemon prints before its logging is set up (import or
+        # option errors) goes here.
+        self.console = os.path.splitext(log)[0] + '.console'
+        with open(self.console, 'wb') as out:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT)
         self.log = log
 
     def alive(self) -> bool:
@@ -118,8 +121,9 @@ def wait_ready(client: accel_client.AccelClient, daemon: Daemon | None,
     deadline = time.monotonic() + timeout
     while True:
         if daemon is not None and not daemon.alive():
-            raise common.BenchError('accel-daemon exited (%s); see %s' % (
-                daemon.proc.returncode, daemon.log))
+            raise common.BenchError('accel-daemon exited (%s); see %s and %s'
+                                    % (daemon.proc.returncode, daemon.log,
+                                       daemon.console))
         try:
             return client.capabilities()
         except exception.ServiceUnavailable as e:  # not up yet
