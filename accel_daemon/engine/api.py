@@ -166,8 +166,9 @@ class Engine:
         fd = paths.open_input(src_real, s.allowed_dirs)
         try:
             with paths.AtomicOutput(dst_real, s.output_file_mode) as out:
-                with open(out.path, 'r+b', buffering=0) as f:
-                    size = copy.copy_fd(fd, f.fileno(), progress)
+                # The descriptor, never out.path: the owner of the
+                # directory can swap that name for a symlink to any file.
+                size = copy.copy_fd(fd, out.fd, progress)
                 out.commit()
         finally:
             os.close(fd)

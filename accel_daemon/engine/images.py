@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 from typing import Any
 
 from accel_daemon import exception
@@ -58,17 +59,27 @@ def _metadata_limits(settings: Settings) -> process.Limits:
 
 
 def inspected_info(real: str, fmt: str, settings: Settings,
-                   policy: CommandPolicy) -> dict:
+                   policy: CommandPolicy, fd: int | None = None) -> dict:
     """qemu-img info on an input that inspection.inspect() already passed.
 
     Runs under the info resource limits (a crafted image must not make
     qemu-img spin or allocate without bound) and re-checks qemu-img's own
     view (format, backing file, data file, extents) as defence in depth.
+    qemu-img gets the inspected descriptor (``fd``, else ``real`` opened
+    with paths.open_checked), never the path: see convert_file().
     """
-    result = process.run(qemu_img.info_cmd(real, fmt), policy,
-                         limits=_info_limits(settings))
+    if fd is None:
+        fd = paths.open_checked(real)
+        try:
+            return inspected_info(real, fmt, settings, policy, fd)
+        finally:
+            os.close(fd)
+    arg = qemu_img.fd_arg(fd)
+    result = process.run(qemu_img.info_cmd(arg, fmt), policy,
+                         limits=_info_limits(settings), pass_fds=(fd,))
     data = qemu_img.parse_info(result.stdout, real)
-    qemu_img.validate_info(data, real, fmt)
+    qemu_img.validate_info(data, real, fmt, opened_as=arg)
+    data['filename'] = real
     return data
 
 
@@ -76,8 +87,14 @@ def inspected_info(real: str, fmt: str, settings: Settings,
 def info(path: str, fmt: str, settings: Settings,
          policy: CommandPolicy) -> dict:
     """Validated, inspected ``qemu-img info`` of ``path`` as a dict."""
-    real, found = _input(path, fmt, settings)
-    return inspected_info(real, found.format, settings, policy)
+    real = paths.check_input(path, settings.allowed_dirs,
+                             settings.allowed_block_devices)
+    fd = paths.open_checked(real)
+    try:
+        found = inspection.inspect_fd(fd, real, fmt)
+        return inspected_info(real, found.format, settings, policy, fd)
+    finally:
+        os.close(fd)
 
 
 def check(path: str, fmt: str, settings: Settings,
@@ -158,7 +175,8 @@ def convert(src: str, dst: str, src_format: str, dst_format: str,
                             target_is_zero=target_is_zero)
     with paths.AtomicOutput(dst_real, settings.output_file_mode) as out:
         result = convert_file(src_real, out.path, src_format, dst_fmt,
-                              settings, policy, progress, compress=compress)
+                              settings, policy, progress, compress=compress,
+                              dst_fd=out.fd)
         out.commit()
     result['output'] = dst_real
     return result
@@ -168,7 +186,8 @@ def convert_file(src_real: str, dst_path: str, src_format: str,
                  dst_format: str, settings: Settings, policy: CommandPolicy,
                  progress: Progress | None = None, *, compress: bool = False,
                  existing_target: bool = False,
-                 target_is_zero: bool = False) -> dict:
+                 target_is_zero: bool = False,
+                 dst_fd: int | None = None) -> dict:
     """Low level convert used by convert() and the pipelines.
 
     ``src_real`` must already be validated (paths.check_input); it is
@@ -177,16 +196,43 @@ def convert_file(src_real: str, dst_path: str, src_format: str,
     file in an allowed directory (qemu-img recreates it) or, with
     ``existing_target``, a device written in place with -n.  The caller
     publishes or removes ``dst_path``; this function does neither.
+    ``dst_fd`` is the caller's open descriptor of ``dst_path``
+    (AtomicOutput.fd); without it ``dst_path`` is opened here.
+
+    qemu-img is given both files as /dev/fd/N of descriptors opened here
+    (O_NOFOLLOW, path re-checked), never as paths: a path is resolved
+    again by qemu-img, and the owner of an allowed directory can swap the
+    source or the temp output for a symlink to any host file in between
+    (reading it into the output, or overwriting it as root).
     """
     progress = progress or Progress()
-    found = inspection.inspect(src_real, src_format)
     dst_fmt = qemu_img.output_format(dst_format, 'convert')
-    src_info = inspected_info(src_real, found.format, settings, policy)
+    src_fd = paths.open_checked(src_real)
+    own_dst = dst_fd is None
+    try:
+        if own_dst:
+            dst_fd = paths.open_checked(dst_path, os.O_RDWR)
+        return _convert_fds(src_real, src_fd, dst_path, dst_fd, src_format,
+                            dst_fmt, settings, policy, progress, compress,
+                            existing_target, target_is_zero)
+    finally:
+        os.close(src_fd)
+        if own_dst and dst_fd is not None:
+            os.close(dst_fd)
+
+
+def _convert_fds(src_real: str, src_fd: int, dst_path: str, dst_fd: int,
+                 src_format: str, dst_fmt: str, settings: Settings,
+                 policy: CommandPolicy, progress: Progress, compress: bool,
+                 existing_target: bool, target_is_zero: bool) -> dict:
+    found = inspection.inspect_fd(src_fd, src_real, src_format)
+    src_info = inspected_info(src_real, found.format, settings, policy,
+                              src_fd)
     virtual_size = int(src_info['virtual-size'])
     progress.set_total(virtual_size)
     progress.check()
-    argv = _convert_argv(src_real, dst_path, found.format, dst_fmt, settings,
-                         compress, existing_target, target_is_zero)
+    argv = _convert_argv(src_real, src_fd, dst_fd, found.format, dst_fmt,
+                         settings, compress, existing_target, target_is_zero)
     parser = qemu_img.ProgressParser()
 
     def on_output(chunk: bytes) -> None:
@@ -194,19 +240,22 @@ def convert_file(src_real: str, dst_path: str, src_format: str,
         if fraction is not None:
             progress.set_fraction(fraction)
 
-    result = process.run(argv, policy, progress=progress, on_output=on_output)
+    result = process.run(argv, policy, progress=progress, on_output=on_output,
+                         pass_fds=(src_fd, dst_fd))
     progress.set_done(virtual_size)
-    return _convert_result(dst_path, dst_fmt, virtual_size, argv, result)
+    return _convert_result(dst_path, dst_fd, dst_fmt, virtual_size, argv,
+                           result)
 
 
-def _convert_argv(src: str, dst: str, src_fmt: str, dst_fmt: str,
-                  settings: Settings, compress: bool, existing_target: bool,
-                  target_is_zero: bool) -> list[str]:
-    is_device = paths.is_block_device(dst)
+def _convert_argv(src: str, src_fd: int, dst_fd: int, src_fmt: str,
+                  dst_fmt: str, settings: Settings, compress: bool,
+                  existing_target: bool, target_is_zero: bool) -> list[str]:
+    is_device = stat.S_ISBLK(os.fstat(dst_fd).st_mode)
     return qemu_img.convert_cmd(
-        src, dst, src_fmt, dst_fmt,
+        qemu_img.fd_arg(src_fd), qemu_img.fd_arg(dst_fd), src_fmt, dst_fmt,
         src_cache=source_cache_mode(src),
-        dst_cache=target_cache_mode(dst, existing_target),
+        dst_cache=target_cache_mode(qemu_img.proc_fd_path(dst_fd),
+                                    existing_target),
         coroutines=settings.convert_coroutines,
         # -W: raw has no metadata whose order matters, and out-of-order
         # writes keep all coroutines busy on slow or remote storage (4.2 s
@@ -250,12 +299,13 @@ def _probe_beside(path: str) -> bool:
         os.unlink(scratch)
 
 
-def _convert_result(dst: str, dst_fmt: str, virtual_size: int,
+def _convert_result(dst: str, dst_fd: int, dst_fmt: str, virtual_size: int,
                     argv: list[str], result: process.Result) -> dict[str, Any]:
-    if paths.is_block_device(dst):
+    st = os.fstat(dst_fd)
+    if stat.S_ISBLK(st.st_mode):
         size = virtual_size
     else:
-        size = os.stat(dst).st_size
+        size = st.st_size
     return {'output': dst, 'size': size, 'engine': ENGINE,
             'hardware': False, 'cpu_seconds': result.cpu_seconds,
             'wall_seconds': result.wall_seconds,

@@ -71,14 +71,25 @@ def inspect(path: str, claimed: str) -> Inspected:
     fmt = qemu_img.input_format(claimed, 'inspection')
     fd = _open(path)
     try:
-        found = _choose(_detect(fd, path), fmt, path)
-        _check_claim(found, fmt, path)
-        _safety(found, path)
-        if str(found) == 'vmdk':
-            check_vmdk_extents(found, path)
-        size, allocated = _sizes(fd)
+        return inspect_fd(fd, path, fmt)
     finally:
         os.close(fd)
+
+
+def inspect_fd(fd: int, path: str, claimed: str) -> Inspected:
+    """``inspect()`` of an already opened file (``path`` names it in errors).
+
+    Callers that then hand the file to qemu-img pass this same descriptor
+    (as /dev/fd/N), so the inode inspected is the inode qemu-img opens.
+    """
+    fmt = qemu_img.input_format(claimed, 'inspection')
+    os.lseek(fd, 0, os.SEEK_SET)    # _detect reads from the shared offset
+    found = _choose(_detect(fd, path), fmt, path)
+    _check_claim(found, fmt, path)
+    _safety(found, path)
+    if str(found) == 'vmdk':
+        check_vmdk_extents(found, path)
+    size, allocated = _sizes(fd)
     virtual = size if fmt == 'raw' else found.virtual_size
     if virtual <= 0:
         raise exception.ImageInspectionError(

@@ -10,6 +10,7 @@ O_NOFOLLOW and the opened descriptor is checked once more through
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -126,6 +127,14 @@ def is_block_device(path: str) -> bool:
 class AtomicOutput:
     """Write to a temp name beside ``final``; fsync and publish on commit.
 
+    The destination directory is opened once and must still be the checked
+    real directory (``fd_path``); every later step is relative to that
+    descriptor (``dir_fd``), so a parent directory renamed or replaced by a
+    symlink after the check cannot move the output elsewhere.  The owner of
+    an allowed directory can rename any entry in it: ``fd`` (the temp file,
+    kept open) is what in-process writers and children (``/dev/fd/N``) must
+    use, never ``path``, which is only a name.
+
     The temp file is created exclusively (O_EXCL|O_NOFOLLOW) with an explicit
     mode (the privsep daemon runs with umask 0) and takes the owner of the
     destination directory, so the unprivileged caller can read its output.
@@ -137,51 +146,127 @@ class AtomicOutput:
         self.final = final
         self.mode = mode
         self.directory = os.path.dirname(final)
-        name = '%s%s.%s%s' % (TEMP_PREFIX, os.path.basename(final),
-                              secrets.token_hex(4), TEMP_SUFFIX)
-        self.path = os.path.join(self.directory, name)
+        self.name = '%s%s.%s%s' % (TEMP_PREFIX, os.path.basename(final),
+                                   secrets.token_hex(4), TEMP_SUFFIX)
+        self.path = os.path.join(self.directory, self.name)
         self.committed = False
+        self.fd = -1
+        self.dir_fd = -1
 
     def __enter__(self) -> AtomicOutput:
-        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        self.dir_fd = _open_dir(self.directory)
+        flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                  | os.O_CLOEXEC)
-        fd = os.open(self.path, flags, self.mode)
         try:
-            os.fchmod(fd, self.mode)
-            dst = os.stat(self.directory)
+            self.fd = os.open(self.name, flags, self.mode,
+                              dir_fd=self.dir_fd)
+            os.fchmod(self.fd, self.mode)
+            dst = os.fstat(self.dir_fd)
             if os.geteuid() == 0:
-                os.fchown(fd, dst.st_uid, dst.st_gid)
-        finally:
-            os.close(fd)
+                os.fchown(self.fd, dst.st_uid, dst.st_gid)
+        except BaseException:
+            self._cleanup()
+            raise
         return self
 
     def commit(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if os.path.dirname(self.final) != self.directory:
+            raise exception.PathNotAllowed(
+                path=self.final,
+                reason='not in the directory of its temp file')
+        os.fsync(self.fd)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(self.path, self.final)
+            # Link the inode we wrote (through its descriptor), not whatever
+            # the temp name points at now: the directory's owner may have
+            # replaced it with a symlink, which link(2) would publish as is.
+            os.link('/proc/self/fd/%d' % self.fd,
+                    os.path.basename(self.final),
+                    dst_dir_fd=self.dir_fd, follow_symlinks=True)
         except FileExistsError:
             raise exception.OutputExists(path=self.final)
-        os.unlink(self.path)
+        except FileNotFoundError:
+            # The temp name was unlinked or renamed over: nlink is 0.
+            raise exception.PathNotAllowed(
+                path=self.final,
+                reason='its temp file was replaced while being written')
         self.committed = True
-        dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        if self._name_is_ours():
+            os.unlink(self.name, dir_fd=self.dir_fd)
+        os.fsync(self.dir_fd)
+
+    def _name_is_ours(self) -> bool:
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            st = os.stat(self.name, dir_fd=self.dir_fd,
+                         follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self.fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
     def discard(self) -> None:
+        if self.dir_fd < 0 or self.fd < 0 or not self._name_is_ours():
+            return
         try:
-            os.unlink(self.path)
+            os.unlink(self.name, dir_fd=self.dir_fd)
         except FileNotFoundError:
             pass
 
+    def _cleanup(self) -> None:
+        try:
+            if not self.committed:
+                self.discard()
+        finally:
+            for fd in (self.fd, self.dir_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self.fd = self.dir_fd = -1
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.committed:
-            self.discard()
+        self._cleanup()
+
+
+def _open_dir(real_dir: str) -> int:
+    """Open a checked real directory; refuse it if it moved meanwhile."""
+    try:
+        fd = os.open(real_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise exception.PathNotAllowed(path=real_dir, reason=e.strerror)
+    if fd_path(fd) != real_dir:
+        # A component was swapped for a symlink (or renamed) after the
+        # check: the opened directory is not the one that was checked.
+        os.close(fd)
+        raise exception.SymlinkEscape(path=real_dir)
+    return fd
+
+
+def open_checked(real: str, flags: int = os.O_RDONLY) -> int:
+    """Open ``real`` (a path check_* returned) and prove it is still there.
+
+    O_NOFOLLOW refuses a last component swapped for a symlink, and the
+    descriptor's own path must equal ``real``, so a parent directory
+    swapped after the check is refused too.  Hand the descriptor, not the
+    path, to whatever reads or writes the file.
+    """
+    try:
+        fd = os.open(real, flags | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise exception.InputNotFound(path=real)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise exception.SymlinkEscape(path=real)
+        raise exception.PathNotAllowed(path=real, reason=e.strerror)
+    try:
+        mode = os.fstat(fd).st_mode
+        if fd_path(fd) != real:
+            raise exception.SymlinkEscape(path=real)
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise exception.PathNotAllowed(
+                path=real, reason='not a regular file or block device')
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def check_output_dir(path: str, allowed_dirs: Iterable[str]) -> str:

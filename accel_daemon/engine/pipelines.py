@@ -45,7 +45,7 @@ def upload(settings: Settings, policy: CommandPolicy, progress: Progress,
         else:
             converted = images.convert_file(
                 src_real, stage.path, src_format, disk_format, settings,
-                policy, Phase(progress, 0, span))
+                policy, Phase(progress, 0, span), dst_fd=stage.fd)
             staged = stage.path
         packed = compression.compress_file(staged, out.path, compressor,
                                            Phase(progress, span, span))
@@ -70,9 +70,9 @@ def download(settings: Settings, policy: CommandPolicy, progress: Progress,
     progress.set_total(2 * max(1, size))
     mode = settings.output_file_mode
     # The stage is decompressed beside the destination (or in the first
-    # allowed directory when the destination is a device).
-    stage_dir_target = (os.path.join(settings.allowed_dirs[0],
-                                     os.path.basename(dst_real))
+    # allowed directory, by its real path, when the destination is a device).
+    stage_root = os.path.realpath(settings.allowed_dirs[0])
+    stage_dir_target = (os.path.join(stage_root, os.path.basename(dst_real))
                         if on_device else dst_real)
     with paths.AtomicOutput(stage_dir_target, mode) as stage:
         unpacked = compression.decompress_file(
@@ -119,7 +119,8 @@ def _convert_out(settings, policy, progress, stage_path, dst_real, disk_format,
                                    existing_target=True)
     with paths.AtomicOutput(dst_real, settings.output_file_mode) as out:
         result = images.convert_file(stage_path, out.path, disk_format,
-                                     dst_format, settings, policy, phase)
+                                     dst_format, settings, policy, phase,
+                                     dst_fd=out.fd)
         out.commit()
     result['output'] = dst_real
     return result

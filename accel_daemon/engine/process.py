@@ -102,7 +102,15 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
                                         daemon=True))
     for t in readers:
         t.start()
-    status, usage = _wait(proc, progress)
+    try:
+        status, usage = _wait(proc, progress)
+    except BaseException:
+        # KeyboardInterrupt, SystemExit, a failing progress callback: the
+        # caller is about to remove the output, so the child (possibly
+        # writing a device in place) must not outlive this call.
+        _kill_group(proc)
+        os.waitpid(proc.pid, 0)
+        raise
     for t in readers:
         t.join()
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -70,6 +70,23 @@ def output_format(fmt: Any, operation: str = 'output') -> str:
 
 
 # --- argv builders --------------------------------------------------------
+def fd_arg(fd: int) -> str:
+    """How qemu-img is told to open our descriptor ``fd`` (with pass_fds).
+
+    The child gets only the descriptors passed to it, and /dev/fd/N reopens
+    the very inode we checked and inspected, whatever happens to its name.
+    """
+    return '/dev/fd/%d' % int(fd)
+
+
+_PROC_FD = '/proc/self/fd/'
+
+
+def proc_fd_path(fd: int) -> str:
+    """The same magic link seen from this process (for our own probes)."""
+    return '%s%d' % (_PROC_FD, int(fd))
+
+
 def info_cmd(path: str, fmt: str) -> list[str]:
     return [QEMU_IMG, 'info', '-f', input_format(fmt, 'info'),
             '--output=json', path]
@@ -159,12 +176,15 @@ def parse_measure(data: bytes | str, path: str = '') -> dict:
     return value
 
 
-def validate_info(info: dict, path: str, fmt: str) -> None:
+def validate_info(info: dict, path: str, fmt: str,
+                  opened_as: str | None = None) -> None:
     """Defence in depth after format_inspector: what qemu-img itself saw.
 
     format_inspector is the gate (it runs before qemu-img touches the file);
     this repeats the important checks on qemu-img's own reading, so a parser
     difference between the two cannot open a backing or data file.
+    ``opened_as`` is the name qemu-img was given (fd_arg) when not ``path``:
+    an extent may only name the image itself.
     """
     fmt = input_format(fmt, 'info')
     if info.get('format') != fmt:
@@ -183,7 +203,12 @@ def validate_info(info: dict, path: str, fmt: str) -> None:
     for extent in data.get('extents') or ():
         # CVE-2022-47951: VMDK extents naming other files.
         name = extent.get('filename')
-        if name and os.path.realpath(name) != os.path.realpath(path):
+        if opened_as is not None:
+            other = bool(name) and name != opened_as
+        else:
+            other = bool(name) and (os.path.realpath(name)
+                                    != os.path.realpath(path))
+        if other:
             raise exception.UnsafeImage(
                 path=path, reason='VMDK extent refers to another file')
     if not isinstance(info.get('virtual-size'), int):
@@ -246,7 +271,10 @@ def probe_direct_io(path: str, write: bool = True) -> bool:
     try:
         is_block = stat.S_ISBLK(os.stat(path).st_mode)
         write = write and not is_block
-        flags = os.O_DIRECT | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags = os.O_DIRECT | os.O_CLOEXEC
+        if not path.startswith(_PROC_FD):
+            # A magic link to a descriptor we hold is followed on purpose.
+            flags |= os.O_NOFOLLOW
         flags |= os.O_WRONLY if write else os.O_RDONLY
         fd = os.open(path, flags)
     except OSError as e:

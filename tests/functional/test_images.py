@@ -213,7 +213,8 @@ def loopdev(env):
         f.write('[Filters]\nloop: RegExpFilter, qemu-img, root, qemu-img, '
                 'convert, -p, -f, qcow2, -O, raw, -T, (none|writeback), '
                 '-t, (none|writeback), -W, -m, [0-9]+, -S, 4k, -n, '
-                '(--target-is-zero), %s/.+, %s\n' % (env.images, dev))
+                '(--target-is-zero), (%s/.+|/dev/fd/[0-9]+), '
+                '(%s|/dev/fd/[0-9]+)\n' % (env.images, dev))
     env.policy.reload()
     yield dev, backing
     subprocess.run(['losetup', '-d', dev], check=False)
