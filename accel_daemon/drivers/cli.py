@@ -13,6 +13,7 @@ an operator who deletes a tool's filter lines disables its driver.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -178,6 +179,20 @@ def _track_position(fd: int, progress: Progress) -> Iterator[None]:
         t.join()
 
 
+_F_SETPIPE_SZ = 1031     # fcntl.F_SETPIPE_SZ (Python >= 3.10 names it)
+_PIPE_SIZE = 1024 * 1024
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: 16x fewer wake-ups between the
+    decompressing child and us while gigabytes go through."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, 'F_SETPIPE_SZ', _F_SETPIPE_SZ),
+                    _PIPE_SIZE)
+    except OSError:
+        pass     # above /proc/sys/fs/pipe-max-size: keep the default
+
+
 class _Child:
     """A decompressing child whose stdout is read through a pipe."""
 
@@ -190,6 +205,7 @@ class _Child:
         self._error: BaseException | None = None
         policy.check(argv)             # refuse before creating anything
         self._r, self._w = os.pipe2(os.O_CLOEXEC)
+        _widen_pipe(self._r)
         self._thread = threading.Thread(
             target=self._run, args=(argv, policy, src_fd), daemon=True,
             name='decompress-child')

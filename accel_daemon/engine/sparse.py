@@ -16,6 +16,7 @@ import os
 from typing import Any, Protocol
 
 from accel_daemon import exception
+from accel_daemon.engine import directio
 from accel_daemon.engine.progress import Progress
 
 LOG = logging.getLogger(__name__)
@@ -42,35 +43,27 @@ def _fill(stream: Readable, view: memoryview) -> int:
     return got
 
 
-def _write_all_at(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _write_nonzero(fd: int, buf: bytearray, length: int, offset: int,
-                   zero_seg: bytes) -> None:
+def _write_nonzero(out: directio.BlockWriter, buf: directio.AlignedBuffer,
+                   length: int, offset: int) -> None:
     """Write the non-zero segments of buf[:length] at ``offset``.
 
-    bytearray.startswith compares in place (memcmp), so finding zero
-    segments costs no copies.  Adjacent data segments are coalesced into
-    one pwrite.
+    Zero segments are found with memcmp on the buffer in place (no copies);
+    adjacent data segments are coalesced into one write.  The buffer is
+    page-aligned and segments are multiples of the page size, so every
+    whole segment can go straight to disk with O_DIRECT.
     """
-    view = memoryview(buf)
+    view = buf.view
     run_start = None
     for pos in range(0, length, SEGMENT_SIZE):
         end = min(length, pos + SEGMENT_SIZE)
-        zero = (buf.startswith(zero_seg, pos) if end - pos == SEGMENT_SIZE
-                else not any(view[pos:end]))
-        if zero:
+        if buf.is_zero(pos, end):
             if run_start is not None:
-                _write_all_at(fd, view[run_start:pos], offset + run_start)
+                out.pwrite(view[run_start:pos], offset + run_start, True)
                 run_start = None
         elif run_start is None:
             run_start = pos
     if run_start is not None:
-        _write_all_at(fd, view[run_start:length], offset + run_start)
+        out.pwrite(view[run_start:length], offset + run_start, True)
 
 
 def copy_capped(stream: Readable, out_fd: int, *, limit: int,
@@ -84,29 +77,36 @@ def copy_capped(stream: Readable, out_fd: int, *, limit: int,
     become holes (the file must start empty); without it every byte is
     written (block devices).  ``hasher`` (hashlib-like) sees every byte.
     """
-    buf = bytearray(block_size)
-    view = memoryview(buf)
-    zero_block = bytes(block_size)
-    zero_seg = bytes(SEGMENT_SIZE)
+    buf = directio.AlignedBuffer(block_size)
+    out = directio.BlockWriter(out_fd)
+    try:
+        total = _copy(stream, out, buf, limit, progress, name, sparse, hasher)
+    finally:
+        out.close()
+        buf.close()
+    if sparse:
+        # Trailing zeros were skipped: set the length explicitly.
+        os.ftruncate(out_fd, total)
+    return total
+
+
+def _copy(stream, out, buf, limit, progress, name, sparse, hasher) -> int:
+    view = buf.view
     total = 0
     while True:
         if progress is not None:
             progress.check()
         n = _fill(stream, view)
         if n == 0:
-            break
+            return total
         if total + n > limit:
             raise exception.SizeLimitExceeded(path=name, limit=limit)
         if hasher is not None:
             hasher.update(view[:n])
         if not sparse:
-            _write_all_at(out_fd, view[:n], total)
-        elif n < block_size or not buf == zero_block:
-            _write_nonzero(out_fd, buf, n, total, zero_seg)
+            out.pwrite(view[:n], total, True)
+        elif not buf.is_zero(0, n):
+            _write_nonzero(out, buf, n, total)
         total += n
         if progress is not None:
             progress.set_done(total)
-    if sparse:
-        # Trailing zeros were skipped: set the length explicitly.
-        os.ftruncate(out_fd, total)
-    return total

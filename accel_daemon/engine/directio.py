@@ -1,0 +1,157 @@
+"""Writing large outputs around the page cache.
+
+A compressed or decompressed image is written once and not read back by
+this host soon: pushing gigabytes of it through the page cache only evicts
+useful pages, and on hosts where fresh page-cache pages are expensive (we
+measured 330-430 MB/s for buffered writes of new data on this machine's VM,
+1.4 GB/s with O_DIRECT) it dominates the run.  Whole, aligned blocks go
+through a second descriptor opened with O_DIRECT; anything unaligned (the
+tail of a file) and every file system that refuses O_DIRECT (tmpfs) use the
+ordinary descriptor.  The caller's fsync still makes the data durable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+
+ALIGN = 4096
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_memcmp = _libc.memcmp
+_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t)
+_memcmp.restype = ctypes.c_int
+
+
+def write_all_at(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def reopen_direct(fd: int) -> int | None:
+    """A second, O_DIRECT descriptor for the file open as ``fd``, or None."""
+    try:
+        return os.open('/proc/self/fd/%d' % fd,
+                       os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+class AlignedBuffer:
+    """Page-aligned memory (an anonymous mmap) with a fast zero test."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._mm = mmap.mmap(-1, size)
+        self.view = memoryview(self._mm)
+        self._cell = ctypes.c_char.from_buffer(self._mm)
+        self._addr = ctypes.addressof(self._cell)
+        self._zeros = bytes(size)
+
+    def is_zero(self, start: int, end: int) -> bool:
+        """True when buffer[start:end] holds only zero bytes (memcmp)."""
+        return _memcmp(self._addr + start, self._zeros, end - start) == 0
+
+    def close(self) -> None:
+        # After an error, slices of the view may still be referenced by a
+        # traceback; the mapping is then freed by the garbage collector.
+        self._cell = None
+        try:
+            self.view.release()
+            self._mm.close()
+        except BufferError:
+            pass
+
+
+class BlockWriter:
+    """Positional writes; aligned spans of aligned memory go direct."""
+
+    def __init__(self, fd: int, direct: bool = True) -> None:
+        self.fd = fd
+        self.dfd = reopen_direct(fd) if direct else None
+
+    @property
+    def direct(self) -> bool:
+        return self.dfd is not None
+
+    def pwrite(self, view: memoryview, offset: int,
+               aligned_memory: bool = False) -> None:
+        """Write ``view`` at ``offset``.  ``aligned_memory`` promises the
+        view starts on an ALIGN boundary of an AlignedBuffer."""
+        if self.dfd is not None and aligned_memory and offset % ALIGN == 0:
+            n = len(view) - len(view) % ALIGN
+            if n:
+                self._direct(view[:n], offset)
+                view, offset = view[n:], offset + n
+        if view:
+            write_all_at(self.fd, view, offset)
+
+    def _direct(self, view: memoryview, offset: int) -> None:
+        try:
+            write_all_at(self.dfd, view, offset)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # The file system took the open but not the I/O: stop trying.
+            self._close_direct()
+            write_all_at(self.fd, view, offset)
+
+    def _close_direct(self) -> None:
+        if self.dfd is not None:
+            os.close(self.dfd)
+            self.dfd = None
+
+    def close(self) -> None:
+        self._close_direct()
+
+
+class AppendWriter:
+    """Sequential output staged in an aligned buffer, written in blocks."""
+
+    def __init__(self, fd: int, block_size: int = 8 * 1024 * 1024,
+                 direct: bool = True) -> None:
+        self._writer = BlockWriter(fd, direct)
+        self._buf: AlignedBuffer | None = AlignedBuffer(block_size)
+        self._fill = 0
+        self._flushed = 0
+
+    @property
+    def direct(self) -> bool:
+        return self._writer.direct
+
+    @property
+    def written(self) -> int:
+        return self._flushed + self._fill
+
+    def write(self, data) -> None:
+        buf = self._buf
+        src = memoryview(data)
+        while src:
+            n = min(len(src), buf.size - self._fill)
+            buf.view[self._fill:self._fill + n] = src[:n]
+            self._fill += n
+            src = src[n:]
+            if self._fill == buf.size:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._writer.pwrite(self._buf.view[:self._fill], self._flushed, True)
+        self._flushed += self._fill
+        self._fill = 0
+
+    def close(self) -> None:
+        """Write what is staged (the unaligned tail through the page cache)
+        and release the buffer.  Safe to call twice."""
+        if self._buf is None:
+            return
+        try:
+            if self._fill:
+                self._flush()
+        finally:
+            self._writer.close()
+            self._buf.close()
+            self._buf = None
