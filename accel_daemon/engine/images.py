@@ -225,6 +225,7 @@ def _convert_fds(src_real: str, src_fd: int, dst_path: str, dst_fd: int,
                  src_format: str, dst_fmt: str, settings: Settings,
                  policy: CommandPolicy, progress: Progress, compress: bool,
                  existing_target: bool, target_is_zero: bool) -> dict:
+    before = _identity(src_fd)
     found = inspection.inspect_fd(src_fd, src_real, src_format)
     src_info = inspected_info(src_real, found.format, settings, policy,
                               src_fd)
@@ -242,9 +243,33 @@ def _convert_fds(src_real: str, src_fd: int, dst_path: str, dst_fd: int,
 
     result = process.run(argv, policy, progress=progress, on_output=on_output,
                          pass_fds=(src_fd, dst_fd))
+    _unchanged(src_fd, src_real, before)
     progress.set_done(virtual_size)
     return _convert_result(dst_path, dst_fd, dst_fmt, virtual_size, argv,
                            result)
+
+
+def _identity(fd: int) -> tuple | None:
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return None       # a device node's times do not follow its data
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _unchanged(fd: int, path: str, before: tuple | None) -> None:
+    """Refuse the output if the source changed after it was inspected.
+
+    The owner of an allowed directory owns the images in it and may rewrite
+    one between inspection and the end of the conversion, e.g. add a
+    backing file or data-file to a qcow2 header (CVE-2024-32498 class) and
+    restore it afterwards.  Any write moves ctime, which only root can set
+    back, so comparing fstat before inspection and after qemu-img exits
+    catches it; the output, still private to root, is then discarded.
+    """
+    if before is not None and _identity(fd) != before:
+        raise exception.UnsafeImage(
+            path=path, reason='the image was modified while it was being '
+                              'inspected or converted')
 
 
 def _convert_argv(src: str, src_fd: int, dst_fd: int, src_fmt: str,

@@ -135,9 +135,12 @@ class AtomicOutput:
     kept open) is what in-process writers and children (``/dev/fd/N``) must
     use, never ``path``, which is only a name.
 
-    The temp file is created exclusively (O_EXCL|O_NOFOLLOW) with an explicit
-    mode (the privsep daemon runs with umask 0) and takes the owner of the
-    destination directory, so the unprivileged caller can read its output.
+    The temp file is created exclusively (O_EXCL|O_NOFOLLOW), private to
+    its creator (mode 0600) while it is written, so the directory's owner
+    cannot read a partial output, e.g. one a conversion is about to discard
+    because the source changed under it.  On commit it takes its explicit
+    final mode (the privsep daemon runs with umask 0) and the owner of the
+    destination directory, so the unprivileged caller can read it.
     Publishing uses link(2)+unlink(2) so an output that appeared meanwhile is
     never clobbered.  On any failure the temp file is removed.
     """
@@ -158,12 +161,8 @@ class AtomicOutput:
         flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                  | os.O_CLOEXEC)
         try:
-            self.fd = os.open(self.name, flags, self.mode,
-                              dir_fd=self.dir_fd)
-            os.fchmod(self.fd, self.mode)
-            dst = os.fstat(self.dir_fd)
-            if os.geteuid() == 0:
-                os.fchown(self.fd, dst.st_uid, dst.st_gid)
+            self.fd = os.open(self.name, flags, 0o600, dir_fd=self.dir_fd)
+            os.fchmod(self.fd, 0o600)
         except BaseException:
             self._cleanup()
             raise
@@ -174,6 +173,12 @@ class AtomicOutput:
             raise exception.PathNotAllowed(
                 path=self.final,
                 reason='not in the directory of its temp file')
+        # Mode first: after the chown only CAP_FOWNER could change it, and
+        # the privileged threads do not hold that capability.
+        os.fchmod(self.fd, self.mode)
+        if os.geteuid() == 0:
+            dst = os.fstat(self.dir_fd)
+            os.fchown(self.fd, dst.st_uid, dst.st_gid)
         os.fsync(self.fd)
         try:
             # Link the inode we wrote (through its descriptor), not whatever

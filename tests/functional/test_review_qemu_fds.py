@@ -74,13 +74,54 @@ def test_source_swapped_before_convert(env):
     gen.write(secret, b'S' * MiB)
     policy = SwapBeforeExec(env.policy, 'convert',
                             lambda: symlink_over(secret, src))
+    # qemu-img reads the inspected inode, not the file the name now names;
+    # the rename also touched that inode (its link count), so the result
+    # is refused rather than published.
+    with pytest.raises(exception.UnsafeImage):
+        images.convert(src, env.path('out.raw'), 'raw', 'raw',
+                       env.settings, policy)
+    assert policy.swapped
+    assert not os.path.lexists(env.path('out.raw'))
+    assert paths.stray_temp_files(env.images) == []
+
+
+def test_backing_file_added_after_inspection_is_refused(env):
+    # The owner of the directory rewrites the inspected qcow2 just before
+    # qemu-img opens it: a backing file pointing at a host file.  qemu-img
+    # then reads that file into the output (CVE-2024-32498 class); the
+    # source's ctime moved, so the output is discarded unseen.
+    secret = os.path.join(env.root, 'secret.raw')
+    gen.write(secret, b'S' * MiB)
+    src = gen.qcow2_with_data(env.path('src.qcow2'))
+    evil = gen.qcow2_with_backing(os.path.join(env.root, 'evil.qcow2'),
+                                  secret)
+
+    def rewrite():
+        with open(evil, 'rb') as f, open(src, 'r+b') as g:
+            g.write(f.read(64 * 1024))
+
+    policy = SwapBeforeExec(env.policy, 'convert', rewrite)
+    with pytest.raises(exception.UnsafeImage):
+        images.convert(src, env.path('out.raw'), 'qcow2', 'raw',
+                       env.settings, policy)
+    assert policy.swapped
+    assert not os.path.lexists(env.path('out.raw'))
+    assert paths.stray_temp_files(env.images) == []
+
+
+def test_partial_output_is_private_until_published(env):
+    src = gen.write(env.path('in.raw'), b'\xab' * MiB)
+    modes = []
+
+    def look():
+        (temp,) = paths.stray_temp_files(env.images)
+        modes.append(os.stat(env.path(temp)).st_mode & 0o777)
+
+    policy = SwapBeforeExec(env.policy, 'convert', look)
     result = images.convert(src, env.path('out.raw'), 'raw', 'raw',
                             env.settings, policy)
-    assert policy.swapped
-    # qemu-img read the inspected inode, not the file the name now names.
-    with open(result['output'], 'rb') as f:
-        assert f.read() == b'\xab' * MiB
-    assert paths.stray_temp_files(env.images) == []
+    assert modes == [0o600]
+    assert os.stat(result['output']).st_mode & 0o777 == 0o640
 
 
 def test_source_swapped_before_info(env):
