@@ -33,9 +33,13 @@ class Readable(Protocol):
 
 
 def _fill(stream: Readable, view: memoryview) -> int:
-    """Read until ``view`` is full or the stream ends; return bytes read."""
+    """Read until ``view`` is full, the stream ends or a run of zeros
+    comes next (streams that offer ``zeros_pending``); return bytes read."""
+    pending = getattr(stream, 'zeros_pending', None)
     got = 0
     while got < len(view):
+        if got and pending is not None and pending():
+            break
         n = stream.readinto(view[got:])
         if not n:
             break
@@ -92,10 +96,22 @@ def copy_capped(stream: Readable, out_fd: int, *, limit: int,
 
 def _copy(stream, out, buf, limit, progress, name, sparse, hasher) -> int:
     view = buf.view
+    # Streams that know a run of zeros is next (members of zeros) hand it
+    # over as a count: a hole, with nothing inflated, compared or written.
+    take_zeros = getattr(stream, 'take_zeros', None) if (
+        sparse and hasher is None) else None
     total = 0
     while True:
         if progress is not None:
             progress.check()
+        zeros = take_zeros() if take_zeros is not None else 0
+        if zeros:
+            if total + zeros > limit:
+                raise exception.SizeLimitExceeded(path=name, limit=limit)
+            total += zeros
+            if progress is not None:
+                progress.set_done(total)
+            continue
         n = _fill(stream, view)
         if n == 0:
             return total

@@ -140,3 +140,78 @@ def test_reads_with_zlib_too(env):
         src, dst, Progress())
     d = zlib.decompressobj(31)
     assert d.decompress(open(dst, 'rb').read()) == b'hello' * 1000
+
+
+def _members(*parts):
+    return b''.join(parts)
+
+
+def test_zero_members_come_out_as_counts_not_bytes(tmp_path):
+    chunk = 1 * MiB
+    zero = isal_driver.zero_member(chunk, 1)
+    data = isal_driver.isal_zlib.compress(b'abc' * 1000, 1, wbits=31)
+    path = tmp_path / 'z.gz'
+    path.write_bytes(_members(zero, data, zero, zero))
+    with open(path, 'rb') as raw:
+        items = list(isal_driver.inflate_members(
+            raw, str(path), isal_driver.known_zero_members(chunk)))
+    assert items[0] == chunk
+    assert b''.join(i for i in items if isinstance(i, bytes)) == \
+        b'abc' * 1000
+    assert items[-2:] == [chunk, chunk]
+    # Stock gzip reads the same file to the same bytes.
+    assert gzip.decompress(path.read_bytes()) == \
+        bytes(chunk) + b'abc' * 1000 + bytes(2 * chunk)
+
+
+def test_zero_run_reader_without_take_zeros_gets_bytes(tmp_path):
+    chunk = 1 * MiB
+    path = tmp_path / 'z.gz'
+    path.write_bytes(isal_driver.zero_member(chunk, 1) * 2)
+    with open(path, 'rb') as raw:
+        reader = isal_driver.BackgroundReader(isal_driver.inflate_members(
+            raw, str(path), isal_driver.known_zero_members(chunk)), 'z')
+        try:
+            got = bytearray()
+            buf = bytearray(300 * 1024)
+            while n := reader.readinto(buf):
+                got += buf[:n]
+        finally:
+            reader.close()
+    assert bytes(got) == bytes(2 * chunk)
+
+
+def test_bomb_of_zero_members_stops_at_cap_without_inflating(tmp_path):
+    chunk = 4 * MiB
+    path = tmp_path / 'bomb.gz'
+    # 4096 members of 4 MiB of zeros: 16 GiB once decompressed.
+    path.write_bytes(isal_driver.zero_member(chunk, 1) * 4096)
+    out = tmp_path / 'out'
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+    try:
+        with open(path, 'rb') as raw:
+            reader = isal_driver.BackgroundReader(isal_driver.inflate_members(
+                raw, str(path), isal_driver.known_zero_members(chunk)), 'b')
+            try:
+                with pytest.raises(exception.SizeLimitExceeded):
+                    sparse.copy_capped(reader, fd, limit=64 * MiB)
+            finally:
+                reader.close()
+    finally:
+        os.close(fd)
+
+
+def test_near_zero_member_is_inflated_not_trusted(tmp_path):
+    chunk = 1 * MiB
+    zero = isal_driver.zero_member(chunk, 1)
+    # Same length, one payload byte different: must not count as zeros.
+    other = isal_driver.isal_zlib.compress(bytes(chunk - 1) + b'\x01', 1,
+                                           wbits=31)
+    path = tmp_path / 'n.gz'
+    path.write_bytes(other)
+    assert other != zero
+    with open(path, 'rb') as raw:
+        items = list(isal_driver.inflate_members(
+            raw, str(path), isal_driver.known_zero_members(chunk)))
+    assert all(isinstance(i, bytes) for i in items)
+    assert b''.join(items)[-1:] == b'\x01'
