@@ -111,11 +111,18 @@ class Engine:
             'drivers': caps,
             'default_driver': default,
             'hardware': any(d['available'] and d['hardware'] for d in caps),
-            'tools': {d['name']: d['version'] for d in caps if d['version']},
+            'tools': self._tool_versions(caps),
             'formats': {'input': list(qemu_img.INPUT_FORMATS),
                         'output': list(qemu_img.OUTPUT_FORMATS)},
             'allowed_dirs': list(self.settings.allowed_dirs),
         }
+
+    def _tool_versions(self, caps: list[dict]) -> dict:
+        tools = {d['name']: d['version'] for d in caps if d['version']}
+        qemu = images.version(self.policy)
+        if qemu:
+            tools['qemu-img'] = qemu
+        return tools
 
     def info(self, path: str, fmt: str) -> dict:
         return images.info(path, fmt, self.settings, self.policy)

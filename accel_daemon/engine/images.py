@@ -84,6 +84,15 @@ def inspected_info(real: str, fmt: str, settings: Settings,
 
 
 # --- info / check / compare / measure --------------------------------------
+def version(policy: CommandPolicy) -> str | None:
+    """qemu-img's version line, or None when it is missing or forbidden."""
+    try:
+        result = process.run(qemu_img.version_cmd(), policy)
+    except (exception.CommandDenied, exception.ProcessFailed, OSError):
+        return None
+    return qemu_img.parse_version(result.stdout) or None
+
+
 def info(path: str, fmt: str, settings: Settings,
          policy: CommandPolicy) -> dict:
     """Validated, inspected ``qemu-img info`` of ``path`` as a dict."""

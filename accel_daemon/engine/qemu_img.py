@@ -87,6 +87,17 @@ def proc_fd_path(fd: int) -> str:
     return '%s%d' % (_PROC_FD, int(fd))
 
 
+def version_cmd() -> list[str]:
+    return [QEMU_IMG, '--version']
+
+
+def parse_version(data: bytes | str) -> str:
+    """'qemu-img version 7.2.22 (Debian ...)' -> that first line."""
+    if isinstance(data, bytes):
+        data = data.decode('utf-8', 'replace')
+    return (data.strip().splitlines() or [''])[0]
+
+
 def info_cmd(path: str, fmt: str) -> list[str]:
     return [QEMU_IMG, 'info', '-f', input_format(fmt, 'info'),
             '--output=json', path]

@@ -280,3 +280,11 @@ def test_target_probe_beside_missing_file_leaves_nothing(tmp_path):
     mode = images.target_cache_mode(str(tmp_path / 'not-yet'))
     assert mode in ('none', 'writeback')
     assert os.listdir(tmp_path) == []
+
+
+def test_version_cmd_and_parse():
+    assert qemu_img.version_cmd() == ['qemu-img', '--version']
+    out = b'qemu-img version 7.2.22 (Debian 1:7.2)\nCopyright (c) 2003\n'
+    assert qemu_img.parse_version(out) == \
+        'qemu-img version 7.2.22 (Debian 1:7.2)'
+    assert qemu_img.parse_version(b'') == ''

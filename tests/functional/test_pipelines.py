@@ -1,0 +1,197 @@
+"""The cinder flows through the Engine, with the real tools.
+
+upload   = inspect -> convert to the disk format -> compress
+download = decompress (capped) -> inspect the inner image -> convert
+"""
+
+import gzip
+import os
+import shutil
+import threading
+
+import pytest
+
+from accel_daemon import exception
+from accel_daemon.engine import paths
+from accel_daemon.engine.api import Engine
+from tests.functional import imagegen as gen
+
+MiB = 1024 * 1024
+
+pytestmark = [
+    pytest.mark.functional,
+    pytest.mark.skipif(shutil.which('qemu-img') is None
+                       or shutil.which('qemu-io') is None,
+                       reason='qemu-img/qemu-io are not installed'),
+]
+
+
+@pytest.fixture
+def engine(env):
+    return Engine(env.settings, env.policy)
+
+
+def nothing_left(env, *outputs):
+    for out in outputs:
+        assert not os.path.lexists(out), out
+    assert paths.stray_temp_files(env.images) == []
+
+
+def gzip_file(path, data):
+    with gzip.open(path, 'wb', compresslevel=1) as f:
+        f.write(data)
+    return path
+
+
+def test_upload_qcow2_as_raw_then_download_as_qcow2(env, engine):
+    src = gen.qcow2_with_data(env.path('vol.qcow2'))
+    image = env.path('image.gz')
+    up = engine.run('u1', 'upload', {'src': src, 'dst': image,
+                                     'src_format': 'qcow2',
+                                     'disk_format': 'raw'})
+    assert up['output'] == image and up['converted'] is True
+    assert up['engine'] == 'isal' and up['hardware'] is False
+    assert len(up['sha256']) == 64
+    assert up['virtual_size'] == 64 * MiB
+    # What Glance would store is plain gzip of the raw disk.
+    raw = env.path('check.raw')
+    with gzip.open(image) as f, open(raw, 'wb') as g:
+        shutil.copyfileobj(f, g)
+    assert gen.compare(src, 'qcow2', raw, 'raw')
+    back = env.path('back.qcow2')
+    down = engine.run('d1', 'download', {
+        'src': image, 'dst': back, 'disk_format': 'raw',
+        'dst_format': 'qcow2', 'max_bytes': 64 * MiB})
+    assert down['output'] == back and down['decompress_engine'] == 'isal'
+    assert gen.compare(src, 'qcow2', back, 'qcow2')
+    assert paths.stray_temp_files(env.images) == []
+
+
+def test_upload_same_format_compresses_the_source(env, engine):
+    src = gen.write(env.path('vol.raw'), b'\x5a' * MiB, size=8 * MiB)
+    up = engine.run('u2', 'upload', {'src': src, 'dst': env.path('v.gz'),
+                                     'src_format': 'raw',
+                                     'disk_format': 'raw'})
+    assert up['converted'] is False
+    with gzip.open(up['output']) as f:
+        assert f.read() == open(src, 'rb').read()
+
+
+def test_download_raw_to_raw_publishes_the_stage(env, engine):
+    data = b'\x11' * MiB + bytes(7 * MiB)
+    image = gzip_file(env.path('img.gz'), data)
+    down = engine.run('d2', 'download', {
+        'src': image, 'dst': env.path('out.raw'), 'disk_format': 'raw',
+        'dst_format': 'raw'})
+    with open(down['output'], 'rb') as f:
+        assert f.read() == data
+    # Sparse: the 7 MiB of zeros were not allocated.
+    assert os.stat(down['output']).st_blocks * 512 < 4 * MiB
+    assert paths.stray_temp_files(env.images) == []
+
+
+def test_download_content_not_an_image(env, engine):
+    # A 'compressed' container claimed to hold a qcow2 that holds text.
+    image = gzip_file(env.path('text.gz'), b'just some text\n' * 5000)
+    out = env.path('out.raw')
+    with pytest.raises(exception.FormatMismatch) as e:
+        engine.run('d3', 'download', {'src': image, 'dst': out,
+                                      'disk_format': 'qcow2',
+                                      'dst_format': 'raw'})
+    assert 'text.gz' in e.value.message
+    nothing_left(env, out)
+
+
+def test_download_inner_qcow2_with_backing_file(env, engine):
+    evil = gen.qcow2_with_backing(os.path.join(env.root, 'evil.qcow2'),
+                                  os.path.join(env.root, 'base.raw'))
+    with open(evil, 'rb') as f:
+        image = gzip_file(env.path('evil.gz'), f.read())
+    out = env.path('out.raw')
+    with pytest.raises(exception.UnsafeImage):
+        engine.run('d4', 'download', {'src': image, 'dst': out,
+                                      'disk_format': 'qcow2',
+                                      'dst_format': 'raw'})
+    nothing_left(env, out)
+
+
+def test_download_bomb_stops_at_max_bytes(env, engine):
+    image = gzip_file(env.path('bomb.gz'), bytes(64 * MiB))
+    out = env.path('out.raw')
+    with pytest.raises(exception.SizeLimitExceeded):
+        engine.run('d5', 'download', {'src': image, 'dst': out,
+                                      'disk_format': 'raw',
+                                      'dst_format': 'raw',
+                                      'max_bytes': 8 * MiB})
+    nothing_left(env, out)
+
+
+@pytest.mark.parametrize('kind,params', [
+    ('upload', {'src_format': 'raw', 'disk_format': 'iso'}),
+    ('download', {'disk_format': 'raw', 'dst_format': 'auto'}),
+])
+def test_unsupported_formats(env, engine, kind, params):
+    src = gen.write(env.path('in'), b'x' * MiB)
+    out = env.path('out')
+    with pytest.raises(exception.UnsupportedFormat):
+        engine.run('f', kind, dict(params, src=src, dst=out))
+    nothing_left(env, out)
+
+
+def test_cancel_upload_leaves_nothing(env, engine):
+    src = gen.write(env.path('big.raw'), os.urandom(MiB) * 96)
+    out = env.path('big.gz')
+    errors = []
+
+    def run():
+        try:
+            engine.run('c1', 'upload', {'src': src, 'dst': out,
+                                        'src_format': 'raw',
+                                        'disk_format': 'qcow2'})
+        except exception.AccelError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    while engine.progress('c1') is None and t.is_alive():
+        pass
+    assert engine.cancel('c1') or not t.is_alive()
+    t.join(60)
+    assert [type(e) for e in errors] == [exception.Cancelled]
+    nothing_left(env, out)
+
+
+def test_engine_rejects_unknown_kind_and_parameters(env, engine):
+    with pytest.raises(exception.InvalidRequest):
+        engine.run('x', 'format_disk', {})
+    with pytest.raises(exception.InvalidRequest):
+        engine.run('x', 'compress', {'src': '/a', 'dst': '/b',
+                                     'shell': 'rm -rf /'})
+    assert engine.progress('x') is None
+
+
+def test_discard_partial_removes_only_that_outputs_temps(env, engine):
+    # What a crash leaves: temp names of two outputs, plus a look-alike.
+    mine = env.path('.accel-out.raw.0123abcd.part')
+    other = env.path('.accel-out.raw.x.89abcdef.part')
+    odd = env.path('.accel-out.raw.nothex!!.part')
+    for p in (mine, other, odd):
+        gen.write(p, b'partial')
+    removed = engine.discard_partial(env.path('out.raw'))
+    assert removed == [mine]
+    assert os.path.exists(other) and os.path.exists(odd)
+
+
+def test_capabilities(env, engine):
+    caps = engine.capabilities()
+    names = {d['name']: d for d in caps['drivers']}
+    assert caps['default_driver'] == 'isal'
+    assert caps['hardware'] is False
+    assert names['qat']['available'] is False
+    assert 'qcow2' in caps['formats']['input']
+    assert caps['tools']['isal']
+
+
+def test_capabilities_report_qemu_img_version(engine):
+    assert engine.capabilities()['tools']['qemu-img'].startswith(
+        'qemu-img version ')
