@@ -4,6 +4,7 @@ upload   = inspect -> convert to the disk format -> compress
 download = decompress (capped) -> inspect the inner image -> convert
 """
 
+import dataclasses
 import gzip
 import os
 import shutil
@@ -195,3 +196,43 @@ def test_capabilities(env, engine):
 def test_capabilities_report_qemu_img_version(engine):
     assert engine.capabilities()['tools']['qemu-img'].startswith(
         'qemu-img version ')
+
+
+@pytest.fixture
+def named_device(env):
+    """A loop device reached through a symlinked name, the way LVM and
+    device-mapper volumes are (/dev/<vg>/<lv> -> /dev/dm-N)."""
+    import subprocess
+    if os.geteuid() != 0 or shutil.which('losetup') is None:
+        pytest.skip('needs root and losetup')
+    backing = os.path.join(env.root, 'disk.img')
+    gen.write(backing, b'\x42' * MiB, 16 * MiB)
+    try:
+        dev = subprocess.run(['losetup', '--find', '--show', backing],
+                             check=True, capture_output=True,
+                             text=True).stdout.strip()
+    except subprocess.CalledProcessError as e:
+        pytest.skip('no loop device: %s' % e.stderr)
+    name = '/dev/accel-test-%d' % os.getpid()
+    os.symlink(dev, name)
+    yield name, backing
+    os.unlink(name)
+    subprocess.run(['losetup', '-d', dev], check=False)
+
+
+def test_compress_from_symlinked_device_name(env, named_device):
+    name, backing = named_device
+    env = env.with_settings(allowed_block_devices=('/dev/accel-test-*',))
+    engine = Engine(env.settings, env.policy)
+    out = env.path('dev.gz')
+    result = engine.run('dev', 'compress', {'src': name, 'dst': out})
+    with gzip.open(out) as f, open(backing, 'rb') as g:
+        assert f.read() == g.read()
+    assert result['bytes_in'] == 16 * MiB
+    # Without the pattern the same name is refused.
+    plain = Engine(dataclasses.replace(env.settings,
+                                       allowed_block_devices=()), env.policy)
+    with pytest.raises(exception.PathNotAllowed):
+        plain.run('dev2', 'compress', {'src': name,
+                                       'dst': env.path('dev2.gz')})
+    assert not os.path.exists(env.path('dev2.gz'))
