@@ -19,7 +19,6 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import BinaryIO
 from accel_daemon import exception
 from accel_daemon.drivers import base
 from accel_daemon.engine import directio
+from accel_daemon.engine.extents import data_extents
 from accel_daemon.engine import paths
 from accel_daemon.engine.progress import Progress
 
@@ -60,30 +60,6 @@ def clamp_level(level: int) -> int:
 
 
 # --- planning ---------------------------------------------------------------
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """Yield (start, end) of the allocated ranges of ``fd``.
-
-    Falls back to one extent covering everything where SEEK_DATA is not
-    supported (block devices, some filesystems).
-    """
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:      # no data after pos
-                return
-            if pos == 0:                    # not supported at all
-                yield 0, size
-                return
-            raise
-        end = min(size, os.lseek(fd, start, os.SEEK_HOLE))
-        if start >= end:
-            return
-        yield start, end
-        pos = end
-
-
 def chunk_plan(extents: Iterable[tuple[int, int]], size: int,
                chunk: int) -> Iterator[tuple[int, int, bool]]:
     """Yield (offset, length, has_data) for every chunk of the file in order.

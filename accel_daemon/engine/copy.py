@@ -11,26 +11,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
-
+from accel_daemon.engine.extents import data_extents
 from accel_daemon.engine.progress import Progress
 
 _STEP = 64 * 1024 * 1024
-
-
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """Yield (offset, length) of each data extent of an open file."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:      # no data after pos
-                return
-            raise
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        yield start, min(end, size) - start
-        pos = end
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int,
@@ -63,8 +47,8 @@ def copy_fd(src: int, dst: int, progress: Progress) -> int:
     """Copy the data of ``src`` into the empty regular file ``dst``."""
     size = os.fstat(src).st_size
     progress.set_total(size)
-    for offset, length in data_extents(src, size):
-        _copy_range(src, dst, offset, length, progress)
+    for start, end in data_extents(src, size):
+        _copy_range(src, dst, start, end - start, progress)
     os.ftruncate(dst, size)
     progress.set_done(size)
     return size

@@ -54,6 +54,18 @@ def allowed_block_device(path: str, patterns: Iterable[str]) -> bool:
         return False
 
 
+def _confined(path: str, name: str, allowed_dirs: Iterable[str]) -> str:
+    """realpath(name), which must be under an allowed directory; a link
+    that leads out is a SymlinkEscape, anything else PathNotAllowed."""
+    real = os.path.realpath(name)
+    if not _under(real, allowed_dirs):
+        if real != os.path.abspath(name):
+            raise exception.SymlinkEscape(path=path)
+        raise exception.PathNotAllowed(
+            path=path, reason='outside the allowed directories')
+    return real
+
+
 def check_input(path: str, allowed_dirs: Iterable[str],
                 block_patterns: Iterable[str] = ()) -> str:
     """Validate an existing input; return its real path."""
@@ -66,12 +78,7 @@ def check_input(path: str, allowed_dirs: Iterable[str],
         raise exception.InputNotFound(path=path)
     if stat.S_ISLNK(st.st_mode):
         raise exception.SymlinkEscape(path=path)
-    real = os.path.realpath(path)
-    if not _under(real, allowed_dirs):
-        if real != os.path.abspath(path):
-            raise exception.SymlinkEscape(path=path)
-        raise exception.PathNotAllowed(
-            path=path, reason='outside the allowed directories')
+    real = _confined(path, path, allowed_dirs)
     if not stat.S_ISREG(st.st_mode):
         raise exception.PathNotAllowed(path=path, reason='not a regular file')
     return real
@@ -83,13 +90,7 @@ def check_output(path: str, allowed_dirs: Iterable[str],
     _basic_checks(path)
     if allowed_block_device(path, block_patterns):
         return os.path.realpath(path)
-    parent = os.path.dirname(path)
-    real_parent = os.path.realpath(parent)
-    if not _under(real_parent, allowed_dirs):
-        if real_parent != os.path.abspath(parent):
-            raise exception.SymlinkEscape(path=path)
-        raise exception.PathNotAllowed(
-            path=path, reason='outside the allowed directories')
+    real_parent = _confined(path, os.path.dirname(path), allowed_dirs)
     if not os.path.isdir(real_parent):
         raise exception.PathNotAllowed(path=path,
                                        reason='parent is not a directory')

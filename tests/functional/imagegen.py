@@ -7,10 +7,21 @@ directly (never through the engine: these are the test's own tools).
 
 from __future__ import annotations
 
+import shutil
 import struct
 import subprocess
 
+import pytest
+
 MiB = 1024 * 1024
+
+# Functional tests that build images with the real qemu tools.
+REQUIRES_QEMU = [
+    pytest.mark.functional,
+    pytest.mark.skipif(shutil.which('qemu-img') is None
+                       or shutil.which('qemu-io') is None,
+                       reason='qemu-img/qemu-io are not installed'),
+]
 
 QCOW2_MAGIC = b'QFI\xfb'
 QCOW2_INCOMPAT_DATA_FILE = 1 << 2

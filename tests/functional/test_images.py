@@ -18,12 +18,7 @@ from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024
 
-pytestmark = [
-    pytest.mark.functional,
-    pytest.mark.skipif(shutil.which('qemu-img') is None
-                       or shutil.which('qemu-io') is None,
-                       reason='qemu-img/qemu-io are not installed'),
-]
+pytestmark = gen.REQUIRES_QEMU
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ temp output renamed to a symlink by the owner of the allowed directory
 after every check, just before qemu-img starts, must change nothing."""
 
 import os
-import shutil
 
 import pytest
 
@@ -15,12 +14,7 @@ from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024
 
-pytestmark = [
-    pytest.mark.functional,
-    pytest.mark.skipif(shutil.which('qemu-img') is None
-                       or shutil.which('qemu-io') is None,
-                       reason='qemu-img/qemu-io are not installed'),
-]
+pytestmark = gen.REQUIRES_QEMU
 
 
 class SwapBeforeExec(CommandPolicy):
