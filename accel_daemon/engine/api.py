@@ -129,7 +129,12 @@ class Engine:
 
     def discard_partial(self, dst: str) -> list[str]:
         """Remove temp outputs a crashed run left for ``dst``."""
-        real = paths.check_output_dir(dst, self.settings.allowed_dirs)
+        s = self.settings
+        if paths.allowed_block_device(dst, s.allowed_block_devices):
+            # A download onto a device staged its image in an allowed dir.
+            real = pipelines.stage_target(s, os.path.realpath(dst), True)
+        else:
+            real = paths.check_output_dir(dst, s.allowed_dirs)
         removed = paths.temp_files_for(real)
         for path in removed:
             os.unlink(path)

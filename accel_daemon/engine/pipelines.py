@@ -69,12 +69,8 @@ def download(settings: Settings, policy: CommandPolicy, progress: Progress,
     size = os.stat(src_real).st_size
     progress.set_total(2 * max(1, size))
     mode = settings.output_file_mode
-    # The stage is decompressed beside the destination (or in the first
-    # allowed directory, by its real path, when the destination is a device).
-    stage_root = os.path.realpath(settings.allowed_dirs[0])
-    stage_dir_target = (os.path.join(stage_root, os.path.basename(dst_real))
-                        if on_device else dst_real)
-    with paths.AtomicOutput(stage_dir_target, mode) as stage:
+    with paths.AtomicOutput(stage_target(settings, dst_real, on_device),
+                            mode) as stage:
         unpacked = compression.decompress_file(
             src_real, stage.path, settings, policy,
             Phase(progress, 0, max(1, size)), max_bytes)
@@ -97,6 +93,15 @@ def download(settings: Settings, policy: CommandPolicy, progress: Progress,
                   cpu_seconds=(result.get('cpu_seconds') or 0.0)
                   + (unpacked.get('cpu_seconds') or 0.0))
     return result
+
+
+def stage_target(settings: Settings, dst_real: str, on_device: bool) -> str:
+    """Where download stages its decompressed image: beside the output, or
+    in the first allowed directory (by its real path) for a device."""
+    if not on_device:
+        return dst_real
+    root = os.path.realpath(settings.allowed_dirs[0])
+    return os.path.join(root, os.path.basename(dst_real))
 
 
 def _inspect_inner(stage_path: str, src_real: str,

@@ -231,3 +231,14 @@ def test_compress_from_symlinked_device_name(env, named_device):
         plain.run('dev2', 'compress', {'src': name,
                                        'dst': env.path('dev2.gz')})
     assert not os.path.exists(env.path('dev2.gz'))
+
+
+def test_discard_partial_of_a_download_onto_a_device(env, named_device):
+    name, _ = named_device
+    env = env.with_settings(allowed_block_devices=('/dev/accel-test-*',))
+    engine = Engine(env.settings, env.policy)
+    real = os.path.realpath(name)
+    left = env.path('.accel-%s.0123abcd.part' % os.path.basename(real))
+    gen.write(left, b'stage of a crashed download')
+    assert engine.discard_partial(name) == [left]
+    assert not os.path.exists(left)
