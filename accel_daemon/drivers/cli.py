@@ -113,7 +113,7 @@ class CliCompressor(base.Compressor):
         src_fd = paths.open_input(src, self.settings.allowed_dirs,
                                   self.settings.allowed_block_devices)
         try:
-            dst_fd = os.open(dst, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            dst_fd = paths.open_ref(dst, os.O_WRONLY)
             try:
                 return self._run_compress(src_fd, dst_fd, progress)
             finally:

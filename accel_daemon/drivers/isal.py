@@ -142,7 +142,7 @@ class IsalCompressor(base.Compressor):
         src_fd = paths.open_input(src, self.settings.allowed_dirs,
                                   self.settings.allowed_block_devices)
         try:
-            dst_fd = os.open(dst, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            dst_fd = paths.open_ref(dst, os.O_WRONLY)
             try:
                 self._compress_fds(src_fd, dst_fd, progress, stats)
             finally:

@@ -124,7 +124,7 @@ def capabilities(drivers: dict[str, base.Compressor]) -> list[dict]:
 def _sha256_of(path: str) -> str:
     h = hashlib.sha256()
     buf = bytearray(_HASH_BLOCK)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = paths.open_ref(path, os.O_RDONLY)
     try:
         while n := os.readv(fd, [buf]):
             h.update(memoryview(buf)[:n])
@@ -198,7 +198,7 @@ def decompress_file(src_real: str, out_path: str, settings: Settings,
     progress.set_total(limit if max_bytes else 0)
     hasher = hashlib.sha256() if checksum else None
     child = getattr(decoder, 'child_cpu_seconds', None)
-    out_fd = os.open(out_path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    out_fd = paths.open_ref(out_path, os.O_WRONLY)
     try:
         with decoder.open_decompressed(src_real, progress) as stream:
             total = sparse.copy_capped(stream, out_fd, limit=limit,
@@ -229,7 +229,8 @@ def compress(src: str, dst: str, settings: Settings, policy: CommandPolicy,
     comp = select(load_drivers(settings, policy), settings, format, driver)
     LOG.info('Compressing %s to %s with %s', src_real, dst_real, comp.name)
     with paths.AtomicOutput(dst_real, settings.output_file_mode) as out:
-        result = compress_file(src_real, out.path, comp, progress)
+        result = compress_file(src_real, paths.fd_ref(out.fd), comp,
+                               progress)
         out.commit()
     result['output'] = dst_real
     return result
@@ -248,8 +249,8 @@ def decompress(src: str, dst: str, settings: Settings, policy: CommandPolicy,
         raise exception.InvalidRequest(
             reason='decompress writes files, not block devices')
     with paths.AtomicOutput(dst_real, settings.output_file_mode) as out:
-        result = decompress_file(src_real, out.path, settings, policy,
-                                 progress, max_bytes, checksum)
+        result = decompress_file(src_real, paths.fd_ref(out.fd), settings,
+                                 policy, progress, max_bytes, checksum)
         out.commit()
     result['output'] = dst_real
     return result

@@ -99,6 +99,29 @@ def check_output(path: str, allowed_dirs: Iterable[str],
     return os.path.join(real_parent, os.path.basename(path))
 
 
+_FD_REF = '/proc/self/fd/'
+
+
+def fd_ref(fd: int) -> str:
+    """A name for an open descriptor that code wanting a path can open.
+
+    Opening it reopens the descriptor's own inode, whatever its name in
+    the directory has been renamed to since: the engine hands its drivers
+    this instead of an output's temp name, which the directory's owner
+    could replace (e.g. by a hard link to another file).
+    """
+    return '%s%d' % (_FD_REF, fd)
+
+
+def open_ref(path: str, flags: int) -> int:
+    """Open an engine-made output: an ``fd_ref`` as that inode, any other
+    path without following a symlink in its last component."""
+    flags |= os.O_CLOEXEC
+    if not path.startswith(_FD_REF):
+        flags |= os.O_NOFOLLOW
+    return os.open(path, flags)
+
+
 def fd_path(fd: int) -> str:
     return os.readlink('/proc/self/fd/%d' % fd)
 

@@ -47,8 +47,9 @@ def upload(settings: Settings, policy: CommandPolicy, progress: Progress,
                 src_real, stage.path, src_format, disk_format, settings,
                 policy, Phase(progress, 0, span), dst_fd=stage.fd)
             staged = stage.path
-        packed = compression.compress_file(staged, out.path, compressor,
-                                           Phase(progress, span, span))
+        packed = compression.compress_file(
+            staged, paths.fd_ref(out.fd), compressor,
+            Phase(progress, span, span))
         out.commit()
     progress.set_done(2 * span)
     packed.update(output=dst_real, disk_format=disk_format,
@@ -72,7 +73,7 @@ def download(settings: Settings, policy: CommandPolicy, progress: Progress,
     with paths.AtomicOutput(stage_target(settings, dst_real, on_device),
                             mode) as stage:
         unpacked = compression.decompress_file(
-            src_real, stage.path, settings, policy,
+            src_real, paths.fd_ref(stage.fd), settings, policy,
             Phase(progress, 0, max(1, size)), max_bytes)
         # Glance does not inspect 'compressed' containers: what came out
         # is untrusted and must pass inspection as the claimed format.

@@ -146,3 +146,30 @@ def test_temp_files_for_matches_only_that_output(allowed):
             assert len(found) == 1
             assert os.path.basename(found[0]).startswith('.accel-a.img.')
     assert paths.temp_files_for(final) == []
+
+
+def test_fd_ref_writes_the_temp_inode_even_after_a_swap(allowed, tmp_path):
+    victim = tmp_path / 'outside' / 'victim'
+    victim.write_bytes(b'keep me')
+    final = str(allowed / 'out.gz')
+    with paths.AtomicOutput(final) as out:
+        # The directory's owner renames another file over the temp name
+        # (a hard link to a foreign file, where the host allows that).
+        decoy = allowed / 'decoy'
+        decoy.write_bytes(b'decoy')
+        os.rename(decoy, out.path)
+        fd = paths.open_ref(paths.fd_ref(out.fd), os.O_WRONLY)
+        try:
+            os.write(fd, b'compressed bytes')
+        finally:
+            os.close(fd)
+        with pytest.raises(exception.PathNotAllowed):
+            out.commit()      # the name no longer holds what we wrote
+    assert victim.read_bytes() == b'keep me'
+    assert not os.path.exists(final)
+
+
+def test_open_ref_refuses_symlinked_names(allowed, tmp_path):
+    (allowed / 'link').symlink_to(tmp_path / 'outside')
+    with pytest.raises(OSError):
+        paths.open_ref(str(allowed / 'link'), os.O_RDONLY)
