@@ -78,7 +78,8 @@ class AccelAPI:
 
     * 1.0 - Initial version: capabilities, image_info, compress,
       decompress, convert, copy, upload, download, task_get, task_list,
-      task_wait, task_cancel.
+      task_wait, task_cancel; every task method takes an optional
+      checksum flag.
 
     To add a method or an argument: bump the minor version here and in
     ``accel_daemon.rpc.endpoint.API_VERSION``, pin the new call to the new
