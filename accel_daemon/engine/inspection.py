@@ -32,7 +32,6 @@ ISO or GPT that also looks like something else is refused above.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import stat
@@ -40,6 +39,7 @@ import stat
 from oslo_utils.imageutils import format_inspector as fi
 
 from accel_daemon import exception
+from accel_daemon.engine import paths
 from accel_daemon.engine import qemu_img
 
 LOG = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def inspect(path: str, claimed: str) -> Inspected:
     file is opened with O_NOFOLLOW so a swapped-in symlink is refused.
     """
     fmt = qemu_img.input_format(claimed, 'inspection')
-    fd = _open(path)
+    # O_NOFOLLOW, and the opened file must still be at ``path``.
+    fd = paths.open_checked(path)
     try:
         return inspect_fd(fd, path, fmt)
     finally:
@@ -97,18 +98,6 @@ def inspect_fd(fd: int, path: str, claimed: str) -> Inspected:
     LOG.debug('%s: %s (detected %s), virtual %d bytes', path, fmt, found,
               virtual)
     return Inspected(fmt, virtual, allocated, str(found))
-
-
-def _open(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise exception.InputNotFound(path=path)
-    except OSError as e:
-        # ELOOP: the last component became a symlink after the path check.
-        if e.errno == errno.ELOOP:
-            raise exception.SymlinkEscape(path=path)
-        raise exception.ImageInspectionError(path=path, reason=e.strerror)
 
 
 def _detect(fd: int, path: str) -> list[fi.FileInspector]:

@@ -7,6 +7,8 @@ directly (never through the engine: these are the test's own tools).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import struct
 import subprocess
@@ -152,3 +154,21 @@ def compare(a: str, fa: str, b: str, fb: str) -> bool:
     if result.returncode not in (0, 1):
         raise RuntimeError(result.stderr.decode())
     return result.returncode == 0
+
+
+@contextlib.contextmanager
+def loop_device(backing: str):
+    """Attach ``backing`` as a loop device (root and losetup needed; the
+    test is skipped where the sandbox has no loop devices)."""
+    if os.geteuid() != 0 or shutil.which('losetup') is None:
+        pytest.skip('needs root and losetup')
+    try:
+        dev = subprocess.run(['losetup', '--find', '--show', backing],
+                             check=True, capture_output=True,
+                             text=True).stdout.strip()
+    except subprocess.CalledProcessError as e:
+        pytest.skip('no loop device: %s' % e.stderr)
+    try:
+        yield dev
+    finally:
+        subprocess.run(['losetup', '-d', dev], check=False)

@@ -1,8 +1,6 @@
 """qemu-img operations through the engine with the real tools."""
 
 import os
-import shutil
-import subprocess
 import threading
 import time
 
@@ -192,27 +190,21 @@ def test_info_runs_under_limits(env, qcow2):
 # --- block devices (loop device) -------------------------------------------
 @pytest.fixture
 def loopdev(env):
-    if os.geteuid() != 0 or shutil.which('losetup') is None:
-        pytest.skip('needs root and losetup')
     backing = os.path.join(env.root, 'disk.img')
     gen.write(backing, b'', 64 * MiB)
-    try:
-        dev = subprocess.run(['losetup', '--find', '--show', backing],
-                             check=True, capture_output=True,
-                             text=True).stdout.strip()
-    except subprocess.CalledProcessError as e:
-        pytest.skip('no loop device: %s' % e.stderr)
-    # The shipped filters only list device-mapper devices; a deployment
-    # using other devices adds its own line, like this one.
-    with open(os.path.join(env.filters_dir, 'test-loop.filters'), 'w') as f:
-        f.write('[Filters]\nloop: RegExpFilter, qemu-img, root, qemu-img, '
-                'convert, -p, -f, qcow2, -O, raw, -T, (none|writeback), '
-                '-t, (none|writeback), -W, -m, [0-9]+, -S, 4k, -n, '
-                '(--target-is-zero), (%s/.+|/dev/fd/[0-9]+), '
-                '(%s|/dev/fd/[0-9]+)\n' % (env.images, dev))
-    env.policy.reload()
-    yield dev, backing
-    subprocess.run(['losetup', '-d', dev], check=False)
+    with gen.loop_device(backing) as dev:
+        # The shipped filters only list device-mapper devices; a deployment
+        # using other devices adds its own line, like this one.
+        with open(os.path.join(env.filters_dir, 'test-loop.filters'),
+                  'w') as f:
+            f.write('[Filters]\nloop: RegExpFilter, qemu-img, root, '
+                    'qemu-img, convert, -p, -f, qcow2, -O, raw, -T, '
+                    '(none|writeback), -t, (none|writeback), -W, -m, '
+                    '[0-9]+, -S, 4k, -n, (--target-is-zero), '
+                    '(%s/.+|/dev/fd/[0-9]+), (%s|/dev/fd/[0-9]+)\n'
+                    % (env.images, dev))
+        env.policy.reload()
+        yield dev, backing
 
 
 def test_convert_onto_zeroed_block_device(env, qcow2, loopdev):

@@ -197,22 +197,15 @@ def test_capabilities_report_qemu_img_version(engine):
 def named_device(env):
     """A loop device reached through a symlinked name, the way LVM and
     device-mapper volumes are (/dev/<vg>/<lv> -> /dev/dm-N)."""
-    import subprocess
-    if os.geteuid() != 0 or shutil.which('losetup') is None:
-        pytest.skip('needs root and losetup')
     backing = os.path.join(env.root, 'disk.img')
     gen.write(backing, b'\x42' * MiB, 16 * MiB)
-    try:
-        dev = subprocess.run(['losetup', '--find', '--show', backing],
-                             check=True, capture_output=True,
-                             text=True).stdout.strip()
-    except subprocess.CalledProcessError as e:
-        pytest.skip('no loop device: %s' % e.stderr)
-    name = '/dev/accel-test-%d' % os.getpid()
-    os.symlink(dev, name)
-    yield name, backing
-    os.unlink(name)
-    subprocess.run(['losetup', '-d', dev], check=False)
+    with gen.loop_device(backing) as dev:
+        name = '/dev/accel-test-%d' % os.getpid()
+        os.symlink(dev, name)
+        try:
+            yield name, backing
+        finally:
+            os.unlink(name)
 
 
 def test_compress_from_symlinked_device_name(env, named_device):
