@@ -18,8 +18,7 @@ import warnings
 
 from accel_daemon import exception
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_ERROR = 1          # argparse exits 2 on usage errors
 
 _LONG = {
     'compress': ('src', 'dst', 'driver', 'level', 'format', 'checksum'),

@@ -107,13 +107,6 @@ def read_exact(fd: int, view: memoryview, offset: int) -> None:
         done += n
 
 
-def write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def source_size(fd: int) -> int:
     size = os.fstat(fd).st_size
     if size == 0:   # block devices report 0; ask the device
