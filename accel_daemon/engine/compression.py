@@ -91,6 +91,11 @@ def _explicit(drivers, settings, format, name) -> base.Compressor:
     comp = drivers.get(name)
     if comp is None:
         raise exception.NoEngineAvailable(reason='unknown driver %s' % name)
+    if comp.output_format == base.GZIP and name not in settings.drivers:
+        # The operator's list is also the list of gzip drivers allowed at
+        # all: a caller cannot pick one the operator left out.
+        raise exception.NoEngineAvailable(
+            reason='%s is not in [compression] drivers' % name)
     why = _refusal(comp, settings, format)
     if why is not None:
         raise exception.NoEngineAvailable(reason='%s: %s' % (name, why))

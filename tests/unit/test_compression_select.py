@@ -134,3 +134,14 @@ def test_installed_entry_points_cover_every_driver():
     mgr = compression._default_manager()
     assert sorted(mgr.names()) == ['gzip', 'igzip', 'isal', 'pigz', 'qat',
                                    'zstd']
+
+
+def test_explicit_driver_must_be_in_the_operators_list(tmp_path):
+    from tests import envfixture
+    env = envfixture.make_env(tmp_path, drivers=('isal', 'gzip'))
+    drivers = compression.load_drivers(env.settings, env.policy)
+    assert compression.select(drivers, env.settings, driver='gzip').name \
+        == 'gzip'
+    with pytest.raises(exception.NoEngineAvailable) as e:
+        compression.select(drivers, env.settings, driver='pigz')
+    assert 'not in [compression] drivers' in e.value.message
