@@ -3,8 +3,8 @@
     from accel_daemon.client import AccelClient
 
     client = AccelClient(CONF)           # the service's own oslo.config
-    task = client.compress('/var/lib/accel-daemon/v.raw',
-                           '/var/lib/accel-daemon/v.raw.gz')
+    task = client.compress('/var/lib/accel-daemon/images/v.raw',
+                           '/var/lib/accel-daemon/images/v.raw.gz')
     result = task.wait(timeout=600)      # {'output', 'size', 'sha256', ...}
 
 Long operations return a ``TaskHandle`` at once.  Errors are the typed

@@ -1,6 +1,6 @@
 """A confined environment for tests: an allowed directory and the shipped
 filters rewritten to point at it (the filters name the default directory
-/var/lib/accel-daemon; deployments rewrite it the same way)."""
+/var/lib/accel-daemon/images; deployments rewrite it the same way)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from accel_daemon.engine.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_FILTERS = os.path.join(ROOT, 'filters')
-DEFAULT_DIR = '/var/lib/accel-daemon'
+DEFAULT_DIR = '/var/lib/accel-daemon/images'
 
 
 @dataclasses.dataclass

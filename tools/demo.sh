@@ -15,12 +15,12 @@
 #
 # The sample volume is a sparse raw image holding an ext4 file system with
 # a few hundred MB of this host's real files (built by benchmarks/volume.py,
-# cached under /var/lib/accel-daemon/demo).  ACCEL_DEMO_LOCAL=1 runs the
+# cached under /var/lib/accel-daemon/images/demo).  ACCEL_DEMO_LOCAL=1 runs the
 # same steps with the engine in-process (accel-image --local) instead.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DEMO_DIR=/var/lib/accel-daemon/demo
+DEMO_DIR=/var/lib/accel-daemon/images/demo
 SERVICE_USER=accel-daemon
 ETC_CONF=/etc/accel-daemon/accel-daemon.conf
 SIZE_GIB=${ACCEL_DEMO_SIZE_GIB:-1}

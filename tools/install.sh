@@ -7,7 +7,7 @@
 # Environment (all optional):
 #   ACCEL_USER           service user                   (accel-daemon)
 #   ACCEL_PREFIX         where the venv goes             (/opt/accel-daemon)
-#   ACCEL_ALLOWED_DIRS   comma-separated allowed dirs    (/var/lib/accel-daemon)
+#   ACCEL_ALLOWED_DIRS   comma-separated allowed dirs    (/var/lib/accel-daemon/images)
 #   ACCEL_TRANSPORT_URL  oslo.messaging transport URL
 #                        (rabbit://guest:guest@127.0.0.1:5672/)
 #
@@ -24,7 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 USER_NAME=${ACCEL_USER:-accel-daemon}
 PREFIX=${ACCEL_PREFIX:-/opt/accel-daemon}
 VENV=$PREFIX/venv
-ALLOWED_DIRS=${ACCEL_ALLOWED_DIRS:-/var/lib/accel-daemon}
+ALLOWED_DIRS=${ACCEL_ALLOWED_DIRS:-/var/lib/accel-daemon/images}
 TRANSPORT_URL=${ACCEL_TRANSPORT_URL:-rabbit://guest:guest@127.0.0.1:5672/}
 STATE=/var/lib/accel-daemon
 ETC=/etc/accel-daemon
@@ -42,6 +42,12 @@ make_user() {
             --shell /usr/sbin/nologin "$USER_NAME"
     fi
     install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE" "$STATE/state"
+    # The default allowed directory; the services' own (cinder, nova) are
+    # theirs to create.  The journal (state/) stays outside every allowed
+    # directory: the daemon refuses to start otherwise.
+    if [ "$ALLOWED_DIRS" = "$STATE/images" ]; then
+        install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE/images"
+    fi
 }
 
 make_venv() {

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Install the shipped filter files for a host's allowed directories.
 
-The files in filters/ name the default directory /var/lib/accel-daemon
+The files in filters/ name the default directory /var/lib/accel-daemon/images
 literally inside their RegExpFilter patterns. This copies them to DEST with
 that name replaced by a regex alternation of the given directories (each
 escaped), so one filter line covers every allowed directory:
@@ -15,7 +15,7 @@ import os
 import re
 import sys
 
-DEFAULT_DIR = '/var/lib/accel-daemon'
+DEFAULT_DIR = '/var/lib/accel-daemon/images'
 
 
 def dir_pattern(dirs: list[str]) -> str:

@@ -74,7 +74,20 @@ def make_backend(conf: cfg.ConfigOpts) -> tuple[Any, Callable[[], None]]:
     return backends.PrivsepBackend(), privileged.stop
 
 
+def check_state_dir(conf: cfg.ConfigOpts) -> None:
+    """Refuse a state_dir that requests could name: the journal holds every
+    task's paths and results, and an allowed directory is the requests'."""
+    state = os.path.realpath(conf.accel_daemon.state_dir)
+    for allowed in conf.accel_daemon.allowed_dirs:
+        root = os.path.realpath(allowed)
+        if state == root or state.startswith(root.rstrip('/') + '/'):
+            raise SystemExit('[accel_daemon] state_dir %s is inside the '
+                             'allowed directory %s; move it out'
+                             % (state, allowed))
+
+
 def make_manager(conf: cfg.ConfigOpts, backend: Any) -> TaskManager:
+    check_state_dir(conf)
     os.makedirs(conf.accel_daemon.state_dir, mode=0o700, exist_ok=True)
     return TaskManager.from_conf(backend, conf)
 
@@ -151,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit('accel-daemon must use the threading model; '
                          'import accel_daemon.cmd.daemon first')
     parse_args(sys.argv[1:] if argv is None else argv)
+    check_state_dir(CONF)
     events: queue.SimpleQueue = queue.SimpleQueue()
     _install_signals(events)
     service = Service(CONF, *make_backend(CONF))

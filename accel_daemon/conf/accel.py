@@ -3,7 +3,7 @@ from oslo_config import cfg
 GROUP = cfg.OptGroup('accel_daemon', title='accel-daemon service options')
 
 OPTS = [
-    cfg.ListOpt('allowed_dirs', default=['/var/lib/accel-daemon'],
+    cfg.ListOpt('allowed_dirs', default=['/var/lib/accel-daemon/images'],
                 help='Directories that every input and output path must '
                      'resolve under (after following symbolic links). Paths '
                      'are checked by the RPC layer and again inside the '
@@ -32,7 +32,10 @@ OPTS = [
                     'take the owner and group of the directory they are '
                     'written into.'),
     cfg.StrOpt('state_dir', default='/var/lib/accel-daemon/state',
-               help='Directory for the task journal and other state.'),
+               help='Directory for the task journal and other state. It '
+                    'must not be inside any of allowed_dirs (requests could '
+                    'then read or overwrite the journal): the daemon refuses '
+                    'to start if it is.'),
 ]
 
 

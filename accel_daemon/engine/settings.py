@@ -11,7 +11,7 @@ DEFAULT_DRIVERS = ('qat', 'isal', 'igzip', 'pigz', 'gzip')
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # Directories every input and output must resolve under.
-    allowed_dirs: tuple[str, ...] = ('/var/lib/accel-daemon',)
+    allowed_dirs: tuple[str, ...] = ('/var/lib/accel-daemon/images',)
     # fnmatch patterns of block devices that may be read or written.
     allowed_block_devices: tuple[str, ...] = ()
     # Directories holding oslo.rootwrap-style filter files.

@@ -22,7 +22,8 @@ def conf(tmp_path):
     c = fixture.conf
     host = 'cmd-%s' % uuid.uuid4().hex[:8]
     c.set_override('state_dir', str(tmp_path / 'state'), group='accel_daemon')
-    c.set_override('allowed_dirs', [str(tmp_path)], group='accel_daemon')
+    c.set_override('allowed_dirs', [str(tmp_path / 'images')],
+                   group='accel_daemon')
     c.set_override('host', host, group='accel_daemon_rpc')
     c.set_override('max_task_wait', 0.2, group='accel_daemon_rpc')
     c.set_override('stop_timeout', 1.0, group='tasks')
@@ -89,3 +90,14 @@ def test_local_backend_option_is_hidden_and_off(conf):
     opt = [o for o in daemon.CLI_OPTS if o.name == 'local-backend'][0]
     assert opt.default is False
     assert opt.advanced is True
+
+
+def test_state_dir_inside_an_allowed_dir_is_refused(conf, tmp_path):
+    conf.set_override('state_dir', str(tmp_path / 'images' / 'state'),
+                      group='accel_daemon')
+    with pytest.raises(SystemExit) as e:
+        daemon.check_state_dir(conf)
+    assert 'inside the allowed directory' in str(e.value)
+    conf.set_override('state_dir', str(tmp_path / 'state'),
+                      group='accel_daemon')
+    daemon.check_state_dir(conf)      # outside: accepted
