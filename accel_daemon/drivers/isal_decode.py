@@ -1,0 +1,200 @@
+"""Reading gzip in-process with ISA-L: member by member, in a thread.
+
+Split from ``isal`` (the compressor); ``IsalCompressor.open_decompressed``
+uses these.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from accel_daemon import exception
+
+try:
+    from isal import igzip
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - exercised only on broken installs
+    igzip = isal_zlib = None
+
+GZIP_WBITS = 31        # zlib convention: 16 + 15 = gzip wrapper
+
+
+# Errors the gzip reader raises for bad input (never for our own I/O errors).
+DECODE_ERRORS = (EOFError, zlib.error) + (
+    (isal_zlib.error, igzip.BadGzipFile) if isal_zlib is not None else ())
+
+
+_IN_BLOCK = 1024 * 1024
+_OUT_BLOCK = 1024 * 1024
+
+
+_PEEK = 64 * 1024     # enough input to compare a whole zero member
+
+
+def inflate_members(raw: BinaryIO, path: str,
+                    zero_members: dict[bytes, int] | None = None
+                    ) -> Iterator[bytes | int]:
+    """Yield the decompressed bytes of every gzip member in ``raw``.
+
+    One zlib stream per member (the gzip wrapper checks each member's CRC32
+    and length); what follows a member starts the next one.  Input that
+    ends inside a member is truncated: CorruptInput.
+
+    A member that is byte for byte one of ``zero_members`` (the members of
+    zeros our compressor writes for holes) decodes, by construction, to
+    that many zero bytes: it is yielded as that count (an int) without
+    being inflated, so the writer can leave a hole.
+    """
+    zero_members = zero_members or {}
+    longest = max(map(len, zero_members), default=0)
+    d = isal_zlib.decompressobj(GZIP_WBITS)
+    in_member = False
+    data = b''
+    ended = False
+    while True:
+        if not in_member and zero_members and not ended \
+                and len(data) < max(longest, _PEEK):
+            more = raw.read(_IN_BLOCK)
+            ended = not more
+            data += more
+        if not data:
+            data = raw.read(_IN_BLOCK)
+            if not data:
+                if in_member:
+                    raise exception.CorruptInput(
+                        path=path, reason='compressed data ends inside a '
+                                          'gzip member (truncated)')
+                return
+        if not in_member and zero_members:
+            run = _zero_run(data, zero_members)
+            if run:
+                member, length = run
+                yield length
+                data = data[len(member):]
+                continue
+        in_member = True
+        while True:     # drain: input left over, or output held back
+            out = d.decompress(data, _OUT_BLOCK)
+            if out:
+                yield out
+            data = d.unconsumed_tail
+            if d.eof or (not data and len(out) < _OUT_BLOCK):
+                break
+        if d.eof:
+            data = d.unused_data
+            d = isal_zlib.decompressobj(GZIP_WBITS)
+            in_member = False
+
+
+def _zero_run(data: bytes, zero_members: dict[bytes, int]):
+    for member, length in zero_members.items():
+        if data.startswith(member):
+            return member, length
+    return None
+
+
+class BackgroundReader:
+    """Decodes in its own thread so decoding overlaps the engine's writes.
+
+    The queue hands the writer ready blocks, so reading ahead and writing
+    overlap (the writer's memcmp and pwrite release the GIL).  Items are
+    bytes, or an int for a run of zeros that needs no inflating.  At most
+    ``depth`` items wait in the queue.  Bad input surfaces in the reading
+    thread as CorruptInput.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], path: str, depth: int = 4,
+                 block_size: int = 1024 * 1024) -> None:
+        self._chunks, self._path = chunks, path
+        self._block_size = block_size
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._current = memoryview(b'')
+        self._zeros = 0
+        self._eof = False
+        self.cpu_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='isal-decode')
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.thread_time()
+        try:
+            for data in self._chunks:
+                if self._stop.is_set():
+                    return
+                self._put(data)
+            self._put(b'')
+        except DECODE_ERRORS as e:
+            self._put(exception.CorruptInput(
+                path=self._path, reason=str(e) or type(e).__name__))
+        except BaseException as e:  # re-raised in the reading thread
+            self._put(e)
+        finally:
+            self.cpu_seconds = time.thread_time() - started
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _next(self) -> None:
+        """Make the next queued item current (bytes or a zero run)."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        if isinstance(item, int):
+            self._zeros = item
+        elif not item:
+            self._eof = True
+        else:
+            self._current = memoryview(item)
+
+    def take_zeros(self) -> int:
+        """Consume and return a run of zeros that comes next, else 0.
+
+        The sparse writer calls this between reads so that members of
+        zeros become holes without being inflated or compared.
+        """
+        if not self._current and not self._zeros and not self._eof:
+            self._next()
+        n, self._zeros = self._zeros, 0
+        return n
+
+    def readinto(self, buf) -> int:
+        if not self._current and not self._zeros:
+            if self._eof:
+                return 0
+            self._next()
+            if self._eof:
+                return 0
+        if self._zeros:     # a reader that does not ask for zero runs
+            n = min(len(buf), self._zeros)
+            buf[:n] = bytes(n)
+            self._zeros -= n
+            return n
+        n = min(len(buf), len(self._current))
+        buf[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
+
+    def zeros_pending(self) -> bool:
+        return bool(self._zeros)
+
+    def read(self, size: int = -1) -> bytes:
+        buf = bytearray(size if size > 0 else self._block_size)
+        n = self.readinto(buf)
+        return bytes(buf[:n])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
