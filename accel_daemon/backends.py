@@ -17,7 +17,7 @@ from typing import Any
 from oslo_privsep import daemon as privsep_daemon
 
 from accel_daemon import exception
-from accel_daemon.engine import api
+from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.settings import Settings
 from accel_daemon.privileged import ops
 
@@ -27,9 +27,9 @@ LOG = logging.getLogger(__name__)
 class LocalBackend:
     """An Engine in-process; it has whatever privileges this process has."""
 
-    def __init__(self, engine: api.Engine | Settings) -> None:
+    def __init__(self, engine: Engine | Settings) -> None:
         if isinstance(engine, Settings):
-            engine = api.Engine(engine)
+            engine = Engine(engine)
         self.engine = engine
 
     def run(self, task_id: str, kind: str, params: dict) -> dict:

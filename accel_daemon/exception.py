@@ -153,3 +153,7 @@ class InternalError(AccelError):
 
 class TaskWaitTimeout(AccelError):
     msg_fmt = "Task %(task_id)s did not finish within %(timeout)s seconds"
+
+
+class NoSpace(AccelError):
+    msg_fmt = "No space left on the device holding %(path)s"

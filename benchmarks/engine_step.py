@@ -18,7 +18,8 @@ import time
 import uuid
 
 from accel_daemon import exception
-from accel_daemon.engine.api import Engine
+from accel_daemon import operations
+from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.settings import Settings
 
 
@@ -46,12 +47,13 @@ def main(argv: list[str]) -> int:
         pass
     wall, cpu = time.monotonic(), _cpu()
     try:
-        result = engine.run(str(uuid.uuid4()), request['kind'],
-                            request['params'])
+        result = operations.run(engine, str(uuid.uuid4()),
+                                request['kind'], request['params'])
     except NotImplementedError:
         reply = {'ok': False, 'error': 'NotImplementedError',
                  'message': 'Engine %s is not implemented yet '
-                            '(accel_daemon/engine/api.py)' % request['kind']}
+                            '(accel_daemon/engine/engine.py)'
+                            % request['kind']}
         code = 3
     except exception.AccelError as e:
         reply = {'ok': False, 'error': type(e).__name__, 'message': str(e)}

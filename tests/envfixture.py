@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 
+from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.settings import Settings
 
@@ -23,6 +24,10 @@ class Env:
     filters_dir: str
     settings: Settings
     policy: CommandPolicy
+
+    @property
+    def ctx(self) -> Context:
+        return Context.create(self.settings, self.policy)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.images, *parts)

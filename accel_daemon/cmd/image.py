@@ -17,19 +17,9 @@ import uuid
 import warnings
 
 from accel_daemon import exception
+from accel_daemon import operations
 
 EXIT_ERROR = 1          # argparse exits 2 on usage errors
-
-_LONG = {
-    'compress': ('src', 'dst', 'driver', 'level', 'format', 'checksum'),
-    'decompress': ('src', 'dst', 'max_bytes', 'checksum'),
-    'convert': ('src', 'dst', 'src_format', 'dst_format', 'compress',
-                'target_is_zero', 'checksum'),
-    'copy': ('src', 'dst', 'checksum'),
-    'upload': ('src', 'dst', 'src_format', 'disk_format', 'checksum'),
-    'download': ('src', 'dst', 'disk_format', 'dst_format', 'max_bytes',
-                 'checksum'),
-}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,35 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser('info', help='inspect an image, then qemu-img info')
     s.add_argument('path')
     s.add_argument('--format', required=True)
-    s = sub.add_parser('compress', help='compress to gzip (or zstd)')
-    _src_dst(s)
-    s.add_argument('--driver', help='force one driver (e.g. isal, pigz, qat)')
-    s.add_argument('--level', type=int)
-    s.add_argument('--zstd', dest='format', action='store_const', const='zstd',
-                   default='gzip', help='zstd output (not gzip-compatible)')
-    s = sub.add_parser('decompress', help='decompress, capped, sparse output')
-    _src_dst(s)
-    s.add_argument('--max-bytes', type=int)
-    s = sub.add_parser('convert', help='qemu-img convert with safe settings')
-    _src_dst(s)
-    s.add_argument('--src-format', required=True)
-    s.add_argument('--dst-format', required=True)
-    s.add_argument('--compress', action='store_true',
-                   help='compressed qcow2 output')
-    s.add_argument('--target-is-zero', action='store_true',
-                   help='destination is an existing, zeroed block device')
-    s = sub.add_parser('copy', help='sparse copy of an image file')
-    _src_dst(s)
-    s = sub.add_parser('upload', help='convert then compress (cinder upload)')
-    _src_dst(s)
-    s.add_argument('--src-format', required=True)
-    s.add_argument('--disk-format', required=True)
-    s = sub.add_parser('download',
-                       help='decompress, inspect, convert (cinder download)')
-    _src_dst(s)
-    s.add_argument('--disk-format', required=True)
-    s.add_argument('--dst-format', required=True)
-    s.add_argument('--max-bytes', type=int)
+    for name in operations.TASK_OPERATIONS:
+        op = operations.OPERATIONS[name]
+        _add_fields(sub.add_parser(name, help=op.help), op)
     t = sub.add_parser('tasks', help='list, show, wait for or cancel tasks')
     tsub = t.add_subparsers(dest='action', required=True)
     tl = tsub.add_parser('list')
@@ -91,17 +55,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _src_dst(s: argparse.ArgumentParser) -> None:
-    s.add_argument('src')
-    s.add_argument('dst')
-    s.add_argument('--checksum', action=argparse.BooleanOptionalAction,
-                   default=None, help='sha256 of the output in the result')
+def _add_fields(s: argparse.ArgumentParser,
+                op: operations.Operation) -> None:
+    """Arguments of one operation, from the operation table: paths are
+    positional, the rest are --flags typed by their check."""
+    for name, field in op.fields.items():
+        if field.role:
+            s.add_argument(name, help=field.help)
+            continue
+        flag = '--' + name.replace('_', '-')
+        if field.check is operations.boolean:
+            s.add_argument(flag, action=argparse.BooleanOptionalAction,
+                           default=None, help=field.help)
+        else:
+            kind = str if field.check in (operations.short_name,
+                                          operations.path) else int
+            s.add_argument(flag, type=kind, required=field.required,
+                           help=field.help)
 
 
 def _params(args: argparse.Namespace) -> dict:
-    names = _LONG[args.command]
-    return {n: getattr(args, n) for n in names
-            if getattr(args, n, None) not in (None, False)}
+    fields = operations.OPERATIONS[args.command].fields
+    return {n: getattr(args, n) for n in fields
+            if getattr(args, n, None) is not None}
 
 
 # --- output -------------------------------------------------------------
@@ -180,7 +156,8 @@ class _LocalTask:
 
     def _run(self, kind, params) -> None:
         try:
-            self.result = self.engine.run(self.id, kind, params)
+            self.result = operations.run(self.engine, self.id, kind,
+                                         params)
         except BaseException as e:   # re-raised in the main thread
             self.error = e
 
@@ -204,13 +181,13 @@ class _LocalTask:
 
 def _run_local(args, conf) -> int:
     from accel_daemon import conf as accel_conf
-    from accel_daemon.engine.api import Engine
+    from accel_daemon.engine.engine import Engine
     engine = Engine(accel_conf.settings(conf))
     if args.command == 'capabilities':
         caps = engine.capabilities()
         _emit(args, caps, _caps_text(caps))
     elif args.command == 'info':
-        info = engine.info(args.path, args.format)
+        info = engine.image_info(args.path, args.format)
         _emit(args, info, json.dumps(info, indent=2, sort_keys=True))
     elif args.command == 'tasks':
         raise exception.InvalidRequest(

@@ -19,10 +19,9 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from typing import BinaryIO
 
 from accel_daemon import exception
-from accel_daemon.drivers import base
+from accel_daemon.engine import driver as base
 from accel_daemon.engine import paths
 from accel_daemon.engine import process
 from accel_daemon.engine.progress import Progress
@@ -84,10 +83,9 @@ class CliCompressor(base.Compressor):
     tool = ''
     build_compress = staticmethod(gzip_compress_argv)
 
-    def compress_argv(self) -> list[str]:
+    def compress_argv(self, level: int | None = None) -> list[str]:
         threads = max(1, int(self.settings.compression_threads))
-        return self.build_compress(int(self.settings.compression_level),
-                                   threads)
+        return self.build_compress(self.level(level), threads)
 
     def decompress_argv(self) -> list[str]:
         return decompress_argv(self.tool)
@@ -109,25 +107,21 @@ class CliCompressor(base.Compressor):
             return None
         return _cached_version(argv, executable, self.policy)
 
-    def compress(self, src: str, dst: str, progress: Progress) -> base.Stats:
-        src_fd = paths.open_input(src, self.settings.allowed_dirs,
-                                  self.settings.allowed_block_devices)
-        try:
-            dst_fd = paths.open_ref(dst, os.O_WRONLY)
-            try:
-                return self._run_compress(src_fd, dst_fd, progress)
-            finally:
-                os.close(dst_fd)
-        finally:
-            os.close(src_fd)
+    def compress(self, src_fd: int, dst_fd: int, progress: Progress, *,
+                 level: int | None = None,
+                 digest: bool = False) -> base.Stats:
+        """The tool reads the source as its stdin and writes the output
+        as its stdout: both are our descriptors, it opens nothing."""
+        return self._run_compress(src_fd, dst_fd, progress,
+                                  self.compress_argv(level))
 
-    def _run_compress(self, src_fd: int, dst_fd: int,
-                      progress: Progress) -> base.Stats:
+    def _run_compress(self, src_fd: int, dst_fd: int, progress: Progress,
+                      argv: list[str]) -> base.Stats:
         size = os.fstat(src_fd).st_size or os.lseek(src_fd, 0, os.SEEK_END)
         os.lseek(src_fd, 0, os.SEEK_SET)
         progress.set_total(size)
         with _track_position(src_fd, progress):
-            res = process.run(self.compress_argv(), self.policy,
+            res = process.run(argv, self.policy,
                               progress=progress, stdin=src_fd, stdout=dst_fd)
         progress.set_done(size)
         return base.Stats(self.name, self.hardware, bytes_in=size,
@@ -135,23 +129,15 @@ class CliCompressor(base.Compressor):
                           cpu_seconds=res.cpu_seconds)
 
     @contextlib.contextmanager
-    def open_decompressed(self, src: str,
-                          progress: Progress) -> Iterator[BinaryIO]:
-        src_fd = paths.open_input(src, self.settings.allowed_dirs,
-                                  self.settings.allowed_block_devices)
+    def open_decompressed(self, src_fd: int,
+                          progress: Progress) -> Iterator[_Child]:
+        os.lseek(src_fd, 0, os.SEEK_SET)
+        child = _Child(self.decompress_argv(), self.policy, src_fd,
+                       paths.fd_path(src_fd))
         try:
-            child = _Child(self.decompress_argv(), self.policy, src_fd, src)
-            try:
-                yield child
-            finally:
-                child.close()
-                self._child_cpu = child.cpu_seconds
+            yield child
         finally:
-            os.close(src_fd)
-
-    def child_cpu_seconds(self) -> float:
-        """CPU used by the last decompression child."""
-        return getattr(self, '_child_cpu', 0.0)
+            child.close()
 
 
 @contextlib.contextmanager

@@ -18,17 +18,15 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 
 from accel_daemon import exception
-from accel_daemon.drivers import base
+from accel_daemon.engine import driver as base
 from accel_daemon.drivers.isal_decode import BackgroundReader
 from accel_daemon.drivers.isal_decode import inflate_members
 from accel_daemon.engine import directio
@@ -47,12 +45,6 @@ LOG = logging.getLogger(__name__)
 
 MAX_LEVEL = 3          # ISA-L supports levels 0..3; higher requests clamp.
 GZIP_WBITS = 31        # zlib convention: 16 + 15 = gzip wrapper, 32 KiB window
-
-
-@dataclasses.dataclass
-class HashedStats(base.Stats):
-    """Stats plus the sha256 of the output, computed while writing it."""
-    sha256: str | None = None
 
 
 def clamp_level(level: int) -> int:
@@ -126,70 +118,51 @@ class IsalCompressor(base.Compressor):
                                             'installed')
         return base.Availability(True, version=isal.__version__)
 
-    @property
-    def level(self) -> int:
-        return clamp_level(self.settings.compression_level)
-
-    def compress(self, src: str, dst: str, progress: Progress) -> HashedStats:
-        stats = HashedStats(self.name, self.hardware)
-        src_fd = paths.open_input(src, self.settings.allowed_dirs,
-                                  self.settings.allowed_block_devices)
-        try:
-            dst_fd = paths.open_ref(dst, os.O_WRONLY)
-            try:
-                self._compress_fds(src_fd, dst_fd, progress, stats)
-            finally:
-                os.close(dst_fd)
-        finally:
-            os.close(src_fd)
-        return stats
-
-    def _compress_fds(self, src_fd: int, dst_fd: int, progress: Progress,
-                      stats: HashedStats) -> None:
+    def compress(self, src_fd: int, dst_fd: int, progress: Progress, *,
+                 level: int | None = None,
+                 digest: bool = False) -> base.Stats:
         size = source_size(src_fd)
         progress.set_total(size)
         with contextlib.suppress(OSError):
             os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         chunk = max(64 * 1024, int(self.settings.chunk_size))
         plan = chunk_plan(data_extents(src_fd, size), size, chunk)
-        job = _Job(src_fd, dst_fd, chunk, self.level,
-                   max(1, int(self.settings.compression_threads)), progress)
+        job = _Job(src_fd, dst_fd, chunk, clamp_level(self.level(level)),
+                   max(1, int(self.settings.compression_threads)), progress,
+                   hashlib.sha256() if digest else None)
         main_cpu = time.thread_time()
         job.run(plan)
-        stats.bytes_in = size
-        stats.bytes_out = job.written
-        stats.sha256 = job.hasher.hexdigest()
-        stats.cpu_seconds = job.worker_cpu + (time.thread_time() - main_cpu)
+        return base.Stats(
+            self.name, self.hardware, bytes_in=size, bytes_out=job.written,
+            cpu_seconds=job.worker_cpu + (time.thread_time() - main_cpu),
+            sha256=job.hasher.hexdigest() if job.hasher else None)
 
     @contextlib.contextmanager
-    def open_decompressed(self, src: str,
-                          progress: Progress) -> Iterator[BinaryIO]:
-        fd = paths.open_input(src, self.settings.allowed_dirs,
-                              self.settings.allowed_block_devices)
-        with os.fdopen(fd, 'rb', buffering=0) as raw:
+    def open_decompressed(self, src_fd: int,
+                          progress: Progress) -> Iterator[BackgroundReader]:
+        name = paths.fd_path(src_fd)
+        # A duplicate, so closing the reader leaves the caller's descriptor
+        # open (they share the offset: nothing else reads it meanwhile).
+        with os.fdopen(os.dup(src_fd), 'rb', buffering=0) as raw:
+            raw.seek(0)
             chunks = inflate_members(
-                raw, src, known_zero_members(self.settings.chunk_size))
-            reader = BackgroundReader(chunks, src)
+                raw, name, known_zero_members(self.settings.chunk_size))
+            reader = BackgroundReader(chunks, name)
             try:
                 yield reader
             finally:
                 reader.close()
-                self._helper_cpu = reader.cpu_seconds
-
-    def child_cpu_seconds(self) -> float:
-        """CPU of the last decompression's decoding thread."""
-        return getattr(self, '_helper_cpu', 0.0)
 
 
 class _Job:
     """One compression run: ordered writes over a bounded pool of chunks."""
 
     def __init__(self, src_fd: int, dst_fd: int, chunk: int, level: int,
-                 threads: int, progress: Progress) -> None:
+                 threads: int, progress: Progress, hasher=None) -> None:
         self.src_fd, self.dst_fd = src_fd, dst_fd
         self.chunk, self.level, self.threads = chunk, level, threads
         self.progress = progress
-        self.hasher = hashlib.sha256()
+        self.hasher = hasher
         self.out = directio.AppendWriter(dst_fd)
         self.worker_cpu = 0.0
         self._cpu_lock = threading.Lock()
@@ -254,7 +227,8 @@ class _Job:
         if buf is not None:
             self._free.append(buf)
         self.out.write(data)
-        self.hasher.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         self.progress.set_done(end)
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 
-from accel_daemon.drivers import base
+from accel_daemon.engine import driver as base
 from accel_daemon.drivers import cli
 
 LOG = logging.getLogger(__name__)

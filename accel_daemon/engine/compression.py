@@ -12,7 +12,6 @@ error becomes CorruptInput with nothing left behind.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -23,9 +22,11 @@ from typing import Any
 from stevedore import extension
 
 from accel_daemon import exception
-from accel_daemon.drivers import base
-from accel_daemon.engine import paths
+from accel_daemon.engine import copy
+from accel_daemon.engine import driver as base
+from accel_daemon.engine import files
 from accel_daemon.engine import sparse
+from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine.settings import Settings
@@ -40,7 +41,6 @@ MAGIC = {b'\x1f\x8b': base.GZIP, b'\x28\xb5\x2f\xfd': base.ZSTD}
 # host must always be able to read the images it is given.
 DECODERS = {base.GZIP: ('isal', 'igzip', 'pigz', 'gzip', 'qat'),
             base.ZSTD: ('zstd',)}
-_HASH_BLOCK = 1024 * 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,52 +125,18 @@ def capabilities(drivers: dict[str, base.Compressor]) -> list[dict]:
     return result
 
 
-# --- operations on already validated paths ---------------------------------
-def _sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(_HASH_BLOCK)
-    fd = paths.open_ref(path, os.O_RDONLY)
-    try:
-        while n := os.readv(fd, [buf]):
-            h.update(memoryview(buf)[:n])
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
-def compress_file(src_real: str, out_path: str, compressor: base.Compressor,
-                  progress: Progress) -> dict[str, Any]:
-    """Compress into the existing empty file ``out_path``."""
-    started = time.monotonic()
-    stats = compressor.compress(src_real, out_path, progress)
-    # Drivers that hash while writing report it; the others are hashed
-    # from the page cache (the output is a fraction of the input).
-    digest = getattr(stats, 'sha256', None) or _sha256_of(out_path)
-    return {'output': out_path, 'size': os.stat(out_path).st_size,
-            'sha256': digest, 'engine': stats.engine,
-            'hardware': stats.hardware, 'format': compressor.output_format,
-            'bytes_in': stats.bytes_in, 'bytes_out': stats.bytes_out,
-            'cpu_seconds': stats.cpu_seconds,
-            'wall_seconds': time.monotonic() - started}
-
-
-def detect_format(src_real: str, settings: Settings) -> str:
-    fd = paths.open_input(src_real, settings.allowed_dirs,
-                          settings.allowed_block_devices)
-    try:
-        head = os.pread(fd, 4, 0)
-    finally:
-        os.close(fd)
+# --- operations on opened files ----------------------------------------------
+def detect_format(src: files.Opened) -> str:
+    head = os.pread(src.fd, 4, 0)
     for magic, fmt in MAGIC.items():
         if head.startswith(magic):
             return fmt
-    raise exception.CorruptInput(path=src_real,
+    raise exception.CorruptInput(path=src.name,
                                  reason='not gzip or zstd data')
 
 
-def decoder_for(fmt: str, settings: Settings,
-                policy: CommandPolicy) -> base.Compressor:
-    drivers = load_drivers(settings, policy)
+def decoder_for(drivers: dict[str, base.Compressor],
+                fmt: str) -> base.Compressor:
     reasons = []
     for name in DECODERS.get(fmt, ()):
         comp = drivers.get(name)
@@ -184,78 +150,86 @@ def decoder_for(fmt: str, settings: Settings,
         reason='no %s decoder: %s' % (fmt, '; '.join(reasons) or 'none'))
 
 
-def decompress_file(src_real: str, out_path: str, settings: Settings,
-                    policy: CommandPolicy, progress: Progress,
-                    max_bytes: int | None = None,
-                    checksum: bool = False) -> dict[str, Any]:
-    """Decompress into the existing empty file ``out_path``, capped, sparse.
-
-    ``checksum`` hashes the logical output; off by default because hashing
-    every zero of a sparse 8 GiB image costs more than decompressing it.
-    """
+def compress_fds(comp: base.Compressor, src_fd: int, out_fd: int,
+                 progress: Progress, level: int | None = None,
+                 checksum: bool = True) -> dict[str, Any]:
+    """Compress ``src_fd`` into the empty file ``out_fd``."""
     started = time.monotonic()
-    cpu_started = time.thread_time()
-    limit = settings.max_decompressed_bytes
-    if max_bytes:
-        limit = min(limit, int(max_bytes))
-    fmt = detect_format(src_real, settings)
-    decoder = decoder_for(fmt, settings, policy)
-    progress.set_total(limit if max_bytes else 0)
-    hasher = hashlib.sha256() if checksum else None
-    child = getattr(decoder, 'child_cpu_seconds', None)
-    out_fd = paths.open_ref(out_path, os.O_WRONLY)
-    try:
-        with decoder.open_decompressed(src_real, progress) as stream:
-            total = sparse.copy_capped(stream, out_fd, limit=limit,
-                                       progress=progress, name=src_real,
-                                       hasher=hasher)
-    finally:
-        os.close(out_fd)
-    cpu = time.thread_time() - cpu_started
-    return {'output': out_path, 'size': total,
-            'sha256': hasher.hexdigest() if hasher else None,
-            'engine': decoder.name, 'hardware': decoder.hardware,
-            'format': fmt, 'bytes_in': os.stat(src_real).st_size,
-            'bytes_out': total,
-            'cpu_seconds': cpu + (child() if child else 0.0),
+    stats = comp.compress(src_fd, out_fd, progress, level=level,
+                          digest=checksum)
+    digest = stats.sha256
+    if checksum and digest is None:
+        # Hashed from the page cache: the output is a fraction of the input.
+        digest = copy.sha256_fd(out_fd, progress)
+    return {'size': os.fstat(out_fd).st_size, 'sha256': digest,
+            'engine': stats.engine, 'hardware': stats.hardware,
+            'format': comp.output_format, 'bytes_in': stats.bytes_in,
+            'bytes_out': stats.bytes_out, 'cpu_seconds': stats.cpu_seconds,
             'wall_seconds': time.monotonic() - started}
 
 
+def decompress_fds(drivers: dict[str, base.Compressor], src: files.Opened,
+                   out_fd: int, limit: int, progress: Progress,
+                   checksum: bool = False,
+                   sparse_out: bool = True) -> dict[str, Any]:
+    """Decompress ``src`` into the empty file ``out_fd``, capped at
+    ``limit`` bytes, sparse.  ``checksum`` hashes the logical output (off
+    by default: hashing every zero of a sparse image costs more than
+    decompressing it)."""
+    started = time.monotonic()
+    cpu_started = time.thread_time()
+    fmt = detect_format(src)
+    decoder = decoder_for(drivers, fmt)
+    hasher = hashlib.sha256() if checksum else None
+    with decoder.open_decompressed(src.fd, progress) as stream:
+        total = sparse.copy_capped(stream, out_fd, limit=limit,
+                                   progress=progress, name=src.name,
+                                   hasher=hasher, sparse=sparse_out)
+    cpu = time.thread_time() - cpu_started + stream.cpu_seconds
+    return {'size': total,
+            'sha256': hasher.hexdigest() if hasher else None,
+            'engine': decoder.name, 'hardware': decoder.hardware,
+            'format': fmt, 'bytes_in': src.size, 'bytes_out': total,
+            'cpu_seconds': cpu, 'wall_seconds': time.monotonic() - started}
+
+
+def decompress_limit(settings: Settings, max_bytes: int | None) -> int:
+    """The cap of one decompression: the request's, within the host's."""
+    limit = settings.max_decompressed_bytes
+    if max_bytes:
+        limit = min(limit, int(max_bytes))
+    return limit
+
+
 # --- the public operations ---------------------------------------------------
-def compress(src: str, dst: str, settings: Settings, policy: CommandPolicy,
-             progress: Progress, driver: str | None = None,
-             level: int | None = None, format: str = base.GZIP) -> dict:
+def compress(ctx: Context, drivers: dict[str, base.Compressor],
+             progress: Progress, src: str, dst: str,
+             driver: str | None = None, level: int | None = None,
+             format: str = base.GZIP, checksum: bool = True) -> dict:
     """Compress ``src`` to the new file ``dst`` with the best driver."""
-    src_real = paths.check_input(src, settings.allowed_dirs,
-                                 settings.allowed_block_devices)
-    dst_real = paths.check_output(dst, settings.allowed_dirs)
-    if level is not None:
-        settings = dataclasses.replace(settings, compression_level=int(level))
-    comp = select(load_drivers(settings, policy), settings, format, driver)
-    LOG.info('Compressing %s to %s with %s', src_real, dst_real, comp.name)
-    with paths.AtomicOutput(dst_real, settings.output_file_mode) as out:
-        result = compress_file(src_real, paths.fd_ref(out.fd), comp,
-                               progress)
+    comp = select(drivers, ctx.settings, format, driver)
+    with ctx.open_source(src) as source, ctx.output(dst) as out:
+        LOG.info('Compressing %s to %s with %s', source.real, dst, comp.name)
+        result = compress_fds(comp, source.fd, out.fd, progress, level,
+                              checksum)
         out.commit()
-    result['output'] = dst_real
+    result['output'] = dst
     return result
 
 
-def decompress(src: str, dst: str, settings: Settings, policy: CommandPolicy,
-               progress: Progress, max_bytes: int | None = None,
-               checksum: bool = False) -> dict:
-    """Decompress ``src`` (gzip or zstd) to the new sparse file ``dst``."""
-    src_real = paths.check_input(src, settings.allowed_dirs,
-                                 settings.allowed_block_devices)
-    dst_real = paths.check_output(dst, settings.allowed_dirs)
-    if paths.is_block_device(dst_real):
-        # Holes on a device would leave old data behind: refuse rather than
-        # write every zero.  Convert from a decompressed file instead.
-        raise exception.InvalidRequest(
-            reason='decompress writes files, not block devices')
-    with paths.AtomicOutput(dst_real, settings.output_file_mode) as out:
-        result = decompress_file(src_real, paths.fd_ref(out.fd), settings,
-                                 policy, progress, max_bytes, checksum)
+def decompress(ctx: Context, drivers: dict[str, base.Compressor],
+               progress: Progress, src: str, dst: str,
+               max_bytes: int | None = None, checksum: bool = False) -> dict:
+    """Decompress ``src`` (gzip or zstd) to the new sparse file ``dst``.
+
+    Block devices are refused as outputs (``Output`` without devices):
+    holes would leave old data behind on a device.
+    """
+    limit = decompress_limit(ctx.settings, max_bytes)
+    progress.set_total(limit if max_bytes else 0)
+    with ctx.open_source(src) as source, ctx.output(dst) as out:
+        result = decompress_fds(drivers, source, out.fd, limit, progress,
+                                checksum)
         out.commit()
-    result['output'] = dst_real
+    result['output'] = dst
     return result

@@ -1,16 +1,18 @@
 """Image operations with qemu-img: info, convert, check, compare, measure.
 
-Each public function validates its paths (paths.check_input/check_output),
-inspects every input (inspection.inspect: format_inspector + safety check +
-claimed == detected) and only then runs qemu-img, always with the format
-forced, through process.run (filter check, no shell, cancellable).
+Every input is opened once (``Context.open_source``) and inspected through
+that descriptor (format_inspector + safety check + claimed == detected,
+``inspection.inspect_fd``); only then does qemu-img see it, always with the
+format forced and always as ``/dev/fd/N`` of that descriptor, never a path:
+a path would be resolved again, and the owner of an allowed directory can
+swap it for a symlink to any host file in between.
 
-Cache modes chosen for convert (measured on this machine, see the report of
-the qemu-img work; qcow2 -> raw of 1 GiB of data):
+Cache modes chosen for convert (measured on this machine; qcow2 -> raw of
+1 GiB of data):
 - target: 'none' where O_DIRECT works on the actual destination (the temp
   file itself, or the device), else 'writeback'.  Never 'writethrough': it
-  flushes after every write and buys nothing, because AtomicOutput fsyncs
-  the finished file before publishing it.
+  flushes after every write and buys nothing, because the output is fsynced
+  before it is published.
 - source: 'none' for block devices where O_DIRECT works (a volume is read
   once; going through the page cache would evict the host's useful cache),
   'writeback' for files (they are usually warm: we just downloaded or
@@ -21,15 +23,15 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import stat
 from typing import Any
 
 from accel_daemon import exception
+from accel_daemon.engine import copy
+from accel_daemon.engine import files
 from accel_daemon.engine import inspection
-from accel_daemon.engine import paths
 from accel_daemon.engine import process
 from accel_daemon.engine import qemu_img
+from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine.settings import Settings
@@ -37,14 +39,6 @@ from accel_daemon.engine.settings import Settings
 LOG = logging.getLogger(__name__)
 
 ENGINE = 'qemu-img'
-
-
-# --- helpers --------------------------------------------------------------
-def _input(path: str, fmt: str,
-           settings: Settings) -> tuple[str, inspection.Inspected]:
-    real = paths.check_input(path, settings.allowed_dirs,
-                             settings.allowed_block_devices)
-    return real, inspection.inspect(real, fmt)
 
 
 def _info_limits(settings: Settings) -> process.Limits:
@@ -58,92 +52,123 @@ def _metadata_limits(settings: Settings) -> process.Limits:
     return process.Limits(address_space=settings.info_address_space)
 
 
-def inspected_info(real: str, fmt: str, settings: Settings,
-                   policy: CommandPolicy, fd: int | None = None) -> dict:
-    """qemu-img info on an input that inspection.inspect() already passed.
+def image_limit(settings: Settings, max_bytes: int | None) -> int:
+    """The largest virtual size a request may produce: the caller's
+    ``max_bytes`` within the host's ``max_image_bytes``."""
+    limit = settings.max_image_bytes
+    if max_bytes:
+        limit = min(limit, int(max_bytes))
+    return limit
+
+
+# --- inspection -----------------------------------------------------------
+def inspected_info(ctx: Context, src: files.Opened, fmt: str) -> dict:
+    """qemu-img info of an input that inspection already passed.
 
     Runs under the info resource limits (a crafted image must not make
     qemu-img spin or allocate without bound) and re-checks qemu-img's own
     view (format, backing file, data file, extents) as defence in depth.
-    qemu-img gets the inspected descriptor (``fd``, else ``real`` opened
-    with paths.open_checked), never the path: see convert_file().
     """
-    if fd is None:
-        fd = paths.open_checked(real)
-        try:
-            return inspected_info(real, fmt, settings, policy, fd)
-        finally:
-            os.close(fd)
-    arg = qemu_img.fd_arg(fd)
-    result = process.run(qemu_img.info_cmd(arg, fmt), policy,
-                         limits=_info_limits(settings), pass_fds=(fd,))
-    data = qemu_img.parse_info(result.stdout, real)
-    qemu_img.validate_info(data, real, fmt, opened_as=arg)
-    data['filename'] = real
+    arg = qemu_img.fd_arg(src.fd)
+    try:
+        result = process.run(qemu_img.info_cmd(arg, fmt), ctx.policy,
+                             limits=_info_limits(ctx.settings),
+                             pass_fds=(src.fd,))
+    except exception.ProcessFailed as e:
+        # qemu-img cannot open it (e.g. "Active L1 table too large") or
+        # hit the limits: the image is refused, not our failure.
+        raise exception.ImageInspectionError(
+            path=src.name, reason='qemu-img info failed: %s'
+            % (e.fields.get('stderr') or 'exit code %s'
+               % e.fields.get('exit_code')))
+    data = qemu_img.parse_info(result.stdout, src.name)
+    qemu_img.validate_info(data, src.name, fmt, opened_as=arg)
+    data['filename'] = src.name
     return data
 
 
-# --- info / check / compare / measure --------------------------------------
+def inspect_source(ctx: Context, src: files.Opened, fmt: str,
+                   limit: int | None = None
+                   ) -> tuple[inspection.Inspected, dict]:
+    """Inspect ``src`` as ``fmt``, then ``qemu-img info`` it; refuse an
+    image whose virtual size is above ``limit`` before anything is
+    written (a tiny qcow2 can claim, and a "cluster bomb" can fill,
+    terabytes)."""
+    found = inspection.inspect_fd(src.fd, src.name, fmt)
+    info = inspected_info(ctx, src, found.format)
+    virtual = int(info['virtual-size'])
+    if limit is not None and virtual > limit:
+        raise exception.SizeLimitExceeded(path=src.name, limit=limit)
+    return found, info
+
+
+def info(ctx: Context, path: str, fmt: str) -> dict:
+    """Validated, inspected ``qemu-img info`` of ``path`` as a dict."""
+    with ctx.open_source(path) as src:
+        found = inspection.inspect_fd(src.fd, src.name, fmt)
+        return inspected_info(ctx, src, found.format)
+
+
+# --- check / compare / measure ---------------------------------------------
 def version(policy: CommandPolicy) -> str | None:
     """qemu-img's version line, or None when it is missing or forbidden."""
     try:
         result = process.run(qemu_img.version_cmd(), policy)
-    except (exception.CommandDenied, exception.ProcessFailed, OSError):
+    except (exception.AccelError, OSError):
         return None
     return qemu_img.parse_version(result.stdout) or None
 
 
-def info(path: str, fmt: str, settings: Settings,
-         policy: CommandPolicy) -> dict:
-    """Validated, inspected ``qemu-img info`` of ``path`` as a dict."""
-    real = paths.check_input(path, settings.allowed_dirs,
-                             settings.allowed_block_devices)
-    fd = paths.open_checked(real)
-    try:
-        found = inspection.inspect_fd(fd, real, fmt)
-        return inspected_info(real, found.format, settings, policy, fd)
-    finally:
-        os.close(fd)
-
-
-def check(path: str, fmt: str, settings: Settings,
-          policy: CommandPolicy) -> dict:
-    """``qemu-img check``; adds 'supported' and 'clean' to its report."""
-    real, found = _input(path, fmt, settings)
-    result = process.run(qemu_img.check_cmd(real, found.format), policy,
-                         limits=_metadata_limits(settings), check=False)
+def check_fd(ctx: Context, src: files.Opened, fmt: str) -> dict:
+    """``qemu-img check`` of an inspected input; adds 'supported' and
+    'clean' to its report."""
+    arg = qemu_img.fd_arg(src.fd)
+    result = process.run(qemu_img.check_cmd(arg, fmt), ctx.policy,
+                         limits=_metadata_limits(ctx.settings), check=False,
+                         pass_fds=(src.fd,))
     if result.returncode == qemu_img.CHECK_UNSUPPORTED:
-        return {'filename': real, 'format': found.format,
-                'supported': False, 'clean': True}
+        return {'filename': src.name, 'format': fmt, 'supported': False,
+                'clean': True}
     if result.returncode not in qemu_img.CHECK_REPORTED:
         raise _failed(result)
-    report = qemu_img.parse_check(result.stdout, real)
+    report = qemu_img.parse_check(result.stdout, src.name)
     report['supported'] = True
     report['clean'] = result.returncode == 0
     return report
 
 
-def compare(path1: str, fmt1: str, path2: str, fmt2: str,
-            settings: Settings, policy: CommandPolicy,
+def check(ctx: Context, path: str, fmt: str) -> dict:
+    with ctx.open_source(path) as src:
+        found = inspection.inspect_fd(src.fd, src.name, fmt)
+        return check_fd(ctx, src, found.format)
+
+
+def compare(ctx: Context, path1: str, fmt1: str, path2: str, fmt2: str,
             progress: Progress | None = None) -> dict:
     """``qemu-img compare``: {'identical': bool} (guest-visible content)."""
-    real1, found1 = _input(path1, fmt1, settings)
-    real2, found2 = _input(path2, fmt2, settings)
-    argv = qemu_img.compare_cmd(real1, found1.format, real2, found2.format)
-    result = process.run(argv, policy, progress=progress, check=False)
+    with ctx.open_source(path1) as a, ctx.open_source(path2) as b:
+        found1 = inspection.inspect_fd(a.fd, a.name, fmt1)
+        found2 = inspection.inspect_fd(b.fd, b.name, fmt2)
+        argv = qemu_img.compare_cmd(qemu_img.fd_arg(a.fd), found1.format,
+                                    qemu_img.fd_arg(b.fd), found2.format)
+        result = process.run(argv, ctx.policy, progress=progress,
+                             check=False, pass_fds=(a.fd, b.fd))
     identical = qemu_img.compare_result(result.returncode)
     if identical is None:
         raise _failed(result)
     return {'identical': identical}
 
 
-def measure(path: str, src_fmt: str, dst_fmt: str, settings: Settings,
-            policy: CommandPolicy) -> dict:
+def measure(ctx: Context, path: str, src_fmt: str, dst_fmt: str) -> dict:
     """``qemu-img measure``: bytes needed to convert ``path`` to dst_fmt."""
-    real, found = _input(path, src_fmt, settings)
-    argv = qemu_img.measure_cmd(real, found.format, dst_fmt)
-    result = process.run(argv, policy, limits=_metadata_limits(settings))
-    return qemu_img.parse_measure(result.stdout, real)
+    with ctx.open_source(path) as src:
+        found = inspection.inspect_fd(src.fd, src.name, src_fmt)
+        argv = qemu_img.measure_cmd(qemu_img.fd_arg(src.fd), found.format,
+                                    dst_fmt)
+        result = process.run(argv, ctx.policy,
+                             limits=_metadata_limits(ctx.settings),
+                             pass_fds=(src.fd,))
+    return qemu_img.parse_measure(result.stdout, src.name)
 
 
 def _failed(result: process.Result) -> exception.ProcessFailed:
@@ -153,96 +178,55 @@ def _failed(result: process.Result) -> exception.ProcessFailed:
 
 
 # --- convert --------------------------------------------------------------
-def convert(src: str, dst: str, src_format: str, dst_format: str,
-            settings: Settings, policy: CommandPolicy,
-            progress: Progress | None = None, compress: bool = False,
-            target_is_zero: bool = False) -> dict:
+def convert(ctx: Context, progress: Progress, src: str, dst: str,
+            src_format: str, dst_format: str, compress: bool = False,
+            target_is_zero: bool = False, max_bytes: int | None = None,
+            checksum: bool = False) -> dict:
     """Convert ``src`` into a new file ``dst`` or onto an allowed device.
 
-    File outputs are written to an AtomicOutput temp name and published only
-    on success; on failure or Cancelled nothing is left.  Block devices
-    (settings.allowed_block_devices) are written in place with -n, plus
-    --target-is-zero when the caller guarantees the device reads as zeros.
+    File outputs are unnamed until they are published (on success only);
+    block devices (settings.allowed_block_devices) are written in place
+    with -n, plus --target-is-zero when the caller guarantees the device
+    reads as zeros.
     """
-    progress = progress or Progress()
     dst_fmt = qemu_img.output_format(dst_format, 'convert')
-    src_real = paths.check_input(src, settings.allowed_dirs,
-                                 settings.allowed_block_devices)
-    on_device = paths.allowed_block_device(dst, settings.allowed_block_devices)
-    dst_real = paths.check_output(dst, settings.allowed_dirs,
-                                  settings.allowed_block_devices)
-    if target_is_zero and not on_device:
-        raise exception.InvalidRequest(
-            reason='target_is_zero is only valid for a block device output')
-    if on_device and compress:
-        raise exception.InvalidRequest(
-            reason='compressed output is only written to files')
-    if on_device:
-        return convert_file(src_real, dst_real, src_format, dst_fmt,
-                            settings, policy, progress, compress=compress,
-                            existing_target=True,
-                            target_is_zero=target_is_zero)
-    with paths.AtomicOutput(dst_real, settings.output_file_mode) as out:
-        result = convert_file(src_real, out.path, src_format, dst_fmt,
-                              settings, policy, progress, compress=compress,
-                              dst_fd=out.fd)
+    with ctx.open_source(src) as source, \
+            ctx.output(dst, devices=True) as out:
+        if target_is_zero and not out.is_device:
+            raise exception.InvalidRequest(
+                reason='target_is_zero is only valid for a block device '
+                       'output')
+        if out.is_device and compress:
+            raise exception.InvalidRequest(
+                reason='compressed output is only written to files')
+        result = convert_fds(ctx, progress, source, out, src_format, dst_fmt,
+                             compress=compress, target_is_zero=target_is_zero,
+                             limit=image_limit(ctx.settings, max_bytes))
+        if checksum and not out.is_device:
+            result['sha256'] = copy.sha256_fd(out.fd, progress)
         out.commit()
-    result['output'] = dst_real
+    result['output'] = dst
     return result
 
 
-def convert_file(src_real: str, dst_path: str, src_format: str,
-                 dst_format: str, settings: Settings, policy: CommandPolicy,
-                 progress: Progress | None = None, *, compress: bool = False,
-                 existing_target: bool = False,
-                 target_is_zero: bool = False,
-                 dst_fd: int | None = None) -> dict:
-    """Low level convert used by convert() and the pipelines.
+def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
+                out: files.Output, src_format: str, dst_format: str, *,
+                compress: bool = False, target_is_zero: bool = False,
+                limit: int | None = None) -> dict:
+    """Convert the opened ``src`` into the opened ``out`` (not published).
 
-    ``src_real`` must already be validated (paths.check_input); it is
-    inspected here regardless (milliseconds, and it is the safety gate, so
-    callers cannot forget it).  ``dst_path`` belongs to the caller: a temp
-    file in an allowed directory (qemu-img recreates it) or, with
-    ``existing_target``, a device written in place with -n.  The caller
-    publishes or removes ``dst_path``; this function does neither.
-    ``dst_fd`` is the caller's open descriptor of ``dst_path``
-    (AtomicOutput.fd); without it ``dst_path`` is opened here.
-
-    qemu-img is given both files as /dev/fd/N of descriptors opened here
-    (O_NOFOLLOW, path re-checked), never as paths: a path is resolved
-    again by qemu-img, and the owner of an allowed directory can swap the
-    source or the temp output for a symlink to any host file in between
-    (reading it into the output, or overwriting it as root).
+    ``src`` is inspected here whatever the caller did before (milliseconds,
+    and it is the safety gate, so callers cannot forget it).  If the source
+    changes while this runs, the output is refused (``_unchanged``).
     """
-    progress = progress or Progress()
     dst_fmt = qemu_img.output_format(dst_format, 'convert')
-    src_fd = paths.open_checked(src_real)
-    own_dst = dst_fd is None
-    try:
-        if own_dst:
-            dst_fd = paths.open_checked(dst_path, os.O_RDWR)
-        return _convert_fds(src_real, src_fd, dst_path, dst_fd, src_format,
-                            dst_fmt, settings, policy, progress, compress,
-                            existing_target, target_is_zero)
-    finally:
-        os.close(src_fd)
-        if own_dst and dst_fd is not None:
-            os.close(dst_fd)
-
-
-def _convert_fds(src_real: str, src_fd: int, dst_path: str, dst_fd: int,
-                 src_format: str, dst_fmt: str, settings: Settings,
-                 policy: CommandPolicy, progress: Progress, compress: bool,
-                 existing_target: bool, target_is_zero: bool) -> dict:
-    before = _identity(src_fd)
-    found = inspection.inspect_fd(src_fd, src_real, src_format)
-    src_info = inspected_info(src_real, found.format, settings, policy,
-                              src_fd)
+    before = src.identity()
+    found, src_info = inspect_source(ctx, src, src_format, limit)
     virtual_size = int(src_info['virtual-size'])
     progress.set_total(virtual_size)
     progress.check()
-    argv = _convert_argv(src_real, src_fd, dst_fd, found.format, dst_fmt,
-                         settings, compress, existing_target, target_is_zero)
+    argv = _convert_argv(ctx.settings, src, out, found.format, dst_fmt,
+                         compress, target_is_zero)
     parser = qemu_img.ProgressParser()
 
     def on_output(chunk: bytes) -> None:
@@ -250,22 +234,14 @@ def _convert_fds(src_real: str, src_fd: int, dst_path: str, dst_fd: int,
         if fraction is not None:
             progress.set_fraction(fraction)
 
-    result = process.run(argv, policy, progress=progress, on_output=on_output,
-                         pass_fds=(src_fd, dst_fd))
-    _unchanged(src_fd, src_real, before)
+    result = process.run(argv, ctx.policy, progress=progress,
+                         on_output=on_output, pass_fds=(src.fd, out.fd))
+    check_unchanged(src, before)
     progress.set_done(virtual_size)
-    return _convert_result(dst_path, dst_fd, dst_fmt, virtual_size, argv,
-                           result)
+    return _convert_result(out, dst_fmt, virtual_size, argv, result)
 
 
-def _identity(fd: int) -> tuple | None:
-    st = os.fstat(fd)
-    if stat.S_ISBLK(st.st_mode):
-        return None       # a device node's times do not follow its data
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _unchanged(fd: int, path: str, before: tuple | None) -> None:
+def check_unchanged(src: files.Opened, before: tuple | None) -> None:
     """Refuse the output if the source changed after it was inspected.
 
     The owner of an allowed directory owns the images in it and may rewrite
@@ -273,74 +249,51 @@ def _unchanged(fd: int, path: str, before: tuple | None) -> None:
     backing file or data-file to a qcow2 header (CVE-2024-32498 class) and
     restore it afterwards.  Any write moves ctime, which only root can set
     back, so comparing fstat before inspection and after qemu-img exits
-    catches it; the output, still private to root, is then discarded.
+    catches it; the output, still unpublished, is then discarded.
     """
-    if before is not None and _identity(fd) != before:
+    if before is not None and src.identity() != before:
         raise exception.UnsafeImage(
-            path=path, reason='the image was modified while it was being '
-                              'inspected or converted')
+            path=src.name, reason='the image was modified while it was '
+                                  'being inspected or converted')
 
 
-def _convert_argv(src: str, src_fd: int, dst_fd: int, src_fmt: str,
-                  dst_fmt: str, settings: Settings, compress: bool,
-                  existing_target: bool, target_is_zero: bool) -> list[str]:
-    is_device = stat.S_ISBLK(os.fstat(dst_fd).st_mode)
+def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
+                  src_fmt: str, dst_fmt: str, compress: bool,
+                  target_is_zero: bool) -> list[str]:
     return qemu_img.convert_cmd(
-        qemu_img.fd_arg(src_fd), qemu_img.fd_arg(dst_fd), src_fmt, dst_fmt,
+        qemu_img.fd_arg(src.fd), qemu_img.fd_arg(out.fd), src_fmt, dst_fmt,
         src_cache=source_cache_mode(src),
-        dst_cache=target_cache_mode(qemu_img.proc_fd_path(dst_fd),
-                                    existing_target),
+        dst_cache=target_cache_mode(out.fd, out.is_device),
         coroutines=settings.convert_coroutines,
         # -W: raw has no metadata whose order matters, and out-of-order
         # writes keep all coroutines busy on slow or remote storage (4.2 s
         # -> 0.7 s at 2 ms write latency).  qcow2 would fragment.
-        unordered=dst_fmt == 'raw' or is_device,
-        existing_target=existing_target,
+        unordered=dst_fmt == 'raw' or out.is_device,
+        existing_target=out.is_device,
         target_is_zero=target_is_zero, compress=compress)
 
 
-def source_cache_mode(path: str) -> str:
-    if paths.is_block_device(path) and qemu_img.probe_direct_io(path, False):
+def source_cache_mode(src: files.Opened) -> str:
+    if src.is_device and qemu_img.probe_direct_io(src.fd, False):
         return qemu_img.CACHE_NONE
     return qemu_img.CACHE_WRITEBACK
 
 
-def target_cache_mode(path: str, existing_target: bool = False) -> str:
+def target_cache_mode(fd: int, existing_target: bool = False) -> str:
     """'none' if O_DIRECT works on the actual destination, else 'writeback'.
 
-    The destination normally exists (AtomicOutput's temp file or a device);
-    if the caller has not created it, probe a scratch file beside it.  An
-    existing target (-n) is only read: its content must survive the probe.
+    An existing target (-n, a device) is only read: its content must
+    survive the probe.
     """
-    if os.path.lexists(path):
-        works = qemu_img.probe_direct_io(path, write=not existing_target)
-    else:
-        works = _probe_beside(path)
+    works = qemu_img.probe_direct_io(fd, write=not existing_target)
     return qemu_img.CACHE_NONE if works else qemu_img.CACHE_WRITEBACK
 
 
-def _probe_beside(path: str) -> bool:
-    scratch = os.path.join(os.path.dirname(path), '%sprobe.%s%s' % (
-        paths.TEMP_PREFIX, secrets.token_hex(4), paths.TEMP_SUFFIX))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        os.close(os.open(scratch, flags, 0o600))
-    except OSError:
-        return False
-    try:
-        return qemu_img.probe_direct_io(scratch, write=True)
-    finally:
-        os.unlink(scratch)
-
-
-def _convert_result(dst: str, dst_fd: int, dst_fmt: str, virtual_size: int,
-                    argv: list[str], result: process.Result) -> dict[str, Any]:
-    st = os.fstat(dst_fd)
-    if stat.S_ISBLK(st.st_mode):
-        size = virtual_size
-    else:
-        size = st.st_size
-    return {'output': dst, 'size': size, 'engine': ENGINE,
+def _convert_result(out: files.Output, dst_fmt: str, virtual_size: int,
+                    argv: list[str], result: process.Result
+                    ) -> dict[str, Any]:
+    size = virtual_size if out.is_device else os.fstat(out.fd).st_size
+    return {'output': out.path, 'size': size, 'engine': ENGINE,
             'hardware': False, 'cpu_seconds': result.cpu_seconds,
             'wall_seconds': result.wall_seconds,
             'virtual_size': virtual_size,

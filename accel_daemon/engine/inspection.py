@@ -39,7 +39,7 @@ import stat
 from oslo_utils.imageutils import format_inspector as fi
 
 from accel_daemon import exception
-from accel_daemon.engine import paths
+from accel_daemon.engine import files
 from accel_daemon.engine import qemu_img
 
 LOG = logging.getLogger(__name__)
@@ -63,16 +63,20 @@ class Inspected:
 
 
 def inspect(path: str, claimed: str) -> Inspected:
-    """Detect the format of ``path`` and check it is safe and as claimed.
-
-    ``path`` must already be validated (paths.check_input) and real.  The
-    file is opened with O_NOFOLLOW so a swapped-in symlink is refused.
-    """
-    fmt = qemu_img.input_format(claimed, 'inspection')
-    # O_NOFOLLOW, and the opened file must still be at ``path``.
-    fd = paths.open_checked(path)
+    """``inspect_fd()`` of a file named by a caller that has no descriptor
+    (tests, tools).  The engine itself only inspects descriptors it opened
+    once (``engine.files``)."""
     try:
-        return inspect_fd(fd, path, fmt)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC)
+    except OSError as e:
+        raise files.open_error(path, e)
+    try:
+        if not (stat.S_ISREG(os.fstat(fd).st_mode)
+                or stat.S_ISBLK(os.fstat(fd).st_mode)):
+            raise exception.PathNotAllowed(path=path,
+                                           reason='not a regular file')
+        return inspect_fd(fd, path, claimed)
     finally:
         os.close(fd)
 

@@ -270,39 +270,37 @@ class ProgressParser:
 
 
 # --- O_DIRECT probe -------------------------------------------------------
-def probe_direct_io(path: str, write: bool = True) -> bool:
-    """True if O_DIRECT I/O works on ``path`` (an existing file or device).
+def probe_direct_io(fd: int, write: bool = True) -> bool:
+    """True if O_DIRECT I/O works on the file open as ``fd``.
 
-    With ``write`` on a regular file (the output's temp file, which qemu-img
-    recreates anyway) one aligned zero block is written and the file is
-    truncated again.  Block devices and sources are only read: writing a
-    device would break --target-is-zero.  tmpfs (before Linux 6.6) and some
-    FUSE/NFS setups refuse O_DIRECT with EINVAL; 'writeback' is used there.
+    The descriptor's magic link is reopened with O_DIRECT (the inode we
+    hold, not a name).  With ``write`` on a regular file (an output that
+    qemu-img recreates anyway) one aligned zero block is written and the
+    file is truncated again.  Block devices and sources are only read:
+    writing a device would break --target-is-zero.  tmpfs (before Linux
+    6.6) and some FUSE/NFS setups refuse O_DIRECT with EINVAL; 'writeback'
+    is used there.
     """
     try:
-        is_block = stat.S_ISBLK(os.stat(path).st_mode)
-        write = write and not is_block
+        write = write and not stat.S_ISBLK(os.fstat(fd).st_mode)
         flags = os.O_DIRECT | os.O_CLOEXEC
-        if not path.startswith(_PROC_FD):
-            # A magic link to a descriptor we hold is followed on purpose.
-            flags |= os.O_NOFOLLOW
         flags |= os.O_WRONLY if write else os.O_RDONLY
-        fd = os.open(path, flags)
+        dfd = os.open(proc_fd_path(fd), flags)
     except OSError as e:
-        LOG.debug('O_DIRECT open of %s failed: %s', path, e)
+        LOG.debug('O_DIRECT open of fd %d failed: %s', fd, e)
         return False
     buf = mmap.mmap(-1, _DIRECT_BLOCK)  # page aligned, as O_DIRECT needs
     try:
         if write:
-            os.pwritev(fd, [buf], 0)
-            os.ftruncate(fd, 0)
+            os.pwritev(dfd, [buf], 0)
+            os.ftruncate(dfd, 0)
         else:
-            os.preadv(fd, [buf], 0)
+            os.preadv(dfd, [buf], 0)
         return True
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-            LOG.warning('O_DIRECT probe of %s failed: %s', path, e)
+            LOG.warning('O_DIRECT probe of fd %d failed: %s', fd, e)
         return False
     finally:
         buf.close()
-        os.close(fd)
+        os.close(dfd)

@@ -28,6 +28,8 @@ class Settings:
     chunk_size: int = 4 * 1024 * 1024
     # Decompressed output may never exceed this many bytes.
     max_decompressed_bytes: int = 2 * 1024 ** 4
+    # The largest virtual size of an image the daemon converts or writes.
+    max_image_bytes: int = 1024 ** 4
     # Limits for "qemu-img info" on untrusted input.
     info_cpu_seconds: int = 30
     info_address_space: int = 1024 ** 3

@@ -21,10 +21,11 @@ import sqlite3
 import threading
 from typing import Any
 
+from accel_daemon.manager.states import ACTIVE_STATES
+from accel_daemon.manager.states import FINAL_STATES
+
 LOG = logging.getLogger(__name__)
 
-FINAL_STATES = ('succeeded', 'failed', 'cancelled')
-ACTIVE_STATES = ('queued', 'running')
 _SCHEMA_VERSION = 1
 _JSON_COLUMNS = ('params', 'progress', 'result', 'error')
 _COLUMNS = ('id', 'kind', 'state', 'params', 'progress', 'result', 'error',

@@ -29,15 +29,14 @@ import uuid
 from typing import Any, Callable
 
 from accel_daemon import exception
-from accel_daemon.engine.api import KINDS
+from accel_daemon import operations
 from accel_daemon.manager.backend import Backend
-from accel_daemon.manager.journal import ACTIVE_STATES
-from accel_daemon.manager.journal import FINAL_STATES
 from accel_daemon.manager.journal import Journal
+from accel_daemon.manager.states import ACTIVE_STATES
+from accel_daemon.manager.states import STATES
 
 LOG = logging.getLogger(__name__)
 
-STATES = ACTIVE_STATES + FINAL_STATES
 MAX_LIST = 1000
 # A cancel can arrive after a worker took the task but before the backend
 # registered it (backend.cancel() then returns False): retry for this long.
@@ -382,7 +381,7 @@ class TaskManager:
 
 
 def _validate(kind: Any, params: Any) -> None:
-    if kind not in KINDS:
+    if kind not in operations.TASK_OPERATIONS:
         raise exception.InvalidRequest(reason='unknown operation %r' % kind)
     if not isinstance(params, dict):
         raise exception.InvalidRequest(reason='params must be a dict')

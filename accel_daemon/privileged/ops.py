@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +30,9 @@ from oslo_config import cfg
 
 from accel_daemon import conf as accel_conf
 from accel_daemon import exception
+from accel_daemon import operations
 from accel_daemon import privileged
-from accel_daemon.engine import api
+from accel_daemon.engine.engine import Engine
 from accel_daemon.engine import paths
 from accel_daemon.engine.settings import Settings
 from accel_daemon.privileged import caps
@@ -41,7 +40,7 @@ from accel_daemon.privileged import caps
 LOG = logging.getLogger(__name__)
 
 _state_lock = threading.Lock()
-_engine: api.Engine | None = None
+_engine: Engine | None = None
 
 
 class Failure(Exception):
@@ -53,7 +52,7 @@ class Failure(Exception):
             {'type': name, 'message': message, 'fields': dict(fields or {})})
 
 
-def use_engine(engine: api.Engine | None) -> api.Engine | None:
+def use_engine(engine: Engine | None) -> Engine | None:
     """Set the Engine the entrypoints use; return the previous one.
 
     The privsep daemon builds its own on first use; tests inject one.
@@ -64,12 +63,12 @@ def use_engine(engine: api.Engine | None) -> api.Engine | None:
     return previous
 
 
-def engine() -> api.Engine:
+def engine() -> Engine:
     global _engine
     with _state_lock:
         if _engine is None:
             # The privsep daemon got the parent's --config-file arguments.
-            _engine = api.Engine(accel_conf.settings(cfg.CONF))
+            _engine = Engine(accel_conf.settings(cfg.CONF))
         return _engine
 
 
@@ -86,36 +85,11 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-# -- path re-validation (pure, unprivileged twins) -------------------------
-def check_src(settings: Settings, path: Any) -> str:
-    return paths.check_input(path, settings.allowed_dirs,
-                             settings.allowed_block_devices)
-
-
-def check_dst(settings: Settings, path: Any) -> str:
-    return paths.check_output(path, settings.allowed_dirs,
-                              settings.allowed_block_devices)
-
-
-def check_dst_dir(settings: Settings, dst: Any) -> None:
+# -- the unprivileged twins ---------------------------------------------------
+def check_dst_dir(settings: Settings, dst: Any) -> str:
     """Confine ``dst`` whether or not it exists (crash recovery: the final
     output may already have been published)."""
-    try:
-        check_dst(settings, dst)
-    except exception.OutputExists:
-        probe = '%s%s.probe' % (paths.TEMP_PREFIX, secrets.token_hex(8))
-        check_dst(settings, os.path.join(os.path.dirname(dst), probe))
-
-
-def check_params(settings: Settings, params: Any) -> dict[str, Any]:
-    if not isinstance(params, dict):
-        raise exception.InvalidRequest(reason='params must be a mapping')
-    params = plain(params)
-    if 'src' in params:
-        check_src(settings, params['src'])
-    if 'dst' in params:
-        check_dst(settings, params['dst'])
-    return params
+    return paths.check_output_dir(dst, settings.allowed_dirs)
 
 
 def _check_id(task_id: Any) -> str:
@@ -124,17 +98,22 @@ def _check_id(task_id: Any) -> str:
     return task_id
 
 
-def do_run(eng: api.Engine, task_id: str, kind: str, params: dict) -> dict:
-    params = check_params(eng.settings, params)
-    return plain(eng.run(_check_id(task_id), kind, params))
+def do_run(eng: Engine, task_id: str, name: str, params: Any) -> dict:
+    """Validate (again: the RPC layer ran in another process) and run.
+
+    Paths are not judged here by name: the engine opens each one once and
+    judges the opened file (``engine.files``), in this process.
+    """
+    return plain(operations.run(eng, _check_id(task_id), name,
+                                plain(params)))
 
 
-def do_info(eng: api.Engine, path: str, fmt: str) -> dict:
-    check_src(eng.settings, path)
-    return plain(eng.info(path, fmt))
+def do_info(eng: Engine, path: str, fmt: str) -> dict:
+    args = operations.validate('image_info', {'path': path, 'format': fmt})
+    return plain(eng.image_info(args['path'], args['format']))
 
 
-def do_discard_partial(eng: api.Engine, dst: str) -> list[str]:
+def do_discard_partial(eng: Engine, dst: str) -> list[str]:
     check_dst_dir(eng.settings, dst)
     return plain(eng.discard_partial(dst))
 

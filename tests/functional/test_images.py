@@ -24,13 +24,13 @@ def qcow2(env):
     return gen.qcow2_with_data(env.path('src.qcow2'))
 
 
-def convert(env, src, name, src_fmt, dst_fmt, **kw):
-    return images.convert(src, env.path(name), src_fmt, dst_fmt,
-                          env.settings, env.policy, **kw)
+def convert(env, src, name, src_fmt, dst_fmt, progress=None, **kw):
+    return images.convert(env.ctx, progress or Progress(), src,
+                          env.path(name), src_fmt, dst_fmt, **kw)
 
 
 def test_info(env, qcow2):
-    data = images.info(qcow2, 'qcow2', env.settings, env.policy)
+    data = images.info(env.ctx, qcow2, 'qcow2')
     assert data['format'] == 'qcow2'
     assert data['virtual-size'] == 64 * MiB
 
@@ -66,7 +66,11 @@ def test_raw_output_uses_unordered_writes_and_direct_io(env, qcow2):
     result = convert(env, qcow2, 'out.raw', 'qcow2', 'raw')
     # O_DIRECT works on the test filesystem (ext4 here); tmpfs would
     # legitimately give 'writeback'.
-    assert result['cache_mode'] == images.target_cache_mode(env.images + '/x')
+    fd = os.open(env.images, os.O_TMPFILE | os.O_RDWR)
+    try:
+        assert result['cache_mode'] == images.target_cache_mode(fd)
+    finally:
+        os.close(fd)
     assert result['cache_mode'] != 'writethrough'
     assert result['source_cache_mode'] == 'writeback'
 
@@ -93,18 +97,16 @@ def test_existing_output_refused(env, qcow2):
 
 
 def test_check_compare_measure(env, qcow2):
-    report = images.check(qcow2, 'qcow2', env.settings, env.policy)
+    report = images.check(env.ctx, qcow2, 'qcow2')
     assert report['clean'] and report['check-errors'] == 0
     raw = convert(env, qcow2, 'o.raw', 'qcow2', 'raw')['output']
-    assert images.check(raw, 'raw', env.settings,
-                        env.policy)['supported'] is False
-    assert images.compare(qcow2, 'qcow2', raw, 'raw', env.settings,
-                          env.policy) == {'identical': True}
+    assert images.check(env.ctx, raw, 'raw')['supported'] is False
+    assert images.compare(env.ctx, qcow2, 'qcow2', raw,
+                          'raw') == {'identical': True}
     gen.qemu_write(raw, 'raw', (0x11, 0, 512))
-    assert images.compare(qcow2, 'qcow2', raw, 'raw', env.settings,
-                          env.policy) == {'identical': False}
-    measured = images.measure(qcow2, 'qcow2', 'qcow2', env.settings,
-                              env.policy)
+    assert images.compare(env.ctx, qcow2, 'qcow2', raw,
+                          'raw') == {'identical': False}
+    measured = images.measure(env.ctx, qcow2, 'qcow2', 'qcow2')
     assert 8 * MiB <= measured['required'] < 64 * MiB
 
 
@@ -182,9 +184,9 @@ def test_info_runs_under_limits(env, qcow2):
     # An address-space limit too small for qemu-img makes info fail: proof
     # that the limits from settings really reach the child.
     tight = env.with_settings(info_address_space=16 * MiB)
-    with pytest.raises(exception.ProcessFailed):
-        images.info(qcow2, 'qcow2', tight.settings, tight.policy)
-    assert images.info(qcow2, 'qcow2', env.settings, env.policy)
+    with pytest.raises(exception.ImageInspectionError):
+        images.info(tight.ctx, qcow2, 'qcow2')
+    assert images.info(env.ctx, qcow2, 'qcow2')
 
 
 # --- block devices (loop device) -------------------------------------------
@@ -210,8 +212,8 @@ def loopdev(env):
 def test_convert_onto_zeroed_block_device(env, qcow2, loopdev):
     dev, backing = loopdev
     env = env.with_settings(allowed_block_devices=('/dev/loop*',))
-    result = images.convert(qcow2, dev, 'qcow2', 'raw', env.settings,
-                            env.policy, target_is_zero=True)
+    result = images.convert(env.ctx, Progress(), qcow2, dev, 'qcow2', 'raw',
+                            target_is_zero=True)
     assert result['output'] == dev and result['size'] == 64 * MiB
     assert gen.compare(qcow2, 'qcow2', backing, 'raw')
     assert os.listdir(env.images) == ['src.qcow2']

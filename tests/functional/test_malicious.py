@@ -9,7 +9,9 @@ import pytest
 from accel_daemon import exception
 from accel_daemon.engine import images
 from accel_daemon.engine import paths
+from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine.progress import Progress
 from tests.functional import imagegen as gen
 
 pytestmark = [
@@ -41,10 +43,11 @@ def refused(env, src, claimed, error, dst_format='raw'):
     policy = RecordingPolicy(env.settings.filters_path,
                              env.settings.exec_dirs)
     with pytest.raises(error) as info_err:
-        images.info(src, claimed, env.settings, policy)
+        images.info(Context.create(env.settings, policy), src, claimed)
     dst = env.path('out.img')
     with pytest.raises(error):
-        images.convert(src, dst, claimed, dst_format, env.settings, policy)
+        images.convert(Context.create(env.settings, policy), Progress(), src,
+                       dst, claimed, dst_format)
     assert policy.seen == []  # refused before any qemu-img command
     assert not os.path.lexists(dst)
     assert paths.stray_temp_files(env.images) == []
@@ -122,8 +125,8 @@ def test_format_less_calls(env, claimed):
 def test_unsupported_output_format(env):
     src = gen.write(env.path('plain.raw'), b'\1' * 65536)
     with pytest.raises(exception.UnsupportedFormat):
-        images.convert(src, env.path('o.vdi'), 'raw', 'vdi', env.settings,
-                       env.policy)
+        images.convert(env.ctx, Progress(), src, env.path('o.vdi'), 'raw',
+                       'vdi')
     assert listing(env) == ['plain.raw']
 
 
@@ -132,8 +135,8 @@ def test_path_outside_allowed_dirs(env):
     refused(env, outside, 'raw', exception.PathNotAllowed)
     src = gen.write(env.path('in.raw'), b'\1' * 4096)
     with pytest.raises(exception.PathNotAllowed):
-        images.convert(src, os.path.join(env.root, 'out.raw'), 'raw', 'raw',
-                       env.settings, env.policy)
+        images.convert(env.ctx, Progress(), src,
+                       os.path.join(env.root, 'out.raw'), 'raw', 'raw')
     assert not os.path.exists(os.path.join(env.root, 'out.raw'))
 
 
@@ -144,8 +147,8 @@ def test_symlink_escaping_allowed_dirs(env):
     os.symlink(env.root, env.path('escape'))
     src = gen.write(env.path('in.raw'), b'\1' * 4096)
     with pytest.raises(exception.SymlinkEscape):
-        images.convert(src, env.path('escape', 'out.raw'), 'raw', 'raw',
-                       env.settings, env.policy)
+        images.convert(env.ctx, Progress(), src, env.path('escape', 'out.raw'),
+                       'raw', 'raw')
     assert not os.path.exists(os.path.join(env.root, 'out.raw'))
 
 
@@ -156,12 +159,12 @@ def test_dotdot_path(env):
 
 
 def test_corrupt_qcow2_fails_cleanly(env):
-    # A bare header passes inspection; qemu-img itself then refuses it (no
-    # L1/refcount tables): the error is typed and nothing is left.
+    # A bare header passes format_inspector; qemu-img itself then refuses
+    # it (no L1/refcount tables): a refused image, typed, nothing left.
     src = gen.write(env.path('bare.qcow2'), gen.qcow2_header())
-    with pytest.raises(exception.ProcessFailed):
-        images.info(src, 'qcow2', env.settings, env.policy)
-    with pytest.raises(exception.ProcessFailed):
-        images.convert(src, env.path('out.raw'), 'qcow2', 'raw',
-                       env.settings, env.policy)
+    with pytest.raises(exception.ImageInspectionError):
+        images.info(env.ctx, src, 'qcow2')
+    with pytest.raises(exception.ImageInspectionError):
+        images.convert(env.ctx, Progress(), src, env.path('out.raw'), 'qcow2',
+                       'raw')
     assert listing(env) == ['bare.qcow2']

@@ -13,8 +13,9 @@ import threading
 import pytest
 
 from accel_daemon import exception
+from accel_daemon import operations
 from accel_daemon.engine import paths
-from accel_daemon.engine.api import Engine
+from accel_daemon.engine.engine import Engine
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024
@@ -42,9 +43,9 @@ def gzip_file(path, data):
 def test_upload_qcow2_as_raw_then_download_as_qcow2(env, engine):
     src = gen.qcow2_with_data(env.path('vol.qcow2'))
     image = env.path('image.gz')
-    up = engine.run('u1', 'upload', {'src': src, 'dst': image,
-                                     'src_format': 'qcow2',
-                                     'disk_format': 'raw'})
+    up = operations.run(engine, 'u1', 'upload', {'src': src, 'dst': image,
+                                                 'src_format': 'qcow2',
+                                                 'disk_format': 'raw'})
     assert up['output'] == image and up['converted'] is True
     assert up['engine'] == 'isal' and up['hardware'] is False
     assert len(up['sha256']) == 64
@@ -55,7 +56,7 @@ def test_upload_qcow2_as_raw_then_download_as_qcow2(env, engine):
         shutil.copyfileobj(f, g)
     assert gen.compare(src, 'qcow2', raw, 'raw')
     back = env.path('back.qcow2')
-    down = engine.run('d1', 'download', {
+    down = operations.run(engine, 'd1', 'download', {
         'src': image, 'dst': back, 'disk_format': 'raw',
         'dst_format': 'qcow2', 'max_bytes': 64 * MiB})
     assert down['output'] == back and down['decompress_engine'] == 'isal'
@@ -65,9 +66,9 @@ def test_upload_qcow2_as_raw_then_download_as_qcow2(env, engine):
 
 def test_upload_same_format_compresses_the_source(env, engine):
     src = gen.write(env.path('vol.raw'), b'\x5a' * MiB, size=8 * MiB)
-    up = engine.run('u2', 'upload', {'src': src, 'dst': env.path('v.gz'),
-                                     'src_format': 'raw',
-                                     'disk_format': 'raw'})
+    up = operations.run(engine, 'u2', 'upload', {
+        'src': src, 'dst': env.path('v.gz'), 'src_format': 'raw',
+        'disk_format': 'raw'})
     assert up['converted'] is False
     with gzip.open(up['output']) as f:
         assert f.read() == open(src, 'rb').read()
@@ -76,7 +77,7 @@ def test_upload_same_format_compresses_the_source(env, engine):
 def test_download_raw_to_raw_publishes_the_stage(env, engine):
     data = b'\x11' * MiB + bytes(7 * MiB)
     image = gzip_file(env.path('img.gz'), data)
-    down = engine.run('d2', 'download', {
+    down = operations.run(engine, 'd2', 'download', {
         'src': image, 'dst': env.path('out.raw'), 'disk_format': 'raw',
         'dst_format': 'raw'})
     with open(down['output'], 'rb') as f:
@@ -91,9 +92,9 @@ def test_download_content_not_an_image(env, engine):
     image = gzip_file(env.path('text.gz'), b'just some text\n' * 5000)
     out = env.path('out.raw')
     with pytest.raises(exception.FormatMismatch) as e:
-        engine.run('d3', 'download', {'src': image, 'dst': out,
-                                      'disk_format': 'qcow2',
-                                      'dst_format': 'raw'})
+        operations.run(engine, 'd3', 'download', {'src': image, 'dst': out,
+                                                  'disk_format': 'qcow2',
+                                                  'dst_format': 'raw'})
     assert 'text.gz' in e.value.message
     nothing_left(env, out)
 
@@ -105,9 +106,9 @@ def test_download_inner_qcow2_with_backing_file(env, engine):
         image = gzip_file(env.path('evil.gz'), f.read())
     out = env.path('out.raw')
     with pytest.raises(exception.UnsafeImage):
-        engine.run('d4', 'download', {'src': image, 'dst': out,
-                                      'disk_format': 'qcow2',
-                                      'dst_format': 'raw'})
+        operations.run(engine, 'd4', 'download', {'src': image, 'dst': out,
+                                                  'disk_format': 'qcow2',
+                                                  'dst_format': 'raw'})
     nothing_left(env, out)
 
 
@@ -115,10 +116,10 @@ def test_download_bomb_stops_at_max_bytes(env, engine):
     image = gzip_file(env.path('bomb.gz'), bytes(64 * MiB))
     out = env.path('out.raw')
     with pytest.raises(exception.SizeLimitExceeded):
-        engine.run('d5', 'download', {'src': image, 'dst': out,
-                                      'disk_format': 'raw',
-                                      'dst_format': 'raw',
-                                      'max_bytes': 8 * MiB})
+        operations.run(engine, 'd5', 'download', {'src': image, 'dst': out,
+                                                  'disk_format': 'raw',
+                                                  'dst_format': 'raw',
+                                                  'max_bytes': 8 * MiB})
     nothing_left(env, out)
 
 
@@ -130,7 +131,7 @@ def test_unsupported_formats(env, engine, kind, params):
     src = gen.write(env.path('in'), b'x' * MiB)
     out = env.path('out')
     with pytest.raises(exception.UnsupportedFormat):
-        engine.run('f', kind, dict(params, src=src, dst=out))
+        operations.run(engine, 'f', kind, dict(params, src=src, dst=out))
     nothing_left(env, out)
 
 
@@ -141,9 +142,9 @@ def test_cancel_upload_leaves_nothing(env, engine):
 
     def run():
         try:
-            engine.run('c1', 'upload', {'src': src, 'dst': out,
-                                        'src_format': 'raw',
-                                        'disk_format': 'qcow2'})
+            operations.run(engine, 'c1', 'upload', {'src': src, 'dst': out,
+                                                    'src_format': 'raw',
+                                                    'disk_format': 'qcow2'})
         except exception.AccelError as e:
             errors.append(e)
 
@@ -159,10 +160,10 @@ def test_cancel_upload_leaves_nothing(env, engine):
 
 def test_engine_rejects_unknown_kind_and_parameters(env, engine):
     with pytest.raises(exception.InvalidRequest):
-        engine.run('x', 'format_disk', {})
+        operations.run(engine, 'x', 'format_disk', {})
     with pytest.raises(exception.InvalidRequest):
-        engine.run('x', 'compress', {'src': '/a', 'dst': '/b',
-                                     'shell': 'rm -rf /'})
+        operations.run(engine, 'x', 'compress', {'src': '/a', 'dst': '/b',
+                                                 'shell': 'rm -rf /'})
     assert engine.progress('x') is None
 
 
@@ -213,7 +214,8 @@ def test_compress_from_symlinked_device_name(env, named_device):
     env = env.with_settings(allowed_block_devices=('/dev/accel-test-*',))
     engine = Engine(env.settings, env.policy)
     out = env.path('dev.gz')
-    result = engine.run('dev', 'compress', {'src': name, 'dst': out})
+    result = operations.run(engine, 'dev', 'compress',
+                            {'src': name, 'dst': out})
     with gzip.open(out) as f, open(backing, 'rb') as g:
         assert f.read() == g.read()
     assert result['bytes_in'] == 16 * MiB
@@ -221,8 +223,8 @@ def test_compress_from_symlinked_device_name(env, named_device):
     plain = Engine(dataclasses.replace(env.settings,
                                        allowed_block_devices=()), env.policy)
     with pytest.raises(exception.PathNotAllowed):
-        plain.run('dev2', 'compress', {'src': name,
-                                       'dst': env.path('dev2.gz')})
+        operations.run(plain, 'dev2', 'compress',
+                       {'src': name, 'dst': env.path('dev2.gz')})
     assert not os.path.exists(env.path('dev2.gz'))
 
 
@@ -230,8 +232,8 @@ def test_discard_partial_of_a_download_onto_a_device(env, named_device):
     name, _ = named_device
     env = env.with_settings(allowed_block_devices=('/dev/accel-test-*',))
     engine = Engine(env.settings, env.policy)
-    real = os.path.realpath(name)
-    left = env.path('.accel-%s.0123abcd.part' % os.path.basename(real))
+    # Only where O_TMPFILE is missing does a stage have a name to leave.
+    left = env.path('.accel-stage.0123abcd.part')
     gen.write(left, b'stage of a crashed download')
     assert engine.discard_partial(name) == [left]
     assert not os.path.exists(left)

@@ -1,6 +1,7 @@
-"""Security review regressions with the real qemu-img: the source or the
-temp output renamed to a symlink by the owner of the allowed directory
-after every check, just before qemu-img starts, must change nothing."""
+"""Security review regressions with the real qemu-img: the source renamed
+to a symlink (or rewritten) by the owner of the allowed directory after
+every check, just before qemu-img starts, must change nothing; the output
+has no name an attacker could swap."""
 
 import os
 
@@ -9,7 +10,9 @@ import pytest
 from accel_daemon import exception
 from accel_daemon.engine import images
 from accel_daemon.engine import paths
+from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine.progress import Progress
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024
@@ -38,26 +41,36 @@ def symlink_over(target: str, name: str) -> None:
     os.rename(tmp, name)
 
 
-def test_temp_output_swapped_before_convert(env):
+def _unnamed_outputs(directory: str) -> list[str]:
+    """What this process holds open in ``directory`` that has no name
+    (O_TMPFILE files: '/dir/#1234 (deleted)')."""
+    found = []
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            target = os.readlink('/proc/self/fd/' + fd)
+        except OSError:
+            continue
+        if target.startswith(directory + '/#') and \
+                target.endswith(' (deleted)'):
+            found.append('/proc/self/fd/' + fd)
+    return found
+
+
+def test_output_has_no_name_to_swap_when_qemu_img_starts(env):
     src = gen.write(env.path('in.raw'), b'\xab' * MiB)
-    victim = os.path.join(env.root, 'victim')
-    gen.write(victim, b'root:secret\n')
+    seen = []
 
-    def swap():
-        (temp,) = paths.stray_temp_files(env.images)
-        symlink_over(victim, env.path(temp))
+    def look():
+        # The last moment an attacker could act: nothing but the input has
+        # a name in the directory, so there is nothing to swap.
+        seen.append(sorted(os.listdir(env.images)))
 
-    policy = SwapBeforeExec(env.policy, 'convert', swap)
-    with pytest.raises(exception.PathNotAllowed):
-        images.convert(src, env.path('out.raw'), 'raw', 'raw', env.settings,
-                       policy)
-    assert policy.swapped
-    with open(victim, 'rb') as f:
-        assert f.read() == b'root:secret\n'
-    assert not os.path.lexists(env.path('out.raw'))
-    # Only the attacker's own symlink is left beside the input.
-    left = sorted(set(os.listdir(env.images)) - {'in.raw'})
-    assert len(left) == 1 and os.path.islink(env.path(left[0]))
+    policy = SwapBeforeExec(env.policy, 'convert', look)
+    result = images.convert(Context.create(env.settings, policy), Progress(),
+                            src, env.path('out.raw'), 'raw', 'raw')
+    assert seen == [['in.raw']]
+    assert sorted(os.listdir(env.images)) == ['in.raw', 'out.raw']
+    assert gen.compare(src, 'raw', result['output'], 'raw')
 
 
 def test_source_swapped_before_convert(env):
@@ -72,8 +85,8 @@ def test_source_swapped_before_convert(env):
     # the rename also touched that inode (its link count), so the result
     # is refused rather than published.
     with pytest.raises(exception.UnsafeImage):
-        images.convert(src, env.path('out.raw'), 'raw', 'raw',
-                       env.settings, policy)
+        images.convert(Context.create(env.settings, policy), Progress(), src,
+                       env.path('out.raw'), 'raw', 'raw')
     assert policy.swapped
     assert not os.path.lexists(env.path('out.raw'))
     assert paths.stray_temp_files(env.images) == []
@@ -96,8 +109,8 @@ def test_backing_file_added_after_inspection_is_refused(env):
 
     policy = SwapBeforeExec(env.policy, 'convert', rewrite)
     with pytest.raises(exception.UnsafeImage):
-        images.convert(src, env.path('out.raw'), 'qcow2', 'raw',
-                       env.settings, policy)
+        images.convert(Context.create(env.settings, policy), Progress(), src,
+                       env.path('out.raw'), 'qcow2', 'raw')
     assert policy.swapped
     assert not os.path.lexists(env.path('out.raw'))
     assert paths.stray_temp_files(env.images) == []
@@ -108,12 +121,12 @@ def test_partial_output_is_private_until_published(env):
     modes = []
 
     def look():
-        (temp,) = paths.stray_temp_files(env.images)
-        modes.append(os.stat(env.path(temp)).st_mode & 0o777)
+        for link in _unnamed_outputs(env.images):
+            modes.append(os.stat(link).st_mode & 0o777)
 
     policy = SwapBeforeExec(env.policy, 'convert', look)
-    result = images.convert(src, env.path('out.raw'), 'raw', 'raw',
-                            env.settings, policy)
+    result = images.convert(Context.create(env.settings, policy), Progress(),
+                            src, env.path('out.raw'), 'raw', 'raw')
     assert modes == [0o600]
     assert os.stat(result['output']).st_mode & 0o777 == 0o640
 
@@ -124,6 +137,6 @@ def test_source_swapped_before_info(env):
     gen.write(secret, b'S' * 3 * MiB)
     policy = SwapBeforeExec(env.policy, 'info',
                             lambda: symlink_over(secret, src))
-    data = images.info(src, 'qcow2', env.settings, policy)
+    data = images.info(Context.create(env.settings, policy), src, 'qcow2')
     assert policy.swapped
     assert data['format'] == 'qcow2' and data['filename'] == src

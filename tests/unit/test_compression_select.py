@@ -4,7 +4,7 @@ import pytest
 from stevedore import extension
 
 from accel_daemon import exception
-from accel_daemon.drivers import base
+from accel_daemon.engine import driver as base
 from accel_daemon.engine import compression
 from accel_daemon.engine.settings import Settings
 

@@ -57,4 +57,8 @@ def test_sha256_matches_hashlib(tmp_path):
     f = tmp_path / 'x'
     _sparse(f, 9 * MiB, [(5 * MiB, b'z' * 100)])
     expected = hashlib.sha256(f.read_bytes()).hexdigest()
-    assert copy.sha256_file(str(f)) == expected
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert copy.sha256_fd(fd) == expected
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ from accel_daemon import exception
 from accel_daemon.drivers import isal as isal_driver
 from accel_daemon.engine import sparse
 from accel_daemon.engine.progress import Progress
+from tests import fdutil
 
 MiB = 1024 * 1024
 
@@ -78,7 +79,7 @@ def test_round_trip_multi_member(env, threads, chunk):
                                  ).settings
     drv = isal_driver.IsalCompressor(settings, env.policy)
     progress = Progress()
-    stats = drv.compress(src, dst, progress)
+    stats = fdutil.compress(drv, src, dst, progress)
     data = open(src, 'rb').read()
     packed = open(dst, 'rb').read()
     assert stats.bytes_in == len(data) and stats.bytes_out == len(packed)
@@ -97,7 +98,7 @@ def test_decompress_stream_reads_foreign_gzip(env, tmp_path):
     drv = isal_driver.IsalCompressor(env.settings, env.policy)
     out = tmp_path / 'out'
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
-    with drv.open_decompressed(src, Progress()) as stream:
+    with fdutil.decompressing(drv, src, Progress()) as stream:
         sparse.copy_capped(stream, fd, limit=len(data))
     os.close(fd)
     assert out.read_bytes() == data
@@ -114,7 +115,7 @@ def test_bad_gzip_raises_corrupt_input(env, payload):
         f.write(payload)
     drv = isal_driver.IsalCompressor(env.settings, env.policy)
     with pytest.raises(exception.CorruptInput):
-        with drv.open_decompressed(src, Progress()) as stream:
+        with fdutil.decompressing(drv, src, Progress()) as stream:
             while stream.read(65536):
                 pass
 
@@ -127,7 +128,7 @@ def test_cancel_stops_compression(env):
     progress.cancel()
     drv = isal_driver.IsalCompressor(env.settings, env.policy)
     with pytest.raises(exception.Cancelled):
-        drv.compress(src, dst, progress)
+        fdutil.compress(drv, src, dst, progress)
 
 
 def test_reads_with_zlib_too(env):
@@ -136,8 +137,8 @@ def test_reads_with_zlib_too(env):
     with open(src, 'wb') as f:
         f.write(b'hello' * 1000)
     open(dst, 'wb').close()
-    isal_driver.IsalCompressor(env.settings, env.policy).compress(
-        src, dst, Progress())
+    fdutil.compress(isal_driver.IsalCompressor(env.settings, env.policy),
+                    src, dst)
     d = zlib.decompressobj(31)
     assert d.decompress(open(dst, 'rb').read()) == b'hello' * 1000
 

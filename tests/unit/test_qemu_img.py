@@ -11,8 +11,9 @@ from accel_daemon.engine import qemu_img
 from accel_daemon.engine.filters import CommandPolicy
 from tests import envfixture
 
-SRC = '/var/lib/accel-daemon/in.qcow2'
-DST = '/var/lib/accel-daemon/.accel-out.raw.1234abcd.part'
+# qemu-img is only ever given descriptors the engine opened.
+SRC = '/dev/fd/5'
+DST = '/dev/fd/6'
 
 
 def convert(**kw):
@@ -174,22 +175,34 @@ def test_progress_parser_bounded_memory():
 
 
 # --- O_DIRECT probe -------------------------------------------------------
+def _fd(path, flags=os.O_RDWR):
+    return os.open(path, flags | os.O_CLOEXEC)
+
+
 def test_probe_direct_io_leaves_file_empty(tmp_path):
     path = tmp_path / 'target'
     path.write_bytes(b'')
-    works = qemu_img.probe_direct_io(str(path))
+    fd = _fd(path)
+    try:
+        works = qemu_img.probe_direct_io(fd)
+    finally:
+        os.close(fd)
     assert isinstance(works, bool)
     assert path.stat().st_size == 0
 
 
-def test_probe_direct_io_missing(tmp_path):
-    assert qemu_img.probe_direct_io(str(tmp_path / 'missing')) is False
+def test_probe_direct_io_of_a_closed_descriptor_is_false():
+    assert qemu_img.probe_direct_io(987654) is False
 
 
 def test_probe_read_does_not_modify(tmp_path):
     path = tmp_path / 'src'
     path.write_bytes(b'a' * 8192)
-    qemu_img.probe_direct_io(str(path), write=False)
+    fd = _fd(path, os.O_RDONLY)
+    try:
+        qemu_img.probe_direct_io(fd, write=False)
+    finally:
+        os.close(fd)
     assert path.read_bytes() == b'a' * 8192
 
 
@@ -222,7 +235,7 @@ def all_built_commands():
                                dst_cache='none', coroutines=16, compress=True)
     for zero in (False, True):
         yield qemu_img.convert_cmd(
-            SRC, '/dev/dm-3', 'qcow2', 'raw', src_cache='none',
+            SRC, '/dev/fd/7', 'qcow2', 'raw', src_cache='none',
             dst_cache='none', coroutines=16, unordered=True,
             existing_target=True, target_is_zero=zero)
 
@@ -245,6 +258,10 @@ def test_filters_allow_every_built_shape(policy):
      '/var/lib/accel-daemon/../../etc/shadow'],
     ['qemu-img', 'info', '-f', 'raw', '--output=json', '/etc/shadow'],
     ['qemu-img', 'info', '-f', 'raw', '--output=json', '/dev/sda'],
+    # a path, even in the allowed directory: it would be resolved again
+    ['qemu-img', 'info', '-f', 'raw', '--output=json',
+     '/var/lib/accel-daemon/images/a.raw'],
+    ['qemu-img', 'info', '-f', 'raw', '--output=json', '/dev/fd/x'],
     # file output onto a device name, device output without -n
     ['qemu-img', 'create', '-f', 'raw', SRC, '1G'],
     ['qemu-img', 'convert', '-p', '-f', 'raw', '-O', 'raw', '-T', 'none',
@@ -271,15 +288,13 @@ def test_filter_file_has_comments_for_each_group():
 def test_target_probe_keeps_existing_target(tmp_path):
     path = tmp_path / 'precreated'
     path.write_bytes(b'z' * 8192)
-    mode = images.target_cache_mode(str(path), existing_target=True)
+    fd = _fd(path)
+    try:
+        mode = images.target_cache_mode(fd, existing_target=True)
+    finally:
+        os.close(fd)
     assert mode in ('none', 'writeback')
     assert path.read_bytes() == b'z' * 8192
-
-
-def test_target_probe_beside_missing_file_leaves_nothing(tmp_path):
-    mode = images.target_cache_mode(str(tmp_path / 'not-yet'))
-    assert mode in ('none', 'writeback')
-    assert os.listdir(tmp_path) == []
 
 
 def test_version_cmd_and_parse():

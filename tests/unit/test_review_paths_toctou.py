@@ -7,11 +7,12 @@ import time
 import pytest
 
 from accel_daemon import exception
-from accel_daemon.engine import api
+from accel_daemon.engine import files
 from accel_daemon.engine import filters
 from accel_daemon.engine import paths
 from accel_daemon.engine import process
 from accel_daemon.engine import qemu_img
+from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine.settings import Settings
 
@@ -30,88 +31,20 @@ def victim(tmp_path):
     return v
 
 
-def test_temp_swapped_for_symlink_is_not_written_or_published(allowed,
-                                                              victim):
-    final = str(allowed / 'out.raw')
-    with pytest.raises(exception.PathNotAllowed):
-        with paths.AtomicOutput(final) as out:
-            # The directory's owner renames a symlink over the temp name.
-            link = str(allowed / 'evil')
-            os.symlink(str(victim), link)
-            os.rename(link, out.path)
-            os.write(out.fd, b'image bytes')
-            out.commit()
-    assert victim.read_bytes() == b'root:secret\n'
-    assert not os.path.lexists(final)
-    # The attacker's own symlink stays; none of our temp files does.
-    assert os.listdir(allowed) == [os.path.basename(out.path)]
-    assert os.path.islink(out.path)
+class _SwapTempOnCreate(files.Output):
+    """No O_TMPFILE (a named temp file), and the directory's owner swaps
+    the fresh temp name for a symlink before the engine writes."""
 
-
-def test_commit_publishes_the_inode_written_not_the_name(allowed):
-    final = str(allowed / 'out.raw')
-    with paths.AtomicOutput(final) as out:
-        os.write(out.fd, b'ours')
-        # Renamed away (our inode survives under another name) and the
-        # temp name now holds the attacker's file.
-        os.rename(out.path, str(allowed / 'moved'))
-        (allowed / os.path.basename(out.path)).write_bytes(b'theirs')
-        out.commit()
-    assert open(final, 'rb').read() == b'ours'
-    # Their file under our temp name was neither published nor removed.
-    assert (allowed / os.path.basename(out.path)).read_bytes() == b'theirs'
-
-
-def test_parent_swapped_after_check_is_refused(tmp_path, allowed):
-    sub = allowed / 'sub'
-    sub.mkdir()
-    outside = tmp_path / 'outside'
-    outside.mkdir()
-    real = paths.check_output(str(sub / 'out.raw'), [str(allowed)])
-    # After the check, 'sub' becomes a symlink to a directory elsewhere.
-    os.rename(str(sub), str(allowed / 'sub.old'))
-    os.symlink(str(outside), str(sub))
-    with pytest.raises(exception.SymlinkEscape):
-        with paths.AtomicOutput(real):
-            pass
-    assert os.listdir(outside) == []
-    assert paths.stray_temp_files(str(allowed / 'sub.old')) == []
-
-
-def test_open_checked_refuses_swapped_names(tmp_path, allowed, victim):
-    f = allowed / 'in.raw'
-    f.write_bytes(b'x')
-    real = paths.check_input(str(f), [str(allowed)])
-    f.unlink()
-    f.symlink_to(victim)
-    with pytest.raises(exception.SymlinkEscape):
-        paths.open_checked(real)
-    # A parent directory swapped for a symlink to a look-alike tree.
-    sub = allowed / 'sub'
-    sub.mkdir()
-    (sub / 'in.raw').write_bytes(b'x')
-    real = paths.check_input(str(sub / 'in.raw'), [str(allowed)])
-    elsewhere = tmp_path / 'elsewhere'
-    elsewhere.mkdir()
-    (elsewhere / 'in.raw').write_bytes(b'secret')
-    os.rename(str(sub), str(allowed / 'sub.old'))
-    os.symlink(str(elsewhere), str(sub))
-    with pytest.raises(exception.SymlinkEscape):
-        paths.open_checked(real)
-
-
-class _SwapTempOnCreate(paths.AtomicOutput):
-    """Swaps the fresh temp name for a symlink, as the directory's owner
-    (watching with inotify) would, before the engine writes the file."""
-
+    use_tmpfile = False
     target = ''
 
-    def __enter__(self):
-        super().__enter__()
-        link = self.path + '.evil'
+    def _create(self):
+        fd = super()._create()
+        link = os.path.join(os.path.dirname(self.path), 'evil')
         os.symlink(self.target, link)
-        os.rename(link, self.path)
-        return self
+        os.rename(link, os.path.join(os.path.dirname(self.path),
+                                     self.temp_name))
+        return fd
 
 
 def test_copy_never_writes_through_a_swapped_temp(monkeypatch, allowed,
@@ -119,14 +52,25 @@ def test_copy_never_writes_through_a_swapped_temp(monkeypatch, allowed,
     src = allowed / 'in.raw'
     src.write_bytes(b'* * * * * root evil\n')
     settings = Settings(allowed_dirs=(str(allowed),))
-    engine = api.Engine(settings, policy=filters.CommandPolicy([]))
+    engine = Engine(settings, policy=filters.CommandPolicy([]))
     monkeypatch.setattr(_SwapTempOnCreate, 'target', str(victim))
-    monkeypatch.setattr(paths, 'AtomicOutput', _SwapTempOnCreate)
+    monkeypatch.setattr(files, 'Output', _SwapTempOnCreate)
+    # Our inode lost its only name: it cannot be published, and the
+    # symlink under its name is neither written through nor published.
     with pytest.raises(exception.PathNotAllowed):
-        engine.run('t1', 'copy', {'src': str(src),
-                                  'dst': str(allowed / 'out.raw')})
+        engine.copy(Progress(), str(src), str(allowed / 'out.raw'))
     assert victim.read_bytes() == b'root:secret\n'
     assert not os.path.lexists(allowed / 'out.raw')
+
+
+def test_source_swapped_between_open_and_use_is_not_read(allowed, victim):
+    src = allowed / 'in.raw'
+    src.write_bytes(b'mine')
+    conf = paths.Confinement([str(allowed)])
+    with files.open_source(conf, str(src)) as opened:
+        src.unlink()
+        src.symlink_to(victim)
+        assert os.pread(opened.fd, 64, 0) == b'mine'
 
 
 def test_qemu_img_gets_descriptors_not_paths():

@@ -1,0 +1,36 @@
+"""What every engine operation needs, built once: settings, the command
+policy (the filters) and the confinement (allowed directories, resolved
+once, and block-device patterns)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from accel_daemon.engine import files
+from accel_daemon.engine import paths
+from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    settings: Settings
+    policy: CommandPolicy
+    confinement: paths.Confinement
+
+    @classmethod
+    def create(cls, settings: Settings,
+               policy: CommandPolicy | None = None) -> Context:
+        if policy is None:
+            policy = CommandPolicy(settings.filters_path, settings.exec_dirs)
+        return cls(settings, policy, paths.Confinement(
+            settings.allowed_dirs, settings.allowed_block_devices))
+
+    def open_source(self, path: str) -> files.Opened:
+        """Open an input once (see ``engine.files``)."""
+        return files.open_source(self.confinement, path)
+
+    def output(self, path: str, devices: bool = False) -> files.Output:
+        """A new output file (or, with ``devices``, an allowed device)."""
+        return files.Output(self.confinement, path,
+                            self.settings.output_file_mode, devices)

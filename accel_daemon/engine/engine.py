@@ -1,0 +1,178 @@
+"""The engine's one entry object: every operation, with progress and cancel.
+
+The privileged layer holds one ``Engine`` inside the privsep daemon, and the
+``--local`` command line one in-process.  ``accel_daemon.operations`` names
+each operation and its arguments once and calls the method of the same name
+here, inside ``task()``, which registers the run's ``Progress`` so that
+``progress()`` and ``cancel()`` reach it.  Results are plain dicts:
+
+    {'output': str, 'size': int, 'sha256': str | None, 'engine': str,
+     'hardware': bool, 'wall_seconds': float, 'cpu_seconds': float, ...}
+
+Every path is opened once inside the operation (``engine.files``); nothing
+here checks a name that is opened later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+from accel_daemon import exception
+from accel_daemon.engine import compression
+from accel_daemon.engine import copy
+from accel_daemon.engine import driver as base
+from accel_daemon.engine import images
+from accel_daemon.engine import paths
+from accel_daemon.engine import pipelines
+from accel_daemon.engine import qemu_img
+from accel_daemon.engine.context import Context
+from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine.progress import Progress
+from accel_daemon.engine.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: Settings,
+                 policy: CommandPolicy | None = None,
+                 drivers: dict[str, base.Compressor] | None = None) -> None:
+        self.ctx = Context.create(settings, policy)
+        self._lock = threading.Lock()
+        self._running: dict[str, Progress] = {}
+        self._drivers = drivers
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def policy(self) -> CommandPolicy:
+        return self.ctx.policy
+
+    @property
+    def drivers(self) -> dict[str, base.Compressor]:
+        """This engine's driver registry (loaded once, on first use)."""
+        if self._drivers is None:
+            self._drivers = compression.load_drivers(self.settings,
+                                                     self.policy)
+        return self._drivers
+
+    # -- control -----------------------------------------------------------
+    @contextlib.contextmanager
+    def task(self, task_id: str) -> Iterator[Progress]:
+        """The Progress of one run, reachable by task id while it runs."""
+        progress = Progress()
+        with self._lock:
+            if task_id in self._running:
+                raise exception.InvalidRequest(
+                    reason='task %s is already running' % task_id)
+            self._running[task_id] = progress
+        try:
+            yield progress
+        finally:
+            with self._lock:
+                self._running.pop(task_id, None)
+
+    def progress(self, task_id: str) -> dict[str, int] | None:
+        with self._lock:
+            prog = self._running.get(task_id)
+        return prog.snapshot() if prog else None
+
+    def cancel(self, task_id: str) -> bool:
+        with self._lock:
+            prog = self._running.get(task_id)
+        if prog is None:
+            return False
+        prog.cancel()
+        return True
+
+    def reload_filters(self) -> int:
+        return self.policy.reload()
+
+    # -- quick calls -------------------------------------------------------
+    def capabilities(self) -> dict:
+        caps = compression.capabilities(self.drivers)
+        try:
+            default = compression.select(self.drivers, self.settings).name
+        except exception.NoEngineAvailable:
+            default = None
+        tools = {d['name']: d['version'] for d in caps if d['version']}
+        qemu = images.version(self.policy)
+        if qemu:
+            tools['qemu-img'] = qemu
+        return {
+            'drivers': caps,
+            'default_driver': default,
+            'hardware': any(d['available'] and d['hardware'] for d in caps),
+            'tools': tools,
+            'formats': {'input': list(qemu_img.INPUT_FORMATS),
+                        'output': list(qemu_img.OUTPUT_FORMATS)},
+            'allowed_dirs': list(self.settings.allowed_dirs),
+        }
+
+    def image_info(self, path: str, format: str) -> dict:
+        return images.info(self.ctx, path, format)
+
+    def discard_partial(self, dst: str) -> list[str]:
+        """Remove named temp outputs a crashed run left for ``dst`` (only
+        file systems without O_TMPFILE have any)."""
+        if self.ctx.confinement.device_name(dst):
+            # A download onto a device staged its image in an allowed dir.
+            directory = self.ctx.confinement.dirs[0]
+            removed = paths.temp_files_for(os.path.join(directory, 'stage'))
+        else:
+            removed = paths.temp_files_for(
+                paths.check_output_dir(dst, self.settings.allowed_dirs))
+        for path in removed:
+            os.unlink(path)
+        if removed:
+            LOG.warning('Removed partial outputs of an interrupted task: %s',
+                        ', '.join(removed))
+        return removed
+
+    # -- operations (see accel_daemon.operations for their arguments) -------
+    def compress(self, progress: Progress, src: str, dst: str,
+                 driver: str | None = None, level: int | None = None,
+                 format: str = base.GZIP, checksum: bool = True) -> dict:
+        return compression.compress(self.ctx, self.drivers, progress, src,
+                                    dst, driver=driver, level=level,
+                                    format=format, checksum=checksum)
+
+    def decompress(self, progress: Progress, src: str, dst: str,
+                   max_bytes: int | None = None,
+                   checksum: bool = False) -> dict:
+        return compression.decompress(self.ctx, self.drivers, progress, src,
+                                      dst, max_bytes=max_bytes,
+                                      checksum=checksum)
+
+    def convert(self, progress: Progress, src: str, dst: str,
+                src_format: str, dst_format: str, compress: bool = False,
+                target_is_zero: bool = False, max_bytes: int | None = None,
+                checksum: bool = False) -> dict:
+        return images.convert(self.ctx, progress, src, dst, src_format,
+                              dst_format, compress=compress,
+                              target_is_zero=target_is_zero,
+                              max_bytes=max_bytes, checksum=checksum)
+
+    def copy(self, progress: Progress, src: str, dst: str,
+             checksum: bool = False) -> dict:
+        return copy.copy_file(self.ctx, progress, src, dst, checksum)
+
+    def upload(self, progress: Progress, src: str, dst: str,
+               src_format: str, disk_format: str,
+               checksum: bool = True) -> dict:
+        return pipelines.upload(self.ctx, self.drivers, progress, src, dst,
+                                src_format, disk_format, checksum=checksum)
+
+    def download(self, progress: Progress, src: str, dst: str,
+                 disk_format: str, dst_format: str,
+                 max_bytes: int | None = None,
+                 checksum: bool = False) -> dict:
+        return pipelines.download(self.ctx, self.drivers, progress, src, dst,
+                                  disk_format, dst_format,
+                                  max_bytes=max_bytes, checksum=checksum)

@@ -1,0 +1,325 @@
+"""Open once: every file the engine reads or writes, opened and judged once.
+
+The owner of an allowed directory (cinder, nova) can swap any name in it at
+any moment, with symbolic links, hard links, FIFOs or
+``renameat2(RENAME_EXCHANGE)``.  So a name is looked up exactly once, here,
+and everything after that uses the descriptor: inspection, qemu-img
+(``/dev/fd/N``), the compressors (stdin/stdout or in-process), hashing and
+publishing (``linkat`` of the descriptor).
+
+* ``open_source``: ``O_NOFOLLOW|O_NONBLOCK`` (a symlink in the last
+  component fails, a FIFO cannot block the open), then ``fstat``: a regular
+  file, or a block device whose name the operator's patterns allow; then the
+  descriptor's own path must be inside the allowed directories (a parent
+  directory swapped for a symlink shows up there).
+* ``Output``: the destination directory is opened once and judged the same
+  way; the new file is created in it unnamed (``O_TMPFILE``, so a crash
+  leaves nothing and nobody can reach it by name), written through its
+  descriptor and published with ``linkat`` under its final name, which must
+  still be free.  Where the file system has no O_TMPFILE, a private
+  (0600, ``O_EXCL|O_NOFOLLOW``) temp name is used and removed on failure;
+  journal recovery removes what a crash left.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import stat
+
+from accel_daemon import exception
+from accel_daemon.engine import paths
+
+LOG = logging.getLogger(__name__)
+
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Errors of open(2) that mean "this name is not acceptable", as opposed to
+# our own failure (EMFILE, EIO...).
+_NAME_ERRORS = {errno.ENOTDIR, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM,
+                errno.EINVAL, errno.ENXIO, errno.EISDIR, errno.EXDEV,
+                errno.ENODEV, errno.EROFS, errno.ETXTBSY, errno.EOPNOTSUPP}
+
+
+def open_error(path: str, e: OSError) -> exception.AccelError:
+    if e.errno == errno.ENOENT:
+        return exception.InputNotFound(path=path)
+    if e.errno == errno.ELOOP:
+        return exception.SymlinkEscape(path=path)
+    if e.errno == errno.ENOSPC:
+        return exception.NoSpace(path=path)
+    if e.errno in _NAME_ERRORS:
+        return exception.PathNotAllowed(path=path, reason=e.strerror)
+    return exception.PathNotAllowed(path=path, reason=str(e))
+
+
+def _clear_nonblock(fd: int) -> None:
+    # O_NONBLOCK was only for the open; children inherit the description.
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+
+
+class Opened:
+    """An opened, checked file: use ``fd``; ``name`` is for messages only."""
+
+    def __init__(self, fd: int, name: str, real: str,
+                 st: os.stat_result, owned: bool = True) -> None:
+        self.fd = fd
+        self.name = name
+        self.real = real
+        self.st = st
+        self.owned = owned      # close() closes fd
+
+    @property
+    def is_device(self) -> bool:
+        return stat.S_ISBLK(self.st.st_mode)
+
+    @property
+    def size(self) -> int:
+        if self.is_device:
+            return os.lseek(self.fd, 0, os.SEEK_END)
+        return os.fstat(self.fd).st_size
+
+    def identity(self) -> tuple | None:
+        """What changes when the file is written (None for devices, whose
+        node times do not follow their data)."""
+        if self.is_device:
+            return None
+        st = os.fstat(self.fd)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                st.st_ctime_ns)
+
+    def close(self) -> None:
+        if self.fd >= 0 and self.owned:
+            os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_device(conf: paths.Confinement, path: str, flags: int) -> Opened:
+    """Open a device by a name the patterns allow.  /dev is root's: its
+    symbolic links (/dev/disk/by-path, /dev/mapper, LVM) are followed."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise open_error(path, e)
+    try:
+        st = os.fstat(fd)
+        real = paths.fd_path(fd)
+        if not stat.S_ISBLK(st.st_mode) or not real.startswith('/dev/'):
+            raise exception.PathNotAllowed(
+                path=path, reason='not a block device in /dev')
+        _clear_nonblock(fd)
+        return Opened(fd, path, real, st)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_source(conf: paths.Confinement, path: str) -> Opened:
+    """Open an input once and judge the opened file (see the module doc)."""
+    paths.check_name(path)
+    if conf.device_name(path):
+        return _open_device(conf, path, os.O_RDONLY)
+    try:
+        fd = os.open(path, _READ)
+    except OSError as e:
+        raise open_error(path, e)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISBLK(st.st_mode):
+            raise exception.PathNotAllowed(
+                path=path, reason='block device not in allowed_block_devices')
+        if not stat.S_ISREG(st.st_mode):
+            raise exception.PathNotAllowed(path=path,
+                                           reason='not a regular file')
+        real = paths.fd_path(fd)
+        if not conf.contains(real):
+            raise conf.outside(path, real)
+        _clear_nonblock(fd)
+        return Opened(fd, path, real, st)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_dir(conf: paths.Confinement, directory: str, path: str) -> int:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise exception.PathNotAllowed(
+            path=path, reason='its directory does not exist')
+    except OSError as e:
+        raise open_error(path, e)
+    try:
+        real = paths.fd_path(fd)
+        if not conf.contains(real):
+            raise conf.outside(directory, real, name=path)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class Output:
+    """A new file (or an allowed device) written through one descriptor.
+
+    Use as a context manager; ``commit()`` publishes, leaving without it
+    discards.  ``fd`` is what writers and children (``/dev/fd/N``) use.
+    The file is private (root, 0600) until ``commit()`` gives it its final
+    mode and the owner of its directory, so the caller can read it.
+    """
+
+    # False where O_TMPFILE must not be tried (tests of the fallback).
+    use_tmpfile = True
+
+    def __init__(self, conf: paths.Confinement, path: str,
+                 mode: int = 0o640, devices: bool = False) -> None:
+        self.conf = conf
+        self.path = path
+        self.mode = mode
+        self.devices = devices
+        self.fd = -1
+        self.dir_fd = -1
+        self.name = ''
+        self.temp_name: str | None = None    # only without O_TMPFILE
+        self.device: Opened | None = None
+        self.committed = False
+
+    @property
+    def is_device(self) -> bool:
+        return self.device is not None
+
+    def __enter__(self) -> Output:
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        paths.check_name(self.path)
+        if self.devices and self.conf.device_name(self.path):
+            self.device = _open_device(self.conf, self.path, os.O_RDWR)
+            self.fd = self.device.fd
+            return
+        if self.conf.device_name(self.path):
+            raise exception.InvalidRequest(
+                reason='this operation writes files, not block devices')
+        directory, self.name = paths.split_output(self.path)
+        self.dir_fd = _open_dir(self.conf, directory, self.path)
+        if self._name_taken():
+            raise exception.OutputExists(path=self.path)
+        self.fd = self._create()
+
+    def _name_taken(self) -> bool:
+        try:
+            os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise open_error(self.path, e)
+        return True
+
+    def _create(self) -> int:
+        if self.use_tmpfile:
+            try:
+                return os.open('.', os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC,
+                               0o600, dir_fd=self.dir_fd)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR,
+                                   errno.EINVAL):
+                    raise open_error(self.path, e)
+        # No O_TMPFILE here (some network file systems): a private name.
+        self.temp_name = paths.temp_name(self.name, secrets.token_hex(4))
+        flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.temp_name, flags, 0o600, dir_fd=self.dir_fd)
+        except OSError as e:
+            self.temp_name = None
+            raise open_error(self.path, e)
+        os.fchmod(fd, 0o600)
+        return fd
+
+    def as_source(self, name: str) -> Opened:
+        """The file written so far, to be read (it stays ours to close)."""
+        return Opened(self.fd, name, self.path, os.fstat(self.fd),
+                      owned=False)
+
+    def lend(self, uid: int, gid: int) -> None:
+        """Let an unprivileged tool (uid) reopen ``/dev/fd/N`` to write it:
+        the file is unnamed, so nobody else can reach it meanwhile."""
+        if not self.is_device and os.geteuid() == 0:
+            os.fchown(self.fd, uid, gid)
+
+    def commit(self) -> None:
+        """fsync and publish under the final name (never over a file)."""
+        if self.is_device:
+            os.fsync(self.fd)
+            self.committed = True
+            return
+        if os.geteuid() == 0:
+            # Back to us first (a tool may have owned it): fchmod needs the
+            # owner, and the privileged threads hold no CAP_FOWNER.
+            os.fchown(self.fd, 0, 0)
+        os.fchmod(self.fd, self.mode)
+        if os.geteuid() == 0:
+            dst = os.fstat(self.dir_fd)
+            os.fchown(self.fd, dst.st_uid, dst.st_gid)
+        os.fsync(self.fd)
+        try:
+            # Link the inode we wrote, through its descriptor: no name that
+            # anybody else could have replaced is involved.
+            os.link('/proc/self/fd/%d' % self.fd, self.name,
+                    dst_dir_fd=self.dir_fd, follow_symlinks=True)
+        except FileExistsError:
+            raise exception.OutputExists(path=self.path)
+        except FileNotFoundError:
+            # A named temp file whose name was unlinked: nlink is 0.
+            raise exception.PathNotAllowed(
+                path=self.path,
+                reason='its temp file was removed while being written')
+        except OSError as e:
+            raise open_error(self.path, e)
+        self.committed = True
+        self._remove_temp_name()
+        os.fsync(self.dir_fd)
+
+    def _remove_temp_name(self) -> None:
+        """Unlink our temp name, if it still names our file."""
+        if self.temp_name is None or self.dir_fd < 0 or self.fd < 0:
+            return
+        try:
+            st = os.stat(self.temp_name, dir_fd=self.dir_fd,
+                         follow_symlinks=False)
+            mine = os.fstat(self.fd)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(self.temp_name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            pass
+        self.temp_name = None
+
+    def close(self) -> None:
+        try:
+            if not self.committed:
+                self._remove_temp_name()
+        finally:
+            if self.device is not None:
+                self.device.close()
+            elif self.fd >= 0:
+                os.close(self.fd)
+            if self.dir_fd >= 0:
+                os.close(self.dir_fd)
+            self.fd = self.dir_fd = -1

@@ -1,0 +1,12 @@
+"""Task states, defined once (the journal, the manager, the RPC layer, the
+client and the command line all use these)."""
+
+QUEUED = 'queued'
+RUNNING = 'running'
+SUCCEEDED = 'succeeded'
+FAILED = 'failed'
+CANCELLED = 'cancelled'
+
+ACTIVE_STATES = (QUEUED, RUNNING)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+STATES = ACTIVE_STATES + FINAL_STATES

@@ -1,0 +1,279 @@
+"""Every operation of accel-daemon, defined once.
+
+``OPERATIONS`` names each operation, each of its arguments (with its type
+check, whether it is required, and its default) and the ``Engine`` method
+that carries it out.  Everything else reads this table:
+
+* the RPC endpoint validates every request with ``validate()`` (types, no
+  unknown or reserved names) and pre-checks the arguments whose ``role`` is
+  a path;
+* the task manager accepts exactly the operations with ``task=True``;
+* the command line builds its sub-commands and flags from the fields;
+* the privileged layer (and ``--local``) runs one through ``run()``, which
+  validates again, fills the defaults (``checksum`` included, so each
+  operation's default is stated here and nowhere else) and calls the
+  Engine method.
+
+The client library and the RPC client keep one explicit method per
+operation (their signatures are the API), but pass arguments straight
+through: adding an argument means editing this table, the client method and
+the RPC API method (with a version bump), and nothing else.
+
+``CALLS`` does the same for the task-management calls the task manager
+answers itself (no Engine method).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from accel_daemon import exception
+from accel_daemon.engine.engine import Engine
+from accel_daemon.manager.states import STATES
+
+_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
+MAX_PATH = 4096
+MAX_BYTES = 2 ** 62
+# Names the dispatcher itself uses: never an argument.
+RESERVED = frozenset({'self', 'ctxt', 'context', 'progress', 'task_id'})
+
+
+# --- argument checks ---------------------------------------------------------
+def _bad(name: str, why: str) -> exception.InvalidRequest:
+    return exception.InvalidRequest(reason='%s: %s' % (name, why))
+
+
+def path(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise _bad(name, 'must be a non-empty string')
+    if len(value) > MAX_PATH:
+        raise _bad(name, 'longer than %d characters' % MAX_PATH)
+
+
+def short_name(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise _bad(name, 'must be a short name of letters, digits, _ . -')
+
+
+def boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _bad(name, 'must be a boolean')
+
+
+def integer(low: int, high: int) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        # bool is an int subclass; True is not a size.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(name, 'must be an integer')
+        if not low <= value <= high:
+            raise _bad(name, 'must be between %d and %d' % (low, high))
+    return check
+
+
+def seconds(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, 'must be a number of seconds')
+    if not 0 <= value < float('inf'):
+        raise _bad(name, 'must be zero or more seconds')
+
+
+def task_id(name: str, value: Any) -> None:
+    try:
+        if str(uuid.UUID(value)) == value:
+            return
+    except (TypeError, ValueError, AttributeError):
+        pass
+    raise _bad(name, 'must be a task id (a lower-case UUID string)')
+
+
+def state(name: str, value: Any) -> None:
+    if value not in STATES:
+        raise _bad(name, 'must be one of %s' % ', '.join(STATES))
+
+
+# --- the table ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Field:
+    check: Callable[[str, Any], None]
+    required: bool = True
+    default: Any = None
+    role: str | None = None     # 'input' / 'output': a path to pre-check
+    help: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    name: str
+    fields: Mapping[str, Field]
+    help: str
+    # Calls the Engine method: func(engine, progress, **arguments).
+    func: Callable[..., dict] | None = None
+    task: bool = False      # a long operation: answered with a task
+
+    def validate(self, args: Any) -> dict[str, Any]:
+        """The given arguments, checked; None means "the default"."""
+        if not isinstance(args, Mapping):
+            raise exception.InvalidRequest(
+                reason='%s: arguments must be a mapping' % self.name)
+        names = [n for n in args if not isinstance(n, str)
+                 or n in RESERVED or n not in self.fields]
+        if names:
+            raise exception.InvalidRequest(
+                reason='%s: unknown argument(s) %s'
+                % (self.name, ', '.join(sorted(map(repr, names)))))
+        clean = {}
+        for name, field in self.fields.items():
+            value = args.get(name)
+            if value is None:
+                if field.required:
+                    raise exception.InvalidRequest(
+                        reason='%s: missing argument %s' % (self.name, name))
+                continue
+            field.check(name, value)
+            clean[name] = value
+        return clean
+
+    def bind(self, args: Any) -> dict[str, Any]:
+        """``validate()`` plus every default filled in."""
+        clean = self.validate(args)
+        for name, field in self.fields.items():
+            if name not in clean and field.default is not None:
+                clean[name] = field.default
+        return clean
+
+
+_SRC = Field(path, role='input', help='input file (or allowed device)')
+_DST = Field(path, role='output', help='new output file')
+_FORMAT = Field(short_name)
+_MAX_BYTES = Field(integer(1, MAX_BYTES), required=False,
+                   help='largest output (bytes) the caller expects')
+
+
+def _checksum(default: bool) -> Field:
+    return Field(boolean, required=False, default=default,
+                 help='sha256 of the output in the result (default %s)'
+                 % ('on' if default else 'off'))
+
+
+OPERATIONS: dict[str, Operation] = {op.name: op for op in (
+    Operation('capabilities', {}, 'engines and tools available'),
+    Operation('image_info', {
+        'path': Field(path, role='input', help='image to inspect'),
+        'format': Field(short_name, help='its claimed format')},
+        'inspect an image, then qemu-img info'),
+    Operation('compress', {
+        'src': _SRC, 'dst': _DST,
+        'driver': Field(short_name, required=False,
+                        help='force one driver (e.g. isal, pigz, qat)'),
+        'level': Field(integer(1, 22), required=False,
+                       help='compression level'),
+        'format': Field(short_name, required=False, default='gzip',
+                        help='gzip (default) or zstd'),
+        # The compressed output is small, and hashed while it is written.
+        'checksum': _checksum(True)},
+        'compress to gzip (or zstd)',
+        func=lambda e, p, **a: e.compress(p, **a), task=True),
+    Operation('decompress', {
+        'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES,
+        # Off: hashing every zero of a sparse 8 GiB image costs ~5 s.
+        'checksum': _checksum(False)},
+        'decompress, capped, sparse output',
+        func=lambda e, p, **a: e.decompress(p, **a), task=True),
+    Operation('convert', {
+        'src': _SRC, 'dst': dataclasses.replace(
+            _DST, help='new output file or allowed block device'),
+        'src_format': dataclasses.replace(_FORMAT, help='input format'),
+        'dst_format': dataclasses.replace(_FORMAT, help='output format'),
+        'compress': Field(boolean, required=False,
+                          help='compressed qcow2 output'),
+        'target_is_zero': Field(boolean, required=False,
+                                help='the output device reads as zeros'),
+        'max_bytes': _MAX_BYTES,
+        'checksum': _checksum(False)},
+        'qemu-img convert with safe settings',
+        func=lambda e, p, **a: e.convert(p, **a), task=True),
+    Operation('copy', {'src': _SRC, 'dst': _DST,
+                       'checksum': _checksum(False)},
+              'sparse copy of an image file',
+              func=lambda e, p, **a: e.copy(p, **a), task=True),
+    Operation('upload', {
+        'src': _SRC, 'dst': _DST,
+        'src_format': dataclasses.replace(_FORMAT, help='input format'),
+        'disk_format': dataclasses.replace(
+            _FORMAT, help='format of the image inside the gzip'),
+        'checksum': _checksum(True)},
+        'convert then compress (cinder upload)',
+        func=lambda e, p, **a: e.upload(p, **a), task=True),
+    Operation('download', {
+        'src': _SRC, 'dst': dataclasses.replace(
+            _DST, help='new output file or allowed block device'),
+        'disk_format': dataclasses.replace(
+            _FORMAT, help='claimed format of the image inside'),
+        'dst_format': dataclasses.replace(_FORMAT, help='output format'),
+        'max_bytes': _MAX_BYTES, 'checksum': _checksum(False)},
+        'decompress, inspect, convert (cinder download)',
+        func=lambda e, p, **a: e.download(p, **a), task=True),
+)}
+
+CALLS: dict[str, Operation] = {op.name: op for op in (
+    Operation('task_get', {'task_id': Field(task_id)}, 'one task'),
+    Operation('task_list', {
+        'state': Field(state, required=False),
+        'limit': Field(integer(1, 1000), required=False, default=100)},
+        'tasks, newest first'),
+    Operation('task_wait', {'task_id': Field(task_id),
+                            'timeout': Field(seconds)},
+              'wait for a task, bounded'),
+    Operation('task_cancel', {'task_id': Field(task_id)}, 'cancel a task'),
+)}
+
+TASK_OPERATIONS = tuple(n for n, op in OPERATIONS.items() if op.task)
+
+
+def get(name: Any, table: Mapping[str, Operation] = OPERATIONS) -> Operation:
+    if not isinstance(name, str) or name not in table:
+        raise exception.InvalidRequest(reason='unknown operation %r'
+                                       % (name,))
+    return table[name]
+
+
+def validate(name: str, args: Any) -> dict[str, Any]:
+    """Validate the arguments of an operation or task call by name."""
+    table = CALLS if name in CALLS else OPERATIONS
+    return get(name, table).validate(args)
+
+
+# --- running one -----------------------------------------------------------
+def run(engine: Engine, task_id: str, name: str,
+        params: Any) -> dict[str, Any]:
+    """Run the task operation ``name`` on ``engine``; a plain result dict.
+
+    Out-of-space conditions, however they surface (our own writes, or a
+    tool's), become the typed ``NoSpace``.
+    """
+    op = get(name)
+    if not op.task or op.func is None:
+        raise exception.InvalidRequest(reason='%s is not a task operation'
+                                       % name)
+    args = op.bind(params)
+    started = time.monotonic()
+    try:
+        with engine.task(task_id) as progress:
+            result = op.func(engine, progress, **args)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise exception.NoSpace(path=args.get('dst')) from None
+        raise
+    except exception.ProcessFailed as e:
+        if 'No space left on device' in str(e.fields.get('stderr')):
+            raise exception.NoSpace(path=args.get('dst')) from None
+        raise
+    result.setdefault('sha256', None)
+    result.setdefault('wall_seconds', time.monotonic() - started)
+    return result
