@@ -34,6 +34,9 @@ _OUT_BLOCK = 1024 * 1024
 
 
 _PEEK = 64 * 1024     # enough input to compare a whole zero member
+# Zeros after a member that are kept (as a count) to replay into the
+# decoder when a non-zero byte follows them: more than a gzip header.
+_PAD_KEEP = 64
 
 
 def inflate_members(raw: BinaryIO, path: str,
@@ -49,11 +52,20 @@ def inflate_members(raw: BinaryIO, path: str,
     zeros our compressor writes for holes) decodes, by construction, to
     that many zero bytes: it is yielded as that count (an int) without
     being inflated, so the writer can leave a hole.
+
+    Zero bytes after the last complete member, up to the end of the input,
+    are padding (tape tools, block-padded transfers) and are skipped, as
+    ``gzip -d`` does; they are read block by block, never held, so any
+    length of padding takes bounded memory.  Zeros followed by anything
+    else are not padding: that input is decoded as before and fails as
+    before (garbage after a member is not a gzip member).
     """
     zero_members = zero_members or {}
     longest = max(map(len, zero_members), default=0)
     d = isal_zlib.decompressobj(GZIP_WBITS)
     in_member = False
+    after_member = False   # at least one complete member read
+    padding = 0            # zero bytes since the last member (capped)
     data = b''
     ended = False
     while True:
@@ -69,13 +81,26 @@ def inflate_members(raw: BinaryIO, path: str,
                     raise exception.CorruptInput(
                         path=path, reason='compressed data ends inside a '
                                           'gzip member (truncated)')
-                return
+                return      # end of input, after members or padding
+        if after_member and not in_member and (padding or data[0] == 0):
+            rest = data.lstrip(b'\0')
+            padding = min(_PAD_KEEP, padding + len(data) - len(rest))
+            if not rest:
+                data = b''      # all zeros so far: drop them, read on
+                continue
+            # Something follows the zeros: not padding.  Decode from the
+            # zeros as if they had never been skipped (the first
+            # _PAD_KEEP bytes decide how the header check fails).
+            data = bytes(padding) + rest
+            padding = 0
+            after_member = False
         if not in_member and zero_members:
             run = _zero_run(data, zero_members)
             if run:
                 member, length = run
                 yield length
                 data = data[len(member):]
+                after_member = True
                 continue
         in_member = True
         while True:     # drain: input left over, or output held back
@@ -89,6 +114,7 @@ def inflate_members(raw: BinaryIO, path: str,
             data = d.unused_data
             d = isal_zlib.decompressobj(GZIP_WBITS)
             in_member = False
+            after_member = True
 
 
 def _zero_run(data: bytes, zero_members: dict[bytes, int]):
