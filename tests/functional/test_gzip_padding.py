@@ -16,9 +16,9 @@ import pytest
 
 from accel_daemon import exception
 from accel_daemon.drivers import cli
-from accel_daemon.engine import compression
 from accel_daemon.engine import sparse
 from accel_daemon.engine.progress import Progress
+from tests import fdutil
 
 pytestmark = pytest.mark.functional
 
@@ -93,8 +93,8 @@ def test_padded_output_equals_gzip_d(env, packed, tool, pad):
     assert ref.returncode == 0, ref.stderr
     expected = _write(env.path('expected.raw'), ref.stdout)
     out = env.path('out.raw')
-    result = compression.decompress(src, out, env.settings, env.policy,
-                                    Progress(), checksum=True)
+    result = fdutil.engine_decompress(src, out, env.settings, env.policy,
+                                      Progress(), checksum=True)
     assert result['engine'] == 'isal' and result['format'] == 'gzip'
     assert result['size'] == len(ref.stdout) == os.path.getsize(
         packed['raw'])
@@ -111,7 +111,7 @@ def test_padded_multi_member_from_three_tools(env, packed):
     assert len(ref.stdout) == 3 * os.path.getsize(packed['raw'])
     expected = _write(env.path('expected.raw'), ref.stdout)
     out = env.path('out.raw')
-    compression.decompress(src, out, env.settings, env.policy, Progress())
+    fdutil.engine_decompress(src, out, env.settings, env.policy, Progress())
     assert subprocess.run(['cmp', expected, out]).returncode == 0
 
 
@@ -132,8 +132,8 @@ def test_not_padding_refused_like_gzip_d(env, packed, name):
     assert ref.returncode != 0         # gzip -d: error (1) or warning (2)
     out = env.path('bad.raw')
     with pytest.raises(exception.CorruptInput):
-        compression.decompress(src, out, env.settings, env.policy,
-                               Progress())
+        fdutil.engine_decompress(src, out, env.settings, env.policy,
+                                 Progress())
     assert not os.path.lexists(out)
 
 
@@ -162,7 +162,7 @@ def test_cli_decoders_accept_zero_padding(env, packed, driver, pad):
     out = env.path('out.raw')
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
     try:
-        with drv.open_decompressed(src, Progress()) as stream:
+        with fdutil.decompressing(drv, src, Progress()) as stream:
             sparse.copy_capped(stream, fd, limit=1 << 30)
     finally:
         os.close(fd)

@@ -18,6 +18,7 @@ from accel_daemon import exception
 from accel_daemon.drivers import isal as isal_driver
 from accel_daemon.drivers import isal_decode
 from accel_daemon.engine.progress import Progress
+from tests import fdutil
 
 MiB = 1024 * 1024
 CHUNK = MiB
@@ -223,7 +224,7 @@ def test_open_decompressed_reads_padded_file(env, pad):
         f.write(gzip.compress(data) + bytes(pad))
     drv = isal_driver.IsalCompressor(env.settings, env.policy)
     got = bytearray()
-    with drv.open_decompressed(src, Progress()) as stream:
+    with fdutil.decompressing(drv, src, Progress()) as stream:
         while block := stream.read(65536):
             got += block
     assert bytes(got) == data
@@ -237,6 +238,6 @@ def test_open_decompressed_refuses_trailing_garbage(env, tail):
         f.write(gzip.compress(b'data') + tail)
     drv = isal_driver.IsalCompressor(env.settings, env.policy)
     with pytest.raises(exception.CorruptInput):
-        with drv.open_decompressed(src, Progress()) as stream:
+        with fdutil.decompressing(drv, src, Progress()) as stream:
             while stream.read(65536):
                 pass
