@@ -50,8 +50,9 @@ class Engine:
     def __init__(self, settings: Settings,
                  policy: CommandPolicy | None = None) -> None:
         self.settings = settings
-        self.policy = policy or CommandPolicy(settings.filters_path,
-                                              settings.exec_dirs)
+        self.policy = policy or CommandPolicy(
+            settings.filters_path, settings.exec_dirs,
+            timeout=settings.command_timeout)
         self._lock = threading.Lock()
         self._running: dict[str, Progress] = {}
         self._driver_cache = None
