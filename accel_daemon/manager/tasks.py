@@ -403,8 +403,13 @@ class TaskManager:
     def _expire(self, task_id: str) -> None:
         LOG.warning('Task %s passed its time limit of %s s; cancelling it',
                     task_id, self.task_timeout)
-        # Blocks the watchdog for at most _CANCEL_RETRY_SECONDS.
-        self._cancel_running(task_id)
+        # Not on the watchdog's own thread: a backend whose cancel() hangs
+        # (a wedged privsep channel) must not stop it from enforcing the
+        # other deadlines, or from abandoning this very task.  Expiries are
+        # rare, and each of these threads ends within the cancel retry.
+        threading.Thread(target=self._cancel_running, args=(task_id,),
+                         daemon=True,
+                         name='accel-task-timeout-%s' % task_id[:8]).start()
 
     def _abandon(self, task_id: str) -> None:
         """The backend did not stop a timed-out task: record it as failed,

@@ -407,6 +407,34 @@ def test_stuck_task_frees_its_worker(make, caplog):
     assert backend.max_running == 2
 
 
+class HangingCancelBackend(FakeBackend):
+    """A backend whose cancel() itself never returns (until released)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.unblock = threading.Event()
+
+    def cancel(self, task_id):
+        self.cancelled.append(task_id)
+        self.unblock.wait(10)
+        return False
+
+
+def test_hanging_cancel_does_not_stall_the_watchdog(make):
+    backend = HangingCancelBackend(hold=True)
+    mgr, _ = make(backend, workers=2, task_timeout=0.3, timeout_grace=0.3)
+    first = _submit(mgr)
+    assert backend.wait_started(first['id'])
+    time.sleep(0.15)
+    second = _submit(mgr)
+    for task in (first, second):
+        got = mgr.wait(task['id'], 3)
+        assert got['state'] == 'failed'
+        assert got['error']['type'] == 'TaskTimeout'
+    assert sorted(backend.cancelled) == sorted([first['id'], second['id']])
+    backend.unblock.set()
+
+
 def test_no_timeout_means_no_watchdog(make):
     mgr, backend = make(FakeBackend(duration=0.3), workers=1)
     assert mgr.task_timeout == 0 and mgr._watchdog is None
