@@ -129,6 +129,11 @@ class Cancelled(AccelError):
     msg_fmt = "Operation cancelled"
 
 
+class CommandTimeout(AccelError):
+    msg_fmt = ("Command %(command)s did not finish within %(timeout)s "
+               "seconds and was killed")
+
+
 # --- tasks / service ------------------------------------------------------
 class TaskNotFound(AccelError):
     msg_fmt = "Task %(task_id)s not found"
@@ -141,6 +146,11 @@ class ServiceUnavailable(AccelError):
 class TaskInterrupted(AccelError):
     msg_fmt = ("Task %(task_id)s was interrupted by a stop or crash of "
                "accel-daemon; partial outputs were removed")
+
+
+class TaskTimeout(AccelError):
+    msg_fmt = ("Task %(task_id)s did not finish within its time limit of "
+               "%(timeout)s seconds and was stopped")
 
 
 class QueueFull(AccelError):

@@ -33,6 +33,8 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         filters_path=tuple(a.filters_path),
         exec_dirs=tuple(a.exec_dirs),
         output_file_mode=int(a.output_file_mode, 8),
+        command_timeout=float(a.command_timeout) or None,
+        max_image_bytes=a.max_image_gib * 1024 ** 3,
         drivers=tuple(c.drivers),
         allow_software_fallback=c.allow_software_fallback,
         compression_level=c.level,

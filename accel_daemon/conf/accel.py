@@ -36,6 +36,26 @@ OPTS = [
                     'must not be inside any of allowed_dirs (requests could '
                     'then read or overwrite the journal): the daemon refuses '
                     'to start if it is.'),
+    cfg.IntOpt('command_timeout', default=3 * 3600, min=0,
+               help='Wall-clock limit, in seconds, of every external command '
+                    'accel-daemon runs (qemu-img, compressors...). A command '
+                    'still running after it has its whole process group '
+                    'killed and fails with CommandTimeout, so a hung tool '
+                    'cannot hold a worker forever. 0 means no limit. The '
+                    'default, 3 hours, lets an image of max_image_gib '
+                    '(1 TiB) stream through one command at about 100 MB/s, '
+                    'slower than every engine measured on a 2-core host '
+                    'except single-threaded gzip on fully allocated data; '
+                    'raise it if you rely on that fallback for very large '
+                    'images or write onto very slow storage. In-process '
+                    'work (the isal driver) runs no command: [tasks] '
+                    'task_timeout bounds it. Related options: [tasks] '
+                    'task_timeout.'),
+    cfg.IntOpt('max_image_gib', default=1024, min=1,
+               help='Largest virtual size, in GiB, of an image accel-daemon '
+                    'will convert or write. Larger images are refused before '
+                    'any work starts. Related options: [compression] '
+                    'max_decompressed_gib.'),
 ]
 
 

@@ -25,10 +25,13 @@ OPTS = [
     cfg.IntOpt('chunk_size_mib', default=4, min=1, max=256,
                help='Size of the independent chunks (gzip members) the '
                     'threaded software engine compresses.'),
-    cfg.IntOpt('max_decompressed_gib', default=2048, min=1,
-               help='Largest output a decompression may write, in GiB, when '
-                    'the request does not give a smaller expected size. '
-                    'Protects against decompression bombs.'),
+    cfg.IntOpt('max_decompressed_gib', default=1024, min=1,
+               help='Largest output a decompression may write, in GiB. It '
+                    'is the cap applied when the request gives no max_bytes '
+                    '(a request\'s max_bytes can only lower it). Protects '
+                    'against decompression bombs. The default matches '
+                    '[accel_daemon] max_image_gib: nothing larger could be '
+                    'converted or written afterwards anyway.'),
     cfg.StrOpt('sysfs_root', default='/sys',
                help='Root of sysfs used to detect accelerator hardware. Only '
                     'tests change this.'),

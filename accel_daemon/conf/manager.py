@@ -28,6 +28,20 @@ OPTS = [
                       'to finish before cancelling them. Tasks still running '
                       'when the daemon exits are reported failed '
                       '(TaskInterrupted) on the next start.'),
+    cfg.IntOpt('task_timeout', default=6 * 3600, min=0,
+               help='Wall-clock limit, in seconds, of one task, counted from '
+                    'when a worker starts it (time spent queued does not '
+                    'count). A task past it is cancelled and ends failed '
+                    'with TaskTimeout. If it has not stopped 30 seconds '
+                    'later (a process stuck in uninterruptible I/O), it is '
+                    'recorded as failed all the same and its worker is '
+                    'replaced, so a hung task cannot hold a worker slot. 0 '
+                    'means no limit. The default, 6 hours, is twice '
+                    '[accel_daemon] command_timeout: the longest pipelines '
+                    '(upload: convert then compress; download: decompress '
+                    'then convert) run two long commands one after the '
+                    'other. Related options: [accel_daemon] '
+                    'command_timeout.'),
 ]
 
 

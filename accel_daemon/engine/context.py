@@ -22,7 +22,8 @@ class Context:
     def create(cls, settings: Settings,
                policy: CommandPolicy | None = None) -> Context:
         if policy is None:
-            policy = CommandPolicy(settings.filters_path, settings.exec_dirs)
+            policy = CommandPolicy(settings.filters_path, settings.exec_dirs,
+                                   timeout=settings.command_timeout)
         return cls(settings, policy, paths.Confinement(
             settings.allowed_dirs, settings.allowed_block_devices))
 

@@ -59,12 +59,23 @@ def _parse_file(path: str) -> list[rw_filters.CommandFilter]:
 
 
 class CommandPolicy:
-    """The filters in force, reloadable (the daemon reloads on SIGHUP)."""
+    """The filters in force, reloadable (the daemon reloads on SIGHUP).
+
+    ``timeout`` is the wall-clock limit, in seconds, that ``process.run()``
+    applies to every command unless the call gives its own (None: no
+    limit).  It lives here because the policy is what every run() is handed:
+    no call site can forget it.
+    """
 
     def __init__(self, filters_path: Sequence[str],
-                 exec_dirs: Sequence[str] = ()) -> None:
+                 exec_dirs: Sequence[str] = (),
+                 timeout: float | None = None) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ValueError('timeout must be None or positive, not %r'
+                             % (timeout,))
         self.filters_path = tuple(filters_path)
         self.exec_dirs = list(exec_dirs)
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._filters = load_filter_files(self.filters_path)
 

@@ -27,6 +27,9 @@ LOG = logging.getLogger(__name__)
 
 _POLL = 0.05
 _STDERR_TAIL = 2000
+# How long a killed child may take to die, and its pipes to close.
+_KILL_GRACE = 5.0
+_PIPE_GRACE = 1.0
 
 
 @dataclasses.dataclass
@@ -75,15 +78,24 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
         on_output: Callable[[bytes], None] | None = None,
         limits: Limits | None = None,
         pass_fds: Sequence[int] = (),
-        check: bool = True) -> Result:
+        check: bool = True,
+        timeout: float | None = None) -> Result:
     """Run ``argv`` after the filter check; raise on failure or cancel.
 
     ``stdin``/``stdout`` may be file descriptors to connect; otherwise stdout
     is captured (and fed to ``on_output`` as it arrives).
+
+    ``timeout`` (seconds; default: the policy's) bounds the wall-clock time
+    until the command has exited *and* closed its output: past it the whole
+    process group is killed and ``CommandTimeout`` raised.  A call can set
+    its own limit but cannot lift the policy's by passing None.
     """
     cmd = policy.check(argv)
-    LOG.debug('Running %s', cmd)
+    if timeout is None:
+        timeout = policy.timeout
+    LOG.debug('Running %s (timeout %s s)', cmd, timeout)
     started = time.monotonic()
+    deadline = started + timeout if timeout is not None else None
     # argv list (never a shell), already matched against the filters.
     proc = subprocess.Popen(  # nosec B603
         cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
@@ -103,17 +115,25 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
     for t in readers:
         t.start()
     try:
-        status, usage = _wait(proc, progress)
+        finished = (_wait_exit(proc, progress, deadline)
+                    and _join(readers, proc, progress, deadline))
     except BaseException:
         # KeyboardInterrupt, SystemExit, a failing progress callback: the
         # caller is about to remove the output, so the child (possibly
         # writing a device in place) must not outlive this call.
         _kill_group(proc)
-        os.waitpid(proc.pid, 0)
+        _reap(proc, _KILL_GRACE)
         raise
-    for t in readers:
-        t.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    if not finished:
+        _kill_group(proc)
+        _reap(proc, _KILL_GRACE)
+        _join(readers, proc, None, time.monotonic() + _PIPE_GRACE)
+        if progress is not None and progress.cancelled:
+            raise exception.Cancelled()
+        LOG.warning('Killed %s: still running after %s s', cmd, timeout)
+        raise exception.CommandTimeout(command=' '.join(cmd),
+                                       timeout=timeout)
+    status, usage = _reap(proc, None)
     result = Result(cmd, proc.returncode, b''.join(out), b''.join(err),
                     time.monotonic() - started,
                     usage.ru_utime + usage.ru_stime)
@@ -130,24 +150,93 @@ def _tail(stderr: bytes) -> str:
     return stderr.decode('utf-8', 'replace')[-_STDERR_TAIL:].strip()
 
 
-def _wait(proc: subprocess.Popen, progress: Progress | None):
-    """Reap the child with wait4 (for its CPU time), killing it on cancel."""
-    if progress is None:
-        _, status, usage = os.wait4(proc.pid, 0)
-        return status, usage
+def _exited(proc: subprocess.Popen, block: bool = False) -> bool:
+    """Whether the child has exited, *without* reaping it: while it is an
+    unreaped zombie its pid, and so its process group id, cannot be reused,
+    so killing the group stays safe until ``_reap()``."""
+    flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+    return os.waitid(os.P_PID, proc.pid, flags) is not None
+
+
+def _wait_exit(proc: subprocess.Popen, progress: Progress | None,
+               deadline: float | None) -> bool:
+    """Wait for the child to exit, killing its group on cancel; False when
+    the deadline came first."""
+    if progress is None and deadline is None:
+        return _exited(proc, block=True)
     killed = False
     delay = 0.001
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            return status, usage
-        if progress.cancelled and not killed:
+    while not _exited(proc):
+        if progress is not None and progress.cancelled and not killed:
             _kill_group(proc)
             killed = True
-        if killed:
-            time.sleep(delay)
-        else:
-            progress.wait_cancelled(delay)
+        if not _sleep(progress, deadline, delay, killed):
+            return False
         # Short commands are reaped within a millisecond or two; long ones
         # are polled at most every 50 ms.
         delay = min(_POLL, delay * 2)
+    return True
+
+
+def _join(readers: list[threading.Thread], proc: subprocess.Popen,
+          progress: Progress | None, deadline: float | None) -> bool:
+    """Wait for the output pipes to close.  The child has exited, but a
+    process it left behind in its group may still hold them: that counts
+    against the deadline, and a cancel kills it.  False at the deadline."""
+    killed = False
+    for t in readers:
+        while t.is_alive():
+            if progress is not None and progress.cancelled and not killed:
+                _kill_group(proc)
+                killed = True
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                return False
+            step = _POLL if progress is not None else None
+            if left is not None:
+                step = left if step is None else min(step, left)
+            t.join(step)
+    return True
+
+
+def _sleep(progress: Progress | None, deadline: float | None,
+           delay: float, killed: bool) -> bool:
+    """Sleep up to ``delay`` (waking on cancel); False if the deadline has
+    passed."""
+    left = _left(deadline)
+    if left is not None and left <= 0:
+        return False
+    delay = delay if left is None else min(delay, left)
+    if progress is None or killed:
+        time.sleep(delay)
+    else:
+        progress.wait_cancelled(delay)
+    return True
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _reap(proc: subprocess.Popen, grace: float | None):
+    """Reap the child with wait4 (for its CPU time).  With ``grace``, give up
+    after that long: a process stuck in uninterruptible I/O survives SIGKILL
+    until the I/O ends, and must not hold this thread; Popen's own cleanup
+    reaps it later since its returncode stays unset."""
+    if grace is None:
+        _, status, usage = os.wait4(proc.pid, 0)
+    else:
+        end = time.monotonic() + grace
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
+            if time.monotonic() >= end:
+                LOG.error('Process %d (%s) did not die within %s s of '
+                          'SIGKILL; leaving it behind', proc.pid,
+                          proc.args[0], grace)
+                return None
+            time.sleep(0.01)
+    # Set, so Popen never waits for this pid again (it may be reused).
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return status, usage

@@ -26,10 +26,13 @@ class Settings:
     compression_level: int = 1
     compression_threads: int = max(1, os.cpu_count() or 1)
     chunk_size: int = 4 * 1024 * 1024
-    # Decompressed output may never exceed this many bytes.
-    max_decompressed_bytes: int = 2 * 1024 ** 4
-    # The largest virtual size of an image the daemon converts or writes.
+    # Decompressed output may never exceed this many bytes (the cap when a
+    # request gives no max_bytes).
+    max_decompressed_bytes: int = 1024 ** 4
+    # Largest virtual size of an image that may be converted or written.
     max_image_bytes: int = 1024 ** 4
+    # Wall-clock limit of every external command, seconds (None: none).
+    command_timeout: float | None = 3 * 3600.0
     # Limits for "qemu-img info" on untrusted input.
     info_cpu_seconds: int = 30
     info_address_space: int = 1024 ** 3

@@ -1,6 +1,6 @@
 """What the task manager needs from whatever does the work.
 
-``Backend`` is the protocol: the same methods as ``engine.api.Engine``.  The
+``Backend`` is the protocol: the same methods as ``engine.engine.Engine``.  The
 real implementations (an in-process Engine, or privsep entrypoints) live in
 ``accel_daemon.backends``; this module only adds ``FakeBackend``, an
 in-memory stand-in for unit tests of the manager, the RPC layer and clients.
@@ -53,21 +53,26 @@ class FakeBackend:
     ``hold``      when true, the task also waits until ``release()``;
     ``fail``      an AccelError instance, an error class name from
                   ``accel_daemon.exception`` (raised with ``reason``), or
-                  ``'bug'`` to raise a RuntimeError (a non-AccelError bug).
+                  ``'bug'`` to raise a RuntimeError (a non-AccelError bug);
+    ``ignore_cancel``  when true, ``cancel()`` is recorded and answered
+                  True but does not stop the task: a stuck task (a command
+                  in uninterruptible I/O) for tests of the watchdog.
 
-    Cancellation is honoured at every step: ``run()`` raises ``Cancelled``.
+    Otherwise cancellation is honoured at every step: ``run()`` raises
+    ``Cancelled``.
     The fake records what happened so tests can assert on it: ``calls``
     (start order), ``max_running``, ``cancelled``, ``discarded``.
     """
 
     def __init__(self, duration: float = 0.0, total: int = 1000,
                  fail: Any = None, step: float = 0.005,
-                 hold: bool = False) -> None:
+                 hold: bool = False, ignore_cancel: bool = False) -> None:
         self.duration = duration
         self.total = total
         self.fail = fail
         self.step = step
         self.hold = hold
+        self.ignore_cancel = ignore_cancel
         self.calls: list[tuple[str, str, dict]] = []
         self.cancelled: list[str] = []
         self.discarded: list[str] = []
@@ -76,6 +81,7 @@ class FakeBackend:
         self._gate = threading.Event()
         self._cond = threading.Condition()
         self._running: dict[str, Progress] = {}
+        self._deaf: set[str] = set()   # running tasks that ignore cancel
 
     # -- test helpers ------------------------------------------------------
     def release(self) -> None:
@@ -109,6 +115,7 @@ class FakeBackend:
         finally:
             with self._cond:
                 self._running.pop(task_id, None)
+                self._deaf.discard(task_id)
                 self._cond.notify_all()
         return {'output': params.get('dst'), 'size': self.total,
                 'sha256': None, 'engine': 'fake', 'hardware': False,
@@ -122,6 +129,8 @@ class FakeBackend:
                 raise exception.InvalidRequest(
                     reason='task %s is already running' % task_id)
             self._running[task_id] = progress
+            if params.get('ignore_cancel', self.ignore_cancel):
+                self._deaf.add(task_id)
             self.calls.append((task_id, kind, dict(params)))
             self.max_running = max(self.max_running, len(self._running))
             self._cond.notify_all()
@@ -171,6 +180,8 @@ class FakeBackend:
             if prog is None:
                 return False
             self.cancelled.append(task_id)
+            if task_id in self._deaf:
+                return True
         prog.cancel()
         return True
 

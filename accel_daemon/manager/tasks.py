@@ -13,6 +13,12 @@ is also written to the ``Journal`` so finished tasks survive a restart, and
 tasks that were in flight when the daemon died are reported as failed with
 ``TaskInterrupted`` by ``recover()`` (called by ``start()``).
 
+With ``task_timeout``, a ``Watchdog`` thread cancels a task that runs longer
+(it ends ``failed`` with ``TaskTimeout``, not ``cancelled``); if the backend
+has not stopped it ``timeout_grace`` seconds later, the task is recorded as
+failed all the same and its worker thread is abandoned and replaced, so a
+hung command cannot hold a worker slot past its deadline.
+
 Plain threads, no eventlet: the daemon does not monkey-patch (DESIGN.md
 section 6) and the work happens in child processes or the privsep daemon.
 """
@@ -34,6 +40,7 @@ from accel_daemon.manager.backend import Backend
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.states import ACTIVE_STATES
 from accel_daemon.manager.states import STATES
+from accel_daemon.manager.watchdog import Watchdog
 
 LOG = logging.getLogger(__name__)
 
@@ -43,13 +50,19 @@ MAX_LIST = 1000
 _CANCEL_RETRY_SECONDS = 2.0
 _CANCEL_RETRY_STEP = 0.02
 _PRUNE_INTERVAL = 60.0
+# How long a timed-out task may take to stop after its cancel before its
+# worker is abandoned: killing a command and reaping it takes milliseconds,
+# so anything still running after this will not stop by itself.
+TIMEOUT_GRACE = 30.0
 
 
 class TaskManager:
     def __init__(self, backend: Backend, journal: Journal, workers: int = 4,
                  max_queued: int = 0, retention_hours: float = 168.0,
                  max_tasks_kept: int = 10000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 task_timeout: float = 0.0,
+                 timeout_grace: float = TIMEOUT_GRACE) -> None:
         if workers < 1:
             raise ValueError('workers must be at least 1')
         self.backend = backend
@@ -69,6 +82,14 @@ class TaskManager:
         self._accepting = False
         self._stopping = False
         self._last_prune = 0.0
+        self.task_timeout = task_timeout
+        self._watchdog = (Watchdog(task_timeout, timeout_grace,
+                                   self._expire, self._abandon)
+                          if task_timeout > 0 else None)
+        self._owners: dict[str, threading.Thread] = {}
+        self._abandoned_tasks: set[str] = set()
+        self._abandoned_threads: set[threading.Thread] = set()
+        self._started_threads = 0
 
     @classmethod
     def from_conf(cls, backend: Backend, conf: Any) -> TaskManager:
@@ -78,7 +99,8 @@ class TaskManager:
         return cls(backend, Journal(path), workers=t.workers,
                    max_queued=t.max_queued,
                    retention_hours=t.task_retention_hours,
-                   max_tasks_kept=t.max_tasks_kept)
+                   max_tasks_kept=t.max_tasks_kept,
+                   task_timeout=t.task_timeout)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -88,12 +110,20 @@ class TaskManager:
         with self._lock:
             self._accepting = True
             self._stopping = False
-        for n in range(self.workers):
-            t = threading.Thread(target=self._worker, daemon=True,
-                                 name='accel-task-worker-%d' % n)
-            t.start()
-            self._threads.append(t)
-        LOG.info('Task manager started with %d workers', self.workers)
+        if self._watchdog is not None:
+            self._watchdog.start()
+        for _ in range(self.workers):
+            self._start_worker()
+        LOG.info('Task manager started with %d workers, task timeout %s',
+                 self.workers, self.task_timeout or 'none')
+
+    def _start_worker(self) -> None:
+        t = threading.Thread(target=self._worker, daemon=True,
+                             name='accel-task-worker-%d'
+                             % self._started_threads)
+        self._started_threads += 1
+        t.start()
+        self._threads.append(t)
 
     def recover(self) -> int:
         """Report queued/running tasks of a previous run as failed
@@ -140,6 +170,8 @@ class TaskManager:
         with self._lock:
             self._stopping = True
             self._work.notify_all()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         for t in self._threads:
             t.join(1.0)
         self._threads = []
@@ -297,7 +329,12 @@ class TaskManager:
             self._run(task)
 
     def _next(self) -> dict | None:
+        me = threading.current_thread()
         with self._lock:
+            if me in self._abandoned_threads:
+                # Replaced while stuck: a new worker holds this slot now.
+                self._abandoned_threads.discard(me)
+                return None
             self._work.wait_for(lambda: self._queue or self._stopping)
             if not self._queue:
                 return None
@@ -305,6 +342,9 @@ class TaskManager:
             task['state'] = 'running'
             task['started_at'] = self._clock()
             snapshot = _copy(task)
+            self._owners[task['id']] = me
+            if self._watchdog is not None:
+                self._watchdog.track(task['id'])
             self._changed.notify_all()
         self._save(snapshot)
         return snapshot
@@ -328,7 +368,11 @@ class TaskManager:
     def _end_with_error(self, task: dict, err: exception.AccelError) -> None:
         with self._lock:
             requested = task['id'] in self._cancel_requested
-        if isinstance(err, exception.Cancelled) or requested:
+        if self._watchdog is not None and self._watchdog.expired(task['id']):
+            # Whatever the backend raised, the cancel we sent caused it.
+            LOG.warning('Task %s timed out (%s)', task['id'], err)
+            self._finish(task, 'failed', error=self._timeout_error(task))
+        elif isinstance(err, exception.Cancelled) or requested:
             if not isinstance(err, exception.Cancelled):
                 LOG.info('Task %s ended with %s after a cancel', task['id'],
                          err.to_dict())
@@ -341,7 +385,54 @@ class TaskManager:
     def _finish(self, task: dict, state: str, result: dict | None = None,
                 error: dict | None = None) -> None:
         with self._lock:
+            if task['id'] in self._abandoned_tasks:
+                self._abandoned_tasks.discard(task['id'])
+                LOG.warning('Abandoned task %s came back %s; it stays failed '
+                            '(TaskTimeout)', task['id'], state)
+                return
             final = self._mark_locked(task, state, result, error)
+        self._commit(final)
+
+    # -- deadlines (called by the watchdog thread) -------------------------
+    def _timeout_error(self, task: dict, abandoned: bool = False) -> dict:
+        return exception.TaskTimeout(task_id=task['id'],
+                                     timeout=self.task_timeout,
+                                     abandoned=abandoned).to_dict()
+
+    def _expire(self, task_id: str) -> None:
+        LOG.warning('Task %s passed its time limit of %s s; cancelling it',
+                    task_id, self.task_timeout)
+        # Not on the watchdog's own thread: a backend whose cancel() hangs
+        # (a wedged privsep channel) must not stop it from enforcing the
+        # other deadlines, or from abandoning this very task.  Expiries are
+        # rare, and each of these threads ends within the cancel retry.
+        threading.Thread(target=self._cancel_running, args=(task_id,),
+                         daemon=True,
+                         name='accel-task-timeout-%s' % task_id[:8]).start()
+
+    def _abandon(self, task_id: str) -> None:
+        """The backend did not stop a timed-out task: record it as failed,
+        leave its thread to its fate and start a worker in its place."""
+        with self._lock:
+            task = self._active.get(task_id)
+            if task is None or task['state'] != 'running':
+                return
+            stuck = self._owners.get(task_id)
+            final = self._mark_locked(task, 'failed',
+                                      error=self._timeout_error(task, True))
+            self._abandoned_tasks.add(task_id)
+            if stuck is not None and stuck in self._threads:
+                self._threads.remove(stuck)
+                self._abandoned_threads.add(stuck)
+                if not self._stopping:
+                    self._start_worker()
+        LOG.error('Task %s is still running %s s after it was cancelled for '
+                  'passing its time limit; giving up on it. Its worker '
+                  'thread %s is abandoned and replaced, and whatever it is '
+                  'blocked in (a process in uninterruptible I/O?) may still '
+                  'hold resources: investigate this host.', task_id,
+                  self._watchdog.grace if self._watchdog else '?',
+                  stuck.name if stuck else '?')
         self._commit(final)
 
     def _mark_locked(self, task: dict, state: str, result: dict | None = None,
@@ -365,6 +456,9 @@ class TaskManager:
                 # Else keep answering from memory: the journal cannot.
                 self._active.pop(task_id, None)
             self._cancel_requested.discard(task_id)
+            self._owners.pop(task_id, None)
+            if self._watchdog is not None:
+                self._watchdog.forget(task_id)
             self._changed.notify_all()
             due = self._clock() - self._last_prune > _PRUNE_INTERVAL
         LOG.info('Task %s %s', task_id, final['state'])

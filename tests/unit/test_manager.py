@@ -333,7 +333,109 @@ def test_from_conf(tmp_path):
     conf.set_override('state_dir', str(tmp_path / 'st'), 'accel_daemon')
     conf.set_override('workers', 3, 'tasks')
     conf.set_override('max_queued', 7, 'tasks')
+    conf.set_override('task_timeout', 90, 'tasks')
     mgr = TaskManager.from_conf(FakeBackend(), conf)
     assert (mgr.workers, mgr.max_queued) == (3, 7)
+    assert mgr.task_timeout == 90
     assert mgr.journal.path == str(tmp_path / 'st' / 'tasks.sqlite')
     mgr.journal.close()
+
+
+# --- task deadlines -------------------------------------------------------
+def test_task_past_deadline_fails_with_task_timeout(make):
+    mgr, backend = make(FakeBackend(hold=True), workers=1, task_timeout=0.3)
+    task = _submit(mgr)
+    started = time.monotonic()
+    got = mgr.wait(task['id'], 5)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert got['state'] == 'failed'
+    assert got['error']['type'] == 'TaskTimeout'
+    assert got['error']['fields'] == {'task_id': task['id'], 'timeout': 0.3,
+                                      'abandoned': False}
+    assert isinstance(exception.AccelError.from_dict(got['error']),
+                      exception.TaskTimeout)
+    # It was stopped through the backend, which let go of it.
+    assert backend.cancelled == [task['id']]
+    assert backend.running == []
+
+
+def test_deadline_counts_from_start_not_from_queueing(make):
+    # Each task takes 0.3 s of a 0.6 s limit; the second waits 0.3 s in
+    # the queue first, which must not count.
+    mgr, _ = make(FakeBackend(duration=0.3), workers=1, task_timeout=0.6)
+    ids = [_submit(mgr)['id'] for _ in range(3)]
+    assert [mgr.wait(i, 5)['state'] for i in ids] == ['succeeded'] * 3
+
+
+def test_cancel_before_deadline_is_still_cancelled(make):
+    mgr, backend = make(FakeBackend(hold=True), workers=1, task_timeout=5)
+    task = _submit(mgr)
+    assert backend.wait_started(task['id'])
+    assert mgr.cancel(task['id'])['state'] == 'cancelled'
+
+
+def test_stuck_task_frees_its_worker(make, caplog):
+    caplog.set_level(logging.ERROR, 'accel_daemon.manager.tasks')
+    backend = FakeBackend(hold=True, ignore_cancel=True)
+    mgr, _ = make(backend, workers=1, task_timeout=0.3, timeout_grace=0.3)
+    (first_worker,) = mgr._threads
+    stuck = _submit(mgr)
+    queued = _submit(mgr, hold=False, ignore_cancel=False)
+    assert backend.wait_started(stuck['id'])
+    started = time.monotonic()
+    got = mgr.wait(stuck['id'], 5)
+    assert 0.6 <= time.monotonic() - started < 2.5
+    assert got['state'] == 'failed'
+    assert got['error']['type'] == 'TaskTimeout'
+    assert got['error']['fields']['abandoned'] is True
+    assert backend.cancelled == [stuck['id']]
+    # The backend never let go, yet the queued task ran on a new worker.
+    assert mgr.wait(queued['id'], 5)['state'] == 'succeeded'
+    assert backend.running == [stuck['id']]
+    assert any(r.levelno == logging.ERROR and 'giving up' in r.getMessage()
+               for r in caplog.records)
+    assert first_worker.is_alive() and first_worker not in mgr._threads
+    # When the stuck call finally returns, its result is ignored and its
+    # thread leaves: the pool is back to one worker.
+    backend.release()
+    first_worker.join(5)
+    assert not first_worker.is_alive()
+    assert mgr.get(stuck['id'])['state'] == 'failed'
+    assert len(mgr._threads) == 1 and mgr._threads[0].is_alive()
+    assert mgr.wait(_submit(mgr, hold=False)['id'], 5)['state'] == \
+        'succeeded'
+    assert backend.max_running == 2
+
+
+class HangingCancelBackend(FakeBackend):
+    """A backend whose cancel() itself never returns (until released)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.unblock = threading.Event()
+
+    def cancel(self, task_id):
+        self.cancelled.append(task_id)
+        self.unblock.wait(10)
+        return False
+
+
+def test_hanging_cancel_does_not_stall_the_watchdog(make):
+    backend = HangingCancelBackend(hold=True)
+    mgr, _ = make(backend, workers=2, task_timeout=0.3, timeout_grace=0.3)
+    first = _submit(mgr)
+    assert backend.wait_started(first['id'])
+    time.sleep(0.15)
+    second = _submit(mgr)
+    for task in (first, second):
+        got = mgr.wait(task['id'], 3)
+        assert got['state'] == 'failed'
+        assert got['error']['type'] == 'TaskTimeout'
+    assert sorted(backend.cancelled) == sorted([first['id'], second['id']])
+    backend.unblock.set()
+
+
+def test_no_timeout_means_no_watchdog(make):
+    mgr, backend = make(FakeBackend(duration=0.3), workers=1)
+    assert mgr.task_timeout == 0 and mgr._watchdog is None
+    assert mgr.wait(_submit(mgr)['id'], 5)['state'] == 'succeeded'
