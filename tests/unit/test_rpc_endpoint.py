@@ -430,3 +430,14 @@ def test_bad_values_are_typed_not_internal(wire):
         assert isinstance(err.value, exception.InvalidRequest), err.value
     assert os.listdir(wire.images) == []
     assert still_serving(wire)
+
+
+@pytest.mark.parametrize('version', [
+    'x.y', '1', '', '1.0.0', '2.0', '1.1', 1.0, None, ['1', '0']])
+def test_client_maps_bad_versions_to_invalid_request(wire, version):
+    # Refused by the client (malformed) or by the daemon (unsupported):
+    # InvalidRequest either way, never an oslo.messaging or builtin error.
+    with pytest.raises(exception.AccelError) as err:
+        wire.client.call(WIRE_HOST, 'capabilities', version=version)
+    assert type(err.value) is exception.InvalidRequest
+    assert wire.client.call(WIRE_HOST, 'capabilities', version='1.0')
