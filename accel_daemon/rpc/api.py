@@ -5,7 +5,9 @@ API version that introduced the method.  Errors come back typed: the
 daemon's ``AccelError`` subclasses are rebuilt by oslo.messaging (their
 module is in ``allowed_remote_exmods``) and cleaned of oslo.messaging's
 ``*_Remote`` wrapper class; an unknown method or version becomes
-``InvalidRequest``; a daemon that does not answer becomes
+``InvalidRequest`` (the daemon answers so itself; older ones sent
+oslo.messaging's NoSuchMethod/UnsupportedVersion), so does a malformed
+version refused before sending; a daemon that does not answer becomes
 ``ServiceUnavailable``.  ``accel_daemon.client`` builds task handles on top.
 """
 
@@ -100,12 +102,23 @@ class AccelAPI:
              rpc_timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``method`` on the daemon named ``host``; raise typed."""
         rpc_timeout = rpc_timeout or self.timeout
-        cctxt = self._client.prepare(server=host, version=version,
-                                     timeout=rpc_timeout)
+        if not isinstance(version, str):
+            # prepare() would raise AttributeError on it.
+            raise exception.InvalidRequest(
+                reason='version must be a string, not %s'
+                       % type(version).__name__)
+        try:
+            cctxt = self._client.prepare(server=host, version=version,
+                                         timeout=rpc_timeout)
+        except oslo_messaging.MessagingException as e:
+            # A malformed version, refused before anything is sent.
+            raise exception.InvalidRequest(reason=str(e)) from None
         try:
             return cctxt.call({}, method, **kwargs)
         except exception.AccelError as e:
             raise _clean(e) from None
+        except oslo_messaging.RPCVersionCapError as e:
+            raise exception.InvalidRequest(reason=str(e)) from None
         except oslo_messaging.MessagingTimeout:
             raise exception.ServiceUnavailable(
                 reason='no answer from host %s within %ss'

@@ -19,6 +19,10 @@ the exception's ``args`` and its ``kwargs`` attribute, so ``_remote`` sets
 the same fields (``accel_daemon.rpc.api`` strips oslo.messaging's
 ``_Remote`` wrapper class).  They are wrapped in ``ExpectedException`` so
 the server does not log a traceback for a refused request.
+
+Only the methods named in ``SIGNATURES`` are reachable over RPC, and the
+message itself (method, version, argument names) is checked before it gets
+here: see ``accel_daemon.rpc.server``.
 """
 
 from __future__ import annotations
@@ -164,14 +168,56 @@ def validate(method: str, args: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+# The dispatcher calls ``method(ctxt, **args)``: an argument named like one
+# of the method's own parameters would be a TypeError before any validation.
+RESERVED_ARGS = frozenset({'self', 'ctxt'})
+
+
+def shown(value: Any, limit: int = 64) -> str:
+    """``repr`` cut to ``limit`` characters: safe to log and to send back
+    (NULs, surrogates and megabyte strings come out escaped and short)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def check_arg_names(method: str, args: dict) -> None:
+    """Refuse argument names that are not identifiers or are reserved."""
+    for name in args:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise exception.InvalidRequest(
+                reason='%s: %s is not an argument name'
+                       % (method, shown(name)))
+        if name in RESERVED_ARGS:
+            raise exception.InvalidRequest(
+                reason='%s: %s is a reserved name' % (method, name))
+
+
+def expected(err: exception.AccelError) -> oslo_messaging.ExpectedException:
+    """Wrap ``err`` so oslo.messaging sends it to the caller as it is.
+
+    oslo.messaging rebuilds it on the client as ``cls(*args, **kwargs)``:
+    ``kwargs`` are the error's plain fields.  ``ExpectedException`` keeps
+    the server from logging a traceback for a refused request.
+    """
+    err.kwargs = err.to_dict()['fields']
+    wrapped = oslo_messaging.ExpectedException()
+    wrapped.exc_info = (type(err), err, err.__traceback__)
+    return wrapped
+
+
 def _remote(func: Callable) -> Callable:
     """Send errors to the caller typed, with their fields; a bug (not an
     AccelError) is logged with its traceback here and sent as InternalError,
-    so callers only ever see accel_daemon.exception classes."""
+    so callers only ever see accel_daemon.exception classes.
+
+    ``self`` and ``ctxt`` are positional-only, so a caller's argument of
+    that name lands in ``kwargs`` and is refused as InvalidRequest.
+    """
     @functools.wraps(func)
-    def wrapper(self, ctxt, **kwargs):
+    def wrapper(self, ctxt, /, **kwargs):
         try:
             try:
+                check_arg_names(func.__name__, kwargs)
                 return func(self, ctxt, **kwargs)
             except exception.AccelError:
                 raise
@@ -180,9 +226,8 @@ def _remote(func: Callable) -> Callable:
                 raise exception.InternalError(
                     reason='%s: %s' % (type(e).__name__, e)) from e
         except exception.AccelError as e:
-            e.kwargs = e.to_dict()['fields']
             LOG.info('%s refused: %s', func.__name__, e.message)
-            raise oslo_messaging.ExpectedException()
+            raise expected(e) from None
     return wrapper
 
 

@@ -1,15 +1,19 @@
 """The RPC endpoint: validation, path pre-checks, delegation, typed errors.
 
-Called directly (no transport): the dispatcher only adds routing, which
-tests/unit/test_client.py covers through the fake:// transport.
+Called directly (no transport) first; then through oslo.messaging's
+dispatcher over the fake:// transport, with the messages a hostile caller
+sends (raw, where the client library would not build them).
 """
 
 import os
 import time
+import types
 import uuid
 
 import oslo_messaging
 import pytest
+from oslo_config import cfg
+from oslo_messaging import conffixture
 from oslo_messaging._drivers import common as driver_common
 
 from accel_daemon import exception
@@ -19,6 +23,7 @@ from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
 from accel_daemon.rpc import api
 from accel_daemon.rpc import endpoint as ep
+from accel_daemon.rpc import server as rpc_server
 
 CTXT = {}
 
@@ -270,3 +275,169 @@ def test_bugs_become_internal_errors(service, caplog):
     assert 'NotImplementedError: not yet' in err.value.message
     # The traceback stays in the daemon's log.
     assert 'Traceback' in caplog.text
+
+
+def test_reserved_and_odd_argument_names_are_refused(service):
+    endpoint = service[0]
+    for name in ('self', 'ctxt', '', 'a b', '1x', 'x\x00'):
+        with pytest.raises(exception.InvalidRequest) as err:
+            call(endpoint, 'capabilities', **{name: 1})
+        assert type(err.value) is exception.InvalidRequest, name
+
+
+# --- over the fake:// transport: what a hostile caller sends ---------------
+# oslo.messaging's dispatcher stands between the wire and the endpoint; these
+# go through it, as raw messages where the client library would not build
+# them.  One server for the section: stopping one costs about a second.
+WIRE_HOST = 'wire-%s' % uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope='module')
+def wire(tmp_path_factory):
+    root = tmp_path_factory.mktemp('wire')
+    images = root / 'images'
+    images.mkdir()
+    fixture = conffixture.ConfFixture(cfg.CONF, transport_url='fake:/')
+    fixture.setUp()
+    fixture.conf.set_override('control_exchange', 'test-%s' % WIRE_HOST)
+    backend = FakeBackend()
+    manager = TaskManager(backend, Journal(str(root / 'tasks.sqlite')),
+                          workers=1)
+    manager.start()
+    transport = rpc_server.get_transport(fixture.conf)
+    assert type(transport._driver).__name__ == 'FakeDriver'
+    server = rpc_server.build(
+        transport, api.TOPIC, WIRE_HOST,
+        [ep.AccelEndpoint(manager, backend,
+                          Settings(allowed_dirs=(str(images),)),
+                          max_wait=0.2)])
+    server.start()
+    client = api.AccelAPI(api.get_transport(fixture.conf), timeout=5)
+    yield types.SimpleNamespace(transport=transport, client=client,
+                                images=str(images), manager=manager)
+    server.stop()
+    manager.stop(1.0)
+    server.wait()
+    transport.cleanup()
+    fixture.cleanUp()
+
+
+def raw(wire, message, ctxt=None, timeout=5):
+    """Send ``message`` as it is (no client-side checks) and return the
+    answer or raise what the daemon raised."""
+    target = oslo_messaging.Target(topic=api.TOPIC, server=WIRE_HOST)
+    return wire.transport._send(target, {} if ctxt is None else ctxt,
+                                message, wait_for_reply=True,
+                                timeout=timeout)
+
+
+def refused(wire, message, ctxt=None):
+    """The daemon answers InvalidRequest itself and still serves."""
+    with pytest.raises(exception.AccelError) as err:
+        raw(wire, message, ctxt)
+    # Not InternalError, not a subclass: the request itself is refused.
+    assert type(err.value) is exception.InvalidRequest, err.value
+    assert still_serving(wire)
+    return err.value
+
+
+def still_serving(wire):
+    return wire.client.call(WIRE_HOST, 'task_list') == []
+
+
+def test_server_uses_the_guarded_dispatcher(wire):
+    policy = rpc_server.DeclaredMethodsPolicy()
+    endpoint = object()
+    assert [m for m in dir(ep.AccelEndpoint)
+            if policy.is_allowed(endpoint, m)] == sorted(ep.SIGNATURES)
+    for method in ('target', '_submit', '__init__', None, ['capabilities']):
+        assert not policy.is_allowed(endpoint, method)
+
+
+@pytest.mark.parametrize('method', [
+    'target', '_submit', '_checked', '_manager', '__init__', '__class__',
+    '__dict__', 'validate', 'oslo_rpc_server_ping', 'rm_rf', 'Capabilities',
+    'capabilities ', '', 'x' * 10000, 'cap\x00abilities', '\udc80'])
+def test_only_declared_methods_are_callable(wire, method):
+    # Through the client library and raw: InvalidRequest both ways.
+    with pytest.raises(exception.AccelError) as err:
+        wire.client.call(WIRE_HOST, method)
+    assert type(err.value) is exception.InvalidRequest
+    refused(wire, {'method': method, 'args': {}})
+
+
+def test_target_is_not_a_method(wire):
+    # It was a TypeError ("'Target' object is not callable") before.
+    err = refused(wire, {'method': 'target', 'args': {}, 'version': '1.0'})
+    assert 'no such method' in err.message
+    assert err.fields == {'reason': "no such method 'target'"}
+
+
+@pytest.mark.parametrize('args', [
+    {'self': 1}, {'ctxt': {}}, {'': 1}, {'a b': 1}, {'1x': 1},
+    {'x\x00': 1}, {'state': 'queued', 'self': None}])
+def test_reserved_argument_names_over_the_wire(wire, args):
+    err = refused(wire, {'method': 'task_list', 'args': args})
+    assert 'task_list' in err.message
+
+
+@pytest.mark.parametrize('version', [
+    '1', 'x.y', '', 1.0, 1, '1.0.0', None, 'a' * 100000, '1.', '.0',
+    '-1.0', '1.0a', ' 1.0', '1.0\n', '\u0661.\u0660', '1' * 40 + '.0',
+    [1, 0], {'major': 1}, True, '2.0', '1.1', '0.9'])
+def test_malformed_or_unsupported_versions(wire, version):
+    err = refused(wire, {'method': 'capabilities', 'args': {},
+                         'version': version})
+    assert 'version' in err.message
+    assert len(err.message) < 200
+
+
+@pytest.mark.parametrize('version', ['1.0', '01.00'])
+def test_good_versions_still_work(wire, version):
+    assert raw(wire, {'method': 'capabilities', 'args': {},
+                      'version': version})['drivers'] == ['fake']
+    # oslo.messaging reads an absent version as 1.0.
+    assert raw(wire, {'method': 'capabilities'})['drivers'] == ['fake']
+
+
+@pytest.mark.parametrize('message', [
+    {'method': None}, {'method': 5}, {'method': ['capabilities']},
+    {'method': {'capabilities': 1}}, {'args': {}},
+    {'method': 'capabilities', 'args': None},
+    {'method': 'capabilities', 'args': [1, 2]},
+    {'method': 'capabilities', 'args': 'x'},
+    {'method': 'capabilities', 'namespace': 'other'},
+    {'method': 'capabilities', 'namespace': ['x']}])
+def test_malformed_messages(wire, message):
+    refused(wire, message)
+
+
+@pytest.mark.parametrize('ctxt', [[], 'ctxt', 7, ['a', 'b']])
+def test_context_that_is_not_a_mapping(wire, ctxt):
+    err = refused(wire, {'method': 'capabilities', 'args': {}}, ctxt=ctxt)
+    assert 'context' in err.message
+
+
+def test_bad_values_are_typed_not_internal(wire):
+    for args in ({'limit': 10 ** 30}, {'limit': -(10 ** 30)},
+                 {'limit': 1.5}, {'state': '\x00'}, {'state': ['queued']},
+                 {'limit': float('inf')}):
+        refused(wire, {'method': 'task_list', 'args': args})
+    for path in ('/etc/passwd', '\x00', '\udc80', 'x' * 5000, '../..'):
+        with pytest.raises(exception.AccelError) as err:
+            wire.client.call(WIRE_HOST, 'copy', src=path,
+                             dst=os.path.join(wire.images, 'o'))
+        assert isinstance(err.value, exception.InvalidRequest), err.value
+    assert os.listdir(wire.images) == []
+    assert still_serving(wire)
+
+
+@pytest.mark.parametrize('version', [
+    'x.y', '1', '', '1.0.0', '2.0', '1.1', 1.0, None, ['1', '0']])
+def test_client_maps_bad_versions_to_invalid_request(wire, version):
+    # Refused by the client (malformed) or by the daemon (unsupported):
+    # InvalidRequest either way, never an oslo.messaging or builtin error.
+    with pytest.raises(exception.AccelError) as err:
+        wire.client.call(WIRE_HOST, 'capabilities', version=version)
+    assert type(err.value) is exception.InvalidRequest
+    assert wire.client.call(WIRE_HOST, 'capabilities', version='1.0')
