@@ -40,8 +40,8 @@ from accel_daemon.manager.states import STATES
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 MAX_PATH = 4096
 MAX_BYTES = 2 ** 62
-# Names the dispatcher itself uses: never an argument.
-RESERVED = frozenset({'self', 'ctxt', 'context', 'progress', 'task_id'})
+# Parameters of the RPC methods themselves: never an argument name.
+RESERVED = frozenset({'self', 'ctxt'})
 
 
 # --- argument checks ---------------------------------------------------------

@@ -20,7 +20,7 @@ the same fields (``accel_daemon.rpc.api`` strips oslo.messaging's
 ``_Remote`` wrapper class).  They are wrapped in ``ExpectedException`` so
 the server does not log a traceback for a refused request.
 
-Only the methods named in ``SIGNATURES`` are reachable over RPC, and the
+Only the methods named in ``METHODS`` are reachable over RPC, and the
 message itself (method, version, argument names) is checked before it gets
 here: see ``accel_daemon.rpc.server``.
 """
@@ -29,148 +29,34 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
-import uuid
 from typing import Any, Callable
 
 import oslo_messaging
 
 from accel_daemon import exception
+from accel_daemon import operations
 from accel_daemon.engine import paths
 from accel_daemon.engine.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
 API_VERSION = '1.0'
-TASK_STATES = ('queued', 'running', 'succeeded', 'failed', 'cancelled')
-_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
-_MAX_PATH = 4096
-
-
-class Field:
-    """One argument: a checker, and whether it may be left out (or None)."""
-
-    def __init__(self, check: Callable[[str, Any], None],
-                 required: bool = True, role: str | None = None) -> None:
-        self.check = check
-        self.required = required
-        self.role = role            # 'input' / 'output' paths get checked
-
-
-def _bad(name: str, why: str) -> exception.InvalidRequest:
-    return exception.InvalidRequest(reason='%s: %s' % (name, why))
-
-
-def _path(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise _bad(name, 'must be a non-empty string')
-    if len(value) > _MAX_PATH:
-        raise _bad(name, 'longer than %d characters' % _MAX_PATH)
-
-
-def _name(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        raise _bad(name, 'must be a short name of letters, digits, _ . -')
-
-
-def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise _bad(name, 'must be a boolean')
-
-
-def _int(low: int, high: int) -> Callable[[str, Any], None]:
-    def check(name: str, value: Any) -> None:
-        # bool is an int subclass; True is not a size.
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(name, 'must be an integer')
-        if not low <= value <= high:
-            raise _bad(name, 'must be between %d and %d' % (low, high))
-    return check
-
-
-def _seconds(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(name, 'must be a number of seconds')
-    if not 0 <= value < float('inf'):
-        raise _bad(name, 'must be zero or more seconds')
-
-
-def _task_id(name: str, value: Any) -> None:
-    try:
-        if str(uuid.UUID(value)) == value:
-            return
-    except (TypeError, ValueError, AttributeError):
-        pass
-    raise _bad(name, 'must be a task id (a lower-case UUID string)')
-
-
-def _state(name: str, value: Any) -> None:
-    if value not in TASK_STATES:
-        raise _bad(name, 'must be one of %s' % ', '.join(TASK_STATES))
-
-
-_SRC = Field(_path, role='input')
-_DST = Field(_path, role='output')
-_FORMAT = Field(_name)
-_MAX_BYTES = Field(_int(1, 2 ** 62), required=False)
-_CHECKSUM = Field(_bool, required=False)
-
-SIGNATURES: dict[str, dict[str, Field]] = {
-    'capabilities': {},
-    'image_info': {'path': Field(_path, role='input'), 'format': _FORMAT},
-    'compress': {'src': _SRC, 'dst': _DST,
-                 'driver': Field(_name, required=False),
-                 'level': Field(_int(1, 22), required=False),
-                 'format': Field(_name, required=False),
-                 'checksum': _CHECKSUM},
-    'decompress': {'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES,
-                   'checksum': _CHECKSUM},
-    'convert': {'src': _SRC, 'dst': _DST, 'src_format': _FORMAT,
-                'dst_format': _FORMAT,
-                'compress': Field(_bool, required=False),
-                'target_is_zero': Field(_bool, required=False),
-                'checksum': _CHECKSUM},
-    'copy': {'src': _SRC, 'dst': _DST, 'checksum': _CHECKSUM},
-    'upload': {'src': _SRC, 'dst': _DST, 'src_format': _FORMAT,
-               'disk_format': _FORMAT, 'checksum': _CHECKSUM},
-    'download': {'src': _SRC, 'dst': _DST, 'disk_format': _FORMAT,
-                 'dst_format': _FORMAT, 'max_bytes': _MAX_BYTES,
-                 'checksum': _CHECKSUM},
-    'task_get': {'task_id': Field(_task_id)},
-    'task_list': {'state': Field(_state, required=False),
-                  'limit': Field(_int(1, 1000), required=False)},
-    'task_wait': {'task_id': Field(_task_id), 'timeout': Field(_seconds)},
-    'task_cancel': {'task_id': Field(_task_id)},
-}
-
-
+# Every method reachable over RPC, with its arguments: the operations and
+# the task calls of ``accel_daemon.operations``.
+METHODS: dict[str, operations.Operation] = {**operations.OPERATIONS,
+                                            **operations.CALLS}
 PATH_CHECKS = {'input': paths.check_input, 'output': paths.check_output}
 
 
 def validate(method: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Check ``args`` against ``SIGNATURES[method]``; return the non-None
-    ones (None means "use the default" for optional arguments)."""
-    spec = SIGNATURES[method]
-    unknown = sorted(set(args) - set(spec))
-    if unknown:
-        raise exception.InvalidRequest(
-            reason='%s: unknown argument(s) %s' % (method, ', '.join(unknown)))
-    clean = {}
-    for name, field in spec.items():
-        value = args.get(name)
-        if value is None:
-            if field.required:
-                raise exception.InvalidRequest(
-                    reason='%s: missing argument %s' % (method, name))
-            continue
-        field.check(name, value)
-        clean[name] = value
-    return clean
+    """The arguments of ``method``, checked against the operation table;
+    None (or left out) means "use the default"."""
+    return operations.validate(method, args)
 
 
 # The dispatcher calls ``method(ctxt, **args)``: an argument named like one
 # of the method's own parameters would be a TypeError before any validation.
-RESERVED_ARGS = frozenset({'self', 'ctxt'})
+RESERVED_ARGS = operations.RESERVED
 
 
 def shown(value: Any, limit: int = 64) -> str:
@@ -288,8 +174,9 @@ class AccelEndpoint:
     @_remote
     def task_list(self, ctxt, **kwargs):
         args = validate('task_list', kwargs)
+        args = METHODS['task_list'].bind(args)
         return self._manager.list(state=args.get('state'),
-                                  limit=args.get('limit', 100))
+                                  limit=args['limit'])
 
     @_remote
     def task_wait(self, ctxt, **kwargs):
@@ -312,7 +199,7 @@ class AccelEndpoint:
 
     def _checked(self, method: str, kwargs: dict) -> dict:
         args = validate(method, kwargs)
-        for name, field in SIGNATURES[method].items():
+        for name, field in METHODS[method].fields.items():
             if field.role and name in args:
                 self._check_path(field.role, args[name])
         return args

@@ -11,7 +11,7 @@ to that:
 * ``DefaultRPCAccessPolicy`` lets a caller reach any public attribute of
   the endpoint, ``target`` (an ``oslo_messaging.Target``) included: calling
   it was a ``TypeError`` sent back as it is.  ``DeclaredMethodsPolicy``
-  allows the methods named in ``SIGNATURES`` and nothing else.
+  allows the methods named in ``METHODS`` and nothing else.
 * ``utils.version_is_compatible`` parses the message's version with
   ``str.split`` and ``int``: '1', 'x.y', '' or a number raised
   ValueError/IndexError/AttributeError, sent back as they are.  The
@@ -53,7 +53,7 @@ class DeclaredMethodsPolicy(oslo_messaging.RPCAccessPolicyBase):
     helper, not anything inherited."""
 
     def is_allowed(self, endpoint_obj: Any, method: Any) -> bool:
-        return isinstance(method, str) and method in endpoint.SIGNATURES
+        return isinstance(method, str) and method in endpoint.METHODS
 
 
 def _refuse(why: str) -> exception.InvalidRequest:
@@ -78,7 +78,7 @@ def check_message(ctxt: Any, message: Any) -> None:
     if not isinstance(ctxt, dict):
         raise _refuse('the context is not a mapping')
     method = message.get('method')
-    if not isinstance(method, str) or method not in endpoint.SIGNATURES:
+    if not isinstance(method, str) or method not in endpoint.METHODS:
         raise _refuse('no such method %s' % endpoint.shown(method))
     if message.get('namespace') is not None:
         raise _refuse('no such namespace %s'

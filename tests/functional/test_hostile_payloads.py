@@ -46,6 +46,7 @@ from accel_daemon import exception
 from accel_daemon.engine import paths
 from accel_daemon.rpc import api
 from accel_daemon.rpc import endpoint as ep
+from accel_daemon.manager.states import STATES
 from tests.functional.test_rpc_daemon import DaemonProcess, require_broker
 
 pytestmark = [pytest.mark.functional, pytest.mark.rpc, pytest.mark.privsep]
@@ -102,7 +103,7 @@ class Hostile:
             # A timeout is a dropped message: none of these may be dropped.
             assert not isinstance(answer, exception.ServiceUnavailable), \
                 answer
-        elif isinstance(answer, dict) and answer.get('kind') in ep.SIGNATURES:
+        elif isinstance(answer, dict) and answer.get('kind') in ep.METHODS:
             # An accepted task: its output may appear.
             self.accepted.add(os.path.basename(answer['params']['dst']))
             self.task_ids.append(answer['id'])
@@ -192,13 +193,13 @@ PLAUSIBLE = {
     'max_bytes': st.integers(-1, 2 ** 63),
     'task_id': st.one_of(st.uuids().map(str), st.just(str(uuid.UUID(int=0)))),
     'timeout': st.floats(0, 0.05),
-    'state': st.sampled_from(ep.TASK_STATES + ('sleeping',)),
+    'state': st.sampled_from(STATES + ('sleeping',)),
     'limit': st.integers(-5, 2000),
 }
 for _name in ('src_format', 'dst_format', 'disk_format'):
     PLAUSIBLE[_name] = PLAUSIBLE['format']
-ARG_NAMES = sorted({n for spec in ep.SIGNATURES.values() for n in spec})
-METHODS = sorted(ep.SIGNATURES) + [
+ARG_NAMES = sorted({n for op in ep.METHODS.values() for n in op.fields})
+METHODS = sorted(ep.METHODS) + [
     'target', '_submit', '_checked', '__init__', '__class__', 'validate',
     'oslo_rpc_server_ping', 'rm_rf', 'Compress', 'compress ', '']
 HOSTILE_IMAGES: list[str] = []      # set by the tests, read by strategies
@@ -217,7 +218,7 @@ def value_for(name: str):
 def arguments(draw, method, avoid=()):
     """Mostly the method's own argument names, some of other methods, some
     made up; each with a plausible or a hostile value."""
-    own = sorted(ep.SIGNATURES.get(method, {}))
+    own = sorted(ep.METHODS[method].fields if method in ep.METHODS else {})
     names = st.one_of(st.sampled_from(own or ARG_NAMES),
                       st.sampled_from(ARG_NAMES),
                       st.from_regex(r'[A-Za-z_][A-Za-z0-9_]{0,12}',

@@ -63,7 +63,7 @@ def test_target_version():
 
 
 def test_every_api_method_has_an_endpoint_method():
-    for method in ep.SIGNATURES:
+    for method in ep.METHODS:
         assert callable(getattr(ep.AccelEndpoint, method)), method
         assert callable(getattr(api.AccelAPI, method)), method
 
@@ -349,7 +349,7 @@ def test_server_uses_the_guarded_dispatcher(wire):
     policy = rpc_server.DeclaredMethodsPolicy()
     endpoint = object()
     assert [m for m in dir(ep.AccelEndpoint)
-            if policy.is_allowed(endpoint, m)] == sorted(ep.SIGNATURES)
+            if policy.is_allowed(endpoint, m)] == sorted(ep.METHODS)
     for method in ('target', '_submit', '__init__', None, ['capabilities']):
         assert not policy.is_allowed(endpoint, method)
 
