@@ -277,7 +277,11 @@ def raw_messages(draw):
         message['version'] = draw(VERSIONS)
     if not draw(st.integers(0, 7)):
         message['namespace'] = draw(NESTED)
-    return message, draw(st.dictionaries(TEXT, NESTED, max_size=3))
+    # A context key 'self' is dropped inside oslo.messaging's rabbit driver
+    # (RpcContext(**ctxt) raises before any dispatcher runs, and no reply is
+    # sent): test_context_key_self_is_dropped_upstream covers it apart.
+    return message, draw(st.dictionaries(TEXT.filter(lambda k: k != 'self'),
+                                         NESTED, max_size=3))
 
 
 # --- the tests ---------------
@@ -334,6 +338,18 @@ def test_raw_transport_payloads(hostile):
 
     run()
     assert COUNT['transport'] >= SHARES['transport']
+
+
+def test_context_key_self_is_dropped_upstream(hostile):
+    """Known oslo.messaging limitation, not ours: a raw message whose
+    context has a key 'self' never reaches the dispatcher and gets no
+    answer.  The daemon must keep serving afterwards."""
+    with pytest.raises(oslo_messaging.MessagingTimeout):
+        hostile.transport._send(hostile.target, {'self': None},
+                                {'method': 'capabilities'},
+                                wait_for_reply=True, timeout=2)
+    assert hostile.api.call(hostile.daemon.host, 'task_list', limit=1) \
+        is not None
 
 
 def hostile_context(rpc, version, monitor):
