@@ -6,6 +6,14 @@ Threading model only: the daemon never monkey-patches.  oslo.messaging
 imports oslo.service, whose default backend is eventlet, so the threading
 backend is chosen here before anything imports oslo.messaging.
 
+One daemon per state directory and per server name: main() locks
+``<state_dir>/accel-daemon.lock`` (``accel_daemon.manager.lock``) before
+anything opens the journal, then checks that no daemon answers on its RPC
+server name (``accel_daemon.rpc.presence``) before it starts the privsep
+daemon and the RPC server.  Either refusal is one line on stderr and exit
+status 1.  Signal handlers are installed only after both checks, so SIGTERM
+ends a daemon still waiting for its broker.
+
 Signals: SIGTERM (and SIGINT) stop the RPC server, stop the task manager
 (running tasks get ``[tasks] stop_timeout`` seconds, then are cancelled)
 and exit 0; SIGHUP reloads the command filters.  Handlers only post to a
@@ -13,8 +21,16 @@ queue: the work happens in the main thread, never inside a handler that may
 have interrupted code holding a lock.
 """
 
-from oslo_service import backend as _service_backend
-from oslo_service.backend import exceptions as _service_exceptions
+import warnings
+
+# futurist and oslo.service import eventlet when it is installed, and
+# eventlet warns at import in nine lines on stderr.  This daemon never uses
+# eventlet; the warning would bury the one line a refused start prints.
+warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')
+
+from oslo_service import backend as _service_backend  # noqa: E402
+from oslo_service.backend import (  # noqa: E402
+    exceptions as _service_exceptions)
 
 try:
     _service_backend.init_backend(_service_backend.BackendType.THREADING)
@@ -34,8 +50,11 @@ from oslo_config import cfg  # noqa: E402
 from oslo_log import log as oslo_log  # noqa: E402
 
 from accel_daemon import conf as accel_conf  # noqa: E402
+from accel_daemon.manager import lock as state_lock  # noqa: E402
 from accel_daemon.manager.tasks import TaskManager  # noqa: E402
+from accel_daemon.rpc import api as rpc_api  # noqa: E402
 from accel_daemon.rpc import endpoint as rpc_endpoint  # noqa: E402
+from accel_daemon.rpc import presence  # noqa: E402
 from accel_daemon.rpc import server as rpc_server  # noqa: E402
 
 LOG = logging.getLogger(__name__)
@@ -84,6 +103,41 @@ def check_state_dir(conf: cfg.ConfigOpts) -> None:
             raise SystemExit('[accel_daemon] state_dir %s is inside the '
                              'allowed directory %s; move it out'
                              % (state, allowed))
+
+
+def lock_state_dir(conf: cfg.ConfigOpts) -> state_lock.StateLock:
+    """Hold the state directory for this process's life, or exit naming
+    the daemon that holds it."""
+    state_dir = conf.accel_daemon.state_dir
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    holder = state_lock.holder_info(server=conf.accel_daemon_rpc.host)
+    holder['topic'] = conf.accel_daemon_rpc.topic
+    try:
+        return state_lock.StateLock.acquire(state_dir, holder)
+    except state_lock.StateDirLocked as e:
+        raise SystemExit('accel-daemon: refusing to start: %s' % e) from None
+    except OSError as e:
+        raise SystemExit('accel-daemon: refusing to start: cannot lock '
+                         'state_dir %s: %s' % (state_dir, e)) from None
+
+
+def check_server_name(conf: cfg.ConfigOpts) -> None:
+    """Exit if another daemon already answers on our server name."""
+    opts = conf.accel_daemon_rpc
+    if not opts.presence_timeout:
+        return
+    transport = rpc_api.get_transport(conf)
+    try:
+        taken = presence.someone_answers(transport, opts.topic, opts.host,
+                                         opts.presence_timeout)
+    finally:
+        transport.cleanup()
+    if taken:
+        raise SystemExit(
+            'accel-daemon: refusing to start: another accel-daemon already '
+            'answers as server %s on topic %s (same transport and exchange); '
+            'stop it or give this one another [accel_daemon_rpc] host'
+            % (opts.host, opts.topic))
 
 
 def make_manager(conf: cfg.ConfigOpts, backend: Any) -> TaskManager:
@@ -165,10 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                          'import accel_daemon.cmd.daemon first')
     parse_args(sys.argv[1:] if argv is None else argv)
     check_state_dir(CONF)
+    lock = lock_state_dir(CONF)
+    check_server_name(CONF)
     events: queue.SimpleQueue = queue.SimpleQueue()
     _install_signals(events)
     service = Service(CONF, *make_backend(CONF))
     serve(service, events)
+    lock.release()
     return 0
 
 

@@ -32,6 +32,21 @@ SERVER_OPTS = [
                       'inside the daemon. Clients wait longer by calling '
                       'again; keep this well below the clients\' RPC '
                       'timeout ([accel_daemon_client] timeout).'),
+    cfg.FloatOpt('presence_timeout', default=2.0, min=0.0, max=60.0,
+                 help='Seconds the daemon waits, before it starts serving, '
+                      'for another daemon to answer a call addressed to its '
+                      'own server name (host and topic on the same '
+                      'transport_url and control_exchange). Any answer '
+                      'means the name is taken, and the daemon refuses to '
+                      'start instead of sharing the queue. When no daemon '
+                      'ever used the name the broker says so at once; the '
+                      'full wait is paid only when an earlier daemon\'s '
+                      'queue is still there, as on every restart. An idle '
+                      'daemon answers within milliseconds; a daemon whose '
+                      'RPC threads are all blocked in task_wait calls '
+                      '(executor_thread_pool_size of them, each up to '
+                      'max_task_wait) answers later, so raise this on such '
+                      'hosts. 0 disables the check.'),
 ]
 
 CLIENT_OPTS = [

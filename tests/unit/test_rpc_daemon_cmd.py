@@ -2,8 +2,10 @@
 the fake:// transport and the FakeBackend (the real process is covered by
 tests/functional/test_rpc_daemon.py)."""
 
+import os
 import queue
 import signal
+import time
 import uuid
 
 import pytest
@@ -13,6 +15,8 @@ from oslo_messaging import conffixture
 from accel_daemon.client import AccelClient
 from accel_daemon.cmd import daemon
 from accel_daemon.manager.backend import FakeBackend
+from accel_daemon.rpc import api as rpc_api
+from accel_daemon.rpc import presence
 
 
 @pytest.fixture
@@ -101,3 +105,55 @@ def test_state_dir_inside_an_allowed_dir_is_refused(conf, tmp_path):
     conf.set_override('state_dir', str(tmp_path / 'state'),
                       group='accel_daemon')
     daemon.check_state_dir(conf)      # outside: accepted
+
+
+# --- one daemon per state_dir and per server name ----------------------------
+def test_second_lock_of_the_state_dir_exits_naming_the_holder(conf):
+    held = daemon.lock_state_dir(conf)
+    try:
+        with pytest.raises(SystemExit) as e:
+            daemon.lock_state_dir(conf)
+    finally:
+        held.release()
+    message = str(e.value)
+    assert '\n' not in message
+    assert message.startswith('accel-daemon: refusing to start: ')
+    assert 'pid %d, server name %s' % (os.getpid(),
+                                       conf.accel_daemon_rpc.host) in message
+    daemon.lock_state_dir(conf).release()       # free again
+
+
+def test_server_name_answered_by_a_running_service_is_refused(conf):
+    service = daemon.Service(conf, FakeBackend())
+    service.start()
+    try:
+        transport = rpc_api.get_transport(conf)
+        try:
+            assert presence.someone_answers(
+                transport, conf.accel_daemon_rpc.topic,
+                conf.accel_daemon_rpc.host, 5.0)
+            started = time.monotonic()
+            assert not presence.someone_answers(
+                transport, conf.accel_daemon_rpc.topic,
+                conf.accel_daemon_rpc.host + '-nobody', 0.3)
+            assert time.monotonic() - started < 2
+        finally:
+            transport.cleanup()
+        with pytest.raises(SystemExit) as e:
+            daemon.check_server_name(conf)
+        assert 'already answers as server %s' % conf.accel_daemon_rpc.host \
+            in str(e.value)
+    finally:
+        service.stop()
+
+
+def test_free_server_name_passes_and_zero_timeout_skips(conf):
+    conf.set_override('presence_timeout', 0.3, group='accel_daemon_rpc')
+    daemon.check_server_name(conf)          # nobody there: no exit
+    conf.set_override('presence_timeout', 0, group='accel_daemon_rpc')
+    service = daemon.Service(conf, FakeBackend())
+    service.start()
+    try:
+        daemon.check_server_name(conf)      # check disabled
+    finally:
+        service.stop()
