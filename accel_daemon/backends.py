@@ -64,8 +64,7 @@ def _remote(call: Callable[..., Any], *args: Any) -> Any:
         # The channel broke (privsep daemon killed or crashed) or the helper
         # could not start; privsep restarts it on the next call.
         LOG.error('privsep call %s failed: %s', call, e)
-        raise exception.InternalError(
-            reason='privileged daemon unavailable: %s' % e) from None
+        raise exception.HelperUnavailable(reason=str(e)) from None
 
 
 class PrivsepBackend:

@@ -157,6 +157,11 @@ class QueueFull(AccelError):
     msg_fmt = "Too many tasks are queued (limit %(limit)d); retry later"
 
 
+class HelperUnavailable(AccelError):
+    msg_fmt = ("The privileged helper of accel-daemon stopped or could not "
+               "start (%(reason)s); it is started again for the next request")
+
+
 class InternalError(AccelError):
     msg_fmt = "Internal error in accel-daemon: %(reason)s"
 

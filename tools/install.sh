@@ -34,6 +34,8 @@ log() { echo "install: $*" >&2; }
 
 # shellcheck source=tools/bindep.sh
 source "$ROOT/tools/bindep.sh"
+# shellcheck source=tools/tool-user.sh
+source "$ROOT/tools/tool-user.sh"
 
 make_user() {
     if ! getent passwd "$USER_NAME" >/dev/null; then
@@ -41,6 +43,7 @@ make_user() {
         useradd --system --user-group --home-dir "$STATE" --no-create-home \
             --shell /usr/sbin/nologin "$USER_NAME"
     fi
+    ensure_tool_user "${ACCEL_TOOL_USER:-accel-tools}"
     install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE" "$STATE/state"
     # The default allowed directory; the services' own (cinder, nova) are
     # theirs to create.  The journal (state/) stays outside every allowed

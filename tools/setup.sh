@@ -25,6 +25,8 @@ log() { echo "setup: $*" >&2; }
 
 # shellcheck source=tools/bindep.sh
 source "$ROOT/tools/bindep.sh"
+# shellcheck source=tools/tool-user.sh
+source "$ROOT/tools/tool-user.sh"
 
 venv_ok() {
     [ -x "$VENV/bin/python" ] &&
@@ -61,6 +63,8 @@ main() {
     # shellcheck disable=SC2046  # one package name per word
     install_debs $(bindep_packages "$PROFILES")
     make_venv
+    # The daemons the functional tests start run their tools as this user.
+    ensure_tool_user accel-tools
     log "ready: $VENV"
 }
 

@@ -50,6 +50,7 @@ from oslo_config import cfg  # noqa: E402
 from oslo_log import log as oslo_log  # noqa: E402
 
 from accel_daemon import conf as accel_conf  # noqa: E402
+from accel_daemon.engine.tooluser import ToolUser  # noqa: E402
 from accel_daemon.manager import lock as state_lock  # noqa: E402
 from accel_daemon.manager.tasks import TaskManager  # noqa: E402
 from accel_daemon.rpc import api as rpc_api  # noqa: E402
@@ -103,6 +104,24 @@ def check_state_dir(conf: cfg.ConfigOpts) -> None:
             raise SystemExit('[accel_daemon] state_dir %s is inside the '
                              'allowed directory %s; move it out'
                              % (state, allowed))
+
+
+def check_tool_user(conf: cfg.ConfigOpts) -> None:
+    """Refuse to start when the tools' user is missing (or is root): the
+    tools would otherwise fail one by one, or run with privilege."""
+    name = conf.accel_daemon.tool_user
+    if not name:
+        LOG.warning('[accel_daemon] tool_user is empty: external tools run '
+                    'as the privileged helper')
+        return
+    try:
+        ToolUser.lookup(name)
+    except (KeyError, ValueError) as e:
+        raise SystemExit('accel-daemon: refusing to start: [accel_daemon] '
+                         'tool_user %s is not usable (%s); create it '
+                         '(tools/install.sh does) or name another'
+                         % (name, e.args[0] if isinstance(e, ValueError)
+                            else 'no such user'))
 
 
 def lock_state_dir(conf: cfg.ConfigOpts) -> state_lock.StateLock:
@@ -219,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                          'import accel_daemon.cmd.daemon first')
     parse_args(sys.argv[1:] if argv is None else argv)
     check_state_dir(CONF)
+    check_tool_user(CONF)
     lock = lock_state_dir(CONF)
     check_server_name(CONF)
     events: queue.SimpleQueue = queue.SimpleQueue()

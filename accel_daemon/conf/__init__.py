@@ -35,6 +35,7 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         output_file_mode=int(a.output_file_mode, 8),
         command_timeout=float(a.command_timeout) or None,
         max_image_bytes=a.max_image_gib * 1024 ** 3,
+        tool_user=a.tool_user or None,
         drivers=tuple(c.drivers),
         allow_software_fallback=c.allow_software_fallback,
         compression_level=c.level,

@@ -51,6 +51,19 @@ OPTS = [
                     'work (the isal driver) runs no command: [tasks] '
                     'task_timeout bounds it. Related options: [tasks] '
                     'task_timeout.'),
+    cfg.StrOpt('tool_user', default='accel-tools',
+               help='System user the external tools (qemu-img, gzip, pigz, '
+                    'igzip, zstd, qzip) run as. accel-daemon opens every file '
+                    'itself and hands the tools descriptors, so this user '
+                    'needs no access to any image: the compressors run with '
+                    'no capability at all, qemu-img keeps only '
+                    'CAP_DAC_READ_SEARCH (to reopen /dev/fd/N of inputs '
+                    'other users own) and CAP_DAC_OVERRIDE only while it '
+                    'writes a block device. The tools get the supplementary '
+                    'groups of this user: add it to the group of the QAT '
+                    'device nodes (qat) for qzip. tools/install.sh creates '
+                    'it. Empty runs the tools as the privileged helper '
+                    '(root with only CAP_DAC_OVERRIDE): not recommended.'),
     cfg.IntOpt('max_image_gib', default=1024, min=1,
                help='Largest virtual size, in GiB, of an image accel-daemon '
                     'will convert or write. Larger images are refused before '

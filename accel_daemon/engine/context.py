@@ -10,6 +10,7 @@ from accel_daemon.engine import files
 from accel_daemon.engine import paths
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.settings import Settings
+from accel_daemon.engine.tooluser import ToolUser
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +23,11 @@ class Context:
     def create(cls, settings: Settings,
                policy: CommandPolicy | None = None) -> Context:
         if policy is None:
+            user = (ToolUser.lookup(settings.tool_user)
+                    if settings.tool_user else None)
             policy = CommandPolicy(settings.filters_path, settings.exec_dirs,
-                                   timeout=settings.command_timeout)
+                                   timeout=settings.command_timeout,
+                                   tool_user=user)
         return cls(settings, policy, paths.Confinement(
             settings.allowed_dirs, settings.allowed_block_devices))
 

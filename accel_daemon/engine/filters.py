@@ -21,6 +21,7 @@ from oslo_rootwrap import filters as rw_filters
 from oslo_rootwrap import wrapper as rw_wrapper
 
 from accel_daemon import exception
+from accel_daemon.engine.tooluser import ToolUser
 
 LOG = logging.getLogger(__name__)
 
@@ -69,13 +70,16 @@ class CommandPolicy:
 
     def __init__(self, filters_path: Sequence[str],
                  exec_dirs: Sequence[str] = (),
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None,
+                 tool_user: ToolUser | None = None) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError('timeout must be None or positive, not %r'
                              % (timeout,))
         self.filters_path = tuple(filters_path)
         self.exec_dirs = list(exec_dirs)
         self.timeout = timeout
+        # Who the commands run as (None: as this process).
+        self.tool_user = tool_user
         self._lock = threading.Lock()
         self._filters = load_filter_files(self.filters_path)
 

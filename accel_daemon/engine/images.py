@@ -31,6 +31,7 @@ from accel_daemon.engine import files
 from accel_daemon.engine import inspection
 from accel_daemon.engine import process
 from accel_daemon.engine import qemu_img
+from accel_daemon.engine import tooluser
 from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
@@ -50,6 +51,14 @@ def _metadata_limits(settings: Settings) -> process.Limits:
     # check/measure read metadata only, but their time grows with the image
     # size: bound memory, not CPU.
     return process.Limits(address_space=settings.info_address_space)
+
+
+def read_caps(ctx: Context) -> tuple[int, ...]:
+    """What qemu-img keeps as the tool user: it reopens ``/dev/fd/N`` and
+    the kernel checks that open against the file's mode, so reading an
+    input another user owns (cinder's 0600 volume files) needs
+    CAP_DAC_READ_SEARCH.  Nothing else."""
+    return (tooluser.CAP_DAC_READ_SEARCH,) if ctx.policy.tool_user else ()
 
 
 def image_limit(settings: Settings, max_bytes: int | None) -> int:
@@ -73,7 +82,7 @@ def inspected_info(ctx: Context, src: files.Opened, fmt: str) -> dict:
     try:
         result = process.run(qemu_img.info_cmd(arg, fmt), ctx.policy,
                              limits=_info_limits(ctx.settings),
-                             pass_fds=(src.fd,))
+                             pass_fds=(src.fd,), caps=read_caps(ctx))
     except exception.ProcessFailed as e:
         # qemu-img cannot open it (e.g. "Active L1 table too large") or
         # hit the limits: the image is refused, not our failure.
@@ -125,7 +134,7 @@ def check_fd(ctx: Context, src: files.Opened, fmt: str) -> dict:
     arg = qemu_img.fd_arg(src.fd)
     result = process.run(qemu_img.check_cmd(arg, fmt), ctx.policy,
                          limits=_metadata_limits(ctx.settings), check=False,
-                         pass_fds=(src.fd,))
+                         pass_fds=(src.fd,), caps=read_caps(ctx))
     if result.returncode == qemu_img.CHECK_UNSUPPORTED:
         return {'filename': src.name, 'format': fmt, 'supported': False,
                 'clean': True}
@@ -152,7 +161,8 @@ def compare(ctx: Context, path1: str, fmt1: str, path2: str, fmt2: str,
         argv = qemu_img.compare_cmd(qemu_img.fd_arg(a.fd), found1.format,
                                     qemu_img.fd_arg(b.fd), found2.format)
         result = process.run(argv, ctx.policy, progress=progress,
-                             check=False, pass_fds=(a.fd, b.fd))
+                             check=False, pass_fds=(a.fd, b.fd),
+                             caps=read_caps(ctx))
     identical = qemu_img.compare_result(result.returncode)
     if identical is None:
         raise _failed(result)
@@ -167,7 +177,7 @@ def measure(ctx: Context, path: str, src_fmt: str, dst_fmt: str) -> dict:
                                     dst_fmt)
         result = process.run(argv, ctx.policy,
                              limits=_metadata_limits(ctx.settings),
-                             pass_fds=(src.fd,))
+                             pass_fds=(src.fd,), caps=read_caps(ctx))
     return qemu_img.parse_measure(result.stdout, src.name)
 
 
@@ -234,8 +244,17 @@ def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
         if fraction is not None:
             progress.set_fraction(fraction)
 
+    caps = read_caps(ctx)
+    user = ctx.policy.tool_user
+    if out.is_device and user is not None:
+        # Writing a device node in place: the only write qemu-img cannot
+        # do on a file it was lent.
+        caps += (tooluser.CAP_DAC_OVERRIDE,)
+    elif user is not None:
+        out.lend(user.uid, user.gid)
     result = process.run(argv, ctx.policy, progress=progress,
-                         on_output=on_output, pass_fds=(src.fd, out.fd))
+                         on_output=on_output, pass_fds=(src.fd, out.fd),
+                         caps=caps)
     check_unchanged(src, before)
     progress.set_done(virtual_size)
     return _convert_result(out, dst_fmt, virtual_size, argv, result)

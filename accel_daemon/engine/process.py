@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from accel_daemon import exception
+from accel_daemon.engine import tooluser
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
 
@@ -68,8 +69,12 @@ def _reader(stream, sink: list[bytes],
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         pass
+    except PermissionError:
+        # The tools run as another user: killing them needs CAP_KILL.
+        LOG.error('Cannot kill the process group of %d: no permission',
+                  proc.pid)
 
 
 def run(argv: Sequence[str], policy: CommandPolicy, *,
@@ -79,7 +84,8 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
         limits: Limits | None = None,
         pass_fds: Sequence[int] = (),
         check: bool = True,
-        timeout: float | None = None) -> Result:
+        timeout: float | None = None,
+        caps: Sequence[int] = ()) -> Result:
     """Run ``argv`` after the filter check; raise on failure or cancel.
 
     ``stdin``/``stdout`` may be file descriptors to connect; otherwise stdout
@@ -89,6 +95,10 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
     until the command has exited *and* closed its output: past it the whole
     process group is killed and ``CommandTimeout`` raised.  A call can set
     its own limit but cannot lift the policy's by passing None.
+
+    The child runs as the policy's tool user (``tooluser.child_setup``)
+    with no capabilities but ``caps``, and dies with the thread that
+    started it.
     """
     cmd = policy.check(argv)
     if timeout is None:
@@ -102,7 +112,8 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
         stdout=stdout if stdout is not None else subprocess.PIPE,
         stderr=subprocess.PIPE, close_fds=True, pass_fds=tuple(pass_fds),
         start_new_session=True,
-        preexec_fn=limits.apply if limits else None,
+        preexec_fn=tooluser.child_setup(
+            policy.tool_user, caps, limits.apply if limits else None),
         env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C'})
     out: list[bytes] = []
     err: list[bytes] = []

@@ -33,6 +33,8 @@ class Settings:
     max_image_bytes: int = 1024 ** 4
     # Wall-clock limit of every external command, seconds (None: none).
     command_timeout: float | None = 3 * 3600.0
+    # System user the external tools run as (None: as this process).
+    tool_user: str | None = None
     # Limits for "qemu-img info" on untrusted input.
     info_cpu_seconds: int = 30
     info_address_space: int = 1024 ** 3

@@ -13,14 +13,22 @@ accel-daemon already runs as root) and keeps only these capabilities:
 ``CAP_DAC_OVERRIDE``
     Inputs belong to other services (cinder-volume writes its volume files
     mode 0600 as ``cinder``) and outputs go into their directories (mode
-    0750).  Reading needs ``CAP_DAC_READ_SEARCH``, but creating the temp
-    output, writing it and unlinking a partial output needs write access to
-    a directory we do not own, which only ``CAP_DAC_OVERRIDE`` gives.  It
-    includes everything ``CAP_DAC_READ_SEARCH`` grants for plain files and
-    directories, so that one is not kept as well.
+    0750): opening them, creating the unnamed output in such a directory
+    and linking it there need it.
+``CAP_DAC_READ_SEARCH``
+    Not for this process (DAC_OVERRIDE covers it) but for qemu-img, which
+    reopens ``/dev/fd/N`` of inputs other users own; a child can only keep
+    what this process holds (see ``engine.tooluser``).
 ``CAP_CHOWN``
     Outputs are given the owner and group of their destination directory
-    (``engine.paths.AtomicOutput``) so that the caller can read them.
+    (``engine.files.Output``) so that the caller can read them, and are
+    lent to the tool user while qemu-img writes them.
+``CAP_SETUID``, ``CAP_SETGID``
+    Every tool runs as ``[accel_daemon] tool_user``: the child switches to
+    it between fork and exec.
+``CAP_KILL``
+    Cancel and timeouts kill the process group of a tool, which runs as
+    another user.
 ``CAP_SETPCAP``
     Held only until ``caps.harden_thread()`` has narrowed what children
     inherit (see below); then dropped from every thread that runs work.
@@ -28,49 +36,46 @@ accel-daemon already runs as root) and keeps only these capabilities:
 Deliberately not kept:
 
 ``CAP_FOWNER``
-    ``fchmod`` happens before the ``fchown``, while we own the file;
-    publishing with ``link(2)`` a file we no longer own passes
+    ``fchmod`` happens while we own the file (``Output.commit`` takes it
+    back first); publishing with ``link(2)`` a file we no longer own passes
     ``fs.protected_hardlinks`` because ``CAP_DAC_OVERRIDE`` gives read and
     write access; we never set times.  (It would be needed to unlink other
     users' files in a sticky directory such as /tmp: do not configure
     sticky directories in ``allowed_dirs``.)
-``CAP_KILL``
-    Cancel kills the process group of a child we started; the child has our
-    uid, and signalling a process with the same uid needs no capability.
 ``CAP_SYS_ADMIN`` / ``CAP_SYS_RAWIO``
     Opening a block device for reading or writing (also with O_DIRECT) and
     the ioctls qemu-img uses (BLKGETSIZE64, BLKDISCARD, BLKZEROOUT) are
     governed by file permissions only.  ``CAP_SYS_ADMIN`` would be needed
     for BLKFLSBUF/BLKRRPART or mounting, which accel-daemon never does.
-``CAP_FSETID``, ``CAP_SETUID``/``CAP_SETGID``
-    We never create set-id files or change identity after start.
+``CAP_FSETID``
+    We never create set-id files.
+
+The tools hold nothing
+----------------------
+Every file is opened once by the engine in this process and handed to the
+tools as a descriptor (``engine.files``), so the tools need no access of
+their own: they run as the tool user, with no capability (compressors) or
+only ``CAP_DAC_READ_SEARCH`` (qemu-img; plus ``CAP_DAC_OVERRIDE`` while it
+writes a block device in place), ``no_new_privs``, and die with the thread
+that started them (``engine.tooluser``).
 
 Children of a uid-0 process get every capability back
 -----------------------------------------------------
 Linux gives a program exec'ed by uid 0 the full bounding set, whatever
-capabilities the parent had dropped.  So ``qemu-img`` started by a naive
-privsep daemon is full root again, and the filters and path checks would be
-the only boundary.  ``caps.harden_thread()`` therefore, in each privsep
-worker thread before its first operation (capabilities are per thread):
+capabilities the parent had dropped.  That matters when ``tool_user`` is
+empty (tools then run as this process).  ``caps.harden_thread()``
+therefore, in each privsep worker thread before its first operation
+(capabilities are per thread):
 
-* drops every capability but ``CHILD_CAPABILITIES`` from the bounding set;
+* drops every capability but ``CHILD_CAPABILITIES`` from the bounding set
+  (the most any tool can ever hold, whoever it runs as);
 * sets ``SECBIT_NOROOT`` (locked), so uid 0 no longer implies capabilities
   on exec;
-* raises ``CAP_DAC_OVERRIDE`` as an *ambient* capability, the only one a
-  tool needs (to open the files we checked), so children get exactly that;
+* raises the child capabilities as *ambient* ones, for root children only
+  (a switch to the tool user clears them);
 * sets ``no_new_privs``, so no set-uid or file-capability binary a filter
   might allow by mistake can gain more;
 * drops ``CAP_SETPCAP`` from the thread.
-
-Known limitations: children still run as uid 0, so they can write files
-owned by root without any capability; with ``CAP_DAC_OVERRIDE`` they could
-write any file anyway.  The real boundary for what a child touches is the
-filters (every argument restricted) plus the path checks done here.
-Running the privsep daemon as a dedicated user (``[privsep_accel] user``)
-is possible but outputs then keep that owner, because
-``AtomicOutput`` only chowns as euid 0.  Passing opened descriptors to
-unprivileged children instead of paths would remove the need for any child
-capability; that is a change in the engine, not here.
 """
 
 from __future__ import annotations
@@ -93,9 +98,11 @@ LOG = logging.getLogger(__name__)
 SECTION = 'privsep_accel'
 CONTEXT_PYPATH = 'accel_daemon.privileged.context'
 
-CAPABILITIES = (c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_SETPCAP)
-# What tools exec'ed by the privsep daemon keep (see the module docstring).
-CHILD_CAPABILITIES = (c.CAP_DAC_OVERRIDE,)
+CAPABILITIES = (c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH,
+                c.CAP_KILL, c.CAP_SETGID, c.CAP_SETUID, c.CAP_SETPCAP)
+# The bounding set of the tools the privsep daemon execs: the most any
+# child may keep (see the module docstring and engine.tooluser).
+CHILD_CAPABILITIES = (c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH)
 
 # privsep threads beyond the task workers, for calls that must never wait
 # behind a running task: progress, cancel, capabilities, info, reload.

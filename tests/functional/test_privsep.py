@@ -9,6 +9,7 @@ its few capabilities only.
 import gzip
 import hashlib
 import os
+import pwd
 import shutil
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from accel_daemon import exception
 from accel_daemon import privileged
 from accel_daemon.engine import paths
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.privileged import caps
 from accel_daemon.privileged import ops
 from tests import envfixture
 
@@ -34,6 +36,7 @@ pytestmark = [
 ]
 
 OWNER = 4242
+TOOL_USER = 'accel-tools'    # the default [accel_daemon] tool_user
 MiB = 1024 * 1024
 need_qemu = pytest.mark.skipif(shutil.which('qemu-img') is None,
                                reason='qemu-img is not installed')
@@ -196,9 +199,12 @@ def test_worker_threads_hardened(daemon, backend):
             hardened.append(st)
     assert hardened, 'no privsep worker thread was hardened'
     child = _mask(privileged.CHILD_CAPABILITIES)
+    keep, _ = caps.plan(privileged.CAPABILITIES,
+                        privileged.CHILD_CAPABILITIES)
     for st in hardened:
-        assert int(st['CapEff'], 16) == _mask([c.CAP_CHOWN,
-                                               c.CAP_DAC_OVERRIDE])
+        # CAP_SETPCAP is gone; SETUID/SETGID stay to switch children to
+        # the tool user.
+        assert int(st['CapEff'], 16) == _mask(keep)
         assert int(st['CapAmb'], 16) == child
         assert int(st['CapBnd'], 16) == child
 
@@ -219,11 +225,11 @@ print('CHOWN', subprocess.run(['chown', '0', sys.argv[1]]).returncode)
 """
 
 
-def test_children_of_hardened_thread_keep_only_dac_override(tmp_path):
-    # The kernel mechanism on its own, without the Engine: uid 0 children
-    # would get the full bounding set back; hardened ones get only
-    # CAP_DAC_OVERRIDE (so they can read a 0600 file of another user but
-    # cannot chown it).
+def test_root_children_of_hardened_thread_keep_only_child_caps(tmp_path):
+    # The kernel mechanism on its own, without the Engine or a tool user
+    # ([accel_daemon] tool_user empty): uid 0 children would get the full
+    # bounding set back; hardened ones get only the child capabilities
+    # (so they can read a 0600 file of another user but cannot chown it).
     secret = tmp_path / 'secret'
     secret.write_text('s3cret')
     os.chown(secret, OWNER, OWNER)
@@ -234,9 +240,10 @@ def test_children_of_hardened_thread_keep_only_dac_override(tmp_path):
         cwd=envfixture.ROOT, check=True).stdout
     st = dict(line.split(':', 1) for line in out.splitlines()
               if line.startswith(('Cap', 'NoNewPrivs')))
-    assert int(st['CapEff'], 16) == _mask([c.CAP_DAC_OVERRIDE])
-    assert int(st['CapPrm'], 16) == _mask([c.CAP_DAC_OVERRIDE])
-    assert int(st['CapBnd'], 16) == _mask([c.CAP_DAC_OVERRIDE])
+    child = _mask(privileged.CHILD_CAPABILITIES)
+    assert int(st['CapEff'], 16) == child
+    assert int(st['CapPrm'], 16) == child
+    assert int(st['CapBnd'], 16) == child
     assert st['NoNewPrivs'].strip() == '1'
     assert 'READ s3cret' in out
     assert 'CHOWN 0' not in out
@@ -357,6 +364,56 @@ def test_discard_partial(env, backend):
 
 
 # -- concurrency, cancel, what children inherit -----------------------------
+def _watch_children(pid, want, stop, seen):
+    """Record /proc status of exec'ed children whose argv has ``want``."""
+    while not stop.is_set():
+        for kid in children(pid):
+            argv = _cmdline(kid)
+            if want in argv and kid not in seen:
+                try:
+                    seen[kid] = _status(kid)
+                except OSError:
+                    pass
+        time.sleep(0.002)
+
+
+@need_qemu
+def test_qemu_img_runs_as_the_tool_user_reading_only(daemon, env, backend):
+    """qemu-img reopens /dev/fd/N, which the kernel checks against the
+    file's mode: it keeps CAP_DAC_READ_SEARCH (the input is another user's
+    0600 file) and nothing else; it writes an output lent to its user."""
+    src = env.path('big.raw')
+    with open(src, 'wb') as f:
+        for i in range(256):
+            f.write(bytes([i % 251 + 1]) * MiB)
+    os.chown(src, OWNER, OWNER)
+    os.chmod(src, 0o600)
+    (pid,) = daemon_pids(daemon[1])
+    stop, seen = threading.Event(), {}
+    watcher = threading.Thread(target=_watch_children,
+                               args=(pid, b'convert', stop, seen))
+    watcher.start()
+    try:
+        result = backend.run('q1', 'convert', {
+            'src': src, 'dst': env.path('big.qcow2'), 'src_format': 'raw',
+            'dst_format': 'qcow2'})
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen, 'qemu-img convert was not seen running'
+    tools = pwd.getpwnam(TOOL_USER)
+    for st in seen.values():
+        assert st['Uid'].split() == [str(tools.pw_uid)] * 4
+        assert st['NoNewPrivs'] == '1'
+        read_only = _mask([c.CAP_DAC_READ_SEARCH])
+        for field in ('CapEff', 'CapPrm', 'CapAmb'):
+            assert int(st[field], 16) == read_only, field
+    # Published with the directory's owner, whatever the tool's uid was.
+    st = os.stat(result['output'])
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (OWNER, OWNER,
+                                                          0o640)
+
+
 def _slow_compress(backend, task_id, src, dst, errors):
     try:
         backend.run(task_id, 'compress', {'src': src, 'dst': dst,
@@ -407,11 +464,19 @@ def test_four_tasks_run_concurrently_children_narrowed(daemon, env, backend):
         (pid,) = daemon_pids(daemon[1])
         kids = [k for k in children(pid) if _execed(k)]
         assert kids, 'the tasks run no child process'
+        tools = pwd.getpwnam(TOOL_USER)
         for kid in kids:
+            # The compressor runs as the tool user with no capability at
+            # all: it only reads its stdin and writes its stdout, both
+            # descriptors the privileged parent opened.
             st = _status(kid)
+            assert st['Uid'].split() == [str(tools.pw_uid)] * 4
+            assert st['Gid'].split() == [str(tools.pw_gid)] * 4
             assert st['NoNewPrivs'] == '1'
-            assert int(st['CapEff'], 16) == _mask([c.CAP_DAC_OVERRIDE])
-            assert int(st['CapBnd'], 16) == _mask([c.CAP_DAC_OVERRIDE])
+            for field in ('CapEff', 'CapPrm', 'CapInh', 'CapAmb'):
+                assert int(st[field], 16) == 0, field
+            assert int(st['CapBnd'], 16) == _mask(
+                privileged.CHILD_CAPABILITIES)
     finally:
         for t in ids:
             backend.cancel(t)

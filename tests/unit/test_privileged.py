@@ -341,15 +341,18 @@ def test_sudoers_sample_allows_exactly_what_init_builds():
 # -- capabilities ----------------------------------------------------------
 def test_context_keeps_only_the_documented_capabilities():
     assert set(cfg.CONF[privileged.SECTION].capabilities) == {
-        c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_SETPCAP}
-    assert set(privileged.CHILD_CAPABILITIES) == {c.CAP_DAC_OVERRIDE}
+        c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH,
+        c.CAP_KILL, c.CAP_SETGID, c.CAP_SETUID, c.CAP_SETPCAP}
+    assert set(privileged.CHILD_CAPABILITIES) == {
+        c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH}
 
 
 def test_hardening_plan_drops_setpcap_and_limits_children():
     keep, child = caps.plan(privileged.CAPABILITIES,
                             privileged.CHILD_CAPABILITIES)
-    assert keep == [c.CAP_CHOWN, c.CAP_DAC_OVERRIDE]
-    assert child == [c.CAP_DAC_OVERRIDE]
+    assert keep == [c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH,
+                    c.CAP_KILL, c.CAP_SETGID, c.CAP_SETUID]
+    assert child == [c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH]
     # A child capability the daemon does not hold is never granted.
     assert caps.plan([c.CAP_CHOWN], [c.CAP_DAC_OVERRIDE]) == (
         [c.CAP_CHOWN], [])

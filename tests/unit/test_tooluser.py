@@ -1,0 +1,74 @@
+"""The tools' identity: a real child switched to an unprivileged user with
+exactly the capabilities a command asks for (needs root, like the daemon's
+privileged helper)."""
+
+import os
+import pwd
+
+import pytest
+
+from accel_daemon.engine import process
+from accel_daemon.engine import tooluser
+from accel_daemon.engine.filters import CommandPolicy
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason='switching users needs root')
+
+NOBODY = pwd.getpwnam('nobody')
+
+
+@pytest.fixture
+def policy(tmp_path):
+    d = tmp_path / 'filters'
+    d.mkdir()
+    (d / 'cat.filters').write_text(
+        '[Filters]\ncat: RegExpFilter, cat, root, cat, /proc/self/status\n'
+        'cat_fd: RegExpFilter, cat, root, cat, /dev/fd/[0-9]+\n')
+    return CommandPolicy([str(d)], ['/usr/bin', '/bin'],
+                         tool_user=tooluser.ToolUser.lookup('nobody'))
+
+
+def _status(policy, caps=()):
+    out = process.run(['cat', '/proc/self/status'], policy, caps=caps)
+    return dict(line.split(':', 1) for line in
+                out.stdout.decode().splitlines() if ':' in line)
+
+
+def test_tools_run_as_the_user_with_no_capability(policy):
+    st = _status(policy)
+    assert st['Uid'].split() == [str(NOBODY.pw_uid)] * 4
+    assert st['Gid'].split() == [str(NOBODY.pw_gid)] * 4
+    for field in ('CapEff', 'CapPrm', 'CapInh', 'CapAmb'):
+        assert int(st[field], 16) == 0, field
+    assert st['NoNewPrivs'].strip() == '1'
+
+
+def test_a_command_keeps_only_what_it_asks_for(policy):
+    st = _status(policy, caps=(tooluser.CAP_DAC_READ_SEARCH,))
+    mask = 1 << tooluser.CAP_DAC_READ_SEARCH
+    for field in ('CapEff', 'CapPrm', 'CapAmb'):
+        assert int(st[field], 16) == mask, field
+
+
+def test_reading_another_users_file_needs_the_capability(policy, tmp_path):
+    secret = tmp_path / 'secret'
+    secret.write_bytes(b'root only')
+    secret.chmod(0o600)
+    fd = os.open(secret, os.O_RDONLY)
+    try:
+        argv = ['cat', '/dev/fd/%d' % fd]
+        # The descriptor alone does not let the tool reopen /dev/fd/N.
+        denied = process.run(argv, policy, pass_fds=(fd,), check=False)
+        assert denied.returncode != 0 and b'denied' in denied.stderr
+        allowed = process.run(argv, policy, pass_fds=(fd,),
+                              caps=(tooluser.CAP_DAC_READ_SEARCH,))
+        assert allowed.stdout == b'root only'
+    finally:
+        os.close(fd)
+
+
+def test_root_and_missing_users_are_refused():
+    with pytest.raises(ValueError):
+        tooluser.ToolUser.lookup('root')
+    with pytest.raises(KeyError):
+        tooluser.ToolUser.lookup('no-such-user-for-accel')
