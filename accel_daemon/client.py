@@ -29,9 +29,9 @@ from oslo_config import cfg
 
 from accel_daemon import exception
 from accel_daemon.conf import rpc as rpc_conf
-from accel_daemon.rpc import api
+from accel_daemon.manager.states import FINAL_STATES
+from accel_daemon.rpc import rpcapi
 
-FINAL_STATES = ('succeeded', 'failed', 'cancelled')
 # A daemon that answers task_wait at once (its own max_task_wait is 0)
 # must not turn wait() into a busy loop.
 _MIN_ROUND_TRIP = 0.05
@@ -140,9 +140,9 @@ class AccelClient:
         self.host = host or opts.host or socket.gethostname()
         self.wait_interval = opts.wait_interval
         self._own_transport = transport is None
-        self._transport = transport or api.get_transport(conf)
-        self._api = api.AccelAPI(self._transport, topic=opts.topic,
-                                 timeout=opts.timeout)
+        self._transport = transport or rpcapi.get_transport(conf)
+        self._api = rpcapi.AccelAPI(self._transport, topic=opts.topic,
+                                    timeout=opts.timeout)
 
     def close(self) -> None:
         if self._own_transport:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from accel_daemon import wire
+
 _REGISTRY: dict[str, type[AccelError]] = {}
 
 
@@ -34,7 +36,7 @@ class AccelError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {'type': type(self).__name__, 'message': self.message,
-                'fields': {k: _plain(v) for k, v in self.fields.items()}}
+                'fields': wire.to_plain(self.fields)}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> AccelError:
@@ -46,14 +48,6 @@ class AccelError(Exception):
 
 
 _REGISTRY['AccelError'] = AccelError
-
-
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return str(value)
 
 
 def lookup(name: str) -> type[AccelError]:

@@ -53,9 +53,9 @@ from accel_daemon import conf as accel_conf  # noqa: E402
 from accel_daemon.engine.tooluser import ToolUser  # noqa: E402
 from accel_daemon.manager import lock as state_lock  # noqa: E402
 from accel_daemon.manager.tasks import TaskManager  # noqa: E402
-from accel_daemon.rpc import api as rpc_api  # noqa: E402
 from accel_daemon.rpc import endpoint as rpc_endpoint  # noqa: E402
 from accel_daemon.rpc import presence  # noqa: E402
+from accel_daemon.rpc import rpcapi  # noqa: E402
 from accel_daemon.rpc import server as rpc_server  # noqa: E402
 
 LOG = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None, conf: cfg.ConfigOpts = CONF) -> None:
 def make_backend(conf: cfg.ConfigOpts) -> tuple[Any, Callable[[], None]]:
     """The backend and how to close it: privsep, or in-process when asked
     (as root only)."""
-    from accel_daemon import backends
+    from accel_daemon.manager import backends
     if conf.local_backend:
         if os.geteuid() != 0:
             raise SystemExit('--local-backend needs root')
@@ -145,7 +145,7 @@ def check_server_name(conf: cfg.ConfigOpts) -> None:
     opts = conf.accel_daemon_rpc
     if not opts.presence_timeout:
         return
-    transport = rpc_api.get_transport(conf)
+    transport = rpcapi.get_transport(conf)
     try:
         taken = presence.someone_answers(transport, opts.topic, opts.host,
                                          opts.presence_timeout)
@@ -174,7 +174,7 @@ class Service:
         self.backend = backend
         self.close_backend = close_backend
         self.manager = make_manager(conf, backend)
-        self.transport = rpc_server.get_transport(conf)
+        self.transport = rpcapi.get_transport(conf)
         opts = conf.accel_daemon_rpc
         self.endpoint = rpc_endpoint.AccelEndpoint(
             self.manager, backend, accel_conf.settings(conf),

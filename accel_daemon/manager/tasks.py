@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 from accel_daemon import exception
 from accel_daemon import operations
-from accel_daemon.manager.backend import Backend
+from accel_daemon import wire
+from accel_daemon.manager.backends import Backend
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.states import ACTIVE_STATES
 from accel_daemon.manager.states import STATES
@@ -209,12 +210,12 @@ class TaskManager:
             self._queue.append(task['id'])
             self._work.notify()
             LOG.info('Task %s queued: %s', task['id'], kind)
-            return _copy(task)
+            return wire.copy_plain(task)
 
     def get(self, task_id: str) -> dict[str, Any]:
         with self._lock:
             task = self._active.get(task_id)
-            task = _copy(task) if task else None
+            task = wire.copy_plain(task) if task else None
         if task is None:
             task = self.journal.get(task_id)
             if task is None:
@@ -232,7 +233,7 @@ class TaskManager:
                 reason='limit must be an integer from 1 to %d' % MAX_LIST)
         rows = self.journal.list(state, limit)
         with self._lock:
-            live = {i: _copy(t) for i, t in self._active.items()}
+            live = {i: wire.copy_plain(t) for i, t in self._active.items()}
         return [self._with_live_progress(live[r['id']])
                 if r['id'] in live else r for r in rows]
 
@@ -341,7 +342,7 @@ class TaskManager:
             task = self._active[self._queue.popleft()]
             task['state'] = 'running'
             task['started_at'] = self._clock()
-            snapshot = _copy(task)
+            snapshot = wire.copy_plain(task)
             self._owners[task['id']] = me
             if self._watchdog is not None:
                 self._watchdog.track(task['id'])
@@ -363,7 +364,7 @@ class TaskManager:
             err = exception.InternalError(reason=type(e).__name__)
             self._finish(task, 'failed', error=err.to_dict())
         else:
-            self._finish(task, 'succeeded', result=_plain_result(result))
+            self._finish(task, 'succeeded', result=wire.to_plain(dict(result)))
 
     def _end_with_error(self, task: dict, err: exception.AccelError) -> None:
         with self._lock:
@@ -438,14 +439,14 @@ class TaskManager:
     def _mark_locked(self, task: dict, state: str, result: dict | None = None,
                      error: dict | None = None) -> dict:
         """Set the final state in memory (caller holds the lock)."""
-        final = _copy(self._active.get(task['id'], task))
+        final = wire.copy_plain(self._active.get(task['id'], task))
         final.update(state=state, result=result, error=error,
                      finished_at=self._clock())
         if state == 'succeeded':
             final['progress'] = _final_progress(final)
         if task['id'] in self._active:
             self._active[task['id']] = final
-        return _copy(final)
+        return wire.copy_plain(final)
 
     def _commit(self, final: dict) -> None:
         """Journal a finished task, then forget it and wake waiters."""
@@ -483,20 +484,6 @@ def _validate(kind: Any, params: Any) -> None:
         json.dumps(params)
     except (TypeError, ValueError):
         raise exception.InvalidRequest(reason='params must be plain JSON')
-
-
-def _copy(task: dict) -> dict:
-    # Tasks hold only JSON types; a JSON round trip is a cheap deep copy
-    # that also guarantees callers never share our mutable state.
-    return json.loads(json.dumps(task))
-
-
-def _plain_result(result: Any) -> dict:
-    try:
-        return json.loads(json.dumps(dict(result)))
-    except (TypeError, ValueError):
-        LOG.warning('Backend result is not plain JSON: %r', result)
-        return {k: str(v) for k, v in dict(result).items()}
 
 
 def _final_progress(task: dict) -> dict[str, int]:

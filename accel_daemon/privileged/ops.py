@@ -32,6 +32,7 @@ from accel_daemon import conf as accel_conf
 from accel_daemon import exception
 from accel_daemon import operations
 from accel_daemon import privileged
+from accel_daemon import wire
 from accel_daemon.engine.engine import Engine
 from accel_daemon.engine import paths
 from accel_daemon.engine.settings import Settings
@@ -72,19 +73,6 @@ def engine() -> Engine:
         return _engine
 
 
-def plain(value: Any) -> Any:
-    """Deep copy made of JSON types (privsep turns lists into tuples)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode('utf-8', 'replace')
-    return str(value)
-
-
 # -- the unprivileged twins ---------------------------------------------------
 def check_dst_dir(settings: Settings, dst: Any) -> str:
     """Confine ``dst`` whether or not it exists (crash recovery: the final
@@ -104,18 +92,19 @@ def do_run(eng: Engine, task_id: str, name: str, params: Any) -> dict:
     Paths are not judged here by name: the engine opens each one once and
     judges the opened file (``engine.files``), in this process.
     """
-    return plain(operations.run(eng, _check_id(task_id), name,
-                                plain(params)))
+    result = operations.run(eng, _check_id(task_id), name,
+                            wire.to_plain(params))
+    return wire.to_plain(result)
 
 
 def do_info(eng: Engine, path: str, fmt: str) -> dict:
     args = operations.validate('image_info', {'path': path, 'format': fmt})
-    return plain(eng.image_info(args['path'], args['format']))
+    return wire.to_plain(eng.image_info(args['path'], args['format']))
 
 
 def do_discard_partial(eng: Engine, dst: str) -> list[str]:
     check_dst_dir(eng.settings, dst)
-    return plain(eng.discard_partial(dst))
+    return wire.to_plain(eng.discard_partial(dst))
 
 
 # -- entrypoints -----------------------------------------------------------
@@ -146,7 +135,7 @@ def run(task_id: str, kind: str, params: dict) -> dict:
 
 @_privileged
 def capabilities() -> dict:
-    return plain(engine().capabilities())
+    return wire.to_plain(engine().capabilities())
 
 
 @_privileged
@@ -156,7 +145,7 @@ def info(path: str, fmt: str) -> dict:
 
 @_privileged
 def progress(task_id: str) -> dict | None:
-    return plain(engine().progress(_check_id(task_id)))
+    return wire.to_plain(engine().progress(_check_id(task_id)))
 
 
 @_privileged

@@ -1,5 +1,5 @@
 """oslo.messaging RPC layer: the daemon's endpoint and server, and the
-low-level client (``api.AccelAPI``) that ``accel_daemon.client`` wraps.
+low-level client (``rpcapi.AccelAPI``) that ``accel_daemon.client`` wraps.
 
 Topic ``accel_daemon``, server name = the daemon's host, API version 1.0.
 """

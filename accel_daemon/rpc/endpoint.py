@@ -14,9 +14,9 @@ instead of a ``TypeError`` from the dispatcher.
 
 Errors: ``AccelError`` subclasses are raised as they are.  oslo.messaging
 rebuilds a remote exception on the client as ``cls(*args, **kwargs)`` from
-the exception's ``args`` and its ``kwargs`` attribute, so ``_remote`` sets
+the exception's ``args`` and its ``kwargs`` attribute, so ``rpc_method`` sets
 ``kwargs`` to the error's plain fields: the client gets the same class with
-the same fields (``accel_daemon.rpc.api`` strips oslo.messaging's
+the same fields (``accel_daemon.rpc.rpcapi`` strips oslo.messaging's
 ``_Remote`` wrapper class).  They are wrapped in ``ExpectedException`` so
 the server does not log a traceback for a refused request.
 
@@ -91,7 +91,7 @@ def expected(err: exception.AccelError) -> oslo_messaging.ExpectedException:
     return wrapped
 
 
-def _remote(func: Callable) -> Callable:
+def rpc_method(func: Callable) -> Callable:
     """Send errors to the caller typed, with their fields; a bug (not an
     AccelError) is logged with its traceback here and sent as InternalError,
     so callers only ever see accel_daemon.exception classes.
@@ -118,7 +118,7 @@ def _remote(func: Callable) -> Callable:
 
 
 class AccelEndpoint:
-    """RPC API 1.0; see ``accel_daemon.rpc.api.AccelAPI`` for the history."""
+    """RPC API 1.0; ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
 
     target = oslo_messaging.Target(version=API_VERSION)
 
@@ -132,53 +132,53 @@ class AccelEndpoint:
         self._path_checks = path_checks or PATH_CHECKS
 
     # -- quick calls --------------------------------------------------------
-    @_remote
+    @rpc_method
     def capabilities(self, ctxt, **kwargs):
         validate('capabilities', kwargs)
         return self._backend.capabilities()
 
-    @_remote
+    @rpc_method
     def image_info(self, ctxt, **kwargs):
         args = self._checked('image_info', kwargs)
         return self._backend.info(args['path'], args['format'])
 
     # -- tasks --------------------------------------------------------------
-    @_remote
+    @rpc_method
     def compress(self, ctxt, **kwargs):
         return self._submit('compress', kwargs)
 
-    @_remote
+    @rpc_method
     def decompress(self, ctxt, **kwargs):
         return self._submit('decompress', kwargs)
 
-    @_remote
+    @rpc_method
     def convert(self, ctxt, **kwargs):
         return self._submit('convert', kwargs)
 
-    @_remote
+    @rpc_method
     def copy(self, ctxt, **kwargs):
         return self._submit('copy', kwargs)
 
-    @_remote
+    @rpc_method
     def upload(self, ctxt, **kwargs):
         return self._submit('upload', kwargs)
 
-    @_remote
+    @rpc_method
     def download(self, ctxt, **kwargs):
         return self._submit('download', kwargs)
 
-    @_remote
+    @rpc_method
     def task_get(self, ctxt, **kwargs):
         return self._manager.get(validate('task_get', kwargs)['task_id'])
 
-    @_remote
+    @rpc_method
     def task_list(self, ctxt, **kwargs):
         args = validate('task_list', kwargs)
         args = METHODS['task_list'].bind(args)
         return self._manager.list(state=args.get('state'),
                                   limit=args['limit'])
 
-    @_remote
+    @rpc_method
     def task_wait(self, ctxt, **kwargs):
         args = validate('task_wait', kwargs)
         # Bounded so one call never outlives the caller's RPC timeout nor
@@ -186,7 +186,7 @@ class AccelEndpoint:
         timeout = min(float(args['timeout']), self._max_wait)
         return self._manager.wait(args['task_id'], timeout)
 
-    @_remote
+    @rpc_method
     def task_cancel(self, ctxt, **kwargs):
         return self._manager.cancel(validate('task_cancel', kwargs)['task_id'])
 

@@ -30,12 +30,12 @@ import uuid
 import oslo_messaging
 
 from accel_daemon import exception
-from accel_daemon.rpc import api
+from accel_daemon.rpc import rpcapi
 
 LOG = logging.getLogger(__name__)
 
 
-class _MandatoryAPI(api.AccelAPI):
+class _MandatoryAPI(rpcapi.AccelAPI):
     """AccelAPI whose messages the broker returns when no queue is bound."""
 
     def __init__(self, transport: oslo_messaging.Transport, topic: str,

@@ -33,12 +33,10 @@ import re
 from typing import Any
 
 import oslo_messaging
-from oslo_config import cfg
 from oslo_messaging import _utils as messaging_utils
 from oslo_messaging.rpc import server as rpc_server
 
 from accel_daemon import exception
-from accel_daemon.rpc import api
 from accel_daemon.rpc import endpoint
 
 LOG = logging.getLogger(__name__)
@@ -108,11 +106,6 @@ class GuardedDispatcher(oslo_messaging.RPCDispatcher):
             # still answered typed.
             LOG.warning('RPC message refused by oslo.messaging: %s', e)
             raise endpoint.expected(_refuse(str(e))) from None
-
-
-def get_transport(conf: cfg.ConfigOpts) -> oslo_messaging.Transport:
-    api.register_messaging_opts(conf)
-    return oslo_messaging.get_rpc_transport(conf)
 
 
 def target(topic: str, host: str) -> oslo_messaging.Target:

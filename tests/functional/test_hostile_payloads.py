@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 
 from accel_daemon import exception
 from accel_daemon.engine import paths
-from accel_daemon.rpc import api
+from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import endpoint as ep
 from accel_daemon.manager.states import STATES
 from tests.functional.test_rpc_daemon import DaemonProcess, require_broker
@@ -83,9 +83,9 @@ class Hostile:
         self.accepted: set[str] = set()
         self.task_ids: list[str] = []
         conf = daemon.client_conf()
-        self.transport = api.get_transport(conf)
-        self.api = api.AccelAPI(self.transport, timeout=TIMEOUT)
-        self.target = oslo_messaging.Target(topic=api.TOPIC,
+        self.transport = rpcapi.get_transport(conf)
+        self.api = rpcapi.AccelAPI(self.transport, timeout=TIMEOUT)
+        self.target = oslo_messaging.Target(topic=rpcapi.TOPIC,
                                             server=daemon.host)
         self.rpc = oslo_messaging.get_rpc_client(self.transport, self.target,
                                                  timeout=TIMEOUT)
@@ -107,8 +107,8 @@ class Hostile:
             # An accepted task: its output may appear.
             self.accepted.add(os.path.basename(answer['params']['dst']))
             self.task_ids.append(answer['id'])
-        assert self.api.call(self.daemon.host, 'task_list',
-                             limit=1) is not None
+        assert self.rpcapi.call(self.daemon.host, 'task_list',
+                                limit=1) is not None
         self.check_dir()
 
     def check_dir(self) -> None:
@@ -301,7 +301,7 @@ def test_client_library_payloads(hostile):
     def run(call):
         method, kwargs = call
         hostile.check_answer('client', answer_of(
-            lambda: hostile.api.call(host, method, **kwargs)))
+            lambda: hostile.rpcapi.call(host, method, **kwargs)))
 
     run()
     assert COUNT['client'] >= SHARES['client']
@@ -348,7 +348,7 @@ def test_context_key_self_is_dropped_upstream(hostile):
         hostile.transport._send(hostile.target, {'self': None},
                                 {'method': 'capabilities'},
                                 wait_for_reply=True, timeout=2)
-    assert hostile.api.call(hostile.daemon.host, 'task_list', limit=1) \
+    assert hostile.rpcapi.call(hostile.daemon.host, 'task_list', limit=1) \
         is not None
 
 
@@ -405,7 +405,7 @@ def test_driver_level_garbage_is_dropped(hostile):
         for body in bodies:
             # No declare: the exchange is oslo.messaging's, as it made it.
             producer.publish(body, exchange=exchange,
-                             routing_key='%s.%s' % (api.TOPIC, d.host),
+                             routing_key='%s.%s' % (rpcapi.TOPIC, d.host),
                              content_type='application/json')
     deadline = time.monotonic() + 10
     # Five are not envelopes oslo.messaging can read; the others are read
@@ -414,7 +414,7 @@ def test_driver_level_garbage_is_dropped(hostile):
         assert time.monotonic() < deadline, d.log_tail()
         time.sleep(0.1)
     assert d.proc.poll() is None
-    assert hostile.api.call(d.host, 'task_list', limit=1) is not None
+    assert hostile.rpcapi.call(d.host, 'task_list', limit=1) is not None
     hostile.check_dir()
 
 
@@ -424,8 +424,8 @@ def test_tasks_finish_and_leave_no_temp_files(hostile):
     for task_id in hostile.task_ids:
         deadline = time.monotonic() + 60
         while True:
-            task = hostile.api.call(hostile.daemon.host, 'task_wait',
-                                    task_id=task_id, timeout=1)
+            task = hostile.rpcapi.call(hostile.daemon.host, 'task_wait',
+                                       task_id=task_id, timeout=1)
             if task['state'] not in ('queued', 'running'):
                 break
             assert time.monotonic() < deadline, task

@@ -19,7 +19,7 @@ import pytest
 from oslo_config import cfg
 from oslo_privsep import capabilities as c
 
-from accel_daemon import backends
+from accel_daemon.manager import backends
 from accel_daemon import exception
 from accel_daemon import privileged
 from accel_daemon.engine import paths

@@ -15,10 +15,11 @@ from oslo_messaging import conffixture
 from accel_daemon import exception
 from accel_daemon.client import AccelClient
 from accel_daemon.engine.settings import Settings
-from accel_daemon.manager.backend import FakeBackend
+from tests.fakes.backend import FakeBackend
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
 from accel_daemon.rpc import endpoint as rpc_endpoint
+from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import server as rpc_server
 
 HOST = 'unit-%s' % uuid.uuid4().hex[:8]
@@ -47,7 +48,7 @@ def conf():
 def daemon(conf, tmp_path_factory):
     d = Daemon(str(tmp_path_factory.mktemp('daemon')))
     d.manager.start()
-    transport = rpc_server.get_transport(conf)
+    transport = rpcapi.get_transport(conf)
     endpoint = rpc_endpoint.AccelEndpoint(
         d.manager, d.backend, Settings(allowed_dirs=(d.images,)),
         max_wait=0.5)

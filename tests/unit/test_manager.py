@@ -5,8 +5,8 @@ import time
 import pytest
 
 from accel_daemon import exception
-from accel_daemon.manager.backend import Backend
-from accel_daemon.manager.backend import FakeBackend
+from accel_daemon.manager.backends import Backend
+from tests.fakes.backend import FakeBackend
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
 

@@ -12,7 +12,7 @@ from oslo_config import cfg
 from oslo_privsep import capabilities as c
 from oslo_utils import importutils
 
-from accel_daemon import backends
+from accel_daemon.manager import backends
 from accel_daemon import exception
 from accel_daemon import privileged
 from accel_daemon.engine.engine import Engine

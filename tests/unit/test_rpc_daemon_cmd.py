@@ -14,8 +14,8 @@ from oslo_messaging import conffixture
 
 from accel_daemon.client import AccelClient
 from accel_daemon.cmd import daemon
-from accel_daemon.manager.backend import FakeBackend
-from accel_daemon.rpc import api as rpc_api
+from tests.fakes.backend import FakeBackend
+from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import presence
 
 
@@ -127,7 +127,7 @@ def test_server_name_answered_by_a_running_service_is_refused(conf):
     service = daemon.Service(conf, FakeBackend())
     service.start()
     try:
-        transport = rpc_api.get_transport(conf)
+        transport = rpcapi.get_transport(conf)
         try:
             assert presence.someone_answers(
                 transport, conf.accel_daemon_rpc.topic,

@@ -18,10 +18,10 @@ from oslo_messaging._drivers import common as driver_common
 
 from accel_daemon import exception
 from accel_daemon.engine.settings import Settings
-from accel_daemon.manager.backend import FakeBackend
+from tests.fakes.backend import FakeBackend
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
-from accel_daemon.rpc import api
+from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import endpoint as ep
 from accel_daemon.rpc import server as rpc_server
 
@@ -59,13 +59,13 @@ def call(endpoint, method, **kwargs):
 
 def test_target_version():
     assert ep.AccelEndpoint.target.version == '1.0'
-    assert api.AccelAPI.VERSION == ep.API_VERSION
+    assert rpcapi.AccelAPI.VERSION == ep.API_VERSION
 
 
 def test_every_api_method_has_an_endpoint_method():
     for method in ep.METHODS:
         assert callable(getattr(ep.AccelEndpoint, method)), method
-        assert callable(getattr(api.AccelAPI, method)), method
+        assert callable(getattr(rpcapi.AccelAPI, method)), method
 
 
 def test_compress_queues_a_task_without_none_arguments(service, images):
@@ -254,9 +254,9 @@ def test_errors_cross_the_wire_typed_with_fields(service, tmp_path):
         endpoint.image_info(CTXT, path=str(tmp_path / 'x'), format='raw')
     except oslo_messaging.ExpectedException as e:
         data = driver_common.serialize_remote_exception(e.exc_info)
-    remote = driver_common.deserialize_remote_exception(data, api.EXMODS)
+    remote = driver_common.deserialize_remote_exception(data, rpcapi.EXMODS)
     assert isinstance(remote, exception.PathNotAllowed)
-    clean = api._clean(remote)
+    clean = rpcapi._clean(remote)
     assert type(clean) is exception.PathNotAllowed
     assert clean.fields == {'path': str(tmp_path / 'x'),
                             'reason': 'outside the allowed directories'}
@@ -304,15 +304,15 @@ def wire(tmp_path_factory):
     manager = TaskManager(backend, Journal(str(root / 'tasks.sqlite')),
                           workers=1)
     manager.start()
-    transport = rpc_server.get_transport(fixture.conf)
+    transport = rpcapi.get_transport(fixture.conf)
     assert type(transport._driver).__name__ == 'FakeDriver'
     server = rpc_server.build(
-        transport, api.TOPIC, WIRE_HOST,
+        transport, rpcapi.TOPIC, WIRE_HOST,
         [ep.AccelEndpoint(manager, backend,
                           Settings(allowed_dirs=(str(images),)),
                           max_wait=0.2)])
     server.start()
-    client = api.AccelAPI(api.get_transport(fixture.conf), timeout=5)
+    client = rpcapi.AccelAPI(rpcapi.get_transport(fixture.conf), timeout=5)
     yield types.SimpleNamespace(transport=transport, client=client,
                                 images=str(images), manager=manager)
     server.stop()
@@ -325,7 +325,7 @@ def wire(tmp_path_factory):
 def raw(wire, message, ctxt=None, timeout=5):
     """Send ``message`` as it is (no client-side checks) and return the
     answer or raise what the daemon raised."""
-    target = oslo_messaging.Target(topic=api.TOPIC, server=WIRE_HOST)
+    target = oslo_messaging.Target(topic=rpcapi.TOPIC, server=WIRE_HOST)
     return wire.transport._send(target, {} if ctxt is None else ctxt,
                                 message, wait_for_reply=True,
                                 timeout=timeout)

@@ -1,46 +1,15 @@
-"""What the task manager needs from whatever does the work.
-
-``Backend`` is the protocol: the same methods as ``engine.engine.Engine``.  The
-real implementations (an in-process Engine, or privsep entrypoints) live in
-``accel_daemon.backends``; this module only adds ``FakeBackend``, an
-in-memory stand-in for unit tests of the manager, the RPC layer and clients.
-"""
+"""An in-memory stand-in for ``accel_daemon.manager.backends.Backend``:
+unit tests of the manager, the RPC layer and clients use it (it is clearly
+not an engine)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from accel_daemon import exception
 from accel_daemon.engine.progress import Progress
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """Operations the task manager delegates; all arguments and results are
-    plain types so they can cross the privsep channel."""
-
-    def run(self, task_id: str, kind: str,
-            params: dict[str, Any]) -> dict[str, Any]:
-        """Run one operation to the end; raise an AccelError on failure
-        (``Cancelled`` when ``cancel(task_id)`` stopped it)."""
-
-    def capabilities(self) -> dict[str, Any]: ...
-
-    def info(self, path: str, fmt: str) -> dict[str, Any]: ...
-
-    def progress(self, task_id: str) -> dict[str, int] | None:
-        """``{'done', 'total'}`` of a running task, None when not running."""
-
-    def cancel(self, task_id: str) -> bool:
-        """Ask a running task to stop; False when it is not running."""
-
-    def discard_partial(self, dst: str) -> list[str]:
-        """Remove temporary outputs left for ``dst``; return what was
-        removed."""
-
-    def reload_filters(self) -> int: ...
 
 
 class FakeBackend:

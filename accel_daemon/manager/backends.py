@@ -1,0 +1,122 @@
+"""What the task manager needs from whatever does the work, and the two
+real implementations.
+
+``Backend`` is the protocol.  ``LocalBackend`` runs an Engine in this
+process (``accel-image --local``, tests, a daemon deliberately run without
+privsep).  ``PrivsepBackend`` sends every call to the privsep daemon through
+``accel_daemon.privileged.ops``.  Both run the same validation
+(``ops.do_*``) and return the same plain types, so the task manager cannot
+tell them apart; errors are always ``AccelError`` subclasses with their
+fields.  The unit tests' stand-in is ``tests.fakes.backend.FakeBackend``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from oslo_privsep import daemon as privsep_daemon
+
+from accel_daemon import exception
+from accel_daemon import wire
+from accel_daemon.engine.engine import Engine
+from accel_daemon.engine.settings import Settings
+from accel_daemon.privileged import ops
+
+LOG = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Operations the task manager delegates; all arguments and results are
+    plain types so they can cross the privsep channel."""
+
+    def run(self, task_id: str, kind: str,
+            params: dict[str, Any]) -> dict[str, Any]:
+        """Run one operation to the end; raise an AccelError on failure
+        (``Cancelled`` when ``cancel(task_id)`` stopped it)."""
+
+    def capabilities(self) -> dict[str, Any]: ...
+
+    def info(self, path: str, fmt: str) -> dict[str, Any]: ...
+
+    def progress(self, task_id: str) -> dict[str, int] | None:
+        """``{'done', 'total'}`` of a running task, None when not running."""
+
+    def cancel(self, task_id: str) -> bool:
+        """Ask a running task to stop; False when it is not running."""
+
+    def discard_partial(self, dst: str) -> list[str]:
+        """Remove temporary outputs left for ``dst``; return what was
+        removed."""
+
+    def reload_filters(self) -> int: ...
+
+
+class LocalBackend:
+    """An Engine in-process; it has whatever privileges this process has."""
+
+    def __init__(self, engine: Engine | Settings) -> None:
+        if isinstance(engine, Settings):
+            engine = Engine(engine)
+        self.engine = engine
+
+    def run(self, task_id: str, kind: str, params: dict) -> dict:
+        return ops.do_run(self.engine, task_id, kind, params)
+
+    def capabilities(self) -> dict:
+        return wire.to_plain(self.engine.capabilities())
+
+    def info(self, path: str, fmt: str) -> dict:
+        return ops.do_info(self.engine, path, fmt)
+
+    def progress(self, task_id: str) -> dict | None:
+        return wire.to_plain(self.engine.progress(task_id))
+
+    def cancel(self, task_id: str) -> bool:
+        return bool(self.engine.cancel(task_id))
+
+    def discard_partial(self, dst: str) -> list[str]:
+        return ops.do_discard_partial(self.engine, dst)
+
+    def reload_filters(self) -> int:
+        return int(self.engine.reload_filters())
+
+
+def call_entrypoint(call: Callable[..., Any], *args: Any) -> Any:
+    """Call an entrypoint; rebuild typed errors; normalise tuples."""
+    try:
+        return wire.to_plain(call(*args))
+    except ops.Failure as f:
+        raise f.to_error() from None
+    except (OSError, privsep_daemon.FailedToDropPrivileges) as e:
+        # The channel broke (privsep daemon killed or crashed) or the helper
+        # could not start; privsep restarts it on the next call.
+        LOG.error('privsep call %s failed: %s', call, e)
+        raise exception.HelperUnavailable(reason=str(e)) from None
+
+
+class PrivsepBackend:
+    """Each method is one privsep entrypoint call (privileged.init() first)."""
+
+    def run(self, task_id: str, kind: str, params: dict) -> dict:
+        return call_entrypoint(ops.run, task_id, kind, params)
+
+    def capabilities(self) -> dict:
+        return call_entrypoint(ops.capabilities)
+
+    def info(self, path: str, fmt: str) -> dict:
+        return call_entrypoint(ops.info, path, fmt)
+
+    def progress(self, task_id: str) -> dict | None:
+        return call_entrypoint(ops.progress, task_id)
+
+    def cancel(self, task_id: str) -> bool:
+        return call_entrypoint(ops.cancel, task_id)
+
+    def discard_partial(self, dst: str) -> list[str]:
+        return call_entrypoint(ops.discard_partial, dst)
+
+    def reload_filters(self) -> int:
+        return call_entrypoint(ops.reload_filters)
