@@ -179,10 +179,12 @@ class AccelClient:
 
     def convert(self, src: str, dst: str, src_format: str, dst_format: str,
                 compress: bool = False, target_is_zero: bool = False,
-                checksum: bool | None = None) -> TaskHandle:
+                checksum: bool | None = None,
+                max_bytes: int | None = None) -> TaskHandle:
         return self._handle(self._api.convert(
             self.host, src, dst, src_format, dst_format, compress=compress,
-            target_is_zero=target_is_zero, checksum=checksum))
+            target_is_zero=target_is_zero, checksum=checksum,
+            max_bytes=max_bytes))
 
     def copy(self, src: str, dst: str,
              checksum: bool | None = None) -> TaskHandle:

@@ -192,6 +192,7 @@ class Output:
         self.temp_name: str | None = None    # only without O_TMPFILE
         self.device: Opened | None = None
         self.committed = False
+        self._parent: Output | None = None
 
     @property
     def is_device(self) -> bool:
@@ -218,7 +219,12 @@ class Output:
             raise exception.InvalidRequest(
                 reason='this operation writes files, not block devices')
         directory, self.name = paths.split_output(self.path)
-        self.dir_fd = _open_dir(self.conf, directory, self.path)
+        if self._parent is not None:
+            # The directory the first output opened (and judged): a name
+            # is looked up once, also when two files go there.
+            self.dir_fd = os.dup(self._parent.dir_fd)
+        else:
+            self.dir_fd = _open_dir(self.conf, directory, self.path)
         if self._name_taken():
             raise exception.OutputExists(path=self.path)
         self.fd = self._create()
@@ -252,6 +258,15 @@ class Output:
             raise open_error(self.path, e)
         os.fchmod(fd, 0o600)
         return fd
+
+    def sibling(self) -> Output:
+        """Another new file for the same path, in the directory this one
+        opened (a scratch stage, or the final output beside a stage)."""
+        if self.dir_fd < 0:
+            raise ValueError('sibling() of an output that is not open')
+        other = Output(self.conf, self.path, self.mode)
+        other._parent = self
+        return other
 
     def as_source(self, name: str) -> Opened:
         """The file written so far, to be read (it stays ours to close)."""

@@ -48,7 +48,7 @@ def upload(ctx: Context, drivers: dict[str, base.Compressor],
             images.check_unchanged(source, before)
             converted = False
         else:
-            with ctx.output(dst) as stage:
+            with out.sibling() as stage:
                 images.convert_fds(ctx, Phase(progress, 0, span), source,
                                    stage, found.format, disk_format)
                 packed = compression.compress_fds(
@@ -98,7 +98,8 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
                                  if checksum else None)}
             stage.commit()
         else:
-            with ctx.output(dst, devices=True) as out:
+            with (ctx.output(dst, devices=True) if on_device
+                  else stage.sibling()) as out:
                 result = images.convert_fds(
                     ctx, Phase(progress, size, size), inner, out,
                     disk_format, dst_format, limit=limit)

@@ -40,7 +40,7 @@ from accel_daemon.engine.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
-API_VERSION = '1.0'
+API_VERSION = '1.1'
 # Every method reachable over RPC, with its arguments: the operations and
 # the task calls of ``accel_daemon.operations``.
 METHODS: dict[str, operations.Operation] = {**operations.OPERATIONS,
@@ -118,7 +118,7 @@ def rpc_method(func: Callable) -> Callable:
 
 
 class AccelEndpoint:
-    """RPC API 1.0; ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
+    """RPC API 1.1; ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
 
     target = oslo_messaging.Target(version=API_VERSION)
 

@@ -82,13 +82,16 @@ class AccelAPI:
       decompress, convert, copy, upload, download, task_get, task_list,
       task_wait, task_cancel; every task method takes an optional
       checksum flag.
+    * 1.1 - convert takes an optional max_bytes (the largest virtual size
+      the caller accepts; refused before anything is written).  Sent as
+      1.1 only when given, so a 1.0 daemon still takes every other call.
 
     To add a method or an argument: bump the minor version here and in
     ``accel_daemon.rpc.endpoint.API_VERSION``, pin the new call to the new
     version in ``prepare()``, and keep the endpoint accepting older calls.
     """
 
-    VERSION = '1.0'
+    VERSION = '1.1'
 
     def __init__(self, transport: oslo_messaging.Transport,
                  topic: str = TOPIC, timeout: float = 60,
@@ -154,11 +157,17 @@ class AccelAPI:
     def convert(self, host: str, src: str, dst: str, src_format: str,
                 dst_format: str, compress: bool = False,
                 target_is_zero: bool = False,
-                checksum: bool | None = None) -> dict:
-        return self.call(host, 'convert', src=src, dst=dst,
+                checksum: bool | None = None,
+                max_bytes: int | None = None) -> dict:
+        extra = {}
+        version = '1.0'
+        if max_bytes is not None:
+            extra['max_bytes'] = max_bytes
+            version = '1.1'
+        return self.call(host, 'convert', version=version, src=src, dst=dst,
                          src_format=src_format, dst_format=dst_format,
                          compress=compress, target_is_zero=target_is_zero,
-                         checksum=checksum)
+                         checksum=checksum, **extra)
 
     def copy(self, host: str, src: str, dst: str,
              checksum: bool | None = None) -> dict:

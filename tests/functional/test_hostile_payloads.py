@@ -107,8 +107,8 @@ class Hostile:
             # An accepted task: its output may appear.
             self.accepted.add(os.path.basename(answer['params']['dst']))
             self.task_ids.append(answer['id'])
-        assert self.rpcapi.call(self.daemon.host, 'task_list',
-                                limit=1) is not None
+        assert self.api.call(self.daemon.host, 'task_list',
+                             limit=1) is not None
         self.check_dir()
 
     def check_dir(self) -> None:
@@ -301,7 +301,7 @@ def test_client_library_payloads(hostile):
     def run(call):
         method, kwargs = call
         hostile.check_answer('client', answer_of(
-            lambda: hostile.rpcapi.call(host, method, **kwargs)))
+            lambda: hostile.api.call(host, method, **kwargs)))
 
     run()
     assert COUNT['client'] >= SHARES['client']
@@ -348,7 +348,7 @@ def test_context_key_self_is_dropped_upstream(hostile):
         hostile.transport._send(hostile.target, {'self': None},
                                 {'method': 'capabilities'},
                                 wait_for_reply=True, timeout=2)
-    assert hostile.rpcapi.call(hostile.daemon.host, 'task_list', limit=1) \
+    assert hostile.api.call(hostile.daemon.host, 'task_list', limit=1) \
         is not None
 
 
@@ -414,7 +414,7 @@ def test_driver_level_garbage_is_dropped(hostile):
         assert time.monotonic() < deadline, d.log_tail()
         time.sleep(0.1)
     assert d.proc.poll() is None
-    assert hostile.rpcapi.call(d.host, 'task_list', limit=1) is not None
+    assert hostile.api.call(d.host, 'task_list', limit=1) is not None
     hostile.check_dir()
 
 
@@ -424,8 +424,8 @@ def test_tasks_finish_and_leave_no_temp_files(hostile):
     for task_id in hostile.task_ids:
         deadline = time.monotonic() + 60
         while True:
-            task = hostile.rpcapi.call(hostile.daemon.host, 'task_wait',
-                                       task_id=task_id, timeout=1)
+            task = hostile.api.call(hostile.daemon.host, 'task_wait',
+                                    task_id=task_id, timeout=1)
             if task['state'] not in ('queued', 'running'):
                 break
             assert time.monotonic() < deadline, task

@@ -490,7 +490,8 @@ def test_four_tasks_run_concurrently_children_narrowed(daemon, env, backend):
 SUDO_SCRIPT = """
 import json, os, sys
 from oslo_config import cfg
-from accel_daemon import backends, exception, privileged
+from accel_daemon import exception, privileged
+from accel_daemon.manager import backends
 cfg.CONF(['--config-file', sys.argv[1]], project='accel-daemon')
 privileged.init(cfg.CONF)
 backend = backends.PrivsepBackend()

@@ -140,6 +140,29 @@ def test_every_operation_reaches_the_backend(client, daemon, src, backend,
     assert params['src'] == src and params['dst'] == dst
 
 
+def test_convert_max_bytes_is_sent_as_1_1_only_when_given(client, daemon,
+                                                          src, backend,
+                                                          monkeypatch):
+    sent = []
+    real = rpcapi.AccelAPI.call
+
+    def spy(self, host, method, version='1.0', **kwargs):
+        sent.append((method, version, 'max_bytes' in kwargs))
+        return real(self, host, method, version=version, **kwargs)
+
+    monkeypatch.setattr(rpcapi.AccelAPI, 'call', spy)
+    plain = client.convert(src, out(daemon, 'c1'), 'raw', 'qcow2')
+    capped = client.convert(src, out(daemon, 'c2'), 'raw', 'qcow2',
+                            max_bytes=4096)
+    plain.wait(timeout=10)
+    capped.wait(timeout=10)
+    assert ('convert', '1.0', False) in sent
+    assert ('convert', '1.1', True) in sent
+    params = {c[0]: c[2] for c in backend.calls}
+    assert params[capped.id]['max_bytes'] == 4096
+    assert 'max_bytes' not in params[plain.id]
+
+
 def test_refused_request_is_typed_with_fields(client, daemon, tmp_path):
     outside = tmp_path / 'outside'
     outside.write_bytes(b'x')

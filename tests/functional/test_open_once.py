@@ -1,0 +1,102 @@
+"""Open once: during every operation, no name the engine checked is opened
+again.  Every open(2) the engine makes (``os.open`` and ``open``) is
+recorded while real operations run; each name in the allowed directory
+(the input, the output's directory) may be looked up once.  Reopening a
+descriptor through ``/proc/self/fd/N`` (O_DIRECT, linkat) names no file a
+directory owner controls and is not counted."""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import gzip
+import os
+
+import pytest
+
+from accel_daemon import operations
+from accel_daemon.engine.engine import Engine
+from tests.functional import imagegen as gen
+
+MiB = 1024 * 1024
+pytestmark = gen.REQUIRES_QEMU
+
+
+class OpenRecorder:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.names: collections.Counter = collections.Counter()
+
+    def note(self, path, dir_fd=None) -> None:
+        if isinstance(path, int):
+            return
+        path = os.fsdecode(path)
+        if dir_fd is not None and not os.path.isabs(path):
+            return      # relative to a directory opened (and counted) once
+        if os.path.abspath(path).startswith(self.root):
+            self.names[os.path.abspath(path)] += 1
+
+
+@pytest.fixture
+def recorder(env, monkeypatch):
+    rec = OpenRecorder(env.images)
+    real_os_open, real_open = os.open, builtins.open
+
+    def os_open(path, flags, mode=0o777, *, dir_fd=None):
+        rec.note(path, dir_fd)
+        return real_os_open(path, flags, mode, dir_fd=dir_fd)
+
+    def py_open(file, *args, **kwargs):
+        rec.note(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, 'open', os_open)
+    monkeypatch.setattr(builtins, 'open', py_open)
+    return rec
+
+
+def _inputs(env):
+    raw = gen.write(env.path('in.raw'), b'\x5a' * MiB, size=8 * MiB)
+    qcow2 = gen.qcow2_with_data(env.path('in.qcow2'))
+    with open(raw, 'rb') as f:
+        data = f.read()
+    with gzip.open(env.path('in.raw.gz'), 'wb') as f:
+        f.write(data)
+    return raw, qcow2, env.path('in.raw.gz')
+
+
+def test_no_checked_name_is_opened_twice(env, recorder):
+    raw, qcow2, packed = _inputs(env)
+    engine = Engine(env.settings, env.policy)
+    engine.capabilities()           # load drivers before recording
+    recorder.names.clear()
+    runs = [
+        ('compress', {'src': raw, 'dst': env.path('o1.gz')}),
+        ('compress', {'src': raw, 'dst': env.path('o2.gz'),
+                      'driver': 'gzip'}),
+        ('decompress', {'src': packed, 'dst': env.path('o3.raw'),
+                        'checksum': True}),
+        ('convert', {'src': qcow2, 'dst': env.path('o4.raw'),
+                     'src_format': 'qcow2', 'dst_format': 'raw',
+                     'checksum': True}),
+        ('copy', {'src': raw, 'dst': env.path('o5.raw'), 'checksum': True}),
+        ('upload', {'src': qcow2, 'dst': env.path('o6.gz'),
+                    'src_format': 'qcow2', 'disk_format': 'raw'}),
+        ('upload', {'src': raw, 'dst': env.path('o7.gz'),
+                    'src_format': 'raw', 'disk_format': 'raw'}),
+        ('download', {'src': packed, 'dst': env.path('o8.qcow2'),
+                      'disk_format': 'raw', 'dst_format': 'qcow2'}),
+        ('download', {'src': packed, 'dst': env.path('o9.raw'),
+                      'disk_format': 'raw', 'dst_format': 'raw',
+                      'checksum': True}),
+    ]
+    for i, (name, params) in enumerate(runs):
+        recorder.names.clear()
+        result = operations.run(engine, 't%d' % i, name, params)
+        assert os.path.exists(result['output'])
+        opened = dict(recorder.names)
+        # The input, and the output's directory, each looked up once.
+        assert opened == {params['src']: 1, env.images: 1}, (name, opened)
+    recorder.names.clear()
+    engine.image_info(qcow2, 'qcow2')
+    assert dict(recorder.names) == {qcow2: 1}
