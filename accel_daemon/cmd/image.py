@@ -68,9 +68,9 @@ def _add_fields(s: argparse.ArgumentParser,
             s.add_argument(flag, action=argparse.BooleanOptionalAction,
                            default=None, help=field.help)
         else:
-            kind = str if field.check in (operations.short_name,
-                                          operations.path) else int
-            s.add_argument(flag, type=kind, required=field.required,
+            value_type = str if field.check in (operations.short_name,
+                                                operations.path) else int
+            s.add_argument(flag, type=value_type, required=field.required,
                            help=field.help)
 
 
@@ -91,8 +91,9 @@ def _size(n: float | None) -> str:
     return str(n)
 
 
-def _summary(kind: str, result: dict) -> str:
-    parts = ['%s: done in %.2f s' % (kind, result.get('wall_seconds', 0.0))]
+def _summary(operation: str, result: dict) -> str:
+    parts = ['%s: done in %.2f s'
+             % (operation, result.get('wall_seconds', 0.0))]
     if 'engine' in result:
         parts.append('engine %s (%s)' % (
             result['engine'], 'hardware' if result.get('hardware')
@@ -145,18 +146,18 @@ class _Bar:
 
 # --- local mode ------------------------------------------------------------
 class _LocalTask:
-    def __init__(self, engine, kind: str, params: dict) -> None:
+    def __init__(self, engine, operation: str, params: dict) -> None:
         self.engine = engine
         self.id = str(uuid.uuid4())
         self.result = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run,
-                                        args=(kind, params), daemon=True)
+                                        args=(operation, params), daemon=True)
         self._thread.start()
 
-    def _run(self, kind, params) -> None:
+    def _run(self, operation, params) -> None:
         try:
-            self.result = operations.run(self.engine, self.id, kind,
+            self.result = operations.run(self.engine, self.id, operation,
                                          params)
         except BaseException as e:   # re-raised in the main thread
             self.error = e

@@ -32,7 +32,7 @@ class Backend(Protocol):
     """Operations the task manager delegates; all arguments and results are
     plain types so they can cross the privsep channel."""
 
-    def run(self, task_id: str, kind: str,
+    def run(self, task_id: str, operation: str,
             params: dict[str, Any]) -> dict[str, Any]:
         """Run one operation to the end; raise an AccelError on failure
         (``Cancelled`` when ``cancel(task_id)`` stopped it)."""
@@ -62,8 +62,8 @@ class LocalBackend:
             engine = Engine(engine)
         self.engine = engine
 
-    def run(self, task_id: str, kind: str, params: dict) -> dict:
-        return ops.do_run(self.engine, task_id, kind, params)
+    def run(self, task_id: str, operation: str, params: dict) -> dict:
+        return ops.do_run(self.engine, task_id, operation, params)
 
     def capabilities(self) -> dict:
         return wire.to_plain(self.engine.capabilities())
@@ -100,8 +100,8 @@ def call_entrypoint(call: Callable[..., Any], *args: Any) -> Any:
 class PrivsepBackend:
     """Each method is one privsep entrypoint call (privileged.init() first)."""
 
-    def run(self, task_id: str, kind: str, params: dict) -> dict:
-        return call_entrypoint(ops.run, task_id, kind, params)
+    def run(self, task_id: str, operation: str, params: dict) -> dict:
+        return call_entrypoint(ops.run, task_id, operation, params)
 
     def capabilities(self) -> dict:
         return call_entrypoint(ops.capabilities)

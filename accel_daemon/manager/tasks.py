@@ -3,7 +3,8 @@
 Requests become tasks at once (state ``queued``) and run first-in, first-out
 on at most ``workers`` threads.  A task dict holds only plain JSON types:
 
-    id, kind, state (queued|running|succeeded|failed|cancelled), params,
+    id, kind (the operation's name: a field of RPC API 1.0, hence the
+    name), state (queued|running|succeeded|failed|cancelled), params,
     progress {'done', 'total'}, result dict | None,
     error {'type', 'message', 'fields'} | None,
     created_at, started_at, finished_at (float epoch seconds)
@@ -191,9 +192,9 @@ class TaskManager:
                     if t['state'] == 'running']
 
     # -- API ---------------------------------------------------------------
-    def submit(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-        _validate(kind, params)
-        task = {'id': str(uuid.uuid4()), 'kind': kind, 'state': 'queued',
+    def submit(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        _validate(operation, params)
+        task = {'id': str(uuid.uuid4()), 'kind': operation, 'state': 'queued',
                 'params': params, 'progress': {'done': 0, 'total': 0},
                 'result': None, 'error': None, 'created_at': self._clock(),
                 'started_at': None, 'finished_at': None}
@@ -209,7 +210,7 @@ class TaskManager:
             self._active[task['id']] = task
             self._queue.append(task['id'])
             self._work.notify()
-            LOG.info('Task %s queued: %s', task['id'], kind)
+            LOG.info('Task %s queued: %s', task['id'], operation)
             return wire.copy_plain(task)
 
     def get(self, task_id: str) -> dict[str, Any]:
@@ -475,9 +476,10 @@ class TaskManager:
             return False
 
 
-def _validate(kind: Any, params: Any) -> None:
-    if kind not in operations.TASK_OPERATIONS:
-        raise exception.InvalidRequest(reason='unknown operation %r' % kind)
+def _validate(operation: Any, params: Any) -> None:
+    if operation not in operations.TASK_OPERATIONS:
+        raise exception.InvalidRequest(
+            reason='unknown operation %r' % (operation,))
     if not isinstance(params, dict):
         raise exception.InvalidRequest(reason='params must be a dict')
     try:

@@ -129,8 +129,8 @@ def _privileged(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_privileged
-def run(task_id: str, kind: str, params: dict) -> dict:
-    return do_run(engine(), task_id, kind, params)
+def run(task_id: str, operation: str, params: dict) -> dict:
+    return do_run(engine(), task_id, operation, params)
 
 
 @_privileged

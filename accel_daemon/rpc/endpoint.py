@@ -191,10 +191,10 @@ class AccelEndpoint:
         return self._manager.cancel(validate('task_cancel', kwargs)['task_id'])
 
     # -- helpers ------------------------------------------------------------
-    def _submit(self, kind: str, kwargs: dict) -> dict:
-        params = self._checked(kind, kwargs)
-        task = self._manager.submit(kind, params)
-        LOG.debug('Task %s queued: %s %s', task['id'], kind, params)
+    def _submit(self, operation: str, kwargs: dict) -> dict:
+        params = self._checked(operation, kwargs)
+        task = self._manager.submit(operation, params)
+        LOG.debug('Task %s queued: %s %s', task['id'], operation, params)
         return task
 
     def _checked(self, method: str, kwargs: dict) -> dict:
