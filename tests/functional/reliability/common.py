@@ -26,6 +26,28 @@ from accel_daemon import exception
 from tests.functional.test_rpc_daemon import DaemonProcess
 from tests.functional.test_rpc_daemon import require_broker
 
+
+def marks(timeout: int, *extra) -> list:
+    """The marks of every module of this package: real daemon, broker,
+    privsep helper and qemu-img, as root."""
+    return [pytest.mark.functional, pytest.mark.rpc, pytest.mark.privsep,
+            *extra,
+            pytest.mark.skipif(os.geteuid() != 0, reason='needs root'),
+            pytest.mark.skipif(shutil.which('qemu-img') is None,
+                               reason='qemu-img is not installed'),
+            pytest.mark.timeout(timeout)]
+
+
+def module_daemon(name: str):
+    """A pytest fixture: one daemon for the module, stopped at its end."""
+    @pytest.fixture(scope='module')
+    def daemon(tmp_path_factory):
+        d = start_daemon(str(tmp_path_factory.mktemp(name)))
+        yield d
+        stop_daemon(d)
+    return daemon
+
+
 MiB = 1024 * 1024
 TEMP_PREFIX = '.accel-'
 

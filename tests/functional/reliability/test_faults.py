@@ -21,22 +21,12 @@ import pytest
 from accel_daemon import exception
 from tests.functional.reliability import common
 
-pytestmark = [
-    pytest.mark.functional, pytest.mark.rpc, pytest.mark.privsep,
-    pytest.mark.skipif(os.geteuid() != 0, reason='needs root'),
-    pytest.mark.skipif(shutil.which('qemu-img') is None,
-                       reason='qemu-img is not installed'),
-    pytest.mark.timeout(300),
-]
+pytestmark = common.marks(300)
 
 MiB = common.MiB
 
 
-@pytest.fixture(scope='module')
-def daemon(tmp_path_factory):
-    d = common.start_daemon(str(tmp_path_factory.mktemp('faults')))
-    yield d
-    common.stop_daemon(d)
+daemon = common.module_daemon('faults')
 
 
 def listing(directory):

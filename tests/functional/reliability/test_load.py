@@ -8,7 +8,6 @@ import collections
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,13 +17,7 @@ from tests import envfixture
 from tests.functional import imagegen as gen
 from tests.functional.reliability import common
 
-pytestmark = [
-    pytest.mark.functional, pytest.mark.rpc, pytest.mark.privsep,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which('qemu-img') is None,
-                       reason='qemu-img is not installed'),
-    pytest.mark.timeout(400),
-]
+pytestmark = common.marks(400, pytest.mark.slow)
 
 MiB = common.MiB
 PROCESSES = 4
@@ -69,11 +62,7 @@ with d.client() as c:
 '''
 
 
-@pytest.fixture(scope='module')
-def daemon(tmp_path_factory):
-    d = common.start_daemon(str(tmp_path_factory.mktemp('load')))
-    yield d
-    common.stop_daemon(d)
+daemon = common.module_daemon('load')
 
 
 def rss(daemon):

@@ -20,24 +20,14 @@ from tests.functional import imagegen as gen
 from tests.functional.reliability import bombs
 from tests.functional.reliability import common
 
-pytestmark = [
-    pytest.mark.functional, pytest.mark.rpc, pytest.mark.privsep,
-    pytest.mark.skipif(os.geteuid() != 0, reason='needs root'),
-    pytest.mark.skipif(shutil.which('qemu-img') is None,
-                       reason='qemu-img is not installed'),
-    pytest.mark.timeout(300),
-]
+pytestmark = common.marks(300)
 
 MiB = common.MiB
 GiB = 1024 * MiB
 BOUND = 120.0
 
 
-@pytest.fixture(scope='module')
-def daemon(tmp_path_factory):
-    d = common.start_daemon(str(tmp_path_factory.mktemp('corpus')))
-    yield d
-    common.stop_daemon(d)
+daemon = common.module_daemon('corpus')
 
 
 @pytest.fixture

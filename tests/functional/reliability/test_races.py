@@ -27,14 +27,7 @@ import pytest
 from tests.functional.reliability import arena as arena_mod
 from tests.functional.reliability import common
 
-pytestmark = [
-    pytest.mark.functional, pytest.mark.rpc, pytest.mark.privsep,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason='needs root'),
-    pytest.mark.skipif(shutil.which('qemu-img') is None,
-                       reason='qemu-img is not installed'),
-    pytest.mark.timeout(400),
-]
+pytestmark = common.marks(400, pytest.mark.slow)
 
 ITERATIONS = int(os.environ.get('ACCEL_RACE_ITERATIONS', '4'))
 BATCH = 4
