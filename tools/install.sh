@@ -10,9 +10,10 @@
 #   ACCEL_ALLOWED_DIRS   comma-separated allowed dirs    (/var/lib/accel-daemon/images)
 #   ACCEL_TRANSPORT_URL  oslo.messaging transport URL
 #                        (rabbit://guest:guest@127.0.0.1:5672/)
+#   ACCEL_TOOL_USER      the user the tools run as       (accel-tools)
 #
-# What it does: Debian packages from bindep.txt (runtime entries only); a
-# system user; /var/lib/accel-daemon (0750, owned by that user); a venv
+# What it does: Debian packages from bindep.txt (runtime entries only); the
+# service user and the tools' user; /var/lib/accel-daemon (0750, owned by that user); a venv
 # built from Debian's /usr/bin/python3 with a regular (not editable) install,
 # readable by the service user; /etc/accel-daemon with the config, the
 # rootwrap.conf and the filters (root-owned: the service user must not be
@@ -92,6 +93,7 @@ transport_url = $TRANSPORT_URL
 allowed_dirs = $ALLOWED_DIRS
 filters_path = $ETC/rootwrap.d
 state_dir = $STATE/state
+tool_user = ${ACCEL_TOOL_USER:-accel-tools}
 EOF
 }
 
@@ -102,7 +104,8 @@ install_etc() {
         "$ETC/accel-daemon.conf.sample"
     write_config
     # The filters are the command boundary: owned by root, not writable by
-    # the service user, path patterns rewritten for the allowed directories.
+    # the service user (tools/render_filters.py rewrites any path pattern
+    # for the allowed directories; the shipped filters have none left).
     local -a dirs
     IFS=, read -r -a dirs <<<"$ALLOWED_DIRS"
     /usr/bin/python3 "$ROOT/tools/render_filters.py" "$ROOT/filters" \

@@ -1,10 +1,12 @@
 #!/usr/bin/python3
 """Install the shipped filter files for a host's allowed directories.
 
-The files in filters/ name the default directory /var/lib/accel-daemon/images
-literally inside their RegExpFilter patterns. This copies them to DEST with
-that name replaced by a regex alternation of the given directories (each
-escaped), so one filter line covers every allowed directory:
+The shipped filters name no directory today: every command gets opened
+descriptors (/dev/fd/N) or stdin/stdout, never a path.  A filter file that
+names the default directory /var/lib/accel-daemon/images (an operator's
+own, or an older one) is copied to DEST with that name replaced by a regex
+alternation of the given directories (each escaped), so one filter line
+covers every allowed directory:
 
     render_filters.py filters/ /etc/accel-daemon/rootwrap.d /srv/a /srv/b
 

@@ -63,7 +63,9 @@ OPTS = [
                     'groups of this user: add it to the group of the QAT '
                     'device nodes (qat) for qzip. tools/install.sh creates '
                     'it. Empty runs the tools as the privileged helper '
-                    '(root with only CAP_DAC_OVERRIDE): not recommended.'),
+                    '(root, with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH): '
+                    'not recommended. Only a root engine (the privileged '
+                    'helper, accel-image --local as root) switches users.'),
     cfg.IntOpt('max_image_gib', default=1024, min=1,
                help='Largest virtual size, in GiB, of an image accel-daemon '
                     'will convert or write. Larger images are refused before '

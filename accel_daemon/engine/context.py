@@ -5,6 +5,7 @@ once, and block-device patterns)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from accel_daemon.engine import files
 from accel_daemon.engine import paths
@@ -23,8 +24,10 @@ class Context:
     def create(cls, settings: Settings,
                policy: CommandPolicy | None = None) -> Context:
         if policy is None:
+            # Only a root engine (the privileged helper, or --local as
+            # root) can switch users; any other runs tools as itself.
             user = (ToolUser.lookup(settings.tool_user)
-                    if settings.tool_user else None)
+                    if settings.tool_user and os.geteuid() == 0 else None)
             policy = CommandPolicy(settings.filters_path, settings.exec_dirs,
                                    timeout=settings.command_timeout,
                                    tool_user=user)

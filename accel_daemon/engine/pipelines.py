@@ -50,7 +50,8 @@ def upload(ctx: Context, drivers: dict[str, base.Compressor],
         else:
             with out.sibling() as stage:
                 images.convert_fds(ctx, Phase(progress, 0, span), source,
-                                   stage, found.format, disk_format)
+                                   stage, found.format, disk_format,
+                                   limit=ctx.settings.max_image_bytes)
                 packed = compression.compress_fds(
                     compressor, stage.fd, out.fd, pack, checksum=checksum)
             converted = True

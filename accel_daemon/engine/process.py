@@ -77,6 +77,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
                   proc.pid)
 
 
+def _start(cmd: list[str], policy: CommandPolicy, stdin: int | None,
+           stdout: int | None, pass_fds: Sequence[int], caps: Sequence[int],
+           limits: Limits | None) -> subprocess.Popen:
+    return subprocess.Popen(  # nosec B603
+        cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE, close_fds=True, pass_fds=tuple(pass_fds),
+        start_new_session=True,
+        preexec_fn=tooluser.child_setup(
+            policy.tool_user, caps, limits.apply if limits else None),
+        env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C'})
+
+
 def run(argv: Sequence[str], policy: CommandPolicy, *,
         progress: Progress | None = None,
         stdin: int | None = None, stdout: int | None = None,
@@ -107,14 +120,13 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
     started = time.monotonic()
     deadline = started + timeout if timeout is not None else None
     # argv list (never a shell), already matched against the filters.
-    proc = subprocess.Popen(  # nosec B603
-        cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-        stdout=stdout if stdout is not None else subprocess.PIPE,
-        stderr=subprocess.PIPE, close_fds=True, pass_fds=tuple(pass_fds),
-        start_new_session=True,
-        preexec_fn=tooluser.child_setup(
-            policy.tool_user, caps, limits.apply if limits else None),
-        env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C'})
+    try:
+        proc = _start(cmd, policy, stdin, stdout, pass_fds, caps, limits)
+    except (OSError, subprocess.SubprocessError) as e:
+        # Nothing ran: the executable vanished, or the child could not
+        # take the tool user's identity (tooluser.child_setup).
+        raise exception.ProcessFailed(command=' '.join(cmd), exit_code=-1,
+                                      stderr='could not start: %s' % e)
     out: list[bytes] = []
     err: list[bytes] = []
     readers = [threading.Thread(target=_reader, args=(proc.stderr, err, None),

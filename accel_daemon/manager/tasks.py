@@ -368,6 +368,13 @@ class TaskManager:
             self._finish(task, 'succeeded', result=wire.to_plain(dict(result)))
 
     def _end_with_error(self, task: dict, err: exception.AccelError) -> None:
+        if isinstance(err, exception.HelperUnavailable):
+            # The helper died mid-task: nothing of its run can clean up
+            # after it.  Where outputs have a temp name (no O_TMPFILE),
+            # remove it now, through the helper started again.
+            removed = self._discard(task)
+            if removed:
+                err.fields['removed'] = removed
         with self._lock:
             requested = task['id'] in self._cancel_requested
         if self._watchdog is not None and self._watchdog.expired(task['id']):

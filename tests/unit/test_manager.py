@@ -439,3 +439,13 @@ def test_no_timeout_means_no_watchdog(make):
     mgr, backend = make(FakeBackend(duration=0.3), workers=1)
     assert mgr.task_timeout == 0 and mgr._watchdog is None
     assert mgr.wait(_submit(mgr)['id'], 5)['state'] == 'succeeded'
+
+
+def test_helper_death_discards_the_tasks_named_temps(make):
+    mgr, backend = make()
+    task = mgr.submit('copy', {'src': '/img/a', 'dst': '/img/b',
+                               'fail': 'HelperUnavailable'})
+    final = mgr.wait(task['id'], 5)
+    assert final['state'] == 'failed'
+    assert final['error']['type'] == 'HelperUnavailable'
+    assert backend.discarded == ['/img/b']

@@ -347,6 +347,12 @@ def test_context_keeps_only_the_documented_capabilities():
         c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH}
 
 
+def test_sample_config_shows_the_capabilities_in_force():
+    from accel_daemon.conf import privsep as privsep_conf
+    names = privsep_conf._DEFAULTS['capabilities'][1]
+    assert {getattr(c, n) for n in names} == set(privileged.CAPABILITIES)
+
+
 def test_hardening_plan_drops_setpcap_and_limits_children():
     keep, child = caps.plan(privileged.CAPABILITIES,
                             privileged.CHILD_CAPABILITIES)
