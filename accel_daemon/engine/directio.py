@@ -48,8 +48,9 @@ class AlignedBuffer:
         self.size = size
         self._mm = mmap.mmap(-1, size)
         self.view = memoryview(self._mm)
-        self._cell = ctypes.c_char.from_buffer(self._mm)
-        self._addr = ctypes.addressof(self._cell)
+        cell = ctypes.c_char.from_buffer(self._mm)
+        self._cell: ctypes.c_char | None = cell
+        self._addr = ctypes.addressof(cell)
         self._zeros = bytes(size)
 
     def is_zero(self, start: int, end: int) -> bool:
@@ -82,17 +83,18 @@ class BlockWriter:
                aligned_memory: bool = False) -> None:
         """Write ``view`` at ``offset``.  ``aligned_memory`` promises the
         view starts on an ALIGN boundary of an AlignedBuffer."""
-        if self.dfd is not None and aligned_memory and offset % ALIGN == 0:
+        dfd = self.dfd
+        if dfd is not None and aligned_memory and offset % ALIGN == 0:
             n = len(view) - len(view) % ALIGN
             if n:
-                self._direct(view[:n], offset)
+                self._direct(dfd, view[:n], offset)
                 view, offset = view[n:], offset + n
         if view:
             write_all_at(self.fd, view, offset)
 
-    def _direct(self, view: memoryview, offset: int) -> None:
+    def _direct(self, dfd: int, view: memoryview, offset: int) -> None:
         try:
-            write_all_at(self.dfd, view, offset)
+            write_all_at(dfd, view, offset)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
@@ -127,8 +129,8 @@ class AppendWriter:
     def written(self) -> int:
         return self._flushed + self._fill
 
-    def write(self, data) -> None:
-        buf = self._buf
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        buf = self._open_buffer()
         src = memoryview(data)
         while src:
             n = min(len(src), buf.size - self._fill)
@@ -138,8 +140,14 @@ class AppendWriter:
             if self._fill == buf.size:
                 self._flush()
 
+    def _open_buffer(self) -> AlignedBuffer:
+        if self._buf is None:
+            raise ValueError('write to a closed AppendWriter')
+        return self._buf
+
     def _flush(self) -> None:
-        self._writer.pwrite(self._buf.view[:self._fill], self._flushed, True)
+        self._writer.pwrite(self._open_buffer().view[:self._fill],
+                            self._flushed, True)
         self._flushed += self._fill
         self._fill = 0
 

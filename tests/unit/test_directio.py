@@ -43,6 +43,21 @@ def test_append_writer_round_trip(tmp_path, direct, sizes):
     assert path.read_bytes() == b''.join(parts)
 
 
+def test_append_writer_write_after_close(tmp_path):
+    # Found by mypy: the staging buffer is None once closed; a late write
+    # must say so, not fail on a None attribute.
+    fd = os.open(tmp_path / 'out', os.O_WRONLY | os.O_CREAT)
+    w = directio.AppendWriter(fd, block_size=4096)
+    try:
+        w.write(b'data')
+        w.close()
+        with pytest.raises(ValueError, match='closed'):
+            w.write(b'more')
+    finally:
+        os.close(fd)
+    assert (tmp_path / 'out').read_bytes() == b'data'
+
+
 def test_block_writer_direct_and_tail(tmp_path):
     path = tmp_path / 'out'
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
