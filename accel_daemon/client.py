@@ -120,7 +120,8 @@ class TaskHandle:
         err = self.error
         if err is not None:
             raise err
-        return self.result
+        # Done without an error: succeeded, so this is ``self.result``.
+        return self.task['result']
 
 
 class AccelClient:

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 import warnings
+from typing import Any
 
 from accel_daemon import exception
 from accel_daemon import operations
@@ -149,7 +150,7 @@ class _LocalTask:
     def __init__(self, engine, operation: str, params: dict) -> None:
         self.engine = engine
         self.id = str(uuid.uuid4())
-        self.result = None
+        self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run,
                                         args=(operation, params), daemon=True)
@@ -177,6 +178,8 @@ class _LocalTask:
         bar.close()
         if self.error is not None:
             raise self.error
+        # The thread has ended without an error: it stored its result.
+        assert self.result is not None  # nosec B101
         return self.result
 
 

@@ -24,6 +24,7 @@ from accel_daemon import exception
 from accel_daemon.engine import driver as base
 from accel_daemon.engine import paths
 from accel_daemon.engine import process
+from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
 
 LOG = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _gzip_level(level: int) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _cached_version(argv: tuple[str, ...], executable: str,
-                    policy) -> str | None:
+                    policy: CommandPolicy) -> str | None:
     """First line of ``TOOL --version`` (cached per resolved executable)."""
     try:
         res = process.run(list(argv), policy, check=False)
@@ -182,7 +183,7 @@ def _widen_pipe(fd: int) -> None:
 class _Child:
     """A decompressing child whose stdout is read through a pipe."""
 
-    def __init__(self, argv: list[str], policy, src_fd: int,
+    def __init__(self, argv: list[str], policy: CommandPolicy, src_fd: int,
                  src: str) -> None:
         self.src = src
         self.cpu_seconds = 0.0
@@ -197,7 +198,8 @@ class _Child:
             name='decompress-child')
         self._thread.start()
 
-    def _run(self, argv, policy, src_fd) -> None:
+    def _run(self, argv: list[str], policy: CommandPolicy,
+             src_fd: int) -> None:
         try:
             self._result = process.run(argv, policy, progress=self._control,
                                        stdin=src_fd, stdout=self._w,
@@ -208,7 +210,7 @@ class _Child:
             # Our copy of the write end: closing it lets the reader see EOF.
             os.close(self._w)
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: bytearray | memoryview) -> int:
         n = os.readv(self._r, [buf])
         if n == 0:
             self._finish()
@@ -219,6 +221,8 @@ class _Child:
         if self._error is not None:
             raise self._error
         res = self._result
+        # _run stores a result or an error before the thread ends.
+        assert res is not None  # nosec B101
         self.cpu_seconds = res.cpu_seconds
         if res.returncode != 0:
             # The tool rejected its input (truncated, bad CRC, not its

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from accel_daemon import exception
 from accel_daemon.engine import driver as base
@@ -39,7 +40,9 @@ try:  # The library is a hard requirement, but say so clearly if missing.
     from isal import igzip
     from isal import isal_zlib
 except ImportError:  # pragma: no cover - exercised only on broken installs
-    isal = igzip = isal_zlib = None
+    # Typed as the modules (see isal_decode): availability() says when
+    # they are missing.
+    isal = igzip = isal_zlib = None  # type: ignore[assignment]
 
 LOG = logging.getLogger(__name__)
 
@@ -158,7 +161,8 @@ class _Job:
     """One compression run: ordered writes over a bounded pool of chunks."""
 
     def __init__(self, src_fd: int, dst_fd: int, chunk: int, level: int,
-                 threads: int, progress: Progress, hasher=None) -> None:
+                 threads: int, progress: Progress,
+                 hasher: Any = None) -> None:
         self.src_fd, self.dst_fd = src_fd, dst_fd
         self.chunk, self.level, self.threads = chunk, level, threads
         self.progress = progress

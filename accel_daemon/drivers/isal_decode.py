@@ -11,7 +11,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from accel_daemon import exception
 
@@ -19,14 +19,20 @@ try:
     from isal import igzip
     from isal import isal_zlib
 except ImportError:  # pragma: no cover - exercised only on broken installs
-    igzip = isal_zlib = None
+    # The library is a hard requirement (requirements.txt); the names are
+    # None only on a broken install, which IsalCompressor.availability()
+    # reports.  Typed as the modules so every use is checked.
+    igzip = isal_zlib = None  # type: ignore[assignment]
 
 GZIP_WBITS = 31        # zlib convention: 16 + 15 = gzip wrapper
 
 
 # Errors the gzip reader raises for bad input (never for our own I/O errors).
-DECODE_ERRORS = (EOFError, zlib.error) + (
-    (isal_zlib.error, igzip.BadGzipFile) if isal_zlib is not None else ())
+# The cast: isal's stub declares ``isal_zlib.error`` an instance of
+# Exception; it is the exception class (igzip_lib.IsalError).
+DECODE_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error) + (
+    (cast(type[Exception], isal_zlib.error), igzip.BadGzipFile)
+    if isal_zlib is not None else ())
 
 
 _IN_BLOCK = 1024 * 1024
@@ -117,7 +123,8 @@ def inflate_members(raw: BinaryIO, path: str,
             after_member = True
 
 
-def _zero_run(data: bytes, zero_members: dict[bytes, int]):
+def _zero_run(data: bytes, zero_members: dict[bytes, int]
+              ) -> tuple[bytes, int] | None:
     for member, length in zero_members.items():
         if data.startswith(member):
             return member, length
@@ -134,7 +141,8 @@ class BackgroundReader:
     thread as CorruptInput.
     """
 
-    def __init__(self, chunks: Iterator[bytes], path: str, depth: int = 4,
+    def __init__(self, chunks: Iterator[bytes | int], path: str,
+                 depth: int = 4,
                  block_size: int = 1024 * 1024) -> None:
         self._chunks, self._path = chunks, path
         self._block_size = block_size
@@ -164,7 +172,7 @@ class BackgroundReader:
         finally:
             self.cpu_seconds = time.thread_time() - started
 
-    def _put(self, item) -> None:
+    def _put(self, item: bytes | int | BaseException) -> None:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.05)
@@ -196,7 +204,7 @@ class BackgroundReader:
         n, self._zeros = self._zeros, 0
         return n
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: bytearray | memoryview) -> int:
         if not self._current and not self._zeros:
             if self._eof:
                 return 0

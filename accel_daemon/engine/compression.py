@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import logging
 import os
 import time
@@ -50,7 +51,9 @@ def _default_manager() -> extension.ExtensionManager:
         on_load_failure_callback=_load_failed)
 
 
-def _load_failed(manager, entrypoint, exc) -> None:
+def _load_failed(manager: extension.ExtensionManager,
+                 entrypoint: importlib.metadata.EntryPoint,
+                 exc: BaseException) -> None:
     LOG.error('Cannot load compression driver %s: %s', entrypoint, exc)
 
 
@@ -87,7 +90,8 @@ def select(drivers: dict[str, base.Compressor], settings: Settings,
         reason='; '.join(reasons) or 'no %s driver is installed' % format)
 
 
-def _explicit(drivers, settings, format, name) -> base.Compressor:
+def _explicit(drivers: dict[str, base.Compressor], settings: Settings,
+              format: str, name: str) -> base.Compressor:
     comp = drivers.get(name)
     if comp is None:
         raise exception.NoEngineAvailable(reason='unknown driver %s' % name)

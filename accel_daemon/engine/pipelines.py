@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 from accel_daemon import exception
 from accel_daemon.engine import compression
@@ -93,10 +94,11 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
         limit = images.image_limit(ctx.settings, max_bytes)
         found, _ = images.inspect_source(ctx, inner, disk_format, limit)
         if _same_format(disk_format, dst_format) and not on_device:
-            result = {'output': dst, 'size': os.fstat(stage.fd).st_size,
-                      'engine': 'qemu-img:skipped', 'hardware': False,
-                      'sha256': (copy.sha256_fd(stage.fd, progress)
-                                 if checksum else None)}
+            result: dict[str, Any] = {
+                'output': dst, 'size': os.fstat(stage.fd).st_size,
+                'engine': 'qemu-img:skipped', 'hardware': False,
+                'sha256': (copy.sha256_fd(stage.fd, progress)
+                           if checksum else None)}
             stage.commit()
         else:
             with (ctx.output(dst, devices=True) if on_device

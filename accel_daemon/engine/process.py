@@ -10,6 +10,7 @@ the child's CPU time is read back with wait4(2).
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import resource
@@ -57,7 +58,7 @@ class Limits:
                                (self.address_space, self.address_space))
 
 
-def _reader(stream, sink: list[bytes],
+def _reader(stream: io.BufferedIOBase, sink: list[bytes],
             on_output: Callable[[bytes], None] | None) -> None:
     for chunk in iter(lambda: stream.read1(65536), b''):
         sink.append(chunk)
@@ -156,7 +157,9 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
         LOG.warning('Killed %s: still running after %s s', cmd, timeout)
         raise exception.CommandTimeout(command=' '.join(cmd),
                                        timeout=timeout)
-    status, usage = _reap(proc, None)
+    reaped = _reap(proc, None)
+    assert reaped is not None  # nosec B101: without a grace it always waits
+    status, usage = reaped
     result = Result(cmd, proc.returncode, b''.join(out), b''.join(err),
                     time.monotonic() - started,
                     usage.ru_utime + usage.ru_stime)
@@ -237,11 +240,18 @@ def _sleep(progress: Progress | None, deadline: float | None,
     return True
 
 
+def _tool(proc: subprocess.Popen) -> str:
+    """The program ``proc`` runs, for messages (run() passes a list)."""
+    args = proc.args
+    return str(args[0] if isinstance(args, (list, tuple)) else args)
+
+
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def _reap(proc: subprocess.Popen, grace: float | None):
+def _reap(proc: subprocess.Popen, grace: float | None
+          ) -> tuple[int, resource.struct_rusage] | None:
     """Reap the child with wait4 (for its CPU time).  With ``grace``, give up
     after that long: a process stuck in uninterruptible I/O survives SIGKILL
     until the I/O ends, and must not hold this thread; Popen's own cleanup
@@ -257,7 +267,7 @@ def _reap(proc: subprocess.Popen, grace: float | None):
             if time.monotonic() >= end:
                 LOG.error('Process %d (%s) did not die within %s s of '
                           'SIGKILL; leaving it behind', proc.pid,
-                          proc.args[0], grace)
+                          _tool(proc), grace)
                 return None
             time.sleep(0.01)
     # Set, so Popen never waits for this pid again (it may be reused).

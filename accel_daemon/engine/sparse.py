@@ -94,7 +94,9 @@ def copy_capped(stream: Readable, out_fd: int, *, limit: int,
     return total
 
 
-def _copy(stream, out, buf, limit, progress, name, sparse, hasher) -> int:
+def _copy(stream: Readable, out: directio.BlockWriter,
+          buf: directio.AlignedBuffer, limit: int, progress: Progress | None,
+          name: str, sparse: bool, hasher: Any) -> int:
     view = buf.view
     # Streams that know a run of zeros is next (members of zeros) hand it
     # over as a count: a hole, with nothing inflated, compared or written.

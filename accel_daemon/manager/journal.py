@@ -26,6 +26,10 @@ from accel_daemon.manager.states import FINAL_STATES
 
 LOG = logging.getLogger(__name__)
 
+# Rows as task dicts.  A name of its own because, inside Journal, ``list``
+# is the method of that name, not the builtin.
+TaskRows = list[dict[str, Any]]
+
 _SCHEMA_VERSION = 1
 _JSON_COLUMNS = ('params', 'progress', 'result', 'error')
 _COLUMNS = ('id', 'kind', 'state', 'params', 'progress', 'result', 'error',
@@ -115,18 +119,18 @@ class Journal:
         return rows[0] if rows else None
 
     def list(self, state: str | None = None,
-             limit: int = 100) -> list[dict[str, Any]]:
+             limit: int = 100) -> TaskRows:
         """Newest first."""
         where, args = ('WHERE state = ?', (state,)) if state else ('', ())
         return self._select(where + ' ORDER BY created_at DESC LIMIT ?',
                             (*args, limit))
 
-    def unfinished(self) -> list[dict[str, Any]]:
+    def unfinished(self) -> TaskRows:
         """Queued and running tasks, oldest first."""
         return self._select('WHERE state IN (?, ?) ORDER BY created_at',
                             ACTIVE_STATES)
 
-    def _select(self, tail: str, args: tuple) -> list[dict[str, Any]]:
+    def _select(self, tail: str, args: tuple) -> TaskRows:
         # ``tail`` is one of this module's literal clauses; values are bound.
         sql = 'SELECT %s FROM tasks %s' % (  # nosec B608
             ', '.join(_COLUMNS), tail)

@@ -85,13 +85,8 @@ class StateLock:
             os.close(fd)
             raise
         lock = cls(path, fd)
-        lock._write(holder if holder is not None else holder_info())
+        _write_holder(fd, holder if holder is not None else holder_info())
         return lock
-
-    def _write(self, holder: dict[str, Any]) -> None:
-        data = (json.dumps(holder, sort_keys=True) + '\n').encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
 
     @property
     def held(self) -> bool:
@@ -102,6 +97,12 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _write_holder(fd: int, holder: dict[str, Any]) -> None:
+    data = (json.dumps(holder, sort_keys=True) + '\n').encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
 
 
 def _open(path: str) -> int:

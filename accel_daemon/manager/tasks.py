@@ -194,10 +194,11 @@ class TaskManager:
     # -- API ---------------------------------------------------------------
     def submit(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         _validate(operation, params)
-        task = {'id': str(uuid.uuid4()), 'kind': operation, 'state': 'queued',
-                'params': params, 'progress': {'done': 0, 'total': 0},
-                'result': None, 'error': None, 'created_at': self._clock(),
-                'started_at': None, 'finished_at': None}
+        task: dict[str, Any] = {
+            'id': str(uuid.uuid4()), 'kind': operation, 'state': 'queued',
+            'params': params, 'progress': {'done': 0, 'total': 0},
+            'result': None, 'error': None, 'created_at': self._clock(),
+            'started_at': None, 'finished_at': None}
         with self._lock:
             if not self._accepting:
                 raise exception.ServiceUnavailable(
@@ -257,7 +258,7 @@ class TaskManager:
         with self._lock:
             task = self._active.get(task_id)
             state = task['state'] if task else None
-            if state == 'queued':
+            if task is not None and state == 'queued':
                 self._queue.remove(task_id)
                 # Marked under the same lock, so a second cancel or stop()
                 # sees it finished and never touches the queue again.

@@ -85,7 +85,9 @@ def expected(err: exception.AccelError) -> oslo_messaging.ExpectedException:
     ``kwargs`` are the error's plain fields.  ``ExpectedException`` keeps
     the server from logging a traceback for a refused request.
     """
-    err.kwargs = err.to_dict()['fields']
+    # oslo.messaging reads ``kwargs`` with getattr; AccelError has no such
+    # field of its own.
+    setattr(err, 'kwargs', err.to_dict()['fields'])
     wrapped = oslo_messaging.ExpectedException()
     wrapped.exc_info = (type(err), err, err.__traceback__)
     return wrapped
