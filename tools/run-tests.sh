@@ -1,7 +1,11 @@
 #!/bin/bash
-# THE test command: set up (packages, venv), make sure RabbitMQ runs, then
-# run the unit and functional tests. Extra arguments go to pytest instead
-# of the default test paths, e.g.  bash tools/run-tests.sh tests/unit -k conf
+# THE test command: set up (packages, venv), make sure RabbitMQ runs, type
+# check accel_daemon/ with mypy (settings: setup.cfg [mypy]), then run the
+# unit and functional tests. Extra arguments go to pytest instead of the
+# default test paths, e.g.  bash tools/run-tests.sh tests/unit -k conf
+#
+# A mypy failure fails the run, but the tests still run: both are reported
+# and the exit status is non-zero if either failed.
 #
 # The last line printed is a plain "N passed, N failed, N skipped" summary
 # read from pytest's junit XML report (kept in $ACCEL_TEST_RESULTS).
@@ -21,6 +25,12 @@ if [ $# -eq 0 ]; then
     set -- tests/unit tests/functional
 fi
 
+mypy_rc=0
+.venv/bin/python -m mypy </dev/null || mypy_rc=$?
+if [ $mypy_rc -ne 0 ]; then
+    echo "run-tests: mypy failed (exit $mypy_rc); running the tests anyway" >&2
+fi
+
 rc=0
 .venv/bin/python -m pytest -p no:cacheprovider -rfEs --timeout=900 \
     --junitxml="$JUNIT" "$@" </dev/null || rc=$?
@@ -30,6 +40,13 @@ if [ $rc -eq 5 ]; then
     # must not pass.
     echo "run-tests: pytest collected no test" >&2
     rc=1
+fi
+
+# Before the summary, which stays the last line.
+if [ $mypy_rc -ne 0 ]; then
+    echo "run-tests: mypy failed (exit $mypy_rc), see its errors above" >&2
+else
+    echo "run-tests: mypy passed" >&2
 fi
 
 if [ -f "$JUNIT" ]; then
@@ -47,5 +64,8 @@ print('junit report: %s' % sys.argv[1])
 print('summary: %d passed, %d failed, %d skipped'
       % (passed, failed, count['skipped']))
 EOF
+fi
+if [ $mypy_rc -ne 0 ] && [ $rc -eq 0 ]; then
+    rc=$mypy_rc
 fi
 exit $rc
