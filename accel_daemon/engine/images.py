@@ -119,13 +119,29 @@ def info(ctx: Context, path: str, fmt: str) -> dict:
 
 
 # --- check / compare / measure ---------------------------------------------
+_VERSIONS: dict[tuple, str | None] = {}
+
+
 def version(policy: CommandPolicy) -> str | None:
-    """qemu-img's version line, or None when it is missing or forbidden."""
+    """qemu-img's version line, or None when it is missing or forbidden.
+
+    The filters are asked every time (a reload that forbids qemu-img shows
+    at once); the answer of one executable file is cached (capabilities
+    ask often, and each exec costs a few milliseconds).
+    """
     try:
-        result = process.run(qemu_img.version_cmd(), policy)
+        argv = policy.check(qemu_img.version_cmd())
+        st = os.stat(argv[0])
     except (exception.AccelError, OSError):
         return None
-    return qemu_img.parse_version(result.stdout) or None
+    key = (argv[0], st.st_dev, st.st_ino, st.st_mtime_ns)
+    if key not in _VERSIONS:
+        try:
+            result = process.run(qemu_img.version_cmd(), policy)
+        except (exception.AccelError, OSError):
+            return None
+        _VERSIONS[key] = qemu_img.parse_version(result.stdout) or None
+    return _VERSIONS[key]
 
 
 def check_fd(ctx: Context, src: files.Opened, fmt: str) -> dict:

@@ -217,3 +217,23 @@ def test_convert_onto_zeroed_block_device(env, qcow2, loopdev):
     assert result['output'] == dev and result['size'] == 64 * MiB
     assert gen.compare(qcow2, 'qcow2', backing, 'raw')
     assert os.listdir(env.images) == ['src.qcow2']
+
+
+def test_version_is_cached_but_the_filters_are_asked_each_time(env):
+    first = images.version(env.policy)
+    assert first and first.startswith('qemu-img version')
+    calls = []
+    real_run = process.run
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real_run(*args, **kwargs)
+
+    process.run, saved = counting, process.run
+    try:
+        assert images.version(env.policy) == first
+        assert calls == []                  # no exec for a known binary
+        envfixture.copy_filters_without(env, 'qemu-img')
+        assert images.version(env.policy) is None
+    finally:
+        process.run = saved
