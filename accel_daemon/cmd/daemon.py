@@ -88,10 +88,10 @@ def make_backend(conf: cfg.ConfigOpts) -> tuple[Any, Callable[[], None]]:
             raise SystemExit('--local-backend needs root')
         LOG.warning('Running operations in-process (--local-backend)')
         return backends.LocalBackend(accel_conf.settings(conf)), lambda: None
-    from accel_daemon import privileged
-    privileged.init(conf)
+    from accel_daemon.privileged import start as privileged_start
+    privileged_start.init(conf)
     # Closing the channel makes the privsep daemon exit.
-    return backends.PrivsepBackend(), privileged.stop
+    return backends.PrivsepBackend(), privileged_start.stop
 
 
 def check_state_dir(conf: cfg.ConfigOpts) -> None:

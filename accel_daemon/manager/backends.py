@@ -98,7 +98,8 @@ def call_entrypoint(call: Callable[..., Any], *args: Any) -> Any:
 
 
 class PrivsepBackend:
-    """Each method is one privsep entrypoint call (privileged.init() first)."""
+    """Each method is one privsep entrypoint call (after
+    ``privileged.start.init()``)."""
 
     def run(self, task_id: str, operation: str, params: dict) -> dict:
         return call_entrypoint(ops.run, task_id, operation, params)

@@ -3,7 +3,10 @@
 accel-daemon's main process (RPC server, task manager, journal) runs as an
 unprivileged service user.  Everything that needs privilege goes through the
 entrypoints in ``accel_daemon.privileged.ops``, which run in an oslo.privsep
-daemon started by ``init()``.
+daemon started by ``accel_daemon.privileged.start.init()``.  This module holds
+only the context, its capabilities and the default pool size the privsep
+daemon reads when it imports this module (the one configuration change at
+import time: the helper has no other hook before it sizes its pool).
 
 Capabilities (the fewest the work needs)
 ----------------------------------------
@@ -81,11 +84,6 @@ therefore, in each privsep worker thread before its first operation
 from __future__ import annotations
 
 import logging
-import os
-import shlex
-import shutil
-import sys
-from collections.abc import Sequence
 
 from oslo_config import cfg
 from oslo_privsep import capabilities as c
@@ -126,7 +124,7 @@ def pool_size(workers: int) -> int:
     return max(1, int(workers)) + CONTROL_THREADS
 
 
-def _apply_pool_default(conf: cfg.ConfigOpts) -> None:
+def apply_pool_default(conf: cfg.ConfigOpts) -> None:
     try:
         workers = conf.tasks.workers
     except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
@@ -134,71 +132,7 @@ def _apply_pool_default(conf: cfg.ConfigOpts) -> None:
     conf.set_default('thread_pool_size', pool_size(workers), group=SECTION)
 
 
-def helper_command(executable: str, euid: int,
-                   config_files: Sequence[str] = (),
-                   config_dirs: Sequence[str] = (),
-                   sudo: str | None = '/usr/bin/sudo') -> list[str]:
-    """argv that starts our privsep daemon; privsep appends the context
-    and socket arguments.
-
-    The helper is named by absolute path next to ``executable`` (the venv's
-    interpreter): sudo's secure_path would not find a venv.  sudo is used
-    only when we are not root; ``-n`` makes a missing sudoers rule fail at
-    once instead of waiting for a password.  The argument order is the one
-    the sudoers sample (etc/accel-daemon/sudoers.d) expects.
-    """
-    helper = os.path.join(os.path.dirname(os.path.abspath(executable)),
-                          'privsep-helper')
-    cmd = [helper]
-    for path in config_files:
-        cmd += ['--config-file', os.path.abspath(path)]
-    for path in config_dirs:
-        cmd += ['--config-dir', os.path.abspath(path)]
-    if euid != 0:
-        if not sudo:
-            raise RuntimeError('accel-daemon runs as uid %d and sudo was not '
-                               'found to start the privsep helper' % euid)
-        cmd = [sudo, '-n'] + cmd
-    return cmd
-
-
-def _conf_list(conf: cfg.ConfigOpts, name: str) -> list[str]:
-    try:
-        return list(getattr(conf, name) or [])
-    except cfg.NoSuchOptError:
-        return []
-
-
-def init(conf: cfg.ConfigOpts = cfg.CONF, start: bool = True) -> None:
-    """Configure (and by default start) the privsep daemon.
-
-    Call once from the daemon's main() after the configuration is parsed.
-    An operator-set ``[privsep_accel] helper_command`` is used unchanged.
-    oslo.privsep reads its options from the global ``cfg.CONF`` only.
-    """
-    if conf is not cfg.CONF:
-        raise ValueError('oslo.privsep only reads the global cfg.CONF')
-    # Again here: a test fixture's conf.reset() unsets privsep's defaults.
-    conf.set_default('capabilities', list(CAPABILITIES), group=SECTION)
-    _apply_pool_default(conf)
-    if not conf[SECTION].helper_command:
-        cmd = helper_command(sys.executable, os.geteuid(),
-                             _conf_list(conf, 'config_file'),
-                             _conf_list(conf, 'config_dir'),
-                             shutil.which('sudo'))
-        conf.set_override('helper_command', shlex.join(cmd), group=SECTION)
-    LOG.info('privsep helper: %s (threads %d)', conf[SECTION].helper_command,
-             conf[SECTION].thread_pool_size)
-    if start:
-        context.start(priv_context.Method.ROOTWRAP)
-
-
-def stop() -> None:
-    """Close the channel; the privsep daemon exits when it sees EOF."""
-    context.stop()
-
-
 # In the privsep daemon this module is imported after the configuration
 # files are parsed and before the thread pool is created: the default pool
 # size follows [tasks] workers there too.
-_apply_pool_default(cfg.CONF)
+apply_pool_default(cfg.CONF)

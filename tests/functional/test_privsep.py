@@ -1,9 +1,9 @@
 """The privileged layer through a REAL privsep daemon, started the way
-accel-daemon starts it as root (``privileged.init``: helper_command with the
-venv's absolute privsep-helper, the test's --config-file), with the real
-tools.  The allowed directory belongs to another user (uid 4242, mode 0750)
-and inputs are mode 0600, as cinder's are: the daemon must get there with
-its few capabilities only.
+accel-daemon starts it as root (``privileged.start.init``: helper_command
+with the venv's absolute privsep-helper, the test's --config-file), with the
+real tools.  The allowed directory belongs to another user (uid 4242, mode
+0750) and inputs are mode 0600, as cinder's are: the daemon must get there
+with its few capabilities only.
 """
 
 import gzip
@@ -22,6 +22,7 @@ from oslo_privsep import capabilities as c
 from accel_daemon.manager import backends
 from accel_daemon import exception
 from accel_daemon import privileged
+from accel_daemon.privileged import start as privileged_start
 from accel_daemon.engine import paths
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.privileged import caps
@@ -129,11 +130,11 @@ def daemon(tmp_path_factory):
         f.write('[accel_daemon]\nallowed_dirs = %s\nfilters_path = %s\n'
                 '[tasks]\nworkers = 4\n' % (env.images, env.filters_dir))
     cfg.CONF(['--config-file', conf_path], project='accel-daemon')
-    privileged.init(cfg.CONF)
+    privileged_start.init(cfg.CONF)
     try:
         yield env, conf_path, backends.PrivsepBackend()
     finally:
-        privileged.stop()
+        privileged_start.stop()
         cfg.CONF.clear_override('helper_command', group=privileged.SECTION)
         cfg.CONF.clear()
 
@@ -492,8 +493,9 @@ import json, os, sys
 from oslo_config import cfg
 from accel_daemon import exception, privileged
 from accel_daemon.manager import backends
+from accel_daemon.privileged import start as privileged_start
 cfg.CONF(['--config-file', sys.argv[1]], project='accel-daemon')
-privileged.init(cfg.CONF)
+privileged_start.init(cfg.CONF)
 backend = backends.PrivsepBackend()
 out = {'helper': cfg.CONF.privsep_accel.helper_command,
        'filters': backend.reload_filters(), 'me': os.geteuid()}

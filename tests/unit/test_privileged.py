@@ -15,6 +15,7 @@ from oslo_utils import importutils
 from accel_daemon.manager import backends
 from accel_daemon import exception
 from accel_daemon import privileged
+from accel_daemon.privileged import start as privileged_start
 from accel_daemon.engine.engine import Engine
 from accel_daemon.privileged import caps
 from accel_daemon.privileged import ops
@@ -257,21 +258,22 @@ def test_entrypoints_are_registered_with_our_context():
 
 # -- starting the daemon ---------------------------------------------------
 def test_helper_command_root_runs_helper_directly():
-    cmd = privileged.helper_command('/opt/a/venv/bin/python3', 0,
-                                    ['/etc/accel-daemon/accel-daemon.conf'],
-                                    ['/etc/accel-daemon/conf.d'])
+    cmd = privileged_start.helper_command(
+        '/opt/a/venv/bin/python3', 0, ['/etc/accel-daemon/accel-daemon.conf'],
+        ['/etc/accel-daemon/conf.d'])
     assert cmd == ['/opt/a/venv/bin/privsep-helper',
                    '--config-file', '/etc/accel-daemon/accel-daemon.conf',
                    '--config-dir', '/etc/accel-daemon/conf.d']
 
 
 def test_helper_command_non_root_uses_sudo_noninteractive():
-    cmd = privileged.helper_command('/opt/a/venv/bin/python3', 1000,
-                                    ['rel.conf'], sudo='/usr/bin/sudo')
+    cmd = privileged_start.helper_command('/opt/a/venv/bin/python3', 1000,
+                                          ['rel.conf'], sudo='/usr/bin/sudo')
     assert cmd[:3] == ['/usr/bin/sudo', '-n', '/opt/a/venv/bin/privsep-helper']
     assert cmd[4] == os.path.abspath('rel.conf')
     with pytest.raises(RuntimeError):
-        privileged.helper_command('/opt/a/venv/bin/python3', 1000, sudo=None)
+        privileged_start.helper_command('/opt/a/venv/bin/python3', 1000,
+                                        sudo=None)
 
 
 @pytest.fixture
@@ -281,12 +283,12 @@ def global_conf():
     yield cfg.CONF
     cfg.CONF.clear_override('workers', group='tasks')
     cfg.CONF.clear_override('helper_command', group=privileged.SECTION)
-    privileged._apply_pool_default(cfg.CONF)
+    privileged.apply_pool_default(cfg.CONF)
 
 
 def test_init_sets_absolute_helper_and_pool_size(global_conf):
     global_conf.set_override('workers', 7, group='tasks')
-    privileged.init(global_conf, start=False)
+    privileged_start.init(global_conf, start=False)
     section = global_conf[privileged.SECTION]
     assert section.thread_pool_size == 7 + privileged.CONTROL_THREADS
     helper = os.path.join(os.path.dirname(os.path.abspath(
@@ -299,10 +301,10 @@ def test_init_sets_absolute_helper_and_pool_size(global_conf):
 def test_init_keeps_operator_helper_command(global_conf):
     global_conf.set_override('helper_command', 'custom-helper',
                              group=privileged.SECTION)
-    privileged.init(global_conf, start=False)
+    privileged_start.init(global_conf, start=False)
     assert global_conf[privileged.SECTION].helper_command == 'custom-helper'
     with pytest.raises(ValueError):
-        privileged.init(cfg.ConfigOpts(), start=False)
+        privileged_start.init(cfg.ConfigOpts(), start=False)
 
 
 def test_default_pool_exceeds_workers_and_cpu_count():
@@ -320,7 +322,7 @@ def _sudoers_args_regex():
 
 def test_sudoers_sample_allows_exactly_what_init_builds():
     helper, args = _sudoers_args_regex()
-    cmd = privileged.helper_command(
+    cmd = privileged_start.helper_command(
         '/opt/accel-daemon/venv/bin/python3', 999,
         ['/etc/accel-daemon/accel-daemon.conf'], sudo='/usr/bin/sudo')
     sock = os.path.join(tempfile.mkdtemp(dir='/tmp'), 'privsep.sock')
