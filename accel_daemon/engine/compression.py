@@ -209,10 +209,13 @@ def decompress_limit(settings: Settings, max_bytes: int | None) -> int:
 def compress(ctx: Context, drivers: dict[str, base.Compressor],
              progress: Progress, src: str, dst: str,
              driver: str | None = None, level: int | None = None,
-             format: str = base.GZIP, checksum: bool = True) -> dict:
-    """Compress ``src`` to the new file ``dst`` with the best driver."""
+             format: str = base.GZIP, checksum: bool = True,
+             replace: bool = False) -> dict:
+    """Compress ``src`` to the new file ``dst`` with the best driver
+    (``replace``: over an existing one; ``src`` may be ``dst``)."""
     comp = select(drivers, ctx.settings, format, driver)
-    with ctx.open_source(src) as source, ctx.output(dst) as out:
+    with ctx.open_source(src) as source, \
+            ctx.output(dst, replace=replace) as out:
         LOG.info('Compressing %s to %s with %s', source.real, dst, comp.name)
         result = compress_fds(comp, source.fd, out.fd, progress, level,
                               checksum)
@@ -223,7 +226,8 @@ def compress(ctx: Context, drivers: dict[str, base.Compressor],
 
 def decompress(ctx: Context, drivers: dict[str, base.Compressor],
                progress: Progress, src: str, dst: str,
-               max_bytes: int | None = None, checksum: bool = False) -> dict:
+               max_bytes: int | None = None, checksum: bool = False,
+               replace: bool = False) -> dict:
     """Decompress ``src`` (gzip or zstd) to the new sparse file ``dst``.
 
     Block devices are refused as outputs (``Output`` without devices):
@@ -231,7 +235,8 @@ def decompress(ctx: Context, drivers: dict[str, base.Compressor],
     """
     limit = decompress_limit(ctx.settings, max_bytes)
     progress.set_total(limit if max_bytes else 0)
-    with ctx.open_source(src) as source, ctx.output(dst) as out:
+    with ctx.open_source(src) as source, \
+            ctx.output(dst, replace=replace) as out:
         result = decompress_fds(drivers, source, out.fd, limit, progress,
                                 checksum)
         out.commit()

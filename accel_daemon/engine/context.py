@@ -38,7 +38,10 @@ class Context:
         """Open an input once (see ``engine.files``)."""
         return files.open_source(self.confinement, path)
 
-    def output(self, path: str, devices: bool = False) -> files.Output:
-        """A new output file (or, with ``devices``, an allowed device)."""
+    def output(self, path: str, devices: bool = False,
+               replace: bool = False) -> files.Output:
+        """A new output file (or, with ``devices``, an allowed device);
+        ``replace``: it may replace an existing regular file."""
         return files.Output(self.confinement, path,
-                            self.settings.output_file_mode, devices)
+                            self.settings.output_file_mode, devices,
+                            replace=replace)

@@ -73,10 +73,12 @@ def sha256_fd(fd: int, progress: Progress | None = None) -> str:
 
 
 def copy_file(ctx: Context, progress: Progress, src: str, dst: str,
-              checksum: bool = False) -> dict:
-    """Sparse copy of ``src`` to the new file ``dst``."""
+              checksum: bool = False, replace: bool = False) -> dict:
+    """Sparse copy of ``src`` to the new file ``dst`` (``replace``: over an
+    existing one)."""
     cpu = time.thread_time()
-    with ctx.open_source(src) as source, ctx.output(dst) as out:
+    with ctx.open_source(src) as source, \
+            ctx.output(dst, replace=replace) as out:
         size = copy_fd(source.fd, out.fd, progress)
         digest = sha256_fd(out.fd, progress) if checksum else None
         out.commit()

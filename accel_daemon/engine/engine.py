@@ -138,41 +138,47 @@ class Engine:
     # -- operations (see accel_daemon.operations for their arguments) -------
     def compress(self, progress: Progress, src: str, dst: str,
                  driver: str | None = None, level: int | None = None,
-                 format: str = base.GZIP, checksum: bool = True) -> dict:
+                 format: str = base.GZIP, checksum: bool = True,
+                 replace: bool = False) -> dict:
         return compression.compress(self.ctx, self.drivers, progress, src,
                                     dst, driver=driver, level=level,
-                                    format=format, checksum=checksum)
+                                    format=format, checksum=checksum,
+                                    replace=replace)
 
     def decompress(self, progress: Progress, src: str, dst: str,
                    max_bytes: int | None = None,
-                   checksum: bool = False) -> dict:
+                   checksum: bool = False, replace: bool = False) -> dict:
         return compression.decompress(self.ctx, self.drivers, progress, src,
                                       dst, max_bytes=max_bytes,
-                                      checksum=checksum)
+                                      checksum=checksum, replace=replace)
 
     def convert(self, progress: Progress, src: str, dst: str,
                 src_format: str, dst_format: str, compress: bool = False,
                 target_is_zero: bool = False, max_bytes: int | None = None,
-                checksum: bool = False) -> dict:
+                checksum: bool = False, replace: bool = False) -> dict:
         return images.convert(self.ctx, progress, src, dst, src_format,
                               dst_format, compress=compress,
                               target_is_zero=target_is_zero,
-                              max_bytes=max_bytes, checksum=checksum)
+                              max_bytes=max_bytes, checksum=checksum,
+                              replace=replace)
 
     def copy(self, progress: Progress, src: str, dst: str,
-             checksum: bool = False) -> dict:
-        return copy.copy_file(self.ctx, progress, src, dst, checksum)
+             checksum: bool = False, replace: bool = False) -> dict:
+        return copy.copy_file(self.ctx, progress, src, dst, checksum,
+                              replace=replace)
 
     def upload(self, progress: Progress, src: str, dst: str,
                src_format: str, disk_format: str,
-               checksum: bool = True) -> dict:
+               checksum: bool = True, replace: bool = False) -> dict:
         return pipelines.upload(self.ctx, self.drivers, progress, src, dst,
-                                src_format, disk_format, checksum=checksum)
+                                src_format, disk_format, checksum=checksum,
+                                replace=replace)
 
     def download(self, progress: Progress, src: str, dst: str,
                  disk_format: str, dst_format: str,
                  max_bytes: int | None = None,
-                 checksum: bool = False) -> dict:
+                 checksum: bool = False, replace: bool = False) -> dict:
         return pipelines.download(self.ctx, self.drivers, progress, src, dst,
                                   disk_format, dst_format,
-                                  max_bytes=max_bytes, checksum=checksum)
+                                  max_bytes=max_bytes, checksum=checksum,
+                                  replace=replace)

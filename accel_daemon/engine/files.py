@@ -19,6 +19,13 @@ publishing (``linkat`` of the descriptor).
   still be free.  Where the file system has no O_TMPFILE, a private
   (0600, ``O_EXCL|O_NOFOLLOW``) temp name is used and removed on failure;
   journal recovery removes what a crash left.
+* ``Output(replace=True)``: an existing output is replaced atomically.  The
+  new file is written the same way; to publish it, its descriptor is linked
+  to a fresh private temp name in the same directory and ``rename(2)``-d
+  over the final name (both through the directory's descriptor).  The name
+  being replaced must be a regular file with one link: what ``lstat``
+  through the directory's descriptor shows just before the rename (and at
+  the open, to fail early) is judged, never a name looked up again.
 """
 
 from __future__ import annotations
@@ -181,15 +188,18 @@ class Output:
     use_tmpfile = True
 
     def __init__(self, conf: paths.Confinement, path: str,
-                 mode: int = 0o640, devices: bool = False) -> None:
+                 mode: int = 0o640, devices: bool = False,
+                 replace: bool = False) -> None:
         self.conf = conf
         self.path = path
         self.mode = mode
         self.devices = devices
+        self.replace = replace
         self.fd = -1
         self.dir_fd = -1
         self.name = ''
         self.temp_name: str | None = None    # only without O_TMPFILE
+        self.publish_name: str | None = None  # replace: renamed over name
         self.device: Opened | None = None
         self.committed = False
         self._parent: Output | None = None
@@ -212,6 +222,10 @@ class Output:
     def _open(self) -> None:
         paths.check_name(self.path)
         if self.devices and self.conf.device_name(self.path):
+            if self.replace:
+                # A device is written in place; there is no name to replace.
+                raise exception.InvalidRequest(
+                    reason='replace is for file outputs, not block devices')
             self.device = _open_device(self.conf, self.path, os.O_RDWR)
             self.fd = self.device.fd
             return
@@ -225,18 +239,43 @@ class Output:
             self.dir_fd = os.dup(self._parent.dir_fd)
         else:
             self.dir_fd = _open_dir(self.conf, directory, self.path)
-        if self._name_taken():
+        if self.replace:
+            # Checked again just before the rename; this only fails early.
+            self._check_replaceable()
+        elif self._name_taken():
             raise exception.OutputExists(path=self.path)
         self.fd = self._create()
 
-    def _name_taken(self) -> bool:
+    def _lstat_name(self) -> os.stat_result | None:
+        """lstat of the final name through the directory's descriptor."""
         try:
-            os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+            return os.stat(self.name, dir_fd=self.dir_fd,
+                           follow_symlinks=False)
         except FileNotFoundError:
-            return False
+            return None
         except OSError as e:
             raise open_error(self.path, e)
-        return True
+
+    def _name_taken(self) -> bool:
+        return self._lstat_name() is not None
+
+    def _check_replaceable(self) -> None:
+        """What is at the final name may be replaced: nothing, or a regular
+        file with a single link (refused: a symbolic link, a FIFO, a
+        directory, a device, a socket, a file with other hard links)."""
+        st = self._lstat_name()
+        if st is None:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise exception.SymlinkEscape(path=self.path)
+        if not stat.S_ISREG(st.st_mode):
+            raise exception.PathNotAllowed(
+                path=self.path, reason='the existing output is not a '
+                                       'regular file')
+        if st.st_nlink > 1:
+            raise exception.PathNotAllowed(
+                path=self.path, reason='the existing output has %d hard '
+                                       'links' % st.st_nlink)
 
     def _create(self) -> int:
         if self.use_tmpfile:
@@ -264,7 +303,8 @@ class Output:
         opened (a scratch stage, or the final output beside a stage)."""
         if self.dir_fd < 0:
             raise ValueError('sibling() of an output that is not open')
-        other = Output(self.conf, self.path, self.mode)
+        other = Output(self.conf, self.path, self.mode,
+                       replace=self.replace)
         other._parent = self
         return other
 
@@ -280,7 +320,8 @@ class Output:
             os.fchown(self.fd, uid, gid)
 
     def commit(self) -> None:
-        """fsync and publish under the final name (never over a file)."""
+        """fsync and publish under the final name (never over a file, but
+        with ``replace``, see ``_replace``)."""
         if self.is_device:
             os.fsync(self.fd)
             self.committed = True
@@ -294,6 +335,9 @@ class Output:
             dst = os.fstat(self.dir_fd)
             os.fchown(self.fd, dst.st_uid, dst.st_gid)
         os.fsync(self.fd)
+        if self.replace:
+            self._replace()
+            return
         try:
             # Link the inode we wrote, through its descriptor: no name that
             # anybody else could have replaced is involved.
@@ -312,19 +356,76 @@ class Output:
         self._remove_temp_name()
         os.fsync(self.dir_fd)
 
-    def _remove_temp_name(self) -> None:
-        """Unlink our temp name, if it still names our file."""
-        if self.temp_name is None or self.dir_fd < 0 or self.fd < 0:
-            return
+    def _replace(self) -> None:
+        """Publish over whatever regular file holds the final name.
+
+        The inode we wrote is linked, through its descriptor, to a fresh
+        private temp name (``linkat`` never replaces: the name is ours when
+        it is made), the final name is judged by ``lstat`` through the
+        directory's descriptor, and the temp name is renamed over it.
+
+        The directory's owner can swap either name between those steps.
+        ``rename(2)`` never follows a symbolic link, in either name, and
+        only changes entries of this one directory (already judged): a
+        name swapped after the check (for a symbolic link to a host file,
+        a hard link, a FIFO) is replaced as a name, its target untouched,
+        and a temp name swapped for their own file publishes that file
+        instead of ours.  Either way they only lose the caller's output,
+        which they could delete anyway; nothing outside changes.
+        """
+        for _ in range(8):
+            name = paths.temp_name(self.name, secrets.token_hex(4))
+            try:
+                os.link('/proc/self/fd/%d' % self.fd, name,
+                        dst_dir_fd=self.dir_fd, follow_symlinks=True)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                raise exception.PathNotAllowed(
+                    path=self.path,
+                    reason='its temp file was removed while being written')
+            except OSError as e:
+                raise open_error(self.path, e)
+            self.publish_name = name
+            break
+        else:
+            raise exception.PathNotAllowed(
+                path=self.path, reason='no free temp name to publish it')
+        self._check_replaceable()
         try:
-            st = os.stat(self.temp_name, dir_fd=self.dir_fd,
-                         follow_symlinks=False)
-            mine = os.fstat(self.fd)
-            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-                os.unlink(self.temp_name, dir_fd=self.dir_fd)
+            os.rename(name, self.name,
+                      src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except FileNotFoundError:
-            pass
-        self.temp_name = None
+            raise exception.PathNotAllowed(
+                path=self.path,
+                reason='its temp name was removed while being published')
+        except OSError as e:
+            # EISDIR/ENOTEMPTY: a directory took the name after the check.
+            if e.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise exception.PathNotAllowed(
+                    path=self.path, reason='the existing output is not a '
+                                           'regular file')
+            raise open_error(self.path, e)
+        self.publish_name = None
+        self.committed = True
+        self._remove_temp_name()
+        os.fsync(self.dir_fd)
+
+    def _remove_temp_name(self) -> None:
+        """Unlink our temp names, if they still name our file."""
+        for attr in ('temp_name', 'publish_name'):
+            name = getattr(self, attr)
+            if name is None or self.dir_fd < 0 or self.fd < 0:
+                continue
+            try:
+                st = os.stat(name, dir_fd=self.dir_fd,
+                             follow_symlinks=False)
+                mine = os.fstat(self.fd)
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.unlink(name, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                pass
+            setattr(self, attr, None)
 
     def close(self) -> None:
         try:

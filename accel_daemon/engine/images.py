@@ -207,17 +207,18 @@ def _failed(result: process.Result) -> exception.ProcessFailed:
 def convert(ctx: Context, progress: Progress, src: str, dst: str,
             src_format: str, dst_format: str, compress: bool = False,
             target_is_zero: bool = False, max_bytes: int | None = None,
-            checksum: bool = False) -> dict:
+            checksum: bool = False, replace: bool = False) -> dict:
     """Convert ``src`` into a new file ``dst`` or onto an allowed device.
 
     File outputs are unnamed until they are published (on success only);
     block devices (settings.allowed_block_devices) are written in place
     with -n, plus --target-is-zero when the caller guarantees the device
-    reads as zeros.
+    reads as zeros.  ``replace`` publishes over an existing regular file
+    (refused for a device: ``InvalidRequest``).
     """
     dst_fmt = qemu_img.output_format(dst_format, 'convert')
     with ctx.open_source(src) as source, \
-            ctx.output(dst, devices=True) as out:
+            ctx.output(dst, devices=True, replace=replace) as out:
         if target_is_zero and not out.is_device:
             raise exception.InvalidRequest(
                 reason='target_is_zero is only valid for a block device '

@@ -141,10 +141,16 @@ def check_input(path: str, allowed_dirs: Iterable[str],
 
 
 def check_output(path: str, allowed_dirs: Iterable[str],
-                 block_patterns: Iterable[str] = ()) -> str:
-    """Pre-check a new output (or an allowed device) by name (RPC layer)."""
+                 block_patterns: Iterable[str] = (),
+                 replace: bool = False) -> str:
+    """Pre-check a new output (or an allowed device) by name (RPC layer);
+    with ``replace``, an existing one must be a regular file with one
+    link (the privileged side judges it again, through its descriptors)."""
     check_name(path)
     if allowed_block_device(path, block_patterns):
+        if replace:
+            raise exception.InvalidRequest(
+                reason='replace is for file outputs, not block devices')
         return _resolved(path)
     directory, name = split_output(path)
     conf = Confinement(allowed_dirs)
@@ -154,9 +160,29 @@ def check_output(path: str, allowed_dirs: Iterable[str],
     if not os.path.isdir(real_parent):
         raise exception.PathNotAllowed(path=path,
                                        reason='parent is not a directory')
-    if os.path.lexists(path):
+    if replace:
+        _check_replaceable(path)
+    elif os.path.lexists(path):
         raise exception.OutputExists(path=path)
     return os.path.join(real_parent, name)
+
+
+def _check_replaceable(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise exception.PathNotAllowed(path=path, reason=e.strerror)
+    if stat.S_ISLNK(st.st_mode):
+        raise exception.SymlinkEscape(path=path)
+    if not stat.S_ISREG(st.st_mode):
+        raise exception.PathNotAllowed(
+            path=path, reason='the existing output is not a regular file')
+    if st.st_nlink > 1:
+        raise exception.PathNotAllowed(
+            path=path, reason='the existing output has %d hard links'
+                              % st.st_nlink)
 
 
 def check_output_dir(path: str, allowed_dirs: Iterable[str]) -> str:

@@ -30,10 +30,12 @@ from accel_daemon.engine.progress import Progress
 
 def upload(ctx: Context, drivers: dict[str, base.Compressor],
            progress: Progress, src: str, dst: str, src_format: str,
-           disk_format: str, checksum: bool = True) -> dict:
+           disk_format: str, checksum: bool = True,
+           replace: bool = False) -> dict:
     disk_format = qemu_img.output_format(disk_format, 'upload')
     compressor = compression.select(drivers, ctx.settings)
-    with ctx.open_source(src) as source, ctx.output(dst) as out:
+    with ctx.open_source(src) as source, \
+            ctx.output(dst, replace=replace) as out:
         before = source.identity()
         found, _ = images.inspect_source(ctx, source, src_format,
                                          ctx.settings.max_image_bytes)
@@ -76,12 +78,19 @@ def _sound(ctx: Context, source: files.Opened, fmt: str) -> None:
 def download(ctx: Context, drivers: dict[str, base.Compressor],
              progress: Progress, src: str, dst: str, disk_format: str,
              dst_format: str, max_bytes: int | None = None,
-             checksum: bool = False) -> dict:
+             checksum: bool = False, replace: bool = False) -> dict:
     disk_format = qemu_img.input_format(disk_format, 'download')
     dst_format = qemu_img.output_format(dst_format, 'download')
     on_device = ctx.confinement.device_name(dst)
+    if on_device and replace:
+        # Refused before anything is read or written (see files.Output).
+        raise exception.InvalidRequest(
+            reason='replace is for file outputs, not block devices')
+    # Off the device, the stage is published as the output (or its
+    # sibling is): both may then replace an existing file.
     with ctx.open_source(src) as source, \
-            ctx.output(stage_target(ctx, dst, on_device)) as stage:
+            ctx.output(stage_target(ctx, dst, on_device),
+                       replace=replace) as stage:
         size = max(1, source.size)
         progress.set_total(2 * size)
         unpacked = compression.decompress_fds(
