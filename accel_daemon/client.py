@@ -168,41 +168,49 @@ class AccelClient:
     # -- operations (each returns a TaskHandle at once) ---------------------
     def compress(self, src: str, dst: str, driver: str | None = None,
                  level: int | None = None, format: str = 'gzip',
-                 checksum: bool | None = None) -> TaskHandle:
+                 checksum: bool | None = None,
+                 replace: bool = False) -> TaskHandle:
         return self._handle(self._api.compress(
             self.host, src, dst, driver=driver, level=level, format=format,
-            checksum=checksum))
+            checksum=checksum, replace=replace))
 
     def decompress(self, src: str, dst: str, max_bytes: int | None = None,
-                   checksum: bool | None = None) -> TaskHandle:
+                   checksum: bool | None = None,
+                   replace: bool = False) -> TaskHandle:
         return self._handle(self._api.decompress(
-            self.host, src, dst, max_bytes=max_bytes, checksum=checksum))
+            self.host, src, dst, max_bytes=max_bytes, checksum=checksum,
+            replace=replace))
 
     def convert(self, src: str, dst: str, src_format: str, dst_format: str,
                 compress: bool = False, target_is_zero: bool = False,
                 checksum: bool | None = None,
-                max_bytes: int | None = None) -> TaskHandle:
+                max_bytes: int | None = None,
+                replace: bool = False) -> TaskHandle:
         return self._handle(self._api.convert(
             self.host, src, dst, src_format, dst_format, compress=compress,
             target_is_zero=target_is_zero, checksum=checksum,
-            max_bytes=max_bytes))
+            max_bytes=max_bytes, replace=replace))
 
-    def copy(self, src: str, dst: str,
-             checksum: bool | None = None) -> TaskHandle:
+    def copy(self, src: str, dst: str, checksum: bool | None = None,
+             replace: bool = False) -> TaskHandle:
         return self._handle(self._api.copy(self.host, src, dst,
-                                           checksum=checksum))
+                                           checksum=checksum,
+                                           replace=replace))
 
     def upload(self, src: str, dst: str, src_format: str, disk_format: str,
-               checksum: bool | None = None) -> TaskHandle:
+               checksum: bool | None = None,
+               replace: bool = False) -> TaskHandle:
         return self._handle(self._api.upload(
-            self.host, src, dst, src_format, disk_format, checksum=checksum))
+            self.host, src, dst, src_format, disk_format, checksum=checksum,
+            replace=replace))
 
     def download(self, src: str, dst: str, disk_format: str, dst_format: str,
                  max_bytes: int | None = None,
-                 checksum: bool | None = None) -> TaskHandle:
+                 checksum: bool | None = None,
+                 replace: bool = False) -> TaskHandle:
         return self._handle(self._api.download(
             self.host, src, dst, disk_format, dst_format,
-            max_bytes=max_bytes, checksum=checksum))
+            max_bytes=max_bytes, checksum=checksum, replace=replace))
 
     # -- tasks --------------------------------------------------------------
     def task(self, task_id: str) -> TaskHandle:

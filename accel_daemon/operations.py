@@ -153,6 +153,10 @@ _DST = Field(path, role='output', help='new output file')
 _FORMAT = Field(short_name)
 _MAX_BYTES = Field(integer(1, MAX_BYTES), required=False,
                    help='largest output (bytes) the caller expects')
+# 1.2: publish over an existing regular file (one link, not a symlink);
+# src may be dst.  Off: an existing output is OutputExists.
+_REPLACE = Field(boolean, required=False, default=False,
+                 help='replace an existing output file atomically')
 
 
 def _checksum(default: bool) -> Field:
@@ -176,13 +180,13 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'format': Field(short_name, required=False, default='gzip',
                         help='gzip (default) or zstd'),
         # The compressed output is small, and hashed while it is written.
-        'checksum': _checksum(True)},
+        'checksum': _checksum(True), 'replace': _REPLACE},
         'compress to gzip (or zstd)',
         func=lambda e, p, **a: e.compress(p, **a), task=True),
     Operation('decompress', {
         'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES,
         # Off: hashing every zero of a sparse 8 GiB image costs ~5 s.
-        'checksum': _checksum(False)},
+        'checksum': _checksum(False), 'replace': _REPLACE},
         'decompress, capped, sparse output',
         func=lambda e, p, **a: e.decompress(p, **a), task=True),
     Operation('convert', {
@@ -195,11 +199,11 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'target_is_zero': Field(boolean, required=False,
                                 help='the output device reads as zeros'),
         'max_bytes': _MAX_BYTES,
-        'checksum': _checksum(False)},
+        'checksum': _checksum(False), 'replace': _REPLACE},
         'qemu-img convert with safe settings',
         func=lambda e, p, **a: e.convert(p, **a), task=True),
     Operation('copy', {'src': _SRC, 'dst': _DST,
-                       'checksum': _checksum(False)},
+                       'checksum': _checksum(False), 'replace': _REPLACE},
               'sparse copy of an image file',
               func=lambda e, p, **a: e.copy(p, **a), task=True),
     Operation('upload', {
@@ -207,7 +211,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'src_format': dataclasses.replace(_FORMAT, help='input format'),
         'disk_format': dataclasses.replace(
             _FORMAT, help='format of the image inside the gzip'),
-        'checksum': _checksum(True)},
+        'checksum': _checksum(True), 'replace': _REPLACE},
         'convert then compress (cinder upload)',
         func=lambda e, p, **a: e.upload(p, **a), task=True),
     Operation('download', {
@@ -216,7 +220,8 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'disk_format': dataclasses.replace(
             _FORMAT, help='claimed format of the image inside'),
         'dst_format': dataclasses.replace(_FORMAT, help='output format'),
-        'max_bytes': _MAX_BYTES, 'checksum': _checksum(False)},
+        'max_bytes': _MAX_BYTES, 'checksum': _checksum(False),
+        'replace': _REPLACE},
         'decompress, inspect, convert (cinder download)',
         func=lambda e, p, **a: e.download(p, **a), task=True),
 )}

@@ -40,7 +40,7 @@ from accel_daemon.engine.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
-API_VERSION = '1.1'
+API_VERSION = '1.2'
 # Every method reachable over RPC, with its arguments: the operations and
 # the task calls of ``accel_daemon.operations``.
 METHODS: dict[str, operations.Operation] = {**operations.OPERATIONS,
@@ -120,7 +120,7 @@ def rpc_method(func: Callable) -> Callable:
 
 
 class AccelEndpoint:
-    """RPC API 1.1; ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
+    """RPC API 1.2; ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
 
     target = oslo_messaging.Target(version=API_VERSION)
 
@@ -203,14 +203,18 @@ class AccelEndpoint:
         args = validate(method, kwargs)
         for name, field in METHODS[method].fields.items():
             if field.role and name in args:
-                self._check_path(field.role, args[name])
+                self._check_path(field.role, args[name],
+                                 args.get('replace', False))
         return args
 
-    def _check_path(self, role: str, path: str) -> None:
+    def _check_path(self, role: str, path: str,
+                    replace: bool = False) -> None:
         s = self._settings
+        # replace (1.2) only changes what an existing output may be.
+        extra = {'replace': True} if replace and role == 'output' else {}
         try:
             self._path_checks[role](path, s.allowed_dirs,
-                                    s.allowed_block_devices)
+                                    s.allowed_block_devices, **extra)
         except OSError as e:
             # The daemon's main process is unprivileged and may not see
             # into every directory; the privileged layer checks again with

@@ -85,13 +85,16 @@ class AccelAPI:
     * 1.1 - convert takes an optional max_bytes (the largest virtual size
       the caller accepts; refused before anything is written).  Sent as
       1.1 only when given, so a 1.0 daemon still takes every other call.
+    * 1.2 - replace on compress, decompress, convert, copy, upload,
+      download (publish over an existing regular file, atomically).  Sent
+      as 1.2 only when replace=True.
 
     To add a method or an argument: bump the minor version here and in
     ``accel_daemon.rpc.endpoint.API_VERSION``, pin the new call to the new
     version in ``prepare()``, and keep the endpoint accepting older calls.
     """
 
-    VERSION = '1.1'
+    VERSION = '1.2'
 
     def __init__(self, transport: oslo_messaging.Transport,
                  topic: str = TOPIC, timeout: float = 60,
@@ -134,6 +137,14 @@ class AccelAPI:
             # over a broker they arrive as RemoteError (above).
             raise exception.InvalidRequest(reason=str(e)) from None
 
+    @staticmethod
+    def _replace(version: str, extra: dict, replace: bool) -> str:
+        """1.2: ``replace`` is sent, as 1.2, only when it is True."""
+        if replace:
+            extra['replace'] = True
+            return '1.2'
+        return version
+
     # -- 1.0 ----------------------------------------------------------------
     def capabilities(self, host: str) -> dict:
         return self.call(host, 'capabilities')
@@ -144,47 +155,67 @@ class AccelAPI:
     def compress(self, host: str, src: str, dst: str,
                  driver: str | None = None, level: int | None = None,
                  format: str = 'gzip',
-                 checksum: bool | None = None) -> dict:
-        return self.call(host, 'compress', src=src, dst=dst, driver=driver,
-                         level=level, format=format, checksum=checksum)
+                 checksum: bool | None = None,
+                 replace: bool = False) -> dict:
+        extra: dict = {}
+        version = self._replace('1.0', extra, replace)
+        return self.call(host, 'compress', version=version, src=src,
+                         dst=dst, driver=driver, level=level, format=format,
+                         checksum=checksum, **extra)
 
     def decompress(self, host: str, src: str, dst: str,
                    max_bytes: int | None = None,
-                   checksum: bool | None = None) -> dict:
-        return self.call(host, 'decompress', src=src, dst=dst,
-                         max_bytes=max_bytes, checksum=checksum)
+                   checksum: bool | None = None,
+                   replace: bool = False) -> dict:
+        extra: dict = {}
+        version = self._replace('1.0', extra, replace)
+        return self.call(host, 'decompress', version=version, src=src,
+                         dst=dst, max_bytes=max_bytes, checksum=checksum,
+                         **extra)
 
     def convert(self, host: str, src: str, dst: str, src_format: str,
                 dst_format: str, compress: bool = False,
                 target_is_zero: bool = False,
                 checksum: bool | None = None,
-                max_bytes: int | None = None) -> dict:
-        extra = {}
+                max_bytes: int | None = None,
+                replace: bool = False) -> dict:
+        extra: dict = {}
         version = '1.0'
         if max_bytes is not None:
             extra['max_bytes'] = max_bytes
             version = '1.1'
+        version = self._replace(version, extra, replace)
         return self.call(host, 'convert', version=version, src=src, dst=dst,
                          src_format=src_format, dst_format=dst_format,
                          compress=compress, target_is_zero=target_is_zero,
                          checksum=checksum, **extra)
 
     def copy(self, host: str, src: str, dst: str,
-             checksum: bool | None = None) -> dict:
-        return self.call(host, 'copy', src=src, dst=dst, checksum=checksum)
+             checksum: bool | None = None, replace: bool = False) -> dict:
+        extra: dict = {}
+        version = self._replace('1.0', extra, replace)
+        return self.call(host, 'copy', version=version, src=src, dst=dst,
+                         checksum=checksum, **extra)
 
     def upload(self, host: str, src: str, dst: str, src_format: str,
-               disk_format: str, checksum: bool | None = None) -> dict:
-        return self.call(host, 'upload', src=src, dst=dst,
+               disk_format: str, checksum: bool | None = None,
+               replace: bool = False) -> dict:
+        extra: dict = {}
+        version = self._replace('1.0', extra, replace)
+        return self.call(host, 'upload', version=version, src=src, dst=dst,
                          src_format=src_format, disk_format=disk_format,
-                         checksum=checksum)
+                         checksum=checksum, **extra)
 
     def download(self, host: str, src: str, dst: str, disk_format: str,
                  dst_format: str, max_bytes: int | None = None,
-                 checksum: bool | None = None) -> dict:
-        return self.call(host, 'download', src=src, dst=dst,
-                         disk_format=disk_format, dst_format=dst_format,
-                         max_bytes=max_bytes, checksum=checksum)
+                 checksum: bool | None = None,
+                 replace: bool = False) -> dict:
+        extra: dict = {}
+        version = self._replace('1.0', extra, replace)
+        return self.call(host, 'download', version=version, src=src,
+                         dst=dst, disk_format=disk_format,
+                         dst_format=dst_format, max_bytes=max_bytes,
+                         checksum=checksum, **extra)
 
     def task_get(self, host: str, task_id: str) -> dict:
         return self.call(host, 'task_get', task_id=task_id)

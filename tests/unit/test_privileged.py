@@ -104,7 +104,7 @@ def test_run_passes_checked_params_with_defaults(env, engine, backend):
     # The operation table's defaults are filled in here, once.
     assert engine.calls == [('compress', {
         'src': src, 'dst': env.path('o'), 'format': 'gzip',
-        'checksum': True})]
+        'checksum': True, 'replace': False})]
 
 
 @pytest.mark.parametrize('make_params, error', [
