@@ -163,6 +163,54 @@ def test_convert_max_bytes_is_sent_as_1_1_only_when_given(client, daemon,
     assert 'max_bytes' not in params[plain.id]
 
 
+REPLACE_CALLS = [
+    ('compress', ()), ('decompress', ()), ('convert', ('raw', 'qcow2')),
+    ('copy', ()), ('upload', ('raw', 'raw')), ('download', ('raw', 'raw')),
+]
+
+
+@pytest.mark.parametrize('method, args', REPLACE_CALLS)
+def test_replace_is_sent_as_1_2_only_when_true(client, daemon, src, backend,
+                                               monkeypatch, method, args):
+    sent = []
+    real = rpcapi.AccelAPI.call
+
+    def spy(self, host, name, version='1.0', **kwargs):
+        if name == method:
+            sent.append((version, kwargs.get('replace')))
+        return real(self, host, name, version=version, **kwargs)
+
+    monkeypatch.setattr(rpcapi.AccelAPI, 'call', spy)
+    call = getattr(client, method)
+    existing = out(daemon, 'existing')
+    with open(existing, 'wb') as f:
+        f.write(b'old')
+    plain = call(src, out(daemon), *args)
+    off = call(src, out(daemon), *args, replace=False)
+    with pytest.raises(exception.OutputExists):
+        call(src, existing, *args)
+    over = call(src, existing, *args, replace=True)
+    for handle in (plain, off, over):
+        handle.wait(timeout=10)
+    assert sent == [('1.0', None)] * 3 + [('1.2', True)]
+    params = {c[0]: c[2] for c in backend.calls}
+    assert params[over.id]['replace'] is True
+    assert params[over.id]['dst'] == existing
+    assert 'replace' not in params[plain.id]
+    assert 'replace' not in params[off.id]
+
+
+def test_replace_pre_check_refuses_a_symlink(client, daemon, src):
+    link = out(daemon, 'link')
+    os.symlink('/etc/passwd', link)
+    with pytest.raises(exception.SymlinkEscape):
+        client.copy(src, link, replace=True)
+    with pytest.raises(exception.InvalidRequest) as err:
+        client._api.call(client.host, 'copy', version='1.2', src=src,
+                         dst=out(daemon), replace='yes')
+    assert 'replace' in err.value.message
+
+
 def test_refused_request_is_typed_with_fields(client, daemon, tmp_path):
     outside = tmp_path / 'outside'
     outside.write_bytes(b'x')
