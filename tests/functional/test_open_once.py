@@ -100,3 +100,44 @@ def test_no_checked_name_is_opened_twice(env, recorder):
     recorder.names.clear()
     engine.image_info(qcow2, 'qcow2')
     assert dict(recorder.names) == {qcow2: 1}
+
+
+def test_replace_opens_no_checked_name_twice(env, recorder):
+    """replace=True: the final name is judged by lstat through the opened
+    directory and replaced by rename(2) there; in place, the input is the
+    output's name and is still opened once."""
+    raw, qcow2, packed = _inputs(env)
+    engine = Engine(env.settings, env.policy)
+    engine.capabilities()
+    inplace = env.path('inplace.raw')
+    with open(raw, 'rb') as f, open(inplace, 'wb') as g:
+        g.write(f.read())
+    runs = [
+        ('compress', {'src': inplace, 'dst': inplace}),
+        ('decompress', {'src': inplace, 'dst': inplace, 'checksum': True}),
+        ('decompress', {'src': packed, 'dst': env.path('r3.raw')}),
+        ('convert', {'src': qcow2, 'dst': env.path('r4.raw'),
+                     'src_format': 'qcow2', 'dst_format': 'raw'}),
+        ('copy', {'src': raw, 'dst': env.path('r5.raw')}),
+        ('upload', {'src': qcow2, 'dst': env.path('r6.gz'),
+                    'src_format': 'qcow2', 'disk_format': 'raw'}),
+        ('upload', {'src': raw, 'dst': env.path('r7.gz'),
+                    'src_format': 'raw', 'disk_format': 'raw'}),
+        ('download', {'src': packed, 'dst': env.path('r8.qcow2'),
+                      'disk_format': 'raw', 'dst_format': 'qcow2'}),
+        ('download', {'src': packed, 'dst': env.path('r9.raw'),
+                      'disk_format': 'raw', 'dst_format': 'raw'}),
+    ]
+    for i, (name, params) in enumerate(runs):
+        if not os.path.exists(params['dst']):
+            with open(params['dst'], 'wb') as f:
+                f.write(b'an older output')
+        recorder.names.clear()
+        before = os.stat(params['dst']).st_ino
+        result = operations.run(engine, 'r%d' % i, name,
+                                dict(params, replace=True))
+        assert os.stat(result['output']).st_ino != before, name
+        opened = dict(recorder.names)
+        assert opened == {params['src']: 1, env.images: 1}, (name, opened)
+    with open(raw, 'rb') as f, open(inplace, 'rb') as g:
+        assert f.read() == g.read()
