@@ -24,6 +24,7 @@ from accel_daemon import exception
 from accel_daemon.engine import driver as base
 from accel_daemon.engine import paths
 from accel_daemon.engine import process
+from accel_daemon.engine import throttle
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
 
@@ -109,21 +110,24 @@ class CliCompressor(base.Compressor):
         return _cached_version(argv, executable, self.policy)
 
     def compress(self, src_fd: int, dst_fd: int, progress: Progress, *,
-                 level: int | None = None,
-                 digest: bool = False) -> base.Stats:
+                 level: int | None = None, digest: bool = False,
+                 bps_limit: int | None = None) -> base.Stats:
         """The tool reads the source as its stdin and writes the output
-        as its stdout: both are our descriptors, it opens nothing."""
+        as its stdout: both are our descriptors, it opens nothing.  With
+        ``bps_limit`` its stdin is a pipe fed at that rate instead."""
         return self._run_compress(src_fd, dst_fd, progress,
-                                  self.compress_argv(level))
+                                  self.compress_argv(level), bps_limit)
 
     def _run_compress(self, src_fd: int, dst_fd: int, progress: Progress,
-                      argv: list[str]) -> base.Stats:
+                      argv: list[str],
+                      bps_limit: int | None = None) -> base.Stats:
         size = os.fstat(src_fd).st_size or os.lseek(src_fd, 0, os.SEEK_END)
         os.lseek(src_fd, 0, os.SEEK_SET)
         progress.set_total(size)
-        with _track_position(src_fd, progress):
+        with _track_position(src_fd, progress), \
+                _paced_stdin(src_fd, bps_limit, progress) as stdin:
             res = process.run(argv, self.policy,
-                              progress=progress, stdin=src_fd, stdout=dst_fd)
+                              progress=progress, stdin=stdin, stdout=dst_fd)
         progress.set_done(size)
         return base.Stats(self.name, self.hardware, bytes_in=size,
                           bytes_out=os.fstat(dst_fd).st_size,
@@ -164,6 +168,53 @@ def _track_position(fd: int, progress: Progress) -> Iterator[None]:
     finally:
         stop.set()
         t.join()
+
+
+@contextlib.contextmanager
+def _paced_stdin(src_fd: int, bps_limit: int | None,
+                 progress: Progress) -> Iterator[int]:
+    """The descriptor a compressing tool reads: ``src_fd`` itself without
+    a limit (no copy), else a pipe a thread fills from ``src_fd`` at
+    ``bps_limit`` bytes per second.
+
+    The thread reads through ``src_fd``'s own offset, so
+    ``_track_position`` still reports progress.  It stops at the end of
+    the source, on a cancel (its sleeps wait on the cancel event; the tool
+    is killed by ``process.run``) or when the tool stops reading (the
+    read end is closed once the tool has exited: EPIPE).  A read error is
+    raised once the tool has finished.
+    """
+    if not bps_limit:
+        yield src_fd
+        return
+    pacer = throttle.Pacer(bps_limit, progress)
+    block = throttle.step(bps_limit, _PIPE_SIZE)
+    errors: list[BaseException] = []
+    r, w = os.pipe2(os.O_CLOEXEC)
+
+    def feed() -> None:
+        try:
+            while data := os.read(src_fd, block):
+                pacer.pace(len(data))
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(w, view):]
+        except (BrokenPipeError, exception.Cancelled):
+            pass    # the tool ended or is being killed: process.run says
+        except BaseException as e:  # raised in the caller's thread
+            errors.append(e)
+        finally:
+            os.close(w)
+
+    feeder = threading.Thread(target=feed, daemon=True, name='paced-stdin')
+    feeder.start()
+    try:
+        yield r
+    finally:
+        os.close(r)
+        feeder.join()
+    if errors:
+        raise errors[0]
 
 
 _F_SETPIPE_SZ = 1031     # fcntl.F_SETPIPE_SZ (Python >= 3.10 names it)

@@ -32,6 +32,7 @@ from accel_daemon.drivers.isal_decode import BackgroundReader
 from accel_daemon.drivers.isal_decode import inflate_members
 from accel_daemon.engine import directio
 from accel_daemon.engine import paths
+from accel_daemon.engine import throttle
 from accel_daemon.engine.extents import data_extents
 from accel_daemon.engine.progress import Progress
 
@@ -122,8 +123,8 @@ class IsalCompressor(base.Compressor):
         return base.Availability(True, version=isal.__version__)
 
     def compress(self, src_fd: int, dst_fd: int, progress: Progress, *,
-                 level: int | None = None,
-                 digest: bool = False) -> base.Stats:
+                 level: int | None = None, digest: bool = False,
+                 bps_limit: int | None = None) -> base.Stats:
         size = source_size(src_fd)
         progress.set_total(size)
         with contextlib.suppress(OSError):
@@ -132,7 +133,8 @@ class IsalCompressor(base.Compressor):
         plan = chunk_plan(data_extents(src_fd, size), size, chunk)
         job = _Job(src_fd, dst_fd, chunk, clamp_level(self.level(level)),
                    max(1, int(self.settings.compression_threads)), progress,
-                   hashlib.sha256() if digest else None)
+                   hashlib.sha256() if digest else None,
+                   throttle.pacer(bps_limit, progress))
         main_cpu = time.thread_time()
         job.run(plan)
         return base.Stats(
@@ -162,11 +164,14 @@ class _Job:
 
     def __init__(self, src_fd: int, dst_fd: int, chunk: int, level: int,
                  threads: int, progress: Progress,
-                 hasher: Any = None) -> None:
+                 hasher: Any = None,
+                 pacer: throttle.Pacer | None = None) -> None:
         self.src_fd, self.dst_fd = src_fd, dst_fd
         self.chunk, self.level, self.threads = chunk, level, threads
         self.progress = progress
         self.hasher = hasher
+        # Paces the chunk reads (holes are not read, so not paced).
+        self.pacer = pacer
         self.out = directio.AppendWriter(dst_fd)
         self.worker_cpu = 0.0
         self._cpu_lock = threading.Lock()
@@ -186,6 +191,8 @@ class _Job:
                     while not self._free:
                         self._write_oldest()
                     buf = self._free.pop()
+                    if self.pacer is not None:
+                        self.pacer.pace(length)
                     fut = pool.submit(self._work, buf, offset, length)
                     self._pending.append((fut, buf, offset + length))
                 else:

@@ -27,6 +27,7 @@ from accel_daemon.engine import copy
 from accel_daemon.engine import driver as base
 from accel_daemon.engine import files
 from accel_daemon.engine import sparse
+from accel_daemon.engine import throttle
 from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
@@ -156,11 +157,15 @@ def decoder_for(drivers: dict[str, base.Compressor],
 
 def compress_fds(comp: base.Compressor, src_fd: int, out_fd: int,
                  progress: Progress, level: int | None = None,
-                 checksum: bool = True) -> dict[str, Any]:
-    """Compress ``src_fd`` into the empty file ``out_fd``."""
+                 checksum: bool = True,
+                 bps_limit: int | None = None) -> dict[str, Any]:
+    """Compress ``src_fd`` into the empty file ``out_fd``, reading at most
+    ``bps_limit`` bytes per second."""
     started = time.monotonic()
+    # Only given when set: a driver without limits still compresses.
+    paced = {'bps_limit': bps_limit} if bps_limit else {}
     stats = comp.compress(src_fd, out_fd, progress, level=level,
-                          digest=checksum)
+                          digest=checksum, **paced)
     digest = stats.sha256
     if checksum and digest is None:
         # Hashed from the page cache: the output is a fraction of the input.
@@ -174,12 +179,13 @@ def compress_fds(comp: base.Compressor, src_fd: int, out_fd: int,
 
 def decompress_fds(drivers: dict[str, base.Compressor], src: files.Opened,
                    out_fd: int, limit: int, progress: Progress,
-                   checksum: bool = False,
-                   sparse_out: bool = True) -> dict[str, Any]:
+                   checksum: bool = False, sparse_out: bool = True,
+                   bps_limit: int | None = None) -> dict[str, Any]:
     """Decompress ``src`` into the empty file ``out_fd``, capped at
-    ``limit`` bytes, sparse.  ``checksum`` hashes the logical output (off
-    by default: hashing every zero of a sparse image costs more than
-    decompressing it)."""
+    ``limit`` bytes, sparse unless ``sparse_out`` is False (every zero
+    written).  ``checksum`` hashes the logical output (off by default:
+    hashing every zero of a sparse image costs more than decompressing
+    it).  ``bps_limit`` paces the decompressed bytes."""
     started = time.monotonic()
     cpu_started = time.thread_time()
     fmt = detect_format(src)
@@ -188,7 +194,8 @@ def decompress_fds(drivers: dict[str, base.Compressor], src: files.Opened,
     with decoder.open_decompressed(src.fd, progress) as stream:
         total = sparse.copy_capped(stream, out_fd, limit=limit,
                                    progress=progress, name=src.name,
-                                   hasher=hasher, sparse=sparse_out)
+                                   hasher=hasher, sparse=sparse_out,
+                                   pacer=throttle.pacer(bps_limit, progress))
     cpu = time.thread_time() - cpu_started + stream.cpu_seconds
     return {'size': total,
             'sha256': hasher.hexdigest() if hasher else None,
@@ -210,7 +217,8 @@ def compress(ctx: Context, drivers: dict[str, base.Compressor],
              progress: Progress, src: str, dst: str,
              driver: str | None = None, level: int | None = None,
              format: str = base.GZIP, checksum: bool = True,
-             replace: bool = False) -> dict:
+             replace: bool = False,
+             bps_limit: int | None = None) -> dict:
     """Compress ``src`` to the new file ``dst`` with the best driver
     (``replace``: over an existing one; ``src`` may be ``dst``)."""
     comp = select(drivers, ctx.settings, format, driver)
@@ -218,7 +226,7 @@ def compress(ctx: Context, drivers: dict[str, base.Compressor],
             ctx.output(dst, replace=replace) as out:
         LOG.info('Compressing %s to %s with %s', source.real, dst, comp.name)
         result = compress_fds(comp, source.fd, out.fd, progress, level,
-                              checksum)
+                              checksum, bps_limit)
         out.commit()
     result['output'] = dst
     return result
@@ -227,7 +235,8 @@ def compress(ctx: Context, drivers: dict[str, base.Compressor],
 def decompress(ctx: Context, drivers: dict[str, base.Compressor],
                progress: Progress, src: str, dst: str,
                max_bytes: int | None = None, checksum: bool = False,
-               replace: bool = False) -> dict:
+               replace: bool = False,
+               bps_limit: int | None = None) -> dict:
     """Decompress ``src`` (gzip or zstd) to the new sparse file ``dst``.
 
     Block devices are refused as outputs (``Output`` without devices):
@@ -238,7 +247,7 @@ def decompress(ctx: Context, drivers: dict[str, base.Compressor],
     with ctx.open_source(src) as source, \
             ctx.output(dst, replace=replace) as out:
         result = decompress_fds(drivers, source, out.fd, limit, progress,
-                                checksum)
+                                checksum, bps_limit=bps_limit)
         out.commit()
     result['output'] = dst
     return result

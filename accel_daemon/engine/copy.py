@@ -13,6 +13,7 @@ import hashlib
 import os
 import time
 
+from accel_daemon.engine import throttle
 from accel_daemon.engine.context import Context
 from accel_daemon.engine.extents import data_extents
 from accel_daemon.engine.progress import Progress
@@ -21,11 +22,12 @@ _STEP = 64 * 1024 * 1024
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int,
-                progress: Progress) -> None:
+                progress: Progress, pacer: throttle.Pacer | None = None,
+                step: int = _STEP) -> None:
     done = 0
     while done < length:
         progress.check()
-        n = min(_STEP, length - done)
+        n = min(step, length - done)
         try:
             copied = os.copy_file_range(src, dst, n, offset + done,
                                         offset + done)
@@ -38,6 +40,8 @@ def _copy_range(src: int, dst: int, offset: int, length: int,
             break
         done += copied
         progress.add(copied)
+        if pacer is not None:
+            pacer.pace(copied)
 
 
 def _pread_pwrite(src: int, dst: int, offset: int, n: int) -> int:
@@ -46,12 +50,16 @@ def _pread_pwrite(src: int, dst: int, offset: int, n: int) -> int:
     return len(data)
 
 
-def copy_fd(src: int, dst: int, progress: Progress) -> int:
-    """Copy the data of ``src`` into the empty regular file ``dst``."""
+def copy_fd(src: int, dst: int, progress: Progress,
+            bps_limit: int | None = None) -> int:
+    """Copy the data of ``src`` into the empty regular file ``dst``, at
+    most ``bps_limit`` bytes of data per second (holes are free)."""
     size = os.fstat(src).st_size or os.lseek(src, 0, os.SEEK_END)
     progress.set_total(size)
+    pacer = throttle.pacer(bps_limit, progress)
+    step = throttle.step(bps_limit, _STEP)
     for start, end in data_extents(src, size):
-        _copy_range(src, dst, start, end - start, progress)
+        _copy_range(src, dst, start, end - start, progress, pacer, step)
     os.ftruncate(dst, size)
     progress.set_done(size)
     return size
@@ -73,13 +81,14 @@ def sha256_fd(fd: int, progress: Progress | None = None) -> str:
 
 
 def copy_file(ctx: Context, progress: Progress, src: str, dst: str,
-              checksum: bool = False, replace: bool = False) -> dict:
+              checksum: bool = False, replace: bool = False,
+              bps_limit: int | None = None) -> dict:
     """Sparse copy of ``src`` to the new file ``dst`` (``replace``: over an
     existing one)."""
     cpu = time.thread_time()
     with ctx.open_source(src) as source, \
             ctx.output(dst, replace=replace) as out:
-        size = copy_fd(source.fd, out.fd, progress)
+        size = copy_fd(source.fd, out.fd, progress, bps_limit)
         digest = sha256_fd(out.fd, progress) if checksum else None
         out.commit()
     return {'output': dst, 'size': size, 'bytes_in': size, 'sha256': digest,

@@ -83,9 +83,12 @@ class Compressor(abc.ABC):
 
     @abc.abstractmethod
     def compress(self, src_fd: int, dst_fd: int, progress: Progress, *,
-                 level: int | None = None, digest: bool = False) -> Stats:
+                 level: int | None = None, digest: bool = False,
+                 bps_limit: int | None = None) -> Stats:
         """Compress ``src_fd`` into ``dst_fd``; with ``digest`` a driver
-        that can hash while writing sets ``Stats.sha256``."""
+        that can hash while writing sets ``Stats.sha256``.  With
+        ``bps_limit`` it reads at most that many bytes of the source per
+        second (``engine.throttle``); the engine passes it only when set."""
 
     @abc.abstractmethod
     def open_decompressed(self, src_fd: int, progress: Progress

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from accel_daemon import exception
 from accel_daemon.engine import directio
+from accel_daemon.engine import throttle
 from accel_daemon.engine.progress import Progress
 
 LOG = logging.getLogger(__name__)
@@ -73,18 +74,22 @@ def _write_nonzero(out: directio.BlockWriter, buf: directio.AlignedBuffer,
 def copy_capped(stream: Readable, out_fd: int, *, limit: int,
                 progress: Progress | None = None, name: str = '',
                 sparse: bool = True, hasher: Any = None,
-                block_size: int = BLOCK_SIZE) -> int:
+                block_size: int = BLOCK_SIZE,
+                pacer: throttle.Pacer | None = None) -> int:
     """Copy ``stream`` to ``out_fd`` from offset 0; return the bytes copied.
 
     Raises SizeLimitExceeded as soon as more than ``limit`` bytes arrive and
     Cancelled when ``progress`` is cancelled.  With ``sparse`` zero segments
     become holes (the file must start empty); without it every byte is
     written (block devices).  ``hasher`` (hashlib-like) sees every byte.
+    ``pacer`` paces the bytes read from the stream (runs of zeros the
+    stream hands over as a count are holes: not paced).
     """
     buf = directio.AlignedBuffer(block_size)
     out = directio.BlockWriter(out_fd)
     try:
-        total = _copy(stream, out, buf, limit, progress, name, sparse, hasher)
+        total = _copy(stream, out, buf, limit, progress, name, sparse, hasher,
+                      pacer)
     finally:
         out.close()
         buf.close()
@@ -96,7 +101,8 @@ def copy_capped(stream: Readable, out_fd: int, *, limit: int,
 
 def _copy(stream: Readable, out: directio.BlockWriter,
           buf: directio.AlignedBuffer, limit: int, progress: Progress | None,
-          name: str, sparse: bool, hasher: Any) -> int:
+          name: str, sparse: bool, hasher: Any,
+          pacer: throttle.Pacer | None = None) -> int:
     view = buf.view
     # Streams that know a run of zeros is next (members of zeros) hand it
     # over as a count: a hole, with nothing inflated, compared or written.
@@ -128,3 +134,5 @@ def _copy(stream: Readable, out: directio.BlockWriter,
         total += n
         if progress is not None:
             progress.set_done(total)
+        if pacer is not None:
+            pacer.pace(n)
