@@ -207,14 +207,16 @@ def _failed(result: process.Result) -> exception.ProcessFailed:
 def convert(ctx: Context, progress: Progress, src: str, dst: str,
             src_format: str, dst_format: str, compress: bool = False,
             target_is_zero: bool = False, max_bytes: int | None = None,
-            checksum: bool = False, replace: bool = False) -> dict:
+            checksum: bool = False, replace: bool = False,
+            bps_limit: int | None = None, sparse: bool = True) -> dict:
     """Convert ``src`` into a new file ``dst`` or onto an allowed device.
 
     File outputs are unnamed until they are published (on success only);
     block devices (settings.allowed_block_devices) are written in place
     with -n, plus --target-is-zero when the caller guarantees the device
     reads as zeros.  ``replace`` publishes over an existing regular file
-    (refused for a device: ``InvalidRequest``).
+    (refused for a device: ``InvalidRequest``).  ``bps_limit`` is
+    qemu-img's -r, ``sparse=False`` its -S 0.
     """
     dst_fmt = qemu_img.output_format(dst_format, 'convert')
     with ctx.open_source(src) as source, \
@@ -228,7 +230,8 @@ def convert(ctx: Context, progress: Progress, src: str, dst: str,
                 reason='compressed output is only written to files')
         result = convert_fds(ctx, progress, source, out, src_format, dst_fmt,
                              compress=compress, target_is_zero=target_is_zero,
-                             limit=image_limit(ctx.settings, max_bytes))
+                             limit=image_limit(ctx.settings, max_bytes),
+                             bps_limit=bps_limit, sparse=sparse)
         if checksum and not out.is_device:
             result['sha256'] = copy.sha256_fd(out.fd, progress)
         out.commit()
@@ -239,7 +242,8 @@ def convert(ctx: Context, progress: Progress, src: str, dst: str,
 def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
                 out: files.Output, src_format: str, dst_format: str, *,
                 compress: bool = False, target_is_zero: bool = False,
-                limit: int | None = None) -> dict:
+                limit: int | None = None, bps_limit: int | None = None,
+                sparse: bool = True) -> dict:
     """Convert the opened ``src`` into the opened ``out`` (not published).
 
     ``src`` is inspected here whatever the caller did before (milliseconds,
@@ -253,7 +257,7 @@ def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
     progress.set_total(virtual_size)
     progress.check()
     argv = _convert_argv(ctx.settings, src, out, found.format, dst_fmt,
-                         compress, target_is_zero)
+                         compress, target_is_zero, bps_limit, sparse)
     parser = qemu_img.ProgressParser()
     watch = _AllocationWatch(out, limit, progress)
 
@@ -331,7 +335,8 @@ def check_unchanged(src: files.Opened, before: tuple | None) -> None:
 
 def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
                   src_fmt: str, dst_fmt: str, compress: bool,
-                  target_is_zero: bool) -> list[str]:
+                  target_is_zero: bool, bps_limit: int | None = None,
+                  sparse: bool = True) -> list[str]:
     return qemu_img.convert_cmd(
         qemu_img.fd_arg(src.fd), qemu_img.fd_arg(out.fd), src_fmt, dst_fmt,
         src_cache=source_cache_mode(src),
@@ -342,7 +347,8 @@ def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
         # -> 0.7 s at 2 ms write latency).  qcow2 would fragment.
         unordered=dst_fmt == 'raw' or out.is_device,
         existing_target=out.is_device,
-        target_is_zero=target_is_zero, compress=compress)
+        target_is_zero=target_is_zero, compress=compress, sparse=sparse,
+        rate_limit=bps_limit)
 
 
 def source_cache_mode(src: files.Opened) -> str:

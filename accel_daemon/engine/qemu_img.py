@@ -45,6 +45,9 @@ CACHE_MODES = (CACHE_NONE, CACHE_WRITEBACK)
 # -S: runs of zeros at least this long become holes (raw) or unallocated
 # clusters; 4k matches the page and most filesystem block sizes.
 SPARSE_SIZE = '4k'
+# -S 0: no zero detection, every zero is written (the output is fully
+# allocated; cinder's disable_sparse, for thin backends that need it).
+NO_SPARSE = '0'
 MAX_COROUTINES = 16  # qemu-img's own upper bound for -m
 
 _DIRECT_BLOCK = 4096
@@ -123,12 +126,14 @@ def convert_cmd(src: str, dst: str, src_fmt: str, dst_fmt: str, *,
                 src_cache: str, dst_cache: str, coroutines: int,
                 unordered: bool = False, existing_target: bool = False,
                 target_is_zero: bool = False,
-                compress: bool = False) -> list[str]:
+                compress: bool = False, sparse: bool = True,
+                rate_limit: int | None = None) -> list[str]:
     """argv for ``qemu-img convert`` (always -p, -f, -O, -T, -t, -m, -S).
 
     ``existing_target`` adds -n (write into a device or pre-created file
     instead of creating it); ``target_is_zero`` adds --target-is-zero, which
-    qemu-img only accepts together with -n.
+    qemu-img only accepts together with -n.  ``sparse=False`` gives -S 0
+    (every zero written); ``rate_limit`` adds -r, in bytes per second.
     """
     src_fmt = input_format(src_fmt, 'convert')
     dst_fmt = output_format(dst_fmt, 'convert')
@@ -143,11 +148,23 @@ def convert_cmd(src: str, dst: str, src_fmt: str, dst_fmt: str, *,
     if compress and dst_fmt != 'qcow2':
         raise exception.InvalidRequest(
             reason='compressed output is only supported for qcow2')
+    if not sparse and (compress or target_is_zero):
+        # Both skip zeros on purpose: asking to write them too is a
+        # contradiction, not a request to guess at.
+        raise exception.InvalidRequest(
+            reason='sparse=False cannot be combined with %s'
+            % ('compress' if compress else 'target_is_zero'))
+    if rate_limit is not None and (isinstance(rate_limit, bool)
+                                   or int(rate_limit) < 1):
+        raise exception.InvalidRequest(reason='-r must be at least 1')
     argv = [QEMU_IMG, 'convert', '-p', '-f', src_fmt, '-O', dst_fmt,
             '-T', src_cache, '-t', dst_cache]
     if unordered:
         argv.append('-W')
-    argv += ['-m', str(int(coroutines)), '-S', SPARSE_SIZE]
+    argv += ['-m', str(int(coroutines)),
+             '-S', SPARSE_SIZE if sparse else NO_SPARSE]
+    if rate_limit is not None:
+        argv += ['-r', str(int(rate_limit))]
     if existing_target:
         argv.append('-n')
     if target_is_zero:

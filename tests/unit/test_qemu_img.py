@@ -85,14 +85,44 @@ def test_convert_compressed_qcow2():
     assert '-W' not in argv
 
 
+def test_convert_rate_limit_and_no_sparse():
+    # bps_limit -> -r in bytes per second; sparse=False -> -S 0.
+    assert convert(unordered=True, rate_limit=32 * 1024 ** 2,
+                   sparse=False) == [
+        'qemu-img', 'convert', '-p', '-f', 'qcow2', '-O', 'raw',
+        '-T', 'writeback', '-t', 'none', '-W', '-m', '16', '-S', '0',
+        '-r', '33554432', SRC, DST]
+    argv = convert(unordered=True, existing_target=True,
+                   target_is_zero=True, rate_limit=1)
+    assert argv[-9:] == ['-m', '16', '-S', '4k', '-r', '1', '-n',
+                         '--target-is-zero', SRC, DST][-9:]
+    argv = qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
+                                dst_cache='none', coroutines=4,
+                                compress=True, rate_limit=10 ** 6)
+    assert argv[-7:] == ['-S', '4k', '-r', '1000000', '-c', SRC, DST]
+    # Neither given: the argv of before.
+    assert '-r' not in convert() and convert()[-3:] == ['4k', SRC, DST]
+
+
 @pytest.mark.parametrize('kw', [
     {'dst_cache': 'writethrough'}, {'dst_cache': 'unsafe'},
     {'src_cache': 'directsync'}, {'coroutines': 0}, {'coroutines': 17},
-    {'target_is_zero': True}, {'compress': True}])
+    {'target_is_zero': True}, {'compress': True},
+    {'rate_limit': 0}, {'rate_limit': -5}, {'rate_limit': True},
+    {'sparse': False, 'existing_target': True, 'target_is_zero': True}])
 def test_convert_refuses(kw):
-    # writethrough is never chosen; target_is_zero needs -n; -c needs qcow2.
+    # writethrough is never chosen; target_is_zero needs -n; -c needs qcow2;
+    # -r needs a rate; -S 0 (write every zero) contradicts
+    # --target-is-zero (and -c, below), which skip zeros.
     with pytest.raises(exception.InvalidRequest):
         convert(**kw)
+
+
+def test_convert_refuses_compressed_without_sparse():
+    with pytest.raises(exception.InvalidRequest, match='sparse'):
+        qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
+                             dst_cache='none', coroutines=4, compress=True,
+                             sparse=False)
 
 
 # --- parsers ---------------------------------------------------------------
@@ -221,6 +251,12 @@ def policy(tmp_path):
     return CommandPolicy([str(tmp_path / 'filters')], [str(bindir)])
 
 
+def with_rate(rate):
+    argv = convert(unordered=True, rate_limit=1)
+    argv[argv.index('-r') + 1] = rate
+    return argv
+
+
 def all_built_commands():
     yield qemu_img.info_cmd(SRC, 'vdi')
     yield qemu_img.check_cmd(SRC, 'raw')
@@ -238,6 +274,31 @@ def all_built_commands():
             SRC, '/dev/fd/7', 'qcow2', 'raw', src_cache='none',
             dst_cache='none', coroutines=16, unordered=True,
             existing_target=True, target_is_zero=zero)
+    # bps_limit (-r) on every shape, sparse=False (-S 0) where it applies.
+    for rate in (1, 33554432, 2 ** 62):
+        for sparse in (True, False):
+            for fmt in ('raw', 'qcow2'):
+                yield qemu_img.convert_cmd(
+                    SRC, DST, 'raw', fmt, src_cache='none',
+                    dst_cache='none', coroutines=16,
+                    unordered=fmt == 'raw', sparse=sparse, rate_limit=rate)
+            yield qemu_img.convert_cmd(
+                SRC, DST, 'qcow2', 'raw', src_cache='none',
+                dst_cache='none', coroutines=16, unordered=True,
+                existing_target=True, sparse=sparse)
+            yield qemu_img.convert_cmd(
+                SRC, DST, 'qcow2', 'raw', src_cache='none',
+                dst_cache='none', coroutines=16, unordered=True,
+                existing_target=True, sparse=sparse, rate_limit=rate)
+        yield qemu_img.convert_cmd(
+            SRC, '/dev/fd/7', 'qcow2', 'vmdk', src_cache='none',
+            dst_cache='none', coroutines=16, unordered=True,
+            existing_target=True, target_is_zero=True, rate_limit=rate)
+        yield qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2',
+                                   src_cache='none', dst_cache='none',
+                                   coroutines=16, compress=True,
+                                   rate_limit=rate)
+    yield convert(unordered=True, sparse=False)
 
 
 def test_filters_allow_every_built_shape(policy):
@@ -270,6 +331,25 @@ def test_filters_allow_every_built_shape(policy):
     convert(unordered=False)[:6] + ['vmdk'] + convert()[7:-2]
     + ['-c', SRC, DST],
     qemu_img.info_cmd(SRC, 'raw')[:-1] + ['-U', SRC],
+] + [
+    # -r: a rate of digits (and one unit letter), never 0, nothing else;
+    # -S: 4k or 0 only; -S 0 never with -c or --target-is-zero; -r only
+    # after -S.
+    with_rate(rate) for rate in (
+        '0', '-1', '', '1.5M', '1T', '1MB', '1 M', '0x10', '01',
+        '1M,2', '1k\n', 'M', '12345678901234567890x')
+] + [
+    convert(unordered=True)[:-3] + ['1k', SRC, DST],
+    convert(unordered=True)[:-3] + ['00', SRC, DST],
+    convert(unordered=True)[:-3] + ['0', '-r', SRC, DST],
+    convert(unordered=True)[:-4] + ['-r', '1', '-S', '4k', SRC, DST],
+    convert(unordered=True, rate_limit=5)[:-2] + ['-r', '5', SRC, DST],
+    qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
+                         dst_cache='none', coroutines=16,
+                         compress=True)[:-4] + ['0', '-c', SRC, DST],
+    convert(unordered=True, existing_target=True,
+            target_is_zero=True)[:-5] + ['0', '-n', '--target-is-zero',
+                                         SRC, DST],
 ])
 def test_filters_deny(policy, argv):
     with pytest.raises(exception.CommandDenied):
