@@ -169,48 +169,59 @@ class AccelClient:
     def compress(self, src: str, dst: str, driver: str | None = None,
                  level: int | None = None, format: str = 'gzip',
                  checksum: bool | None = None,
-                 replace: bool = False) -> TaskHandle:
+                 replace: bool = False,
+                 bps_limit: int | None = None) -> TaskHandle:
         return self._handle(self._api.compress(
             self.host, src, dst, driver=driver, level=level, format=format,
-            checksum=checksum, replace=replace))
+            checksum=checksum, replace=replace, bps_limit=bps_limit))
 
     def decompress(self, src: str, dst: str, max_bytes: int | None = None,
                    checksum: bool | None = None,
-                   replace: bool = False) -> TaskHandle:
+                   replace: bool = False,
+                   bps_limit: int | None = None) -> TaskHandle:
         return self._handle(self._api.decompress(
             self.host, src, dst, max_bytes=max_bytes, checksum=checksum,
-            replace=replace))
+            replace=replace, bps_limit=bps_limit))
 
     def convert(self, src: str, dst: str, src_format: str, dst_format: str,
                 compress: bool = False, target_is_zero: bool = False,
                 checksum: bool | None = None,
                 max_bytes: int | None = None,
-                replace: bool = False) -> TaskHandle:
+                replace: bool = False,
+                bps_limit: int | None = None,
+                sparse: bool | None = None) -> TaskHandle:
         return self._handle(self._api.convert(
             self.host, src, dst, src_format, dst_format, compress=compress,
             target_is_zero=target_is_zero, checksum=checksum,
-            max_bytes=max_bytes, replace=replace))
+            max_bytes=max_bytes, replace=replace, bps_limit=bps_limit,
+            sparse=sparse))
 
     def copy(self, src: str, dst: str, checksum: bool | None = None,
-             replace: bool = False) -> TaskHandle:
+             replace: bool = False,
+             bps_limit: int | None = None) -> TaskHandle:
         return self._handle(self._api.copy(self.host, src, dst,
                                            checksum=checksum,
-                                           replace=replace))
+                                           replace=replace,
+                                           bps_limit=bps_limit))
 
     def upload(self, src: str, dst: str, src_format: str, disk_format: str,
                checksum: bool | None = None,
-               replace: bool = False) -> TaskHandle:
+               replace: bool = False,
+               bps_limit: int | None = None) -> TaskHandle:
         return self._handle(self._api.upload(
             self.host, src, dst, src_format, disk_format, checksum=checksum,
-            replace=replace))
+            replace=replace, bps_limit=bps_limit))
 
     def download(self, src: str, dst: str, disk_format: str, dst_format: str,
                  max_bytes: int | None = None,
                  checksum: bool | None = None,
-                 replace: bool = False) -> TaskHandle:
+                 replace: bool = False,
+                 bps_limit: int | None = None,
+                 sparse: bool | None = None) -> TaskHandle:
         return self._handle(self._api.download(
             self.host, src, dst, disk_format, dst_format,
-            max_bytes=max_bytes, checksum=checksum, replace=replace))
+            max_bytes=max_bytes, checksum=checksum, replace=replace,
+            bps_limit=bps_limit, sparse=sparse))
 
     # -- tasks --------------------------------------------------------------
     def task(self, task_id: str) -> TaskHandle:

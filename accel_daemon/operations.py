@@ -157,6 +157,13 @@ _MAX_BYTES = Field(integer(1, MAX_BYTES), required=False,
 # src may be dst.  Off: an existing output is OutputExists.
 _REPLACE = Field(boolean, required=False, default=False,
                  help='replace an existing output file atomically')
+# 1.2: cinder's volume_copy_bps_limit (per step of upload and download).
+_BPS_LIMIT = Field(integer(1, MAX_BYTES), required=False,
+                   help='bandwidth limit, bytes per second')
+# 1.2: cinder's disable_sparse is sparse=False.
+_SPARSE = Field(boolean, required=False, default=True,
+                help='leave zeros as holes (default on); off writes every '
+                     'zero (qemu-img -S 0)')
 
 
 def _checksum(default: bool) -> Field:
@@ -180,13 +187,15 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'format': Field(short_name, required=False, default='gzip',
                         help='gzip (default) or zstd'),
         # The compressed output is small, and hashed while it is written.
-        'checksum': _checksum(True), 'replace': _REPLACE},
+        'checksum': _checksum(True), 'replace': _REPLACE,
+        'bps_limit': _BPS_LIMIT},
         'compress to gzip (or zstd)',
         func=lambda e, p, **a: e.compress(p, **a), task=True),
     Operation('decompress', {
         'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES,
         # Off: hashing every zero of a sparse 8 GiB image costs ~5 s.
-        'checksum': _checksum(False), 'replace': _REPLACE},
+        'checksum': _checksum(False), 'replace': _REPLACE,
+        'bps_limit': _BPS_LIMIT},
         'decompress, capped, sparse output',
         func=lambda e, p, **a: e.decompress(p, **a), task=True),
     Operation('convert', {
@@ -199,11 +208,13 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'target_is_zero': Field(boolean, required=False,
                                 help='the output device reads as zeros'),
         'max_bytes': _MAX_BYTES,
-        'checksum': _checksum(False), 'replace': _REPLACE},
+        'checksum': _checksum(False), 'replace': _REPLACE,
+        'bps_limit': _BPS_LIMIT, 'sparse': _SPARSE},
         'qemu-img convert with safe settings',
         func=lambda e, p, **a: e.convert(p, **a), task=True),
     Operation('copy', {'src': _SRC, 'dst': _DST,
-                       'checksum': _checksum(False), 'replace': _REPLACE},
+                       'checksum': _checksum(False), 'replace': _REPLACE,
+                       'bps_limit': _BPS_LIMIT},
               'sparse copy of an image file',
               func=lambda e, p, **a: e.copy(p, **a), task=True),
     Operation('upload', {
@@ -211,7 +222,8 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'src_format': dataclasses.replace(_FORMAT, help='input format'),
         'disk_format': dataclasses.replace(
             _FORMAT, help='format of the image inside the gzip'),
-        'checksum': _checksum(True), 'replace': _REPLACE},
+        'checksum': _checksum(True), 'replace': _REPLACE,
+        'bps_limit': _BPS_LIMIT},
         'convert then compress (cinder upload)',
         func=lambda e, p, **a: e.upload(p, **a), task=True),
     Operation('download', {
@@ -221,7 +233,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
             _FORMAT, help='claimed format of the image inside'),
         'dst_format': dataclasses.replace(_FORMAT, help='output format'),
         'max_bytes': _MAX_BYTES, 'checksum': _checksum(False),
-        'replace': _REPLACE},
+        'replace': _REPLACE, 'bps_limit': _BPS_LIMIT, 'sparse': _SPARSE},
         'decompress, inspect, convert (cinder download)',
         func=lambda e, p, **a: e.download(p, **a), task=True),
 )}

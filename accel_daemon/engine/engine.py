@@ -139,46 +139,56 @@ class Engine:
     def compress(self, progress: Progress, src: str, dst: str,
                  driver: str | None = None, level: int | None = None,
                  format: str = base.GZIP, checksum: bool = True,
-                 replace: bool = False) -> dict:
+                 replace: bool = False,
+                 bps_limit: int | None = None) -> dict:
         return compression.compress(self.ctx, self.drivers, progress, src,
                                     dst, driver=driver, level=level,
                                     format=format, checksum=checksum,
-                                    replace=replace)
+                                    replace=replace, bps_limit=bps_limit)
 
     def decompress(self, progress: Progress, src: str, dst: str,
                    max_bytes: int | None = None,
-                   checksum: bool = False, replace: bool = False) -> dict:
+                   checksum: bool = False, replace: bool = False,
+                   bps_limit: int | None = None) -> dict:
         return compression.decompress(self.ctx, self.drivers, progress, src,
                                       dst, max_bytes=max_bytes,
-                                      checksum=checksum, replace=replace)
+                                      checksum=checksum, replace=replace,
+                                      bps_limit=bps_limit)
 
     def convert(self, progress: Progress, src: str, dst: str,
                 src_format: str, dst_format: str, compress: bool = False,
                 target_is_zero: bool = False, max_bytes: int | None = None,
-                checksum: bool = False, replace: bool = False) -> dict:
+                checksum: bool = False, replace: bool = False,
+                bps_limit: int | None = None, sparse: bool = True) -> dict:
         return images.convert(self.ctx, progress, src, dst, src_format,
                               dst_format, compress=compress,
                               target_is_zero=target_is_zero,
                               max_bytes=max_bytes, checksum=checksum,
-                              replace=replace)
+                              replace=replace, bps_limit=bps_limit,
+                              sparse=sparse)
 
     def copy(self, progress: Progress, src: str, dst: str,
-             checksum: bool = False, replace: bool = False) -> dict:
+             checksum: bool = False, replace: bool = False,
+             bps_limit: int | None = None) -> dict:
         return copy.copy_file(self.ctx, progress, src, dst, checksum,
-                              replace=replace)
+                              replace=replace, bps_limit=bps_limit)
 
     def upload(self, progress: Progress, src: str, dst: str,
                src_format: str, disk_format: str,
-               checksum: bool = True, replace: bool = False) -> dict:
+               checksum: bool = True, replace: bool = False,
+               bps_limit: int | None = None) -> dict:
         return pipelines.upload(self.ctx, self.drivers, progress, src, dst,
                                 src_format, disk_format, checksum=checksum,
-                                replace=replace)
+                                replace=replace, bps_limit=bps_limit)
 
     def download(self, progress: Progress, src: str, dst: str,
                  disk_format: str, dst_format: str,
                  max_bytes: int | None = None,
-                 checksum: bool = False, replace: bool = False) -> dict:
+                 checksum: bool = False, replace: bool = False,
+                 bps_limit: int | None = None,
+                 sparse: bool = True) -> dict:
         return pipelines.download(self.ctx, self.drivers, progress, src, dst,
                                   disk_format, dst_format,
                                   max_bytes=max_bytes, checksum=checksum,
-                                  replace=replace)
+                                  replace=replace, bps_limit=bps_limit,
+                                  sparse=sparse)

@@ -3,6 +3,11 @@
 upload   = inspect -> convert to the requested disk format -> compress
 download = decompress (capped) -> inspect the inner image -> convert
 
+A ``bps_limit`` applies to each step on its own (each moves the image
+once, one after the other).  Download's ``sparse=False`` writes every zero
+in both steps: the decompressed stage is the output when no conversion is
+needed.
+
 Every file is opened once (``engine.files``).  Intermediate results are
 unnamed files (``Output`` never committed): nothing can reach them by name,
 nothing is left when the run fails or is cancelled, and only the final
@@ -31,7 +36,8 @@ from accel_daemon.engine.progress import Progress
 def upload(ctx: Context, drivers: dict[str, base.Compressor],
            progress: Progress, src: str, dst: str, src_format: str,
            disk_format: str, checksum: bool = True,
-           replace: bool = False) -> dict:
+           replace: bool = False,
+           bps_limit: int | None = None) -> dict:
     disk_format = qemu_img.output_format(disk_format, 'upload')
     compressor = compression.select(drivers, ctx.settings)
     with ctx.open_source(src) as source, \
@@ -47,16 +53,19 @@ def upload(ctx: Context, drivers: dict[str, base.Compressor],
             # source itself, once qemu-img agrees it is a sound image.
             _sound(ctx, source, found.format)
             packed = compression.compress_fds(compressor, source.fd, out.fd,
-                                              pack, checksum=checksum)
+                                              pack, checksum=checksum,
+                                              bps_limit=bps_limit)
             images.check_unchanged(source, before)
             converted = False
         else:
             with out.sibling() as stage:
                 images.convert_fds(ctx, Phase(progress, 0, span), source,
                                    stage, found.format, disk_format,
-                                   limit=ctx.settings.max_image_bytes)
+                                   limit=ctx.settings.max_image_bytes,
+                                   bps_limit=bps_limit)
                 packed = compression.compress_fds(
-                    compressor, stage.fd, out.fd, pack, checksum=checksum)
+                    compressor, stage.fd, out.fd, pack, checksum=checksum,
+                    bps_limit=bps_limit)
             converted = True
         out.commit()
     progress.set_done(2 * span)
@@ -78,7 +87,8 @@ def _sound(ctx: Context, source: files.Opened, fmt: str) -> None:
 def download(ctx: Context, drivers: dict[str, base.Compressor],
              progress: Progress, src: str, dst: str, disk_format: str,
              dst_format: str, max_bytes: int | None = None,
-             checksum: bool = False, replace: bool = False) -> dict:
+             checksum: bool = False, replace: bool = False,
+             bps_limit: int | None = None, sparse: bool = True) -> dict:
     disk_format = qemu_img.input_format(disk_format, 'download')
     dst_format = qemu_img.output_format(dst_format, 'download')
     on_device = ctx.confinement.device_name(dst)
@@ -96,7 +106,8 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
         unpacked = compression.decompress_fds(
             drivers, source, stage.fd,
             compression.decompress_limit(ctx.settings, max_bytes),
-            Phase(progress, 0, size))
+            Phase(progress, 0, size), sparse_out=sparse,
+            bps_limit=bps_limit)
         # Glance does not inspect 'compressed' containers: what came out
         # is untrusted and must pass inspection as the claimed format.
         inner = stage.as_source('the decompressed image (inside %s)' % src)
@@ -114,7 +125,8 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
                   else stage.sibling()) as out:
                 result = images.convert_fds(
                     ctx, Phase(progress, size, size), inner, out,
-                    disk_format, dst_format, limit=limit)
+                    disk_format, dst_format, limit=limit,
+                    bps_limit=bps_limit, sparse=sparse)
                 if checksum and not out.is_device:
                     result['sha256'] = copy.sha256_fd(out.fd, progress)
                 out.commit()

@@ -66,6 +66,14 @@ def _clean(err: exception.AccelError) -> exception.AccelError:
         {'type': name, 'message': err.message, 'fields': err.fields})
 
 
+def _since(version: str, new: str,
+           **optional: Any) -> tuple[str, dict[str, Any]]:
+    """The ``optional`` arguments that were given (not None), and the
+    version to send: ``new`` if any was given, else ``version``."""
+    given = {k: v for k, v in optional.items() if v is not None}
+    return (new if given else version), given
+
+
 def _from_remote(err: oslo_messaging.RemoteError) -> exception.AccelError:
     if err.exc_type in _REQUEST_ERRORS:
         return exception.InvalidRequest(reason=err.value)
@@ -86,8 +94,10 @@ class AccelAPI:
       the caller accepts; refused before anything is written).  Sent as
       1.1 only when given, so a 1.0 daemon still takes every other call.
     * 1.2 - replace on compress, decompress, convert, copy, upload,
-      download (publish over an existing regular file, atomically).  Sent
-      as 1.2 only when replace=True.
+      download (publish over an existing regular file, atomically);
+      bps_limit (a bandwidth limit, bytes per second) on the same six;
+      sparse on convert and download.  Sent as 1.2 only when replace=True
+      or bps_limit or sparse is given.
 
     To add a method or an argument: bump the minor version here and in
     ``accel_daemon.rpc.endpoint.API_VERSION``, pin the new call to the new
@@ -156,9 +166,12 @@ class AccelAPI:
                  driver: str | None = None, level: int | None = None,
                  format: str = 'gzip',
                  checksum: bool | None = None,
-                 replace: bool = False) -> dict:
+                 replace: bool = False,
+                 bps_limit: int | None = None) -> dict:
         extra: dict = {}
         version = self._replace('1.0', extra, replace)
+        version, new = _since(version, '1.2', bps_limit=bps_limit)
+        extra.update(new)
         return self.call(host, 'compress', version=version, src=src,
                          dst=dst, driver=driver, level=level, format=format,
                          checksum=checksum, **extra)
@@ -166,9 +179,12 @@ class AccelAPI:
     def decompress(self, host: str, src: str, dst: str,
                    max_bytes: int | None = None,
                    checksum: bool | None = None,
-                   replace: bool = False) -> dict:
+                   replace: bool = False,
+                   bps_limit: int | None = None) -> dict:
         extra: dict = {}
         version = self._replace('1.0', extra, replace)
+        version, new = _since(version, '1.2', bps_limit=bps_limit)
+        extra.update(new)
         return self.call(host, 'decompress', version=version, src=src,
                          dst=dst, max_bytes=max_bytes, checksum=checksum,
                          **extra)
@@ -178,30 +194,41 @@ class AccelAPI:
                 target_is_zero: bool = False,
                 checksum: bool | None = None,
                 max_bytes: int | None = None,
-                replace: bool = False) -> dict:
+                replace: bool = False,
+                bps_limit: int | None = None,
+                sparse: bool | None = None) -> dict:
         extra: dict = {}
         version = '1.0'
         if max_bytes is not None:
             extra['max_bytes'] = max_bytes
             version = '1.1'
         version = self._replace(version, extra, replace)
+        version, new = _since(version, '1.2', bps_limit=bps_limit,
+                              sparse=sparse)
+        extra.update(new)
         return self.call(host, 'convert', version=version, src=src, dst=dst,
                          src_format=src_format, dst_format=dst_format,
                          compress=compress, target_is_zero=target_is_zero,
                          checksum=checksum, **extra)
 
     def copy(self, host: str, src: str, dst: str,
-             checksum: bool | None = None, replace: bool = False) -> dict:
+             checksum: bool | None = None, replace: bool = False,
+             bps_limit: int | None = None) -> dict:
         extra: dict = {}
         version = self._replace('1.0', extra, replace)
+        version, new = _since(version, '1.2', bps_limit=bps_limit)
+        extra.update(new)
         return self.call(host, 'copy', version=version, src=src, dst=dst,
                          checksum=checksum, **extra)
 
     def upload(self, host: str, src: str, dst: str, src_format: str,
                disk_format: str, checksum: bool | None = None,
-               replace: bool = False) -> dict:
+               replace: bool = False,
+               bps_limit: int | None = None) -> dict:
         extra: dict = {}
         version = self._replace('1.0', extra, replace)
+        version, new = _since(version, '1.2', bps_limit=bps_limit)
+        extra.update(new)
         return self.call(host, 'upload', version=version, src=src, dst=dst,
                          src_format=src_format, disk_format=disk_format,
                          checksum=checksum, **extra)
@@ -209,9 +236,14 @@ class AccelAPI:
     def download(self, host: str, src: str, dst: str, disk_format: str,
                  dst_format: str, max_bytes: int | None = None,
                  checksum: bool | None = None,
-                 replace: bool = False) -> dict:
+                 replace: bool = False,
+                 bps_limit: int | None = None,
+                 sparse: bool | None = None) -> dict:
         extra: dict = {}
         version = self._replace('1.0', extra, replace)
+        version, new = _since(version, '1.2', bps_limit=bps_limit,
+                              sparse=sparse)
+        extra.update(new)
         return self.call(host, 'download', version=version, src=src,
                          dst=dst, disk_format=disk_format,
                          dst_format=dst_format, max_bytes=max_bytes,

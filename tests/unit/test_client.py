@@ -200,6 +200,37 @@ def test_replace_is_sent_as_1_2_only_when_true(client, daemon, src, backend,
     assert 'replace' not in params[off.id]
 
 
+@pytest.mark.parametrize('method, args, new', [
+    ('compress', (), {'bps_limit': 1 << 20}),
+    ('decompress', (), {'bps_limit': 1 << 20}),
+    ('convert', ('raw', 'qcow2'), {'bps_limit': 1 << 20}),
+    ('convert', ('raw', 'raw'), {'sparse': False}),
+    ('convert', ('raw', 'raw'), {'sparse': True, 'max_bytes': 1 << 30}),
+    ('copy', (), {'bps_limit': 1 << 20}),
+    ('upload', ('raw', 'raw'), {'bps_limit': 1 << 20}),
+    ('download', ('raw', 'qcow2'), {'bps_limit': 7, 'sparse': False}),
+])
+def test_1_2_arguments_are_sent_as_1_2_only_when_given(
+        client, daemon, src, backend, monkeypatch, method, args, new):
+    sent = []
+    real = rpcapi.AccelAPI.call
+
+    def spy(self, host, name, version='1.0', **kwargs):
+        sent.append((version, {k: kwargs[k] for k in new if k in kwargs}))
+        return real(self, host, name, version=version, **kwargs)
+
+    monkeypatch.setattr(rpcapi.AccelAPI, 'call', spy)
+    plain = getattr(client, method)(src, out(daemon, 'p'), *args)
+    given = getattr(client, method)(src, out(daemon, 'g'), *args, **new)
+    plain.wait(timeout=10)
+    given.wait(timeout=10)
+    assert sent[0] == ('1.0', {})
+    assert sent[1] == ('1.2', new)
+    params = {c[0]: c[2] for c in backend.calls}
+    assert {k: params[given.id][k] for k in new} == new
+    assert not set(new) & set(params[plain.id])
+
+
 def test_replace_pre_check_refuses_a_symlink(client, daemon, src):
     link = out(daemon, 'link')
     os.symlink('/etc/passwd', link)
