@@ -1,0 +1,141 @@
+#!/bin/bash
+# Build (or reuse) one virtualenv per real caller of accel-daemon -- the
+# released cinder and nova -- for tools/run-caller-tests.sh:
+#
+#   $ACCEL_CALLER_VENVS/cinder    cinder==29.0.0 + its unit-test tools
+#   $ACCEL_CALLER_VENVS/nova      nova==34.0.0   + its unit-test tools
+#
+# each plus accel-daemon from this checkout. Default cache:
+# /var/cache/accel-daemon/caller-venvs (outside the checkout, shared by
+# every worktree on this machine; a lock file keeps runs apart).
+#
+# How a venv is made, in three steps:
+#   1. `pip install <caller>==<version> <test tools>` alone, so pip resolves
+#      the caller's own dependencies as a deployment of it would; the
+#      result is saved as caller-freeze.txt in the venv;
+#   2. accel-daemon from this checkout, constrained by caller-freeze.txt:
+#      pip may add what accel-daemon needs and the caller lacks (isal), but
+#      may not move any version the caller chose. A requirement of
+#      accel-daemon that the caller's libraries do not meet fails the build
+#      here, loudly: that conflict is what these venvs are for;
+#   3. `pip check`.
+# A stamp of the pins below, requirements.txt and the Python version is
+# written last; a venv whose stamp differs (or that is half-built) is
+# rebuilt from scratch.
+#
+# accel-daemon is a regular (not editable) install: an editable install
+# points into the checkout it was made from, and the cache outlives
+# checkouts (CI's fresh clone in a temporary folder, other worktrees), so
+# it would break or, worse, silently test another checkout's code. Instead,
+# a second stamp of this checkout's package sources makes each run
+# reinstall accel-daemon alone (--no-deps, ~4 s) when they differ from what
+# the venv holds.
+#
+# Upper-constraints: openstack/requirements is not published on PyPI (the
+# `openstack-requirements` package there is a 2018 release), so the caller
+# gets the newest release of each dependency its own metadata allows.
+# Nothing needed a pin so far; a pin goes in *_PINS below with its reason.
+#
+# Usage: bash tools/caller-venvs.sh [cinder|nova ...]   (default: both)
+# Prints one line per venv: name, path, "reused"/"built"/"reinstalled".
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${ACCEL_CALLER_VENVS:-/var/cache/accel-daemon/caller-venvs}
+PYTHON=/usr/bin/python3
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# What the caller's own `tests` packages import beyond the caller's
+# requirements (found by importing the test modules run-caller-tests.sh
+# runs): cinder.tests.unit needs ddt, fixtures, testtools; nova.tests.unit
+# needs oslotest, wsgi_intercept, ddt (fixtures, testtools come with
+# oslotest).
+CINDER_PINS="cinder==29.0.0 ddt fixtures testtools oslotest"
+NOVA_PINS="nova==34.0.0 ddt fixtures testtools oslotest wsgi-intercept"
+
+log() { echo "caller-venvs: $*" >&2; }
+
+pins_for() {
+    case $1 in
+        cinder) echo "$CINDER_PINS" ;;
+        nova) echo "$NOVA_PINS" ;;
+        *) log "unknown caller: $1 (cinder or nova)"; return 2 ;;
+    esac
+}
+
+# Keyed on what decides the venv's third-party contents.
+deps_stamp() {
+    { pins_for "$1"; "$PYTHON" --version; cat "$ROOT/requirements.txt"; } |
+        sha256sum | cut -d' ' -f1
+}
+
+# Keyed on what goes into accel-daemon's installed copy.
+source_stamp() {
+    (cd "$ROOT" &&
+        find accel_daemon etc filters -type f ! -name '*.pyc' -print0 |
+        sort -z | xargs -0 sha256sum &&
+        sha256sum setup.cfg setup.py requirements.txt) |
+        sha256sum | cut -d' ' -f1
+}
+
+install_accel_daemon() {
+    local venv=$1
+    shift
+    # --use-pep517: pbr builds a wheel in an isolated build environment
+    # instead of the deprecated `setup.py install`.
+    "$venv/bin/pip" install -q --use-pep517 "$@" "$ROOT"
+}
+
+build() {
+    local name=$1 venv=$2 start=$SECONDS pins
+    pins=$(pins_for "$name")
+    log "building $venv ($pins)"
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv"
+    # shellcheck disable=SC2086  # one requirement per word
+    "$venv/bin/pip" install -q $pins
+    "$venv/bin/pip" freeze --all >"$venv/caller-freeze.txt"
+    install_accel_daemon "$venv" -c "$venv/caller-freeze.txt"
+    "$venv/bin/pip" freeze --all |
+        diff "$venv/caller-freeze.txt" - | sed -n 's/^> //p' \
+            >"$venv/accel-daemon-added.txt" || true
+    "$venv/bin/pip" check
+    log "$name: built in $((SECONDS - start)) s," \
+        "$(du -sm "$venv" | cut -f1) MB; accel-daemon added:" \
+        "$(tr '\n' ' ' <"$venv/accel-daemon-added.txt")"
+}
+
+ensure() {
+    local name=$1 venv=$CACHE/$1 stamp src state=reused
+    stamp=$(deps_stamp "$name")
+    src=$(source_stamp)
+    if [ ! -x "$venv/bin/python" ] ||
+        [ "$(cat "$venv/.deps-stamp" 2>/dev/null)" != "$stamp" ]; then
+        build "$name" "$venv"
+        echo "$stamp" >"$venv/.deps-stamp"
+        echo "$src" >"$venv/.source-stamp"
+        state=built
+    elif [ "$(cat "$venv/.source-stamp" 2>/dev/null)" != "$src" ]; then
+        install_accel_daemon "$venv" --no-deps --force-reinstall
+        echo "$src" >"$venv/.source-stamp"
+        state=reinstalled
+    fi
+    echo "$name $venv $state"
+}
+
+main() {
+    mkdir -p "$CACHE"
+    # run-caller-tests.sh holds the lock for the whole run (so no other
+    # checkout reinstalls accel-daemon under its tests) and says so.
+    if [ -z "${ACCEL_CALLER_VENVS_LOCKED:-}" ]; then
+        exec 9>"$CACHE/.lock"
+        flock -w 1800 9
+    fi
+    [ $# -gt 0 ] || set -- cinder nova
+    local name
+    for name in "$@"; do
+        ensure "$name"
+    done
+}
+
+main "$@"

@@ -1,0 +1,80 @@
+#!/bin/bash
+# Test against the real callers: build or refresh the cinder and nova venvs
+# (tools/caller-venvs.sh), then run, each inside its venv with unittest
+# (tests/callers/run.py):
+#
+#   cinder            tests/callers: accel_daemon.client + cinder's facts
+#   nova              tests/callers: accel_daemon.client + nova's facts
+#   cinder-baseline   cinder's own unit tests of cinder.image
+#   nova-baseline     nova's own unit tests of nova.virt.images,
+#                     nova.privsep.qemu and the libvirt image helpers
+#
+# Each suite writes $ACCEL_TEST_RESULTS/callers-SUITE.xml (JUnit, summed
+# into tools/run-tests.sh's summary) and callers-SUITE.log (its stderr:
+# the callers' warnings and logs). Exit status 1 if any suite failed.
+#
+# Usage: bash tools/run-caller-tests.sh [SUITE...]     (default: all four)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS=${ACCEL_TEST_RESULTS:-${TMPDIR:-/tmp}/accel-daemon-test-results}
+CACHE=${ACCEL_CALLER_VENVS:-/var/cache/accel-daemon/caller-venvs}
+export ACCEL_CALLER_VENVS=$CACHE
+
+log() { echo "run-caller-tests: $*" >&2; }
+
+# suite -> "venv target..."
+targets() {
+    case $1 in
+        cinder) echo "cinder test_accel_client test_cinder" ;;
+        nova) echo "nova test_accel_client test_nova" ;;
+        cinder-baseline)
+            echo "cinder cinder.tests.unit.image" \
+                "cinder.tests.unit.test_image_utils" ;;
+        nova-baseline)
+            echo "nova nova.tests.unit.virt.test_images" \
+                "nova.tests.unit.privsep.test_qemu" \
+                "nova.tests.unit.virt.libvirt.test_utils" ;;
+        *) log "unknown suite: $1"; return 2 ;;
+    esac
+}
+
+run_suite() {
+    local suite=$1 venv spec start=$SECONDS rc=0
+    spec=$(targets "$suite")
+    venv=${spec%% *}
+    # shellcheck disable=SC2086  # one test target per word
+    "$CACHE/$venv/bin/python" "$ROOT/tests/callers/run.py" \
+        --suite "callers-$suite" --junit "$RESULTS/callers-$suite.xml" \
+        ${spec#* } 2>"$RESULTS/callers-$suite.log" </dev/null || rc=$?
+    if [ $rc -ne 0 ]; then
+        log "$suite FAILED (exit $rc, $((SECONDS - start)) s);" \
+            "stderr in $RESULTS/callers-$suite.log"
+    else
+        log "$suite passed ($((SECONDS - start)) s)"
+    fi
+    return $rc
+}
+
+main() {
+    [ $# -gt 0 ] || set -- cinder nova cinder-baseline nova-baseline
+    local suite rc=0
+    mkdir -p "$RESULTS" "$CACHE"
+    # One run at a time on this machine: caller-venvs.sh may reinstall
+    # accel-daemon into the shared venvs for this checkout.
+    exec 9>"$CACHE/.lock"
+    flock -w 1800 9
+    export ACCEL_CALLER_VENVS_LOCKED=1
+    bash "$ROOT/tools/caller-venvs.sh" >&2
+    # The callers' tests may leave files in the working directory.
+    WORKDIR=$(mktemp -d)
+    trap 'rm -rf "$WORKDIR"' EXIT
+    cd "$WORKDIR"
+    for suite in "$@"; do
+        rm -f "$RESULTS/callers-$suite.xml"
+        run_suite "$suite" || rc=1
+    done
+    return $rc
+}
+
+main "$@"
