@@ -13,6 +13,7 @@ version refused before sending; a daemon that does not answer becomes
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -24,6 +25,11 @@ from accel_daemon import exception
 LOG = logging.getLogger(__name__)
 
 TOPIC = 'accel_daemon'
+# accel-daemon's own exchange, whatever the caller's control_exchange says:
+# nova sets ``control_exchange = nova``, cinder keeps oslo's default, and
+# both must reach the same daemon (DESIGN.md section 7).  The daemon's RPC
+# server listens on it too (``accel_daemon.rpc.server``).
+EXCHANGE = 'accel_daemon'
 EXMODS = [exception.__name__]
 _REMOTE_SUFFIX = '_Remote'
 # RemoteError types that mean "the daemon does not know what you asked for".
@@ -109,10 +115,21 @@ class AccelAPI:
     def __init__(self, transport: oslo_messaging.Transport,
                  topic: str = TOPIC, timeout: float = 60,
                  version_cap: str | None = None) -> None:
-        target = oslo_messaging.Target(topic=topic, version=self.VERSION)
+        target = oslo_messaging.Target(exchange=EXCHANGE, topic=topic,
+                                       version=self.VERSION)
         self.timeout = timeout
+        # The RPC ctxt of every call: the caller's request ids only
+        # (``accel_daemon.request_ids``); see ``with_context``.
+        self._ctxt: dict[str, str] = {}
         self._client = oslo_messaging.get_rpc_client(
             transport, target, timeout=timeout, version_cap=version_cap)
+
+    def with_context(self, ctxt: dict[str, str]) -> AccelAPI:
+        """This API, sending ``ctxt`` as the RPC context of its calls
+        (shares the RPC client: cheap, thread-safe)."""
+        api = copy.copy(self)
+        api._ctxt = dict(ctxt)
+        return api
 
     def call(self, host: str, method: str, version: str = '1.0',
              rpc_timeout: float | None = None, **kwargs: Any) -> Any:
@@ -130,7 +147,7 @@ class AccelAPI:
             # A malformed version, refused before anything is sent.
             raise exception.InvalidRequest(reason=str(e)) from None
         try:
-            return cctxt.call({}, method, **kwargs)
+            return cctxt.call(dict(self._ctxt), method, **kwargs)
         except exception.AccelError as e:
             raise _clean(e) from None
         except oslo_messaging.RPCVersionCapError as e:

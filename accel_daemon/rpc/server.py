@@ -38,6 +38,7 @@ from oslo_messaging.rpc import server as rpc_server
 
 from accel_daemon import exception
 from accel_daemon.rpc import endpoint
+from accel_daemon.rpc import rpcapi
 
 LOG = logging.getLogger(__name__)
 
@@ -109,7 +110,10 @@ class GuardedDispatcher(oslo_messaging.RPCDispatcher):
 
 
 def target(topic: str, host: str) -> oslo_messaging.Target:
-    return oslo_messaging.Target(topic=topic, server=host)
+    # accel-daemon's own exchange, not [DEFAULT] control_exchange: clients
+    # configured like nova or like cinder all reach it (rpcapi.EXCHANGE).
+    return oslo_messaging.Target(exchange=rpcapi.EXCHANGE, topic=topic,
+                                 server=host)
 
 
 def build(transport: oslo_messaging.Transport, topic: str, host: str,

@@ -85,7 +85,8 @@ class Hostile:
         conf = daemon.client_conf()
         self.transport = rpcapi.get_transport(conf)
         self.api = rpcapi.AccelAPI(self.transport, timeout=TIMEOUT)
-        self.target = oslo_messaging.Target(topic=rpcapi.TOPIC,
+        self.target = oslo_messaging.Target(exchange=rpcapi.EXCHANGE,
+                                            topic=rpcapi.TOPIC,
                                             server=daemon.host)
         self.rpc = oslo_messaging.get_rpc_client(self.transport, self.target,
                                                  timeout=TIMEOUT)
@@ -390,8 +391,8 @@ def test_driver_level_garbage_is_dropped(hostile):
     rabbit driver logs and drops them; there is no reply queue to answer
     on.  The daemon must keep serving."""
     d = hostile.daemon
-    # DaemonProcess names its control_exchange after its host name.
-    exchange = d.host
+    # accel-daemon's own exchange, whatever control_exchange says.
+    exchange = rpcapi.EXCHANGE
     bodies = [b'not json', b'[1, 2]', b'"text"', b'{}', b'null',
               json.dumps({'oslo.version': '2.0', 'oslo.message': '[]'}),
               json.dumps({'oslo.version': '2.0', 'oslo.message': 'x'}),

@@ -325,7 +325,8 @@ def wire(tmp_path_factory):
 def raw(wire, message, ctxt=None, timeout=5):
     """Send ``message`` as it is (no client-side checks) and return the
     answer or raise what the daemon raised."""
-    target = oslo_messaging.Target(topic=rpcapi.TOPIC, server=WIRE_HOST)
+    target = oslo_messaging.Target(exchange=rpcapi.EXCHANGE,
+                                   topic=rpcapi.TOPIC, server=WIRE_HOST)
     return wire.transport._send(target, {} if ctxt is None else ctxt,
                                 message, wait_for_reply=True,
                                 timeout=timeout)
