@@ -30,10 +30,18 @@ LOG = logging.getLogger(__name__)
 # is the method of that name, not the builtin.
 TaskRows = list[dict[str, Any]]
 
-_SCHEMA_VERSION = 1
+# Schema versions (``PRAGMA user_version``):
+#   1 - the tasks table.
+#   2 - request_id and global_request_id columns (NULL for older rows).
+# A file of an older version is migrated when opened (``_migrate``); one of
+# a newer version is refused, since this code cannot know what it holds.
+_SCHEMA_VERSION = 2
 _JSON_COLUMNS = ('params', 'progress', 'result', 'error')
 _COLUMNS = ('id', 'kind', 'state', 'params', 'progress', 'result', 'error',
-            'created_at', 'started_at', 'finished_at')
+            'created_at', 'started_at', 'finished_at', 'request_id',
+            'global_request_id')
+# Columns added after version 1, with their type, oldest first.
+_ADDED_COLUMNS = (('request_id', 'TEXT'), ('global_request_id', 'TEXT'))
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -45,7 +53,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    request_id TEXT,
+    global_request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
@@ -57,6 +67,10 @@ class JournalClosed(RuntimeError):
     """The journal was used after ``close()`` (a worker outlived stop())."""
 
 
+class JournalVersionError(RuntimeError):
+    """The file was written by a newer accel-daemon (a newer schema)."""
+
+
 class Journal:
     """Task dicts stored by id; see ``TaskManager`` for the dict layout."""
 
@@ -66,8 +80,12 @@ class Journal:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None)
-        with self._lock:
-            self._setup()
+        try:
+            with self._lock:
+                self._setup()
+        except BaseException:
+            self.close()
+            raise
 
     def _setup(self) -> None:
         db = self._conn()
@@ -75,8 +93,39 @@ class Journal:
         # NORMAL in WAL mode may lose the last commits on power loss, never
         # corrupt the file; a lost "succeeded" row shows as TaskInterrupted.
         db.execute('PRAGMA synchronous=NORMAL')
+        version = db.execute('PRAGMA user_version').fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            raise JournalVersionError(
+                'task journal %s has schema version %d; this accel-daemon '
+                'knows versions up to %d' % (self.path, version,
+                                             _SCHEMA_VERSION))
         db.executescript(_SCHEMA)
+        self._migrate(db, version)
         db.execute('PRAGMA user_version=%d' % _SCHEMA_VERSION)
+
+    def _migrate(self, db: sqlite3.Connection, version: int) -> None:
+        """Bring a table of an older version up to date.
+
+        Columns are added when missing, whatever the version says: a file
+        that an older daemon opened after a newer one (it writes its own
+        version back) already has them."""
+        have = {row[1] for row in db.execute('PRAGMA table_info(tasks)')}
+        missing = [(n, t) for n, t in _ADDED_COLUMNS if n not in have]
+        if not missing:
+            return
+        db.execute('BEGIN IMMEDIATE')
+        try:
+            for name, kind in missing:
+                # Only module constants are formatted in.
+                db.execute('ALTER TABLE tasks ADD COLUMN %s %s'
+                           % (name, kind))
+            db.execute('COMMIT')
+        except BaseException:
+            db.execute('ROLLBACK')
+            raise
+        LOG.info('Task journal %s migrated from schema version %d to %d '
+                 '(added %s)', self.path, version, _SCHEMA_VERSION,
+                 ', '.join(n for n, _ in missing))
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

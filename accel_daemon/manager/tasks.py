@@ -7,7 +7,13 @@ on at most ``workers`` threads.  A task dict holds only plain JSON types:
     name), state (queued|running|succeeded|failed|cancelled), params,
     progress {'done', 'total'}, result dict | None,
     error {'type', 'message', 'fields'} | None,
-    created_at, started_at, finished_at (float epoch seconds)
+    created_at, started_at, finished_at (float epoch seconds),
+    request_id, global_request_id (str | None: the ids of the call that
+    created the task, ``accel_daemon.request_ids``)
+
+Every log line about a task is written with its request ids as the
+thread's oslo.context (``request_ids.current``): the RPC thread has the
+caller's, and the worker, watchdog and shutdown paths set the task's.
 
 Queued and running tasks live in memory (under one lock); every state change
 is also written to the ``Journal`` so finished tasks survive a restart, and
@@ -37,6 +43,7 @@ from typing import Any, Callable
 
 from accel_daemon import exception
 from accel_daemon import operations
+from accel_daemon import request_ids as req_ids
 from accel_daemon import wire
 from accel_daemon.manager.backends import Backend
 from accel_daemon.manager.journal import Journal
@@ -132,10 +139,11 @@ class TaskManager:
         (TaskInterrupted) and remove their partial outputs."""
         count = 0
         for task in self.journal.unfinished():
-            removed = self._discard(task)
-            err = exception.TaskInterrupted(task_id=task['id'],
-                                            removed=removed)
-            self._finish(task, 'failed', error=err.to_dict())
+            with req_ids.current(task):
+                removed = self._discard(task)
+                err = exception.TaskInterrupted(task_id=task['id'],
+                                                removed=removed)
+                self._finish(task, 'failed', error=err.to_dict())
             count += 1
         if count:
             LOG.warning('%d task(s) interrupted by the previous stop', count)
@@ -164,10 +172,12 @@ class TaskManager:
                     task_id=i, removed=[]).to_dict()) for i in self._queue]
             self._queue.clear()
         for task in queued:
-            self._commit(task)
+            with req_ids.current(task):
+                self._commit(task)
         if not self._wait_idle(timeout):
             for task_id in self._running_ids():
-                self._cancel_running(task_id)
+                with req_ids.current(self._ids(task_id)):
+                    self._cancel_running(task_id)
             self._wait_idle(max(timeout, 5.0))
         with self._lock:
             self._stopping = True
@@ -192,13 +202,17 @@ class TaskManager:
                     if t['state'] == 'running']
 
     # -- API ---------------------------------------------------------------
-    def submit(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, operation: str, params: dict[str, Any],
+               request_ids: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue a task; ``request_ids`` are the checked ids of the call
+        (``accel_daemon.request_ids.from_ctxt``)."""
         _validate(operation, params)
+        ids = req_ids.from_ctxt(request_ids)
         task: dict[str, Any] = {
             'id': str(uuid.uuid4()), 'kind': operation, 'state': 'queued',
             'params': params, 'progress': {'done': 0, 'total': 0},
             'result': None, 'error': None, 'created_at': self._clock(),
-            'started_at': None, 'finished_at': None}
+            'started_at': None, 'finished_at': None, **ids}
         with self._lock:
             if not self._accepting:
                 raise exception.ServiceUnavailable(
@@ -352,7 +366,19 @@ class TaskManager:
         self._save(snapshot)
         return snapshot
 
+    def _ids(self, task_id: str) -> dict[str, Any] | None:
+        """The request ids of an active task (None once it is gone)."""
+        with self._lock:
+            task = self._active.get(task_id)
+            return {k: task.get(k) for k in req_ids.KEYS} if task else None
+
     def _run(self, task: dict) -> None:
+        # The worker's oslo.context for the whole run: every line logged
+        # here, down to the backend's, carries the task's request ids.
+        with req_ids.current(task):
+            self._run_task(task)
+
+    def _run_task(self, task: dict) -> None:
         task_id = task['id']
         LOG.info('Task %s started: %s', task_id, task['kind'])
         try:
@@ -410,19 +436,29 @@ class TaskManager:
                                      abandoned=abandoned).to_dict()
 
     def _expire(self, task_id: str) -> None:
-        LOG.warning('Task %s passed its time limit of %s s; cancelling it',
-                    task_id, self.task_timeout)
+        ids = self._ids(task_id)
+        with req_ids.current(ids):
+            LOG.warning('Task %s passed its time limit of %s s; cancelling '
+                        'it', task_id, self.task_timeout)
         # Not on the watchdog's own thread: a backend whose cancel() hangs
         # (a wedged privsep channel) must not stop it from enforcing the
         # other deadlines, or from abandoning this very task.  Expiries are
         # rare, and each of these threads ends within the cancel retry.
-        threading.Thread(target=self._cancel_running, args=(task_id,),
+        threading.Thread(target=self._cancel_with_ids, args=(task_id, ids),
                          daemon=True,
                          name='accel-task-timeout-%s' % task_id[:8]).start()
+
+    def _cancel_with_ids(self, task_id: str, ids: dict | None) -> None:
+        with req_ids.current(ids):
+            self._cancel_running(task_id)
 
     def _abandon(self, task_id: str) -> None:
         """The backend did not stop a timed-out task: record it as failed,
         leave its thread to its fate and start a worker in its place."""
+        with req_ids.current(self._ids(task_id)):
+            self._abandon_task(task_id)
+
+    def _abandon_task(self, task_id: str) -> None:
         with self._lock:
             task = self._active.get(task_id)
             if task is None or task['state'] != 'running':

@@ -32,9 +32,11 @@ import logging
 from typing import Any, Callable
 
 import oslo_messaging
+from oslo_context import context as oslo_context
 
 from accel_daemon import exception
 from accel_daemon import operations
+from accel_daemon import request_ids
 from accel_daemon.engine import paths
 from accel_daemon.engine.settings import Settings
 
@@ -99,24 +101,44 @@ def rpc_method(func: Callable) -> Callable:
     so callers only ever see accel_daemon.exception classes.
 
     ``self`` and ``ctxt`` are positional-only, so a caller's argument of
-    that name lands in ``kwargs`` and is refused as InvalidRequest.
+    that name lands in ``kwargs`` and is refused as InvalidRequest.  The
+    method gets, as its ``ctxt``, the request ids of the call
+    (``call_ids``), which are the thread's oslo.context while it runs.
     """
     @functools.wraps(func)
     def wrapper(self, ctxt, /, **kwargs):
-        try:
+        ids = call_ids(ctxt)
+        # The thread's oslo.context for the call: oslo.log prints its ids.
+        with request_ids.current(ids):
             try:
-                check_arg_names(func.__name__, kwargs)
-                return func(self, ctxt, **kwargs)
-            except exception.AccelError:
-                raise
-            except Exception as e:
-                LOG.exception('%s failed', func.__name__)
-                raise exception.InternalError(
-                    reason='%s: %s' % (type(e).__name__, e)) from e
-        except exception.AccelError as e:
-            LOG.info('%s refused: %s', func.__name__, e.message)
-            raise expected(e) from None
+                try:
+                    if request_ids.dropped(ctxt):
+                        LOG.debug('%s: malformed %s dropped from the '
+                                  'context', func.__name__,
+                                  ', '.join(request_ids.dropped(ctxt)))
+                    check_arg_names(func.__name__, kwargs)
+                    return func(self, ids, **kwargs)
+                except exception.AccelError:
+                    raise
+                except Exception as e:
+                    LOG.exception('%s failed', func.__name__)
+                    raise exception.InternalError(
+                        reason='%s: %s' % (type(e).__name__, e)) from e
+            except exception.AccelError as e:
+                LOG.info('%s refused: %s', func.__name__, e.message)
+                raise expected(e) from None
     return wrapper
+
+
+def call_ids(ctxt: Any) -> request_ids.RequestIds:
+    """The request ids of one call: the caller's well-formed ones
+    (``accel_daemon.request_ids``); without a request id of the caller's,
+    one made up here, so every task and every log line of the call has
+    one."""
+    ids = request_ids.from_ctxt(ctxt)
+    if ids['request_id'] is None:
+        ids['request_id'] = oslo_context.generate_request_id()
+    return ids
 
 
 class AccelEndpoint:
@@ -147,27 +169,27 @@ class AccelEndpoint:
     # -- tasks --------------------------------------------------------------
     @rpc_method
     def compress(self, ctxt, **kwargs):
-        return self._submit('compress', kwargs)
+        return self._submit('compress', kwargs, ctxt)
 
     @rpc_method
     def decompress(self, ctxt, **kwargs):
-        return self._submit('decompress', kwargs)
+        return self._submit('decompress', kwargs, ctxt)
 
     @rpc_method
     def convert(self, ctxt, **kwargs):
-        return self._submit('convert', kwargs)
+        return self._submit('convert', kwargs, ctxt)
 
     @rpc_method
     def copy(self, ctxt, **kwargs):
-        return self._submit('copy', kwargs)
+        return self._submit('copy', kwargs, ctxt)
 
     @rpc_method
     def upload(self, ctxt, **kwargs):
-        return self._submit('upload', kwargs)
+        return self._submit('upload', kwargs, ctxt)
 
     @rpc_method
     def download(self, ctxt, **kwargs):
-        return self._submit('download', kwargs)
+        return self._submit('download', kwargs, ctxt)
 
     @rpc_method
     def task_get(self, ctxt, **kwargs):
@@ -193,9 +215,10 @@ class AccelEndpoint:
         return self._manager.cancel(validate('task_cancel', kwargs)['task_id'])
 
     # -- helpers ------------------------------------------------------------
-    def _submit(self, operation: str, kwargs: dict) -> dict:
+    def _submit(self, operation: str, kwargs: dict,
+                ids: request_ids.RequestIds) -> dict:
         params = self._checked(operation, kwargs)
-        task = self._manager.submit(operation, params)
+        task = self._manager.submit(operation, params, request_ids=ids)
         LOG.debug('Task %s queued: %s %s', task['id'], operation, params)
         return task
 

@@ -1,4 +1,5 @@
 import os
+import sqlite3
 import stat
 import threading
 
@@ -13,7 +14,8 @@ def _task(task_id, state='succeeded', created=1.0, finished=2.0, **extra):
             'params': {'src': '/a', 'dst': '/b'},
             'progress': {'done': 5, 'total': 10}, 'result': None,
             'error': None, 'created_at': created, 'started_at': None,
-            'finished_at': finished}
+            'finished_at': finished, 'request_id': None,
+            'global_request_id': None}
     task.update(extra)
     return task
 
@@ -111,3 +113,81 @@ def test_concurrent_writers(journal):
     for t in threads:
         t.join()
     assert len(journal.list(limit=1000)) == 200
+
+
+# --- schema versions ---------------------------------------------------------
+# The version 1 schema, as accel-daemon wrote it before request ids.
+V1_SCHEMA = """
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL,
+    params TEXT NOT NULL, progress TEXT, result TEXT, error TEXT,
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL);
+CREATE INDEX tasks_state ON tasks (state);
+CREATE INDEX tasks_finished ON tasks (finished_at);
+CREATE INDEX tasks_created ON tasks (created_at);
+PRAGMA user_version=1;
+"""
+
+
+def _v1_file(path):
+    db = sqlite3.connect(str(path))
+    db.executescript(V1_SCHEMA)
+    db.execute("INSERT INTO tasks VALUES ('old', 'copy', 'succeeded', "
+               "'{\"src\": \"/a\"}', 'null', '{\"size\": 3}', 'null', "
+               "1.0, 1.5, 2.0)")
+    db.commit()
+    db.close()
+
+
+def _user_version(path):
+    db = sqlite3.connect(str(path))
+    try:
+        return db.execute('PRAGMA user_version').fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_version_1_file_is_migrated(tmp_path):
+    path = tmp_path / 'tasks.sqlite'
+    _v1_file(path)
+    j = Journal(str(path))
+    try:
+        old = j.get('old')
+        assert old['request_id'] is None and old['global_request_id'] is None
+        assert old['result'] == {'size': 3} and old['state'] == 'succeeded'
+        rid = 'req-0123abcd-4567-89ab-cdef-0123456789ab'
+        j.save(_task('new', request_id=rid, global_request_id=None))
+        assert j.get('new')['request_id'] == rid
+    finally:
+        j.close()
+    assert _user_version(path) == journal_mod._SCHEMA_VERSION == 2
+    # Opening it again is a no-op.
+    Journal(str(path)).close()
+    assert _user_version(path) == 2
+
+
+def test_file_an_older_daemon_reopened_is_not_migrated_twice(tmp_path):
+    # A version 1 daemon opened a version 2 file: it wrote its own
+    # version back, the new columns stayed.
+    path = tmp_path / 'tasks.sqlite'
+    Journal(str(path)).close()
+    db = sqlite3.connect(str(path))
+    db.execute('PRAGMA user_version=1')
+    db.close()
+    j = Journal(str(path))
+    j.save(_task('a'))
+    assert j.get('a')['request_id'] is None
+    j.close()
+    assert _user_version(path) == 2
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / 'tasks.sqlite'
+    Journal(str(path)).close()
+    db = sqlite3.connect(str(path))
+    db.execute('PRAGMA user_version=99')
+    db.close()
+    with pytest.raises(journal_mod.JournalVersionError) as err:
+        Journal(str(path))
+    assert 'schema version 99' in str(err.value)
+    assert _user_version(path) == 99

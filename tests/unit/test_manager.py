@@ -52,7 +52,8 @@ def test_submit_returns_queued_plain_task(make):
     assert task['result'] is None and task['error'] is None
     assert set(task) == {'id', 'kind', 'state', 'params', 'progress',
                          'result', 'error', 'created_at', 'started_at',
-                         'finished_at'}
+                         'finished_at', 'request_id', 'global_request_id'}
+    assert task['request_id'] is None and task['global_request_id'] is None
     backend.release()
     done = mgr.wait(task['id'], 5)
     assert done['state'] == 'succeeded'
