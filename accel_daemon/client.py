@@ -12,6 +12,22 @@ Long operations return a ``TaskHandle`` at once.  Errors are the typed
 ``Cancelled``, ``ServiceUnavailable``...), whether the daemon refused the
 request or the task failed later.
 
+Request ids: every method takes an optional ``context``, an oslo.context
+``RequestContext`` or a dict; by default the thread's current oslo.context.
+Its ``request_id`` and ``global_request_id`` (nothing else) travel as the
+RPC context of the call, and of every later call through the task's handle;
+the daemon keeps them in the task and prints them on its log lines
+(``accel_daemon.request_ids``).
+
+Deadlines: ``wait()`` without a timeout waits ``[accel_daemon_client]
+task_timeout`` seconds (0: no limit).  A wait that gives up -- timed out, or
+interrupted by an exception that is not one of ours (KeyboardInterrupt,
+eventlet's GreenletExit when the green thread is killed) -- cancels the task,
+best effort, then raises what it was raising.  An operation the daemon
+refuses with ``QueueFull`` is sent again after a jittered exponential
+backoff until ``[accel_daemon_client] queue_full_timeout`` has passed; then
+the QueueFull is raised.
+
 Eventlet: cinder-volume and nova-compute may run monkey-patched.  Nothing
 here sleeps or blocks outside oslo.messaging calls, and ``wait()`` waits
 with repeated short ``task_wait`` calls that block inside the daemon, so the
@@ -21,13 +37,16 @@ other green threads keep running.
 
 from __future__ import annotations
 
+import logging
+import random
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from oslo_config import cfg
 
 from accel_daemon import exception
+from accel_daemon import request_ids
 from accel_daemon.conf import rpc as rpc_conf
 from accel_daemon.manager.states import FINAL_STATES
 from accel_daemon.rpc import rpcapi
@@ -35,6 +54,18 @@ from accel_daemon.rpc import rpcapi
 # A daemon that answers task_wait at once (its own max_task_wait is 0)
 # must not turn wait() into a busy loop.
 _MIN_ROUND_TRIP = 0.05
+
+LOG = logging.getLogger(__name__)
+
+
+def queue_full_delay(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` after a QueueFull:
+    doubling from QUEUE_RETRY_FIRST up to QUEUE_RETRY_MAX, with "equal
+    jitter" (a random half of it) so that callers turned away together do
+    not come back together."""
+    base = min(rpc_conf.QUEUE_RETRY_MAX,
+               rpc_conf.QUEUE_RETRY_FIRST * 2 ** min(attempt, 32))
+    return base / 2 + random.uniform(0, base / 2)  # nosec B311: not crypto
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
@@ -46,9 +77,20 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 class TaskHandle:
     """One task on one daemon; ``task`` is the last task dict seen."""
 
-    def __init__(self, client: AccelClient, task: dict[str, Any]) -> None:
+    def __init__(self, client: AccelClient, task: dict[str, Any],
+                 ctxt: dict[str, str] | None = None) -> None:
         self._client = client
         self.task = task
+        # Later calls about the task carry the ids of the call that made it;
+        # without a request id of the caller's, the one the daemon gave the
+        # task, so that all of the daemon's lines about it show the same.
+        # (The daemon dropped malformed ids: so does the handle.)
+        ctxt = {k: v for k, v in (ctxt or {}).items()
+                if request_ids.valid(v)}
+        if ('request_id' not in ctxt
+                and request_ids.valid(task.get('request_id'))):
+            ctxt['request_id'] = task['request_id']
+        self._api = client._api.with_context(ctxt)
 
     def __repr__(self) -> str:
         return '<TaskHandle %s %s %s>' % (self.id, self.kind, self.state)
@@ -64,6 +106,12 @@ class TaskHandle:
     @property
     def state(self) -> str:
         return self.task['state']
+
+    @property
+    def request_id(self) -> str | None:
+        """The request id the daemon keeps for the task: the caller's, or
+        one it made up when the caller sent none (older daemons: None)."""
+        return self.task.get('request_id')
 
     @property
     def progress(self) -> dict[str, int]:
@@ -89,20 +137,52 @@ class TaskHandle:
 
     def status(self) -> dict[str, Any]:
         """Fetch and return the current task dict."""
-        self.task = self._client._api.task_get(self._client.host, self.id)
+        self.task = self._api.task_get(self._client.host, self.id)
         return self.task
 
     def cancel(self) -> dict[str, Any]:
         """Ask the daemon to cancel; return the task dict it answers."""
-        self.task = self._client._api.task_cancel(self._client.host, self.id)
+        self.task = self._api.task_cancel(self._client.host, self.id)
         return self.task
 
-    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+    def wait(self, timeout: float | None = None,
+             cancel: bool = True) -> dict[str, Any]:
         """Wait for the task; return its result or raise its typed error.
 
-        Raises ``TaskWaitTimeout`` after ``timeout`` seconds (None: no
-        limit); the task keeps running in the daemon.
+        ``timeout``: seconds, None for ``[accel_daemon_client]
+        task_timeout`` (whose 0 means no limit); ``math.inf`` never times
+        out.  Raises ``TaskWaitTimeout`` after it.
+
+        Giving up cancels the task unless ``cancel`` is false: after a
+        timeout, and when an exception that is not an ``AccelError``
+        (KeyboardInterrupt, GreenletExit...) interrupts the wait.  The
+        cancel is best effort: its own failure is logged, and the caller
+        gets the TaskWaitTimeout or the interrupting exception all the
+        same.  A typed error of a ``task_wait`` call (ServiceUnavailable...)
+        is raised as it is, without a cancel: waiting again may work.
         """
+        if timeout is None:
+            timeout = self._client.task_timeout or None
+        try:
+            self._wait(timeout)
+        except exception.TaskWaitTimeout:
+            if cancel:
+                self._cancel_quietly('its wait timed out')
+            raise
+        except exception.AccelError:
+            raise
+        except BaseException as e:
+            if cancel:
+                self._cancel_quietly('%s interrupted its wait'
+                                     % type(e).__name__)
+            raise
+        err = self.error
+        if err is not None:
+            raise err
+        # Done without an error: succeeded, so this is ``self.result``.
+        return self.task['result']
+
+    def _wait(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
             step = self._client.wait_interval
@@ -113,15 +193,19 @@ class TaskHandle:
                                                     timeout=timeout)
                 step = min(step, left)
             started = time.monotonic()
-            self.task = self._client._api.task_wait(
-                self._client.host, self.id, step)
+            self.task = self._api.task_wait(self._client.host, self.id, step)
             if not self.done and time.monotonic() - started < _MIN_ROUND_TRIP:
                 time.sleep(_MIN_ROUND_TRIP)     # green under eventlet
-        err = self.error
-        if err is not None:
-            raise err
-        # Done without an error: succeeded, so this is ``self.result``.
-        return self.task['result']
+
+    def _cancel_quietly(self, why: str) -> None:
+        if self.done:
+            return
+        try:
+            self.cancel()
+            LOG.info('Task %s cancelled: %s', self.id, why)
+        except Exception as e:
+            LOG.warning('Task %s: could not cancel it after %s: %s',
+                        self.id, why, e)
 
 
 class AccelClient:
@@ -140,6 +224,8 @@ class AccelClient:
         self.conf = conf
         self.host = host or opts.host or socket.gethostname()
         self.wait_interval = opts.wait_interval
+        self.task_timeout = opts.task_timeout
+        self.queue_full_timeout = opts.queue_full_timeout
         self._own_transport = transport is None
         self._transport = transport or rpcapi.get_transport(conf)
         self._api = rpcapi.AccelAPI(self._transport, topic=opts.topic,
@@ -155,31 +241,56 @@ class AccelClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _handle(self, task: dict[str, Any]) -> TaskHandle:
-        return TaskHandle(self, task)
+    def _with(self, context: Any) -> tuple[dict[str, str], rpcapi.AccelAPI]:
+        """The RPC ctxt for ``context`` and the API that sends it."""
+        ctxt = request_ids.for_call(context)
+        return ctxt, self._api.with_context(ctxt)
+
+    def _submit(self, context: Any,
+                send: Callable[[rpcapi.AccelAPI], dict]) -> TaskHandle:
+        """``send`` the operation; while the daemon answers QueueFull (no
+        task made), send it again after a backoff, up to the deadline."""
+        ctxt, api = self._with(context)
+        deadline = time.monotonic() + self.queue_full_timeout
+        attempt = 0
+        while True:
+            try:
+                return TaskHandle(self, send(api), ctxt)
+            except exception.QueueFull:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                delay = min(queue_full_delay(attempt), left)
+                LOG.debug('Queue of %s full; trying again in %.2fs',
+                          self.host, delay)
+                time.sleep(delay)       # green under eventlet
+                attempt += 1
 
     # -- quick calls --------------------------------------------------------
-    def capabilities(self) -> dict[str, Any]:
-        return self._api.capabilities(self.host)
+    def capabilities(self, context: Any = None) -> dict[str, Any]:
+        return self._with(context)[1].capabilities(self.host)
 
-    def image_info(self, path: str, format: str) -> dict[str, Any]:
-        return self._api.image_info(self.host, path, format)
+    def image_info(self, path: str, format: str,
+                   context: Any = None) -> dict[str, Any]:
+        return self._with(context)[1].image_info(self.host, path, format)
 
     # -- operations (each returns a TaskHandle at once) ---------------------
     def compress(self, src: str, dst: str, driver: str | None = None,
                  level: int | None = None, format: str = 'gzip',
                  checksum: bool | None = None,
                  replace: bool = False,
-                 bps_limit: int | None = None) -> TaskHandle:
-        return self._handle(self._api.compress(
+                 bps_limit: int | None = None,
+                 context: Any = None) -> TaskHandle:
+        return self._submit(context, lambda api: api.compress(
             self.host, src, dst, driver=driver, level=level, format=format,
             checksum=checksum, replace=replace, bps_limit=bps_limit))
 
     def decompress(self, src: str, dst: str, max_bytes: int | None = None,
                    checksum: bool | None = None,
                    replace: bool = False,
-                   bps_limit: int | None = None) -> TaskHandle:
-        return self._handle(self._api.decompress(
+                   bps_limit: int | None = None,
+                   context: Any = None) -> TaskHandle:
+        return self._submit(context, lambda api: api.decompress(
             self.host, src, dst, max_bytes=max_bytes, checksum=checksum,
             replace=replace, bps_limit=bps_limit))
 
@@ -189,8 +300,9 @@ class AccelClient:
                 max_bytes: int | None = None,
                 replace: bool = False,
                 bps_limit: int | None = None,
-                sparse: bool | None = None) -> TaskHandle:
-        return self._handle(self._api.convert(
+                sparse: bool | None = None,
+                context: Any = None) -> TaskHandle:
+        return self._submit(context, lambda api: api.convert(
             self.host, src, dst, src_format, dst_format, compress=compress,
             target_is_zero=target_is_zero, checksum=checksum,
             max_bytes=max_bytes, replace=replace, bps_limit=bps_limit,
@@ -198,17 +310,18 @@ class AccelClient:
 
     def copy(self, src: str, dst: str, checksum: bool | None = None,
              replace: bool = False,
-             bps_limit: int | None = None) -> TaskHandle:
-        return self._handle(self._api.copy(self.host, src, dst,
-                                           checksum=checksum,
-                                           replace=replace,
-                                           bps_limit=bps_limit))
+             bps_limit: int | None = None,
+             context: Any = None) -> TaskHandle:
+        return self._submit(context, lambda api: api.copy(
+            self.host, src, dst, checksum=checksum, replace=replace,
+            bps_limit=bps_limit))
 
     def upload(self, src: str, dst: str, src_format: str, disk_format: str,
                checksum: bool | None = None,
                replace: bool = False,
-               bps_limit: int | None = None) -> TaskHandle:
-        return self._handle(self._api.upload(
+               bps_limit: int | None = None,
+               context: Any = None) -> TaskHandle:
+        return self._submit(context, lambda api: api.upload(
             self.host, src, dst, src_format, disk_format, checksum=checksum,
             replace=replace, bps_limit=bps_limit))
 
@@ -217,18 +330,21 @@ class AccelClient:
                  checksum: bool | None = None,
                  replace: bool = False,
                  bps_limit: int | None = None,
-                 sparse: bool | None = None) -> TaskHandle:
-        return self._handle(self._api.download(
+                 sparse: bool | None = None,
+                 context: Any = None) -> TaskHandle:
+        return self._submit(context, lambda api: api.download(
             self.host, src, dst, disk_format, dst_format,
             max_bytes=max_bytes, checksum=checksum, replace=replace,
             bps_limit=bps_limit, sparse=sparse))
 
     # -- tasks --------------------------------------------------------------
-    def task(self, task_id: str) -> TaskHandle:
+    def task(self, task_id: str, context: Any = None) -> TaskHandle:
         """A handle for an existing task (``TaskNotFound`` if unknown)."""
-        return self._handle(self._api.task_get(self.host, task_id))
+        ctxt, api = self._with(context)
+        return TaskHandle(self, api.task_get(self.host, task_id), ctxt)
 
-    def tasks(self, state: str | None = None,
-              limit: int = 100) -> list[TaskHandle]:
-        return [self._handle(t)
-                for t in self._api.task_list(self.host, state, limit)]
+    def tasks(self, state: str | None = None, limit: int = 100,
+              context: Any = None) -> list[TaskHandle]:
+        ctxt, api = self._with(context)
+        return [TaskHandle(self, t, ctxt)
+                for t in api.task_list(self.host, state, limit)]

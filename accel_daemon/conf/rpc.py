@@ -16,6 +16,10 @@ CLIENT_GROUP = cfg.OptGroup('accel_daemon_client',
                             title='accel-daemon client library')
 
 DEFAULT_TOPIC = 'accel_daemon'
+# The client's backoff between attempts while the daemon's queue is full:
+# the first wait, doubled each attempt up to the last, each jittered.
+QUEUE_RETRY_FIRST = 0.25
+QUEUE_RETRY_MAX = 5.0
 
 SERVER_OPTS = [
     cfg.StrOpt('host', default=socket.gethostname(),
@@ -67,6 +71,22 @@ CLIENT_OPTS = [
                       'while a task handle waits. Smaller values notice a '
                       'caller-side deadline sooner; larger ones make fewer '
                       'calls.'),
+    cfg.FloatOpt('task_timeout', default=0.0, min=0.0,
+                 help='Seconds a task handle\'s wait() waits for its task '
+                      'when the caller gives no timeout. When the wait '
+                      'gives up (this deadline, the caller\'s own timeout, '
+                      'or an exception such as a killed green thread '
+                      'interrupting it) the client cancels the task, '
+                      'unless wait() was called with cancel=False. 0 means '
+                      'no limit: the daemon\'s own [tasks] task_timeout '
+                      'still ends any task.'),
+    cfg.FloatOpt('queue_full_timeout', default=60.0, min=0.0,
+                 help='Seconds an operation call (compress, convert...) '
+                      'keeps retrying while the daemon answers QueueFull, '
+                      'waiting between attempts with a jittered exponential '
+                      'backoff (%.2f s doubling up to %.0f s). After this '
+                      'deadline the QueueFull is raised. 0 raises it at '
+                      'once.' % (QUEUE_RETRY_FIRST, QUEUE_RETRY_MAX)),
 ]
 
 

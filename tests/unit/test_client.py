@@ -10,10 +10,14 @@ import uuid
 
 import pytest
 from oslo_config import cfg
+from oslo_context import context as oslo_context
 from oslo_messaging import conffixture
 
+from accel_daemon import client as client_mod
 from accel_daemon import exception
+from accel_daemon import request_ids
 from accel_daemon.client import AccelClient
+from accel_daemon.conf import rpc as rpc_conf
 from accel_daemon.engine.settings import Settings
 from tests.fakes.backend import FakeBackend
 from accel_daemon.manager.journal import Journal
@@ -280,12 +284,13 @@ def test_failed_task_raises_typed_error(client, daemon, src, backend):
     assert isinstance(handle.error, exception.CorruptInput)
 
 
-def test_wait_timeout_then_cancel(client, daemon, src, backend):
+def test_wait_timeout_without_cancel_then_cancel(client, daemon, src,
+                                                 backend):
     backend.duration = 60
     handle = client.copy(src, out(daemon))
     started = time.monotonic()
     with pytest.raises(exception.TaskWaitTimeout) as err:
-        handle.wait(timeout=0.3)
+        handle.wait(timeout=0.3, cancel=False)
     assert 0.3 <= time.monotonic() - started < 3
     assert err.value.fields['task_id'] == handle.id
     assert handle.state in ('queued', 'running')
@@ -354,5 +359,253 @@ def test_client_options_registered_on_callers_conf():
             assert c.host == 'h1'
         with AccelClient(conf, host='h2') as c:
             assert c.host == 'h2'
+    finally:
+        fixture.cleanUp()
+
+
+# --- the exchange --------------------------------------------------------------
+def test_client_and_server_use_accel_daemons_own_exchange(client, daemon):
+    assert rpcapi.EXCHANGE == 'accel_daemon'
+    assert client._api._client.target.exchange == rpcapi.EXCHANGE
+    assert rpc_server.target('t', HOST).exchange == rpcapi.EXCHANGE
+
+
+# --- request ids ---------------------------------------------------------------
+RID = 'req-0123abcd-4567-89ab-cdef-0123456789ab'
+GID = 'req-fedcba98-7654-3210-fedc-ba9876543210'
+
+
+@pytest.fixture
+def sent_ctxts(monkeypatch):
+    """The RPC ctxt of every call, as the daemon received it."""
+    seen = []
+    real = rpc_endpoint.call_ids
+
+    def spy(ctxt):
+        seen.append(dict(ctxt))
+        return real(ctxt)
+    monkeypatch.setattr(rpc_endpoint, 'call_ids', spy)
+    return seen
+
+
+@pytest.fixture
+def run_contexts(backend, monkeypatch):
+    """The thread's oslo.context inside backend.run(), per task id."""
+    seen = {}
+    real = backend.run
+
+    def run(task_id, kind, params):
+        ctx = oslo_context.get_current()
+        seen[task_id] = (ctx.request_id, ctx.global_request_id) \
+            if ctx else None
+        return real(task_id, kind, params)
+    monkeypatch.setattr(backend, 'run', run)
+    return seen
+
+
+def test_context_ids_reach_the_task_and_the_worker(client, daemon, src,
+                                                   backend, sent_ctxts,
+                                                   run_contexts):
+    ctx = oslo_context.RequestContext(request_id=RID, global_request_id=GID,
+                                      auth_token='secret', overwrite=False)
+    handle = client.copy(src, out(daemon), context=ctx)
+    assert handle.task['request_id'] == RID == handle.request_id
+    assert handle.task['global_request_id'] == GID
+    handle.wait(timeout=10)
+    assert run_contexts[handle.id] == (RID, GID)
+    # Only the two ids travel, on every call about the task.
+    assert sent_ctxts and all(c == {'request_id': RID,
+                                    'global_request_id': GID}
+                              for c in sent_ctxts)
+    assert client.task(handle.id).task['request_id'] == RID
+
+
+def test_dict_context_and_current_context(client, daemon, src, backend,
+                                          run_contexts):
+    handle = client.copy(src, out(daemon), context={'request_id': RID})
+    assert (handle.task['request_id'], handle.task['global_request_id']) == \
+        (RID, None)
+    oslo_context.RequestContext(request_id=GID, overwrite=True)
+    try:
+        handle = client.copy(src, out(daemon))
+    finally:
+        request_ids._set_current(None)
+    assert handle.task['request_id'] == GID
+    handle.wait(timeout=10)
+    assert run_contexts[handle.id][0] == GID
+
+
+def test_malformed_ids_are_dropped_and_one_is_made_up(client, daemon, src,
+                                                      backend, sent_ctxts,
+                                                      run_contexts):
+    handle = client.copy(src, out(daemon), context={
+        'request_id': 'req-1\n2024-01-01 CRITICAL forged line',
+        'global_request_id': 'x' * 10000})
+    assert handle.task['global_request_id'] is None
+    made_up = handle.task['request_id']
+    assert request_ids.valid(made_up)
+    handle.wait(timeout=10)
+    assert run_contexts[handle.id] == (made_up, None)
+    # Later calls through the handle send the id the daemon gave the task.
+    assert sent_ctxts[-1] == {'request_id': made_up}
+
+
+def test_older_clients_empty_ctxt_still_works(client, daemon, src, backend):
+    task = client._api.copy(client.host, src, out(daemon))
+    assert request_ids.valid(task['request_id'])
+    assert task['global_request_id'] is None
+
+
+# --- deadlines -----------------------------------------------------------------
+def test_wait_timeout_cancels_the_task(client, daemon, src, backend):
+    backend.duration = 60
+    handle = client.copy(src, out(daemon))
+    started = time.monotonic()
+    with pytest.raises(exception.TaskWaitTimeout):
+        handle.wait(timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert handle.state == 'cancelled'
+    assert client.task(handle.id).state == 'cancelled'
+
+
+def test_configured_task_timeout_is_the_default(client, daemon, src,
+                                                backend, monkeypatch):
+    backend.duration = 60
+    monkeypatch.setattr(client, 'task_timeout', 0.3)
+    handle = client.copy(src, out(daemon))
+    with pytest.raises(exception.TaskWaitTimeout) as err:
+        handle.wait()
+    assert err.value.fields['timeout'] == 0.3
+    assert handle.state == 'cancelled'
+
+
+def test_interrupted_wait_cancels_then_reraises(client, daemon, src, backend,
+                                               monkeypatch):
+    backend.duration = 60
+    handle = client.copy(src, out(daemon))
+    backend.wait_started(handle.id)
+    real = rpcapi.AccelAPI.task_wait
+    calls = []
+
+    def interrupted(self, host, task_id, timeout):
+        calls.append(task_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt()   # Ctrl-C inside the blocking call
+        return real(self, host, task_id, timeout)
+    monkeypatch.setattr(rpcapi.AccelAPI, 'task_wait', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        handle.wait(timeout=30)
+    assert handle.state == 'cancelled'
+    assert daemon.manager.get(handle.id)['state'] == 'cancelled'
+    assert handle.id in backend.cancelled
+
+
+def test_failed_cancel_keeps_the_original_error(client, daemon, src, backend,
+                                                monkeypatch):
+    backend.duration = 60
+    handle = client.copy(src, out(daemon))
+
+    def unreachable(self, host, task_id):
+        raise exception.ServiceUnavailable(reason='gone')
+    monkeypatch.setattr(rpcapi.AccelAPI, 'task_cancel', unreachable)
+    with pytest.raises(exception.TaskWaitTimeout):
+        handle.wait(timeout=0.2)
+    monkeypatch.undo()
+    handle.cancel()
+    assert handle.state == 'cancelled'
+
+
+def test_typed_errors_of_wait_do_not_cancel(client, daemon, src, backend,
+                                            monkeypatch):
+    backend.duration = 60
+    handle = client.copy(src, out(daemon))
+
+    def unreachable(self, host, task_id, timeout):
+        raise exception.ServiceUnavailable(reason='broker restarting')
+    monkeypatch.setattr(rpcapi.AccelAPI, 'task_wait', unreachable)
+    with pytest.raises(exception.ServiceUnavailable):
+        handle.wait(timeout=5)
+    monkeypatch.undo()
+    assert handle.status()['state'] in ('queued', 'running')
+    handle.cancel()
+
+
+@pytest.fixture
+def full_queue(client, daemon, src, backend):
+    """Every worker busy and the one queue slot taken."""
+    backend.duration = 60
+    daemon.manager.max_queued = 1
+    busy = [client.copy(src, out(daemon)) for _ in range(3)]
+    assert backend.wait_running(3)
+    queued = client.copy(src, out(daemon))
+    yield queued
+    daemon.manager.max_queued = 0
+    for h in busy + [queued]:
+        h.cancel()
+
+
+def test_queue_full_is_raised_after_the_deadline(client, daemon, src,
+                                                 full_queue, monkeypatch):
+    monkeypatch.setattr(client, 'queue_full_timeout', 1.0)
+    sent = []
+    real = rpcapi.AccelAPI.copy
+
+    def spy(self, *args, **kwargs):
+        sent.append(time.monotonic())
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(rpcapi.AccelAPI, 'copy', spy)
+    started = time.monotonic()
+    with pytest.raises(exception.QueueFull):
+        client.copy(src, out(daemon))
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 3.0
+    # Backoff: several attempts, further and further apart.
+    assert len(sent) >= 3
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert gaps[0] < 0.5 and max(gaps) > gaps[0]
+
+
+def test_queue_full_waits_for_a_slot(client, daemon, src, full_queue,
+                                     monkeypatch):
+    monkeypatch.setattr(client, 'queue_full_timeout', 20.0)
+    timer = threading.Timer(0.6, full_queue.cancel)
+    timer.start()
+    started = time.monotonic()
+    handle = client.copy(src, out(daemon))
+    timer.join()
+    assert time.monotonic() - started >= 0.5
+    assert handle.state == 'queued'
+    handle.cancel()
+
+
+def test_queue_full_at_once_when_no_wait_is_configured(client, daemon, src,
+                                                       full_queue,
+                                                       monkeypatch):
+    monkeypatch.setattr(client, 'queue_full_timeout', 0.0)
+    started = time.monotonic()
+    with pytest.raises(exception.QueueFull):
+        client.copy(src, out(daemon))
+    assert time.monotonic() - started < 0.5
+
+
+def test_queue_full_delay_is_bounded_and_jittered():
+    for attempt in range(40):
+        base = min(rpc_conf.QUEUE_RETRY_MAX,
+                   rpc_conf.QUEUE_RETRY_FIRST * 2 ** attempt)
+        delays = {client_mod.queue_full_delay(attempt) for _ in range(20)}
+        assert all(base / 2 <= d <= base for d in delays)
+        assert len(delays) > 1
+    assert client_mod.queue_full_delay(10 ** 6) <= rpc_conf.QUEUE_RETRY_MAX
+
+
+def test_client_deadline_options_defaults():
+    conf = cfg.ConfigOpts()
+    fixture = conffixture.ConfFixture(conf, transport_url='fake:/')
+    fixture.setUp()
+    conf([], project='nova')
+    try:
+        with AccelClient(conf) as c:
+            assert c.task_timeout == 0.0
+            assert c.queue_full_timeout == 60.0
     finally:
         fixture.cleanUp()
