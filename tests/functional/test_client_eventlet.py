@@ -63,6 +63,26 @@ if mode == 'unreachable':
             client.capabilities()
         except exception.ServiceUnavailable as e:
             report['error'] = type(e).__name__
+elif mode == 'kill':
+    # The caller's green thread is killed while it waits: the client must
+    # cancel the task on its way out (GreenletExit is a BaseException).
+    with AccelClient(conf, host=host) as client:
+        handle = client.compress(src, dst, driver='gzip', level=9)
+        before, started = ticks[0], time.monotonic()
+        waiter = eventlet.spawn(handle.wait, timeout=300)
+        while client.task(handle.id).state == 'queued':
+            eventlet.sleep(0.05)
+        eventlet.sleep(1.0)     # inside a blocking task_wait call by now
+        waiter.kill()
+        try:
+            waiter.wait()
+        except BaseException as e:
+            report['waiter'] = type(e).__name__
+        report['state_seen_by_handle'] = handle.state
+        try:
+            client.task(handle.id).wait(timeout=60, cancel=False)
+        except exception.AccelError as e:
+            report['error'] = type(e).__name__
 else:
     with AccelClient(conf, host=host) as client:
         client.tasks(limit=1)
@@ -113,3 +133,18 @@ def test_wait_does_not_block_other_green_threads(daemon):
     assert report['result']['output'] == dst
     assert os.path.getsize(dst) == report['result']['size']
     assert_ticked(report, 1.0)
+
+
+def test_killed_green_thread_cancels_its_task(daemon):
+    src = random_file(os.path.join(daemon.images, 'killed.bin'), 256 * MiB)
+    dst = os.path.join(daemon.images, 'killed.gz')
+    report = run_client(daemon, 'kill', src, dst)
+    assert report['patched'] is True
+    # (GreenletExit came out of wait() after the cancel, and the daemon
+    # ended the task cancelled, long before gzip -9 of 256 MiB of random
+    # data would have.)
+    assert report.get('waiter', 'GreenletExit') == 'GreenletExit', report
+    assert report['state_seen_by_handle'] == 'cancelled', report
+    assert report['error'] == 'Cancelled', report
+    assert report['elapsed'] < 30, report
+    assert not os.path.exists(dst)

@@ -1,9 +1,12 @@
 """The real ``accel-daemon`` console script against the real RabbitMQ broker,
 with a real privsep daemon and the real tools, driven by AccelClient.
 
-One daemon for the module (restarted in place by the crash test).  Each run
-uses its own control_exchange and host name so concurrent runs on the same
-broker never see each other's messages.
+One daemon for the module (restarted in place by the crash test).  All
+daemons and clients share accel-daemon's own exchange (``accel_daemon``)
+whatever control_exchange says, so each run is kept apart by its own host
+name (the RPC server name): concurrent runs on the same broker never see
+each other's messages.  The daemon's config still sets a control_exchange
+of its own, which it must ignore.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import uuid
 
 import pytest
 from oslo_config import cfg
+from oslo_context.context import RequestContext
 
 from accel_daemon import exception
+from accel_daemon import request_ids
 from accel_daemon.client import AccelClient
 from accel_daemon.conf import rpc as rpc_conf
 from accel_daemon.engine import paths
@@ -87,14 +92,27 @@ class DaemonProcess:
                 with open(path, 'w') as f:
                     f.writelines(lines)
 
-    def client_conf(self) -> cfg.ConfigOpts:
+    def client_conf(self, config: str | None = None) -> cfg.ConfigOpts:
         conf = cfg.ConfigOpts()
         rpc_conf.register_client_opts(conf)
-        conf(['--config-file', self.config], project='accel-test-client')
+        conf(['--config-file', config or self.config],
+             project='accel-test-client')
         return conf
 
-    def client(self, **kwargs) -> AccelClient:
-        return AccelClient(self.client_conf(), host=self.host, **kwargs)
+    def client(self, config: str | None = None, **kwargs) -> AccelClient:
+        return AccelClient(self.client_conf(config), host=self.host,
+                           **kwargs)
+
+    def service_config(self, name: str, default_extra: str = '') -> str:
+        """A config file of a calling service (as nova or cinder have):
+        the broker, ``default_extra`` lines in [DEFAULT], and nothing of
+        the daemon's own settings."""
+        path = os.path.join(self.root, '%s.conf' % name)
+        with open(path, 'w') as f:
+            f.write('[DEFAULT]\ntransport_url = %s\n%s\n'
+                    '[accel_daemon_client]\ntimeout = 30\n'
+                    'wait_interval = 1\n' % (TRANSPORT_URL, default_extra))
+        return path
 
     def start(self, timeout: float = 60.0) -> None:
         log = open(self.log_path, 'ab')
@@ -235,6 +253,42 @@ def check_result(result: dict, output: str) -> None:
 
 
 # --- every method, end to end ------------------------------------------------
+# --- callers configured like nova and like cinder --------------------------
+def test_nova_and_cinder_clients_reach_the_daemon(daemon):
+    nova = daemon.service_config('nova', 'control_exchange = nova')
+    cinder = daemon.service_config('cinder')
+    src = make_raw(os.path.join(daemon.images, 'svc.raw'), 2 * MiB)
+    for name, config in (('nova', nova), ('cinder', cinder)):
+        with daemon.client(config) as c:
+            exchange = c.conf.control_exchange
+            assert exchange == ('nova' if name == 'nova' else 'openstack')
+            assert c.capabilities()['drivers']
+            dst = os.path.join(daemon.images, 'svc-%s.gz' % name)
+            check_result(c.compress(src, dst).wait(timeout=120), dst)
+
+
+def test_request_ids_on_the_daemons_log_lines(daemon):
+    cinder = daemon.service_config('cinder-ids')
+    ctx = RequestContext(overwrite=False,
+                         global_request_id='req-%s' % uuid.uuid4())
+    # (overwrite=False still made it this thread's current context, there
+    # being none: the later tests' clients would send its ids.)
+    request_ids._set_current(None)
+    src = make_raw(os.path.join(daemon.images, 'ids.raw'), MiB)
+    with daemon.client(cinder) as c:
+        handle = c.copy(src, os.path.join(daemon.images, 'ids.copy'),
+                        context=ctx)
+        handle.wait(timeout=60)
+        assert c.task(handle.id).task['request_id'] == ctx.request_id
+    lines = [ln for ln in daemon.log_tail(100000).splitlines()
+             if handle.id in ln]
+    # Queued (RPC thread), started and succeeded (worker thread).
+    assert len(lines) >= 3, daemon.log_tail()
+    for line in lines:
+        assert '[%s %s ' % (ctx.global_request_id, ctx.request_id) in line, \
+            line
+
+
 def test_capabilities(client):
     caps = client.capabilities()
     assert isinstance(caps['drivers'], list) and caps['drivers']

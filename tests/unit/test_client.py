@@ -363,14 +363,14 @@ def test_client_options_registered_on_callers_conf():
         fixture.cleanUp()
 
 
-# --- the exchange --------------------------------------------------------------
+# --- the exchange ------------------------------------------------------------
 def test_client_and_server_use_accel_daemons_own_exchange(client, daemon):
     assert rpcapi.EXCHANGE == 'accel_daemon'
     assert client._api._client.target.exchange == rpcapi.EXCHANGE
     assert rpc_server.target('t', HOST).exchange == rpcapi.EXCHANGE
 
 
-# --- request ids ---------------------------------------------------------------
+# --- request ids -------------------------------------------------------------
 RID = 'req-0123abcd-4567-89ab-cdef-0123456789ab'
 GID = 'req-fedcba98-7654-3210-fedc-ba9876543210'
 
@@ -456,7 +456,7 @@ def test_older_clients_empty_ctxt_still_works(client, daemon, src, backend):
     assert task['global_request_id'] is None
 
 
-# --- deadlines -----------------------------------------------------------------
+# --- deadlines ---------------------------------------------------------------
 def test_wait_timeout_cancels_the_task(client, daemon, src, backend):
     backend.duration = 60
     handle = client.copy(src, out(daemon))
@@ -479,8 +479,8 @@ def test_configured_task_timeout_is_the_default(client, daemon, src,
     assert handle.state == 'cancelled'
 
 
-def test_interrupted_wait_cancels_then_reraises(client, daemon, src, backend,
-                                               monkeypatch):
+def test_interrupted_wait_cancels_then_reraises(client, daemon, src,
+                                                backend, monkeypatch):
     backend.duration = 60
     handle = client.copy(src, out(daemon))
     backend.wait_started(handle.id)
