@@ -22,11 +22,14 @@ print(json.dumps({
 client.close()
 '''
 
-# The exchange a daemon with a default configuration listens on.
+# The exchange a daemon with a default configuration listens on: its RPC
+# server's target exchange, or else the driver's default.
 _DAEMON = '''
 from oslo_config import cfg
 from accel_daemon.rpc import rpcapi
-print(rpcapi.get_transport(cfg.ConfigOpts())._driver._default_exchange)
+from accel_daemon.rpc import server
+print(server.target(rpcapi.TOPIC, 'host').exchange
+      or rpcapi.get_transport(cfg.ConfigOpts())._driver._default_exchange)
 '''
 
 

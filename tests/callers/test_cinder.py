@@ -225,10 +225,11 @@ class ExceptionFacts(unittest.TestCase):
 class RpcFacts(unittest.TestCase):
 
     def test_cinder_volume_uses_oslo_default_exchange(self):
-        # cinder.rpc.set_defaults exists but cinder never calls it.
+        # cinder.rpc.set_defaults exists but cinder never calls it. The
+        # AccelClient pins accel-daemon's own exchange all the same.
         found = facts.exchanges(CINDER_VOLUME_STARTUP)
         self.assertEqual({'control_exchange': 'openstack',
-                          'client': 'openstack'}, found)
+                          'client': 'accel_daemon'}, found)
 
     def test_client_reaches_default_daemon(self):
         self.assertEqual(

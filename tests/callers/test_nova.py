@@ -79,18 +79,16 @@ class RpcFacts(unittest.TestCase):
 
     def test_nova_compute_sets_exchange_nova(self):
         # nova.config.set_lib_defaults: rpc.set_defaults('nova'). An
-        # AccelClient built on nova's configuration inherits it.
+        # AccelClient built on nova's configuration does not inherit it: it
+        # pins accel-daemon's own exchange.
         found = facts.exchanges(NOVA_COMPUTE_STARTUP)
-        self.assertEqual({'control_exchange': 'nova', 'client': 'nova'},
-                         found)
+        self.assertEqual({'control_exchange': 'nova',
+                          'client': 'accel_daemon'}, found)
 
-    @unittest.expectedFailure
     def test_client_reaches_default_daemon(self):
-        # Known gap (DESIGN.md section 7): AccelClient does not pin its
-        # exchange, so from nova it sends to 'nova' while a daemon with a
-        # default configuration listens on 'openstack'. The nova
-        # integration must fix this; then drop @expectedFailure (run.py
-        # fails an unexpected success).
+        # Was a known gap (DESIGN.md section 7): the client sent to 'nova'
+        # while the daemon listened on 'openstack'. Both now use
+        # 'accel_daemon'.
         self.assertEqual(
             facts.daemon_exchange(),
             facts.exchanges(NOVA_COMPUTE_STARTUP)['client'])
