@@ -339,12 +339,22 @@ class Output:
             self._replace()
             return
         try:
-            # Link the inode we wrote, through its descriptor: no name that
-            # anybody else could have replaced is involved.
-            os.link('/proc/self/fd/%d' % self.fd, self.name,
-                    dst_dir_fd=self.dir_fd, follow_symlinks=True)
+            self._link_as(self.name)
         except FileExistsError:
             raise exception.OutputExists(path=self.path)
+        self.committed = True
+        self._remove_temp_name()
+        os.fsync(self.dir_fd)
+
+    def _link_as(self, name: str) -> None:
+        """Give the inode we wrote the name ``name`` in our directory,
+        through its descriptor: no name anybody else could have replaced is
+        involved.  FileExistsError when ``name`` is taken."""
+        try:
+            os.link('/proc/self/fd/%d' % self.fd, name,
+                    dst_dir_fd=self.dir_fd, follow_symlinks=True)
+        except FileExistsError:
+            raise
         except FileNotFoundError:
             # A named temp file whose name was unlinked: nlink is 0.
             raise exception.PathNotAllowed(
@@ -352,9 +362,6 @@ class Output:
                 reason='its temp file was removed while being written')
         except OSError as e:
             raise open_error(self.path, e)
-        self.committed = True
-        self._remove_temp_name()
-        os.fsync(self.dir_fd)
 
     def _replace(self) -> None:
         """Publish over whatever regular file holds the final name.
@@ -376,16 +383,9 @@ class Output:
         for _ in range(8):
             name = paths.temp_name(self.name, secrets.token_hex(4))
             try:
-                os.link('/proc/self/fd/%d' % self.fd, name,
-                        dst_dir_fd=self.dir_fd, follow_symlinks=True)
+                self._link_as(name)
             except FileExistsError:
                 continue
-            except FileNotFoundError:
-                raise exception.PathNotAllowed(
-                    path=self.path,
-                    reason='its temp file was removed while being written')
-            except OSError as e:
-                raise open_error(self.path, e)
             self.publish_name = name
             break
         else:

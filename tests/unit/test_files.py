@@ -13,26 +13,6 @@ from accel_daemon.engine import files
 from accel_daemon.engine import paths
 
 
-@pytest.fixture
-def allowed(tmp_path):
-    d = tmp_path / 'allowed'
-    d.mkdir()
-    (tmp_path / 'outside').mkdir()
-    return d
-
-
-@pytest.fixture
-def conf(allowed):
-    return paths.Confinement([str(allowed)])
-
-
-@pytest.fixture
-def victim(tmp_path):
-    v = tmp_path / 'outside' / 'victim'
-    v.write_bytes(b'root:secret\n')
-    return v
-
-
 # --- sources -------------------------------------------------------------
 def test_source_is_judged_after_opening(conf, allowed):
     f = allowed / 'a.img'

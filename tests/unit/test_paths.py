@@ -5,14 +5,6 @@ from accel_daemon import exception
 from accel_daemon.engine import paths
 
 
-@pytest.fixture
-def allowed(tmp_path):
-    d = tmp_path / 'allowed'
-    d.mkdir()
-    (tmp_path / 'outside').mkdir()
-    return d
-
-
 def test_input_inside_is_returned_resolved(allowed):
     f = allowed / 'a.img'
     f.write_bytes(b'x')

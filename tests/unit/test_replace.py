@@ -18,26 +18,6 @@ from accel_daemon.engine import files
 from accel_daemon.engine import paths
 
 
-@pytest.fixture
-def allowed(tmp_path):
-    d = tmp_path / 'allowed'
-    d.mkdir()
-    (tmp_path / 'outside').mkdir()
-    return d
-
-
-@pytest.fixture
-def conf(allowed):
-    return paths.Confinement([str(allowed)])
-
-
-@pytest.fixture
-def victim(tmp_path):
-    v = tmp_path / 'outside' / 'victim'
-    v.write_bytes(b'root:secret\n')
-    return v
-
-
 class NamedOutput(files.Output):
     """Without O_TMPFILE: the private temp-name fallback."""
     use_tmpfile = False

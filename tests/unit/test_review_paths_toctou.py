@@ -17,20 +17,6 @@ from accel_daemon.engine.progress import Progress
 from accel_daemon.engine.settings import Settings
 
 
-@pytest.fixture
-def allowed(tmp_path):
-    d = tmp_path / 'allowed'
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def victim(tmp_path):
-    v = tmp_path / 'victim'
-    v.write_bytes(b'root:secret\n')
-    return v
-
-
 class _SwapTempOnCreate(files.Output):
     """No O_TMPFILE (a named temp file), and the directory's owner swaps
     the fresh temp name for a symlink before the engine writes."""
