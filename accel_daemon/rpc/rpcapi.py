@@ -72,12 +72,17 @@ def _clean(err: exception.AccelError) -> exception.AccelError:
         {'type': name, 'message': err.message, 'fields': err.fields})
 
 
-def _since(version: str, new: str,
-           **optional: Any) -> tuple[str, dict[str, Any]]:
-    """The ``optional`` arguments that were given (not None), and the
-    version to send: ``new`` if any was given, else ``version``."""
-    given = {k: v for k, v in optional.items() if v is not None}
-    return (new if given else version), given
+def _added(**optional: tuple[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The version to send and the arguments to add, from arguments newer
+    than 1.0 given as ``name=(version that added it, value)``: one is sent
+    only when given (not None), and the call is pinned to the newest
+    version among those sent, so an older daemon still takes every call
+    that does not use what it lacks."""
+    given = {name: value for name, (_, value) in optional.items()
+             if value is not None}
+    versions = ['1.0'] + [optional[name][0] for name in given]
+    newest = max(versions, key=lambda v: tuple(map(int, v.split('.'))))
+    return newest, given
 
 
 def _from_remote(err: oslo_messaging.RemoteError) -> exception.AccelError:
@@ -164,14 +169,6 @@ class AccelAPI:
             # over a broker they arrive as RemoteError (above).
             raise exception.InvalidRequest(reason=str(e)) from None
 
-    @staticmethod
-    def _replace(version: str, extra: dict, replace: bool) -> str:
-        """1.2: ``replace`` is sent, as 1.2, only when it is True."""
-        if replace:
-            extra['replace'] = True
-            return '1.2'
-        return version
-
     # -- 1.0 ----------------------------------------------------------------
     def capabilities(self, host: str) -> dict:
         return self.call(host, 'capabilities')
@@ -185,10 +182,8 @@ class AccelAPI:
                  checksum: bool | None = None,
                  replace: bool = False,
                  bps_limit: int | None = None) -> dict:
-        extra: dict = {}
-        version = self._replace('1.0', extra, replace)
-        version, new = _since(version, '1.2', bps_limit=bps_limit)
-        extra.update(new)
+        version, extra = _added(replace=('1.2', replace or None),
+                                bps_limit=('1.2', bps_limit))
         return self.call(host, 'compress', version=version, src=src,
                          dst=dst, driver=driver, level=level, format=format,
                          checksum=checksum, **extra)
@@ -198,10 +193,8 @@ class AccelAPI:
                    checksum: bool | None = None,
                    replace: bool = False,
                    bps_limit: int | None = None) -> dict:
-        extra: dict = {}
-        version = self._replace('1.0', extra, replace)
-        version, new = _since(version, '1.2', bps_limit=bps_limit)
-        extra.update(new)
+        version, extra = _added(replace=('1.2', replace or None),
+                                bps_limit=('1.2', bps_limit))
         return self.call(host, 'decompress', version=version, src=src,
                          dst=dst, max_bytes=max_bytes, checksum=checksum,
                          **extra)
@@ -214,15 +207,10 @@ class AccelAPI:
                 replace: bool = False,
                 bps_limit: int | None = None,
                 sparse: bool | None = None) -> dict:
-        extra: dict = {}
-        version = '1.0'
-        if max_bytes is not None:
-            extra['max_bytes'] = max_bytes
-            version = '1.1'
-        version = self._replace(version, extra, replace)
-        version, new = _since(version, '1.2', bps_limit=bps_limit,
-                              sparse=sparse)
-        extra.update(new)
+        version, extra = _added(max_bytes=('1.1', max_bytes),
+                                replace=('1.2', replace or None),
+                                bps_limit=('1.2', bps_limit),
+                                sparse=('1.2', sparse))
         return self.call(host, 'convert', version=version, src=src, dst=dst,
                          src_format=src_format, dst_format=dst_format,
                          compress=compress, target_is_zero=target_is_zero,
@@ -231,10 +219,8 @@ class AccelAPI:
     def copy(self, host: str, src: str, dst: str,
              checksum: bool | None = None, replace: bool = False,
              bps_limit: int | None = None) -> dict:
-        extra: dict = {}
-        version = self._replace('1.0', extra, replace)
-        version, new = _since(version, '1.2', bps_limit=bps_limit)
-        extra.update(new)
+        version, extra = _added(replace=('1.2', replace or None),
+                                bps_limit=('1.2', bps_limit))
         return self.call(host, 'copy', version=version, src=src, dst=dst,
                          checksum=checksum, **extra)
 
@@ -242,10 +228,8 @@ class AccelAPI:
                disk_format: str, checksum: bool | None = None,
                replace: bool = False,
                bps_limit: int | None = None) -> dict:
-        extra: dict = {}
-        version = self._replace('1.0', extra, replace)
-        version, new = _since(version, '1.2', bps_limit=bps_limit)
-        extra.update(new)
+        version, extra = _added(replace=('1.2', replace or None),
+                                bps_limit=('1.2', bps_limit))
         return self.call(host, 'upload', version=version, src=src, dst=dst,
                          src_format=src_format, disk_format=disk_format,
                          checksum=checksum, **extra)
@@ -256,11 +240,9 @@ class AccelAPI:
                  replace: bool = False,
                  bps_limit: int | None = None,
                  sparse: bool | None = None) -> dict:
-        extra: dict = {}
-        version = self._replace('1.0', extra, replace)
-        version, new = _since(version, '1.2', bps_limit=bps_limit,
-                              sparse=sparse)
-        extra.update(new)
+        version, extra = _added(replace=('1.2', replace or None),
+                                bps_limit=('1.2', bps_limit),
+                                sparse=('1.2', sparse))
         return self.call(host, 'download', version=version, src=src,
                          dst=dst, disk_format=disk_format,
                          dst_format=dst_format, max_bytes=max_bytes,
