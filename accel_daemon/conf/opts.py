@@ -13,3 +13,10 @@ def list_opts():
     for module in (accel, compression, qemu_img, manager, rpc, privsep):
         result.extend(module.list_opts().items())
     return result
+
+
+def list_client_opts():
+    """Only ``[accel_daemon_client]``: the namespace ``accel_daemon.client``
+    that cinder's and nova's sample-config generators can list beside their
+    own, without any option of the daemon."""
+    return [(rpc.CLIENT_GROUP, rpc.CLIENT_OPTS)]

@@ -44,3 +44,16 @@ def test_sample_names_every_accel_daemon_group():
     for group in ('[accel_daemon]', '[compression]', '[qemu_img]'):
         assert group in text
     assert 'allowed_dirs' in text
+
+
+def test_client_namespace_has_the_client_options_only():
+    """What cinder's and nova's generators get from ``accel_daemon.client``
+    (an entry point of its own, so they list nothing of the daemon)."""
+    out = subprocess.run(
+        [sys.executable, '-c',
+         'from oslo_config import generator; generator.main()',
+         '--namespace', 'accel_daemon.client'],
+        capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    groups = [line for line in out.splitlines() if line.startswith('[')]
+    assert groups == ['[DEFAULT]', '[accel_daemon_client]']
+    assert 'wait_interval' in out and 'allowed_dirs' not in out
