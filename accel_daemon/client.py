@@ -267,8 +267,14 @@ class AccelClient:
                 attempt += 1
 
     # -- quick calls --------------------------------------------------------
-    def capabilities(self, context: Any = None) -> dict[str, Any]:
-        return self._with(context)[1].capabilities(self.host)
+    def capabilities(self, context: Any = None,
+                     timeout: float | None = None) -> dict[str, Any]:
+        """``timeout``: seconds to wait for the answer, instead of
+        ``[accel_daemon_client] timeout`` (a quick "are you there?")."""
+        api = self._with(context)[1]
+        if timeout is None:
+            return api.capabilities(self.host)
+        return api.call(self.host, 'capabilities', rpc_timeout=timeout)
 
     def image_info(self, path: str, format: str,
                    context: Any = None) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 # (tools/caller-venvs.sh), then run, each inside its venv with unittest
 # (tests/callers/run.py):
 #
-#   cinder            tests/callers: accel_daemon.client + cinder's facts
+#   cinder            tests/callers: accel_daemon.client + cinder's facts, and
+#                     the cinder accelerator (integrations.cinder)
 #   nova              tests/callers: accel_daemon.client + nova's facts
 #   cinder-baseline   cinder's own unit tests of cinder.image
 #   nova-baseline     nova's own unit tests of nova.virt.images,
@@ -26,7 +27,7 @@ log() { echo "run-caller-tests: $*" >&2; }
 # suite -> "venv target..."
 targets() {
     case $1 in
-        cinder) echo "cinder test_accel_client test_cinder" ;;
+        cinder) echo "cinder test_accel_client test_cinder test_cinder_accel" ;;
         nova) echo "nova test_accel_client test_nova" ;;
         cinder-baseline)
             echo "cinder cinder.tests.unit.image" \

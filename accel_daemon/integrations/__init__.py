@@ -1,0 +1,3 @@
+"""Glue for services that call accel-daemon through their own plug-in
+points (``accel_daemon.integrations.cinder``).  Each module imports its
+service lazily: accel_daemon imports without cinder or nova installed."""
