@@ -27,7 +27,8 @@ log() { echo "run-caller-tests: $*" >&2; }
 # suite -> "venv target..."
 targets() {
     case $1 in
-        cinder) echo "cinder test_accel_client test_cinder test_cinder_accel" ;;
+        cinder) echo "cinder test_accel_client test_cinder test_cinder_accel" \
+                "test_cinder_convert" ;;
         nova) echo "nova test_accel_client test_nova" ;;
         cinder-baseline)
             echo "cinder cinder.tests.unit.image" \

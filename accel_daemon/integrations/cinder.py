@@ -31,15 +31,22 @@ cinder 29 cannot select this class by configuration: its engine list
 (``cinder.image.accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST``) is
 hard-coded.  Put ``'accel_daemon.integrations.cinder.DaemonAccel'`` first
 in that list (a patch or a wrapper of cinder-volume's start-up).
+
+``convert_image`` is a drop-in for cinder 29's
+``cinder.image.image_utils.convert_image`` (same signature): it runs the
+conversions accel-daemon supports in the daemon and hands everything else,
+unchanged, to cinder's original function (see its docstring).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable, Optional
 
 from oslo_config import cfg
 
@@ -205,3 +212,239 @@ class DaemonAccel(_AccelBase):
             err = exception.InternalError(
                 reason='%s: %s' % (type(e).__name__, e))
             raise _cinder_error(action, src, dest, err) from e
+
+
+# -- convert_image -----------------------------------------------------------
+# The daemon's refusals of an image: cinder's ImageUnacceptable.
+_REFUSALS = (exception.ImageInspectionError, exception.SizeLimitExceeded)
+
+# cinder's own image_utils.convert_image, kept before anything replaces it
+# (``install()``); resolved on first use otherwise.
+_original_convert_image: Optional[Callable[..., None]] = None
+# client -> (monotonic time of the answer, capabilities or None)
+_caps_cache: weakref.WeakKeyDictionary[
+    AccelClient, tuple[float, Optional[dict[str, Any]]]] = (
+        weakref.WeakKeyDictionary())
+_fallbacks_logged: set[str] = set()
+
+
+class _Fallback(Exception):
+    """Why a call goes to cinder's own convert_image."""
+
+
+def original_convert_image() -> Callable[..., None]:
+    """cinder's own ``image_utils.convert_image`` (never ours)."""
+    global _original_convert_image
+    with _lock:
+        if _original_convert_image is None:
+            from cinder.image import image_utils
+            func = image_utils.convert_image
+            if func is convert_image:
+                raise RuntimeError('cinder.image.image_utils.convert_image '
+                                   'was replaced before its original was '
+                                   'kept: use install()')
+            _original_convert_image = func
+        return _original_convert_image
+
+
+def install() -> None:
+    """Replace cinder's ``image_utils.convert_image`` with
+    ``convert_image``, keeping the original for the fallbacks."""
+    from cinder.image import image_utils
+    original_convert_image()
+    image_utils.convert_image = convert_image
+
+
+def _fallback(reason: str) -> _Fallback:
+    with _lock:
+        first = reason not in _fallbacks_logged
+        _fallbacks_logged.add(reason)
+    if first:
+        LOG.info("accel-daemon: convert_image falls back to cinder's "
+                 "qemu-img for %s (logged once)", reason)
+    return _Fallback(reason)
+
+
+def _capabilities(client: AccelClient) -> Optional[dict[str, Any]]:
+    """The daemon's capabilities, None when it does not answer; cached for
+    ``[accel_daemon_cinder] exist_cache_ttl`` seconds either way."""
+    register_opts(client.conf)
+    opts = client.conf.accel_daemon_cinder
+    now = time.monotonic()
+    with _lock:
+        cached = _caps_cache.get(client)
+    if cached is not None and now - cached[0] < opts.exist_cache_ttl:
+        return cached[1]
+    caps: Optional[dict[str, Any]]
+    try:
+        caps = client.capabilities(timeout=opts.probe_timeout)
+    except Exception as e:      # never raise: "not there"
+        LOG.info('accel-daemon on %s is not there: %s', client.host, e)
+        caps = None
+    with _lock:
+        _caps_cache[client] = (time.monotonic(), caps)
+    return caps
+
+
+def _bps_limit(throttle: Any) -> Optional[int]:
+    """The bandwidth limit of cinder's Throttle (``throttle`` or cinder's
+    default one), None for no limit."""
+    from cinder.volume import throttling
+    if not throttle:
+        throttle = throttling.Throttle.get_default()
+    if isinstance(throttle, throttling.BlkioCgroup):
+        limit = getattr(throttle, 'bps_limit', None)
+        if isinstance(limit, int) and not isinstance(limit, bool) \
+                and limit > 0:
+            return limit
+        raise _fallback('a blkio throttle whose bps limit is unreadable')
+    if type(throttle) is throttling.Throttle and not throttle.prefix:
+        return None
+    raise _fallback('a throttle accel-daemon cannot reproduce')
+
+
+def _under(path: str, dirs: list[str]) -> bool:
+    real = os.path.realpath(path)
+    for d in dirs:
+        d = os.path.realpath(d)
+        if real == d or real.startswith(d.rstrip('/') + '/'):
+            return True
+    return False
+
+
+def _is_device(path: str) -> bool:
+    if path.startswith('/dev/'):
+        return True
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _plan(source: str, dest: str, out_format: str,
+          out_subformat: Optional[str], src_format: Optional[str],
+          throttle: Any, cipher_spec: Optional[dict],
+          passphrase_file: Optional[str], compress: bool,
+          src_passphrase_file: Optional[str], disable_sparse: bool,
+          skip_create: bool) -> tuple[AccelClient, dict[str, Any]]:
+    """The client and convert() arguments, or raise _Fallback."""
+    if cipher_spec or passphrase_file or src_passphrase_file:
+        raise _fallback('encryption (cipher_spec, passphrase_file, '
+                        'src_passphrase_file)')
+    if out_subformat:
+        raise _fallback('out_subformat')
+    if skip_create:
+        raise _fallback('skip_create (writing into an existing target)')
+    if not src_format:
+        raise _fallback('an unnamed source format (accel-daemon never '
+                        'guesses)')
+    for path in (source, dest):
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise _fallback('a path that is not a local absolute path '
+                            '(rbd: and other URIs)')
+    if _is_device(source) or _is_device(dest):
+        raise _fallback('block devices (/dev/ paths)')
+    bps_limit = _bps_limit(throttle)
+    client = shared_client()
+    caps = _capabilities(client)
+    if caps is None:
+        raise _fallback('a daemon that does not answer')
+    formats = caps.get('formats') or {}
+    if src_format.lower() not in (formats.get('input') or ()) or \
+            out_format.lower() not in (formats.get('output') or ()):
+        raise _fallback('a format accel-daemon does not convert')
+    dirs = list(caps.get('allowed_dirs') or ())
+    if not _under(source, dirs) or \
+            not _under(os.path.dirname(dest) or '/', dirs):
+        raise _fallback("paths outside the daemon's allowed directories")
+    args: dict[str, Any] = {
+        'src': source, 'dst': dest,
+        'src_format': src_format.lower(),
+        'dst_format': out_format.lower(),
+        'compress': bool(compress) and out_format.lower() == 'qcow2',
+        # cinder pre-creates its outputs (mkstemp).
+        'replace': os.path.lexists(dest),
+        'bps_limit': bps_limit,
+        'sparse': False if disable_sparse else None,
+    }
+    return client, args
+
+
+def _convert_error(err: exception.AccelError, args: dict[str, Any],
+                   image_id: Optional[str]) -> Exception:
+    from cinder import exception as cinder_exception
+    from oslo_concurrency import processutils
+    error: Exception
+    if isinstance(err, _REFUSALS):
+        error = cinder_exception.ImageUnacceptable(
+            image_id=image_id or 'internal image', reason=str(err))
+    else:
+        # cinder's callers look for "No space left" in stderr.
+        error = processutils.ProcessExecutionError(
+            stderr=str(err),
+            cmd='accel-daemon convert %s (%s) -> %s (%s)' % (
+                args['src'], args['src_format'], args['dst'],
+                args['dst_format']),
+            description='accel-daemon error %s: %s' % (
+                type(err).__name__, err))
+    error.accel_error = err     # type: ignore[attr-defined]
+    return error
+
+
+def convert_image(source: str,
+                  dest: str,
+                  out_format: str,
+                  out_subformat: Optional[str] = None,
+                  src_format: Optional[str] = None,
+                  run_as_root: bool = True,
+                  throttle: Any = None,
+                  cipher_spec: Optional[dict] = None,
+                  passphrase_file: Optional[str] = None,
+                  compress: bool = False,
+                  src_passphrase_file: Optional[str] = None,
+                  image_id: Optional[str] = None,
+                  data: Any = None,
+                  disable_sparse: bool = False,
+                  skip_create: bool = False) -> None:
+    """cinder 29's ``image_utils.convert_image``, in accel-daemon.
+
+    Sent to the daemon: a local file (in its ``allowed_dirs``) to a local
+    file, both formats named and known to the daemon; an existing ``dest``
+    (cinder pre-creates it) is replaced, ``disable_sparse`` asks a fully
+    allocated output, ``compress`` applies to qcow2 outputs, and the bps
+    limit of a blkio ``throttle`` (or of cinder's default throttle) is the
+    daemon's ``bps_limit``.  The daemon inspects the source itself
+    (``data`` and ``run_as_root`` are not used).
+
+    Everything else goes to cinder's own function with the same arguments:
+    encryption, ``out_subformat``, ``skip_create``, no ``src_format``,
+    URIs (``rbd:``), ``/dev/`` paths and block devices, paths outside the
+    daemon's directories, formats it does not convert, throttles it cannot
+    reproduce, and a daemon that does not answer.  Each reason is logged
+    once, at info.
+
+    :raises ImageUnacceptable: the daemon refused the image (inspection,
+        unsafe image, format mismatch, unsupported format, size limit)
+    :raises ProcessExecutionError: any other failure of the conversion
+    """
+    try:
+        client, args = _plan(source, dest, out_format, out_subformat,
+                             src_format, throttle, cipher_spec,
+                             passphrase_file, compress, src_passphrase_file,
+                             disable_sparse, skip_create)
+    except _Fallback:
+        return original_convert_image()(
+            source, dest, out_format, out_subformat=out_subformat,
+            src_format=src_format, run_as_root=run_as_root,
+            throttle=throttle, cipher_spec=cipher_spec,
+            passphrase_file=passphrase_file, compress=compress,
+            src_passphrase_file=src_passphrase_file, image_id=image_id,
+            data=data, disable_sparse=disable_sparse,
+            skip_create=skip_create)
+    try:
+        client.convert(**args).wait()
+    except exception.AccelError as e:
+        raise _convert_error(e, args, image_id) from e
+    except Exception as e:
+        err = exception.InternalError(reason='%s: %s' % (type(e).__name__, e))
+        raise _convert_error(err, args, image_id) from e

@@ -1,0 +1,306 @@
+"""accel_daemon.integrations.cinder.convert_image, cinder 29's
+image_utils.convert_image on accel-daemon, against an in-process daemon.
+
+Runs in the cinder caller venv (tools/run-caller-tests.sh).  The daemon is
+the real RPC endpoint, TaskManager, LocalBackend and Engine on
+oslo.messaging's fake:// transport, with the shipped filters (qemu-img
+included) rewritten to its temporary allowed directory.
+"""
+
+import inspect
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+import uuid
+from unittest import mock
+
+from oslo_config import cfg
+from oslo_messaging import conffixture
+
+from cinder import exception as cinder_exception
+from cinder.image import image_utils
+
+from accel_daemon.client import AccelClient
+from accel_daemon.engine.settings import Settings
+from accel_daemon.integrations import cinder as integration
+from accel_daemon.manager.backends import LocalBackend
+from accel_daemon.manager.journal import Journal
+from accel_daemon.manager.tasks import TaskManager
+from accel_daemon.rpc import endpoint as rpc_endpoint
+from accel_daemon.rpc import rpcapi
+from accel_daemon.rpc import server as rpc_server
+
+HOST = 'cinder-convert-%s' % uuid.uuid4().hex[:8]
+DEFAULT_DIR = '/var/lib/accel-daemon/images'
+FILTERS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       os.pardir, os.pardir, 'filters')
+MIB = 1024 * 1024
+
+
+def setUpModule():
+    global ROOT, IMAGES, FIXTURE, CONF, MANAGER, SERVER, TRANSPORT, LIVE
+    ROOT = os.path.realpath(tempfile.mkdtemp(prefix='cinder-convert-'))
+    IMAGES = os.path.join(ROOT, 'images')
+    filters = os.path.join(ROOT, 'filters')
+    for d in (IMAGES, filters):
+        os.makedirs(d)
+    for name in os.listdir(FILTERS):
+        with open(os.path.join(FILTERS, name)) as f:
+            text = f.read()
+        with open(os.path.join(filters, name), 'w') as f:
+            f.write(text.replace(DEFAULT_DIR, IMAGES))
+    CONF = cfg.ConfigOpts()
+    FIXTURE = conffixture.ConfFixture(CONF, transport_url='fake:/')
+    FIXTURE.setUp()
+    CONF([], default_config_files=[])
+    CONF.set_override('control_exchange', 'test-%s' % HOST)
+    settings = Settings(allowed_dirs=(IMAGES,), filters_path=(filters,),
+                        drivers=('isal',))
+    backend = LocalBackend(settings)
+    MANAGER = TaskManager(backend, Journal(os.path.join(ROOT, 'tasks.db')),
+                          workers=2)
+    MANAGER.start()
+    TRANSPORT = rpcapi.get_transport(CONF)
+    assert type(TRANSPORT._driver).__name__ == 'FakeDriver'
+    endpoint = rpc_endpoint.AccelEndpoint(MANAGER, backend, settings,
+                                          max_wait=0.5)
+    SERVER = rpc_server.build(TRANSPORT, 'accel_daemon', HOST, [endpoint])
+    SERVER.start()
+    LIVE = AccelClient(CONF, host=HOST)
+    LIVE.wait_interval = 0.2
+
+
+def tearDownModule():
+    LIVE.close()
+    SERVER.stop()
+    MANAGER.stop(1.0)
+    SERVER.wait()
+    TRANSPORT.cleanup()
+    FIXTURE.cleanUp()
+    shutil.rmtree(ROOT, ignore_errors=True)
+
+
+def qemu_img(*args):
+    return subprocess.run(('qemu-img',) + args, capture_output=True,
+                          text=True, check=False)
+
+
+def no_strings(sig):
+    """The signature without annotations (ours are strings: PEP 563)."""
+    return sig.replace(
+        parameters=[p.replace(annotation=p.empty)
+                    for p in sig.parameters.values()],
+        return_annotation=sig.empty)
+
+
+class Base(unittest.TestCase):
+
+    def setUp(self):
+        patcher = mock.patch.object(integration, '_shared_client', LIVE)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        # Every call that falls back lands here, never in qemu-img.
+        self.recorder = mock.Mock(return_value=None)
+        patcher = mock.patch.object(integration, '_original_convert_image',
+                                    self.recorder)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def raw_image(self):
+        """A raw image with data and a hole, as cinder would have it."""
+        fd, path = tempfile.mkstemp(dir=IMAGES)
+        self.addCleanup(os.unlink, path)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(b'volume data block\n' * 30000)
+            f.seek(3 * MIB)
+            f.write(b'tail')
+            f.truncate(4 * MIB)
+        return path
+
+    def dest(self):
+        """A pre-created destination (cinder's create_temporary_file)."""
+        fd, path = tempfile.mkstemp(dir=IMAGES)
+        os.close(fd)
+        self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
+        return path
+
+    def assertSameImage(self, a, fa, b, fb):
+        proc = qemu_img('compare', '-f', fa, '-F', fb, a, b)
+        self.assertEqual(0, proc.returncode, proc.stdout + proc.stderr)
+
+
+class Convert(Base):
+
+    def test_raw_to_qcow2_and_back(self):
+        raw = self.raw_image()
+        qcow2 = self.dest()
+        integration.convert_image(raw, qcow2, 'qcow2', src_format='raw')
+        self.assertIn('file format: qcow2',
+                      qemu_img('info', '-f', 'qcow2', qcow2).stdout)
+        self.assertSameImage(raw, 'raw', qcow2, 'qcow2')
+
+        back = self.dest()
+        integration.convert_image(qcow2, back, 'raw', src_format='qcow2',
+                                  compress=True)
+        self.assertSameImage(raw, 'raw', back, 'raw')
+        self.recorder.assert_not_called()
+
+    def test_compressed_qcow2(self):
+        raw = self.raw_image()
+        qcow2 = self.dest()
+        integration.convert_image(raw, qcow2, 'qcow2', src_format='raw',
+                                  compress=True)
+        self.assertSameImage(raw, 'raw', qcow2, 'qcow2')
+        self.recorder.assert_not_called()
+
+    def test_disable_sparse_allocates_everything(self):
+        raw = self.raw_image()
+        sparse, full = self.dest(), self.dest()
+        integration.convert_image(raw, sparse, 'raw', src_format='raw')
+        integration.convert_image(raw, full, 'raw', src_format='raw',
+                                  disable_sparse=True)
+        self.assertSameImage(raw, 'raw', full, 'raw')
+        size = os.path.getsize(raw)
+        self.assertEqual(size, os.path.getsize(full))
+        self.assertGreaterEqual(os.stat(full).st_blocks * 512, size)
+        self.assertLess(os.stat(sparse).st_blocks * 512, size)
+        self.recorder.assert_not_called()
+
+    def test_backing_file_is_unacceptable_and_writes_nothing(self):
+        raw = self.raw_image()
+        qcow2 = os.path.join(IMAGES, 'backed-%s' % uuid.uuid4().hex[:8])
+        self.addCleanup(os.unlink, qcow2)
+        proc = qemu_img('create', '-f', 'qcow2', '-b', raw, '-F', 'raw',
+                        qcow2)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        out = self.dest()
+        with self.assertRaises(cinder_exception.ImageUnacceptable) as c:
+            integration.convert_image(qcow2, out, 'raw', src_format='qcow2',
+                                      image_id='img-1')
+        self.assertIn('img-1', str(c.exception))
+        self.assertEqual(0, os.path.getsize(out))
+        self.recorder.assert_not_called()
+
+    def test_format_mismatch_is_unacceptable(self):
+        raw = self.raw_image()
+        out = self.dest()
+        with self.assertRaises(cinder_exception.ImageUnacceptable):
+            integration.convert_image(raw, out, 'raw', src_format='qcow2')
+        self.assertEqual(0, os.path.getsize(out))
+
+
+class Fallback(Base):
+
+    def assertFallsBack(self, *args, **kwargs):
+        integration.convert_image(*args, **kwargs)
+        self.recorder.assert_called_once()
+        call = self.recorder.call_args
+        got = inspect.signature(image_utils.convert_image).bind(
+            *call.args, **call.kwargs).arguments
+        want = inspect.signature(image_utils.convert_image).bind(
+            *args, **kwargs)
+        want.apply_defaults()
+        self.assertEqual(dict(want.arguments), dict(got))
+        self.recorder.reset_mock()
+
+    def test_encryption_goes_to_cinder(self):
+        raw, out = self.raw_image(), self.dest()
+        spec = {'cipher': 'aes-xts-plain64', 'key_size': 256}
+        self.assertFallsBack(raw, out, 'luks', src_format='raw',
+                             cipher_spec=spec, passphrase_file='/tmp/pw')
+        self.assertFallsBack(raw, out, 'raw', src_format='luks',
+                             src_passphrase_file='/tmp/pw', image_id='i')
+
+    def test_rbd_dest_goes_to_cinder(self):
+        raw = self.raw_image()
+        self.assertFallsBack(raw, 'rbd:volumes/volume-1:id=cinder', 'raw',
+                             None, 'raw', True, None, None, None, False,
+                             None, 'img', None, True, True)
+
+    def test_other_cases_go_to_cinder(self):
+        raw, out = self.raw_image(), self.dest()
+        self.assertFallsBack(raw, out, 'raw')                 # no src_format
+        self.assertFallsBack(raw, out, 'vmdk', src_format='raw',
+                             out_subformat='streamOptimized')
+        self.assertFallsBack(raw, '/dev/sdz', 'raw', src_format='raw')
+        self.assertFallsBack(raw, out, 'raw', src_format='raw',
+                             skip_create=True)
+        outside = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, outside)
+        self.assertFallsBack(raw, os.path.join(outside, 'x'), 'raw',
+                             src_format='raw')
+
+    def test_absent_daemon_goes_to_cinder(self):
+        CONF.set_override('timeout', 1, group='accel_daemon_client')
+        absent = AccelClient(CONF, host=HOST + '-absent')
+        CONF.clear_override('timeout', group='accel_daemon_client')
+        self.addCleanup(absent.close)
+        integration.register_opts(CONF)
+        CONF.set_override('probe_timeout', 0.5, group='accel_daemon_cinder')
+        self.addCleanup(CONF.clear_override, 'probe_timeout',
+                        group='accel_daemon_cinder')
+        raw, out = self.raw_image(), self.dest()
+        with mock.patch.object(integration, '_shared_client', absent):
+            self.assertFallsBack(raw, out, 'qcow2', src_format='raw')
+            # Cached: the second call does not wait for the daemon again.
+            with mock.patch.object(absent, 'capabilities') as caps:
+                self.assertFallsBack(raw, out, 'qcow2', src_format='raw')
+            caps.assert_not_called()
+
+    def test_each_reason_logged_once(self):
+        raw, out = self.raw_image(), self.dest()
+        integration._fallbacks_logged.discard('out_subformat')
+        with self.assertLogs(integration.LOG, 'INFO') as logs:
+            for _ in range(3):
+                integration.convert_image(raw, out, 'vmdk', src_format='raw',
+                                          out_subformat='streamOptimized')
+        self.assertEqual(1, len(logs.records))
+        self.assertIn('out_subformat', logs.output[0])
+
+
+class Plumbing(unittest.TestCase):
+
+    def test_signature_is_cinders(self):
+        self.assertEqual(
+            no_strings(inspect.signature(image_utils.convert_image)),
+            no_strings(inspect.signature(integration.convert_image)))
+
+    def test_original_is_cinders_and_install_keeps_it(self):
+        original = image_utils.convert_image
+        self.assertIsNot(original, integration.convert_image)
+        with mock.patch.object(integration, '_original_convert_image',
+                               None), \
+                mock.patch.object(image_utils, 'convert_image', original):
+            integration.install()
+            self.assertIs(integration.convert_image,
+                          image_utils.convert_image)
+            self.assertIs(original, integration.original_convert_image())
+
+    def test_throttle_bps_limit(self):
+        from cinder.volume import throttling
+        blkio = throttling.BlkioCgroup.__new__(throttling.BlkioCgroup)
+        blkio.bps_limit = 5 * MIB
+        self.assertEqual(5 * MIB, integration._bps_limit(blkio))
+        self.assertIsNone(integration._bps_limit(throttling.Throttle()))
+        with mock.patch.object(throttling.Throttle, 'DEFAULT', blkio):
+            self.assertEqual(5 * MIB, integration._bps_limit(None))
+        with self.assertRaises(integration._Fallback):
+            integration._bps_limit(throttling.Throttle(prefix=['nice']))
+
+    def test_other_errors_are_process_execution_errors(self):
+        from oslo_concurrency import processutils
+
+        from accel_daemon import exception
+        args = {'src': '/a', 'dst': '/b', 'src_format': 'raw',
+                'dst_format': 'qcow2'}
+        err = exception.NoSpace(path='/b')
+        mapped = integration._convert_error(err, args, None)
+        self.assertIsInstance(mapped, processutils.ProcessExecutionError)
+        self.assertIn(str(err), mapped.stderr)
+        self.assertIs(err, mapped.accel_error)
+        refusal = exception.UnsafeImage(reason='backing file')
+        mapped = integration._convert_error(refusal, args, 'img-2')
+        self.assertIsInstance(mapped, cinder_exception.ImageUnacceptable)
+        self.assertIn('img-2', str(mapped))
