@@ -5,7 +5,8 @@
 #
 #   cinder            tests/callers: accel_daemon.client + cinder's facts, and
 #                     the cinder accelerator (integrations.cinder)
-#   nova              tests/callers: accel_daemon.client + nova's facts
+#   nova              tests/callers: accel_daemon.client + nova's facts, and
+#                     nova's convert_image (integrations.nova)
 #   cinder-baseline   cinder's own unit tests of cinder.image
 #   nova-baseline     nova's own unit tests of nova.virt.images,
 #                     nova.privsep.qemu and the libvirt image helpers
@@ -29,7 +30,7 @@ targets() {
     case $1 in
         cinder) echo "cinder test_accel_client test_cinder test_cinder_accel" \
                 "test_cinder_convert" ;;
-        nova) echo "nova test_accel_client test_nova" ;;
+        nova) echo "nova test_accel_client test_nova test_nova_convert" ;;
         cinder-baseline)
             echo "cinder cinder.tests.unit.image" \
                 "cinder.tests.unit.test_image_utils" ;;

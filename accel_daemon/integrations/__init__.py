@@ -1,3 +1,4 @@
 """Glue for services that call accel-daemon through their own plug-in
-points (``accel_daemon.integrations.cinder``).  Each module imports its
-service lazily: accel_daemon imports without cinder or nova installed."""
+points (``accel_daemon.integrations.cinder`` and ``.nova``; the shared
+parts in ``.common``).  Each module imports its service lazily:
+accel_daemon imports without cinder or nova installed."""

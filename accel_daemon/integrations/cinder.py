@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import threading
 import time
 import weakref
@@ -52,6 +51,8 @@ from oslo_config import cfg
 
 from accel_daemon import exception
 from accel_daemon.client import AccelClient
+from accel_daemon.integrations import common
+from accel_daemon.integrations.common import is_device as _is_device
 
 LOG = logging.getLogger(__name__)
 
@@ -221,11 +222,9 @@ _REFUSALS = (exception.ImageInspectionError, exception.SizeLimitExceeded)
 # cinder's own image_utils.convert_image, kept before anything replaces it
 # (``install()``); resolved on first use otherwise.
 _original_convert_image: Optional[Callable[..., None]] = None
-# client -> (monotonic time of the answer, capabilities or None)
-_caps_cache: weakref.WeakKeyDictionary[
-    AccelClient, tuple[float, Optional[dict[str, Any]]]] = (
-        weakref.WeakKeyDictionary())
-_fallbacks_logged: set[str] = set()
+_caps_cache = common.CapsCache(LOG)
+_fallback_log = common.FallbackLog(LOG, 'cinder')
+_fallbacks_logged: set[str] = _fallback_log.logged
 
 
 class _Fallback(Exception):
@@ -256,12 +255,7 @@ def install() -> None:
 
 
 def _fallback(reason: str) -> _Fallback:
-    with _lock:
-        first = reason not in _fallbacks_logged
-        _fallbacks_logged.add(reason)
-    if first:
-        LOG.info("accel-daemon: convert_image falls back to cinder's "
-                 "qemu-img for %s (logged once)", reason)
+    _fallback_log(reason)
     return _Fallback(reason)
 
 
@@ -270,20 +264,7 @@ def _capabilities(client: AccelClient) -> Optional[dict[str, Any]]:
     ``[accel_daemon_cinder] exist_cache_ttl`` seconds either way."""
     register_opts(client.conf)
     opts = client.conf.accel_daemon_cinder
-    now = time.monotonic()
-    with _lock:
-        cached = _caps_cache.get(client)
-    if cached is not None and now - cached[0] < opts.exist_cache_ttl:
-        return cached[1]
-    caps: Optional[dict[str, Any]]
-    try:
-        caps = client.capabilities(timeout=opts.probe_timeout)
-    except Exception as e:      # never raise: "not there"
-        LOG.info('accel-daemon on %s is not there: %s', client.host, e)
-        caps = None
-    with _lock:
-        _caps_cache[client] = (time.monotonic(), caps)
-    return caps
+    return _caps_cache.get(client, opts.exist_cache_ttl, opts.probe_timeout)
 
 
 def _bps_limit(throttle: Any) -> Optional[int]:
@@ -301,24 +282,6 @@ def _bps_limit(throttle: Any) -> Optional[int]:
     if type(throttle) is throttling.Throttle and not throttle.prefix:
         return None
     raise _fallback('a throttle accel-daemon cannot reproduce')
-
-
-def _under(path: str, dirs: list[str]) -> bool:
-    real = os.path.realpath(path)
-    for d in dirs:
-        d = os.path.realpath(d)
-        if real == d or real.startswith(d.rstrip('/') + '/'):
-            return True
-    return False
-
-
-def _is_device(path: str) -> bool:
-    if path.startswith('/dev/'):
-        return True
-    try:
-        return stat.S_ISBLK(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _plan(source: str, dest: str, out_format: str,
@@ -339,7 +302,7 @@ def _plan(source: str, dest: str, out_format: str,
         raise _fallback('an unnamed source format (accel-daemon never '
                         'guesses)')
     for path in (source, dest):
-        if not isinstance(path, str) or not os.path.isabs(path):
+        if not common.is_local_path(path):
             raise _fallback('a path that is not a local absolute path '
                             '(rbd: and other URIs)')
     if _is_device(source) or _is_device(dest):
@@ -349,13 +312,9 @@ def _plan(source: str, dest: str, out_format: str,
     caps = _capabilities(client)
     if caps is None:
         raise _fallback('a daemon that does not answer')
-    formats = caps.get('formats') or {}
-    if src_format.lower() not in (formats.get('input') or ()) or \
-            out_format.lower() not in (formats.get('output') or ()):
+    if not common.formats_known(caps, src_format, out_format):
         raise _fallback('a format accel-daemon does not convert')
-    dirs = list(caps.get('allowed_dirs') or ())
-    if not _under(source, dirs) or \
-            not _under(os.path.dirname(dest) or '/', dirs):
+    if not common.paths_allowed(caps, source, dest):
         raise _fallback("paths outside the daemon's allowed directories")
     args: dict[str, Any] = {
         'src': source, 'dst': dest,

@@ -1,0 +1,109 @@
+"""Caller-independent helpers of the convert_image integrations.
+
+Used by ``accel_daemon.integrations.cinder`` and
+``accel_daemon.integrations.nova``: the daemon's capabilities with a
+cached answer, fallback reasons logged once, and the routing checks on
+paths (allowed directories, block devices).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+import weakref
+from typing import Any, Optional
+
+from accel_daemon.client import AccelClient
+
+Caps = Optional[dict[str, Any]]
+
+
+class CapsCache:
+    """The daemon's capabilities per client, None when it does not
+    answer; either answer is reused for ``ttl`` seconds."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._lock = threading.Lock()
+        # client -> (monotonic time of the answer, capabilities or None)
+        self._cache: weakref.WeakKeyDictionary[
+            AccelClient, tuple[float, Caps]] = weakref.WeakKeyDictionary()
+
+    def get(self, client: AccelClient, ttl: float, timeout: float) -> Caps:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(client)
+        if cached is not None and now - cached[0] < ttl:
+            return cached[1]
+        caps: Caps
+        try:
+            caps = client.capabilities(timeout=timeout)
+        except Exception as e:      # never raise: "not there"
+            self._log.info('accel-daemon on %s is not there: %s',
+                           client.host, e)
+            caps = None
+        with self._lock:
+            self._cache[client] = (time.monotonic(), caps)
+        return caps
+
+
+class FallbackLog:
+    """Logs each fallback reason once, at info."""
+
+    def __init__(self, log: logging.Logger, caller: str) -> None:
+        self._log = log
+        self._caller = caller
+        self._lock = threading.Lock()
+        self.logged: set[str] = set()
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            first = reason not in self.logged
+            self.logged.add(reason)
+        if first:
+            self._log.info("accel-daemon: convert_image falls back to %s's "
+                           "qemu-img for %s (logged once)", self._caller,
+                           reason)
+
+
+def under(path: str, dirs: list[str]) -> bool:
+    """Whether ``path`` (resolved) is one of ``dirs`` or inside one."""
+    real = os.path.realpath(path)
+    for d in dirs:
+        d = os.path.realpath(d)
+        if real == d or real.startswith(d.rstrip('/') + '/'):
+            return True
+    return False
+
+
+def is_device(path: str) -> bool:
+    """A ``/dev/`` path or a block device."""
+    if path.startswith('/dev/'):
+        return True
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def is_local_path(path: Any) -> bool:
+    """An absolute local path (not ``rbd:`` or another URI)."""
+    return isinstance(path, str) and os.path.isabs(path)
+
+
+def formats_known(caps: dict[str, Any], src_format: str,
+                  dst_format: str) -> bool:
+    formats = caps.get('formats') or {}
+    return src_format.lower() in (formats.get('input') or ()) and \
+        dst_format.lower() in (formats.get('output') or ())
+
+
+def paths_allowed(caps: dict[str, Any], source: str, dest: str) -> bool:
+    """The source and the directory of ``dest`` in the daemon's
+    ``allowed_dirs``."""
+    dirs = list(caps.get('allowed_dirs') or ())
+    return under(source, dirs) and \
+        under(os.path.dirname(dest) or '/', dirs)

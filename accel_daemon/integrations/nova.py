@@ -1,0 +1,265 @@
+"""nova 34's qemu-img conversions, on accel-daemon.
+
+``convert_image`` is a drop-in for ``nova.virt.images.convert_image``
+(same signature); ``privsep_convert_image`` has the parameters of its
+privsep twin ``nova.privsep.qemu.convert_image`` (which nova calls only
+from ``nova.virt.images._convert_image``).  ``install()`` puts
+``convert_image`` in place of nova's, keeping the original for the
+fallbacks.
+
+Sent to the daemon: a local file to a local file, both in the daemon's
+``allowed_dirs``, both formats known to it.  An existing ``dest`` is
+replaced; ``compress`` applies to qcow2 outputs (nova's snapshot
+extraction converts to qcow2 with ``compress=True``).  The daemon runs
+privileged and inspects the source itself: ``run_as_root`` and
+``instances_path`` are not used.
+
+Everything else goes to nova's own function with the same arguments, each
+reason logged once at info: no input format (nova's own refusal, a
+``RuntimeError``), encryption (``src_encryption``/``dest_encryption``),
+URIs, ``/dev/`` paths and block devices, paths outside the daemon's
+directories, formats it does not convert, and a daemon that does not
+answer.
+
+Errors, as nova's callers expect them from a failed qemu-img run:
+
+* ``convert_image``: the daemon's refusals of the image raise
+  ``nova.exception.ImageUnacceptable(image_id=source, reason=...)``; any
+  other failure is wrapped as nova wraps qemu-img's
+  ``ProcessExecutionError``: ``ImageUnacceptable`` with
+  ``"Unable to convert image to FORMAT: ..."``;
+* ``privsep_convert_image``: refusals raise ``ImageUnacceptable``, other
+  failures ``ProcessExecutionError`` (which nova's ``_convert_image``
+  wraps).
+
+The typed accel-daemon error stays reachable as ``accel_error`` and
+``__cause__``.  The daemon is called with nova's configuration
+(``cfg.CONF``: its ``transport_url`` and ``[accel_daemon_client]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable, Optional
+
+from oslo_config import cfg
+
+from accel_daemon import exception
+from accel_daemon.client import AccelClient
+from accel_daemon.integrations import common
+
+LOG = logging.getLogger(__name__)
+
+GROUP = cfg.OptGroup('accel_daemon_nova',
+                     title='accel-daemon for nova-compute conversions')
+OPTS: list[cfg.Opt] = [
+    cfg.FloatOpt('caps_cache_ttl', default=5.0, min=0.0, max=300.0,
+                 help='Seconds the capabilities of the daemon (or its '
+                      'silence) are reused before asking again. 0 asks '
+                      'every time.'),
+    cfg.FloatOpt('probe_timeout', default=3.0, min=0.1, max=60.0,
+                 help='Seconds convert_image waits for the daemon to '
+                      "answer its capabilities call before it uses nova's "
+                      'own qemu-img.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
+    return {GROUP: OPTS}
+
+
+# The daemon's refusals of an image: nova's ImageUnacceptable.
+_REFUSALS = (exception.ImageInspectionError, exception.SizeLimitExceeded)
+
+_lock = threading.Lock()
+_shared_client: AccelClient | None = None
+# nova's own functions, kept before anything replaces them; resolved on
+# first use otherwise.
+_original_convert_image: Optional[Callable[..., None]] = None
+_original_privsep_convert_image: Optional[Callable[..., None]] = None
+_caps_cache = common.CapsCache(LOG)
+_fallback_log = common.FallbackLog(LOG, 'nova')
+_fallbacks_logged: set[str] = _fallback_log.logged
+
+
+class _Fallback(Exception):
+    """Why a call goes to nova's own function."""
+
+
+def shared_client() -> AccelClient:
+    """The client of every call: on nova's configuration, made on first
+    use."""
+    global _shared_client
+    with _lock:
+        if _shared_client is None:
+            _shared_client = AccelClient(cfg.CONF)
+        return _shared_client
+
+
+def original_convert_image() -> Callable[..., None]:
+    """nova's own ``nova.virt.images.convert_image`` (never ours)."""
+    global _original_convert_image
+    with _lock:
+        if _original_convert_image is None:
+            from nova.virt import images
+            func = images.convert_image
+            if func is convert_image:
+                raise RuntimeError('nova.virt.images.convert_image was '
+                                   'replaced before its original was kept: '
+                                   'use install()')
+            _original_convert_image = func
+        return _original_convert_image
+
+
+def original_privsep_convert_image() -> Callable[..., None]:
+    """nova's own ``nova.privsep.qemu.convert_image`` (never ours)."""
+    global _original_privsep_convert_image
+    with _lock:
+        if _original_privsep_convert_image is None:
+            import nova.privsep.qemu
+            func = nova.privsep.qemu.convert_image
+            if func is privsep_convert_image:
+                raise RuntimeError('nova.privsep.qemu.convert_image was '
+                                   'replaced before its original was kept')
+            _original_privsep_convert_image = func
+        return _original_privsep_convert_image
+
+
+def install() -> None:
+    """Replace nova's ``nova.virt.images.convert_image`` with
+    ``convert_image``, keeping the original for the fallbacks."""
+    from nova.virt import images
+    original_convert_image()
+    images.convert_image = convert_image
+
+
+def _fallback(reason: str) -> _Fallback:
+    _fallback_log(reason)
+    return _Fallback(reason)
+
+
+def _capabilities(client: AccelClient) -> Optional[dict[str, Any]]:
+    register_opts(client.conf)
+    opts = client.conf.accel_daemon_nova
+    return _caps_cache.get(client, opts.caps_cache_ttl, opts.probe_timeout)
+
+
+def _plan(source: str, dest: str, in_format: Optional[str],
+          out_format: str, compress: bool, src_encryption: Any,
+          dest_encryption: Any) -> tuple[AccelClient, dict[str, Any]]:
+    """The client and convert() arguments, or raise _Fallback."""
+    if in_format is None:
+        raise _fallback("no input format (nova's own refusal)")
+    if src_encryption or dest_encryption:
+        raise _fallback('encryption (src_encryption, dest_encryption)')
+    for path in (source, dest):
+        if not common.is_local_path(path):
+            raise _fallback('a path that is not a local absolute path '
+                            '(URIs)')
+    if common.is_device(source) or common.is_device(dest):
+        raise _fallback('block devices (/dev/ paths)')
+    client = shared_client()
+    caps = _capabilities(client)
+    if caps is None:
+        raise _fallback('a daemon that does not answer')
+    if not common.formats_known(caps, in_format, out_format):
+        raise _fallback('a format accel-daemon does not convert')
+    if not common.paths_allowed(caps, source, dest):
+        raise _fallback("paths outside the daemon's allowed directories")
+    args: dict[str, Any] = {
+        'src': source, 'dst': dest,
+        'src_format': in_format.lower(),
+        'dst_format': out_format.lower(),
+        'compress': bool(compress) and out_format.lower() == 'qcow2',
+        'replace': os.path.lexists(dest),
+    }
+    return client, args
+
+
+def _process_error(err: exception.AccelError,
+                   args: dict[str, Any]) -> Exception:
+    from oslo_concurrency import processutils
+    return processutils.ProcessExecutionError(
+        stderr=str(err),
+        cmd='accel-daemon convert %s (%s) -> %s (%s)' % (
+            args['src'], args['src_format'], args['dst'],
+            args['dst_format']),
+        description='accel-daemon error %s: %s' % (type(err).__name__, err))
+
+
+def _convert_error(err: exception.AccelError, args: dict[str, Any],
+                   wrap: bool) -> Exception:
+    """nova's error for ``err``: ImageUnacceptable for a refusal; else a
+    ProcessExecutionError, wrapped in ImageUnacceptable as nova's
+    ``_convert_image`` does when ``wrap``."""
+    from nova import exception as nova_exception
+    error: Exception
+    if isinstance(err, _REFUSALS):
+        error = nova_exception.ImageUnacceptable(image_id=args['src'],
+                                                 reason=str(err))
+    elif wrap:
+        msg = 'Unable to convert image to %(format)s: %(exp)s' % {
+            'format': args['dst_format'], 'exp': _process_error(err, args)}
+        error = nova_exception.ImageUnacceptable(image_id=args['src'],
+                                                 reason=msg)
+    else:
+        error = _process_error(err, args)
+    error.accel_error = err     # type: ignore[attr-defined]
+    return error
+
+
+def _run(client: AccelClient, args: dict[str, Any], wrap: bool) -> None:
+    try:
+        client.convert(**args).wait()
+    except exception.AccelError as e:
+        raise _convert_error(e, args, wrap) from e
+    except Exception as e:
+        err = exception.InternalError(reason='%s: %s' % (type(e).__name__, e))
+        raise _convert_error(err, args, wrap) from e
+
+
+def convert_image(source: str, dest: str, in_format: Optional[str],
+                  out_format: str, run_as_root: bool = False,
+                  compress: bool = False, src_encryption: Any = None,
+                  dest_encryption: Any = None) -> None:
+    """nova 34's ``nova.virt.images.convert_image``, in accel-daemon (see
+    the module's docstring for what goes where).
+
+    :raises ImageUnacceptable: the daemon refused the image, or the
+        conversion failed (as nova wraps a failed qemu-img run)
+    """
+    try:
+        client, args = _plan(source, dest, in_format, out_format, compress,
+                             src_encryption, dest_encryption)
+    except _Fallback:
+        return original_convert_image()(
+            source, dest, in_format, out_format, run_as_root=run_as_root,
+            compress=compress, src_encryption=src_encryption,
+            dest_encryption=dest_encryption)
+    _run(client, args, wrap=True)
+
+
+def privsep_convert_image(source: str, dest: str, in_format: Optional[str],
+                          out_format: str, instances_path: str,
+                          compress: bool, src_encryption: Any = None,
+                          dest_encryption: Any = None) -> None:
+    """nova 34's ``nova.privsep.qemu.convert_image``, in accel-daemon.
+
+    :raises ImageUnacceptable: the daemon refused the image
+    :raises ProcessExecutionError: any other failure of the conversion
+    """
+    try:
+        client, args = _plan(source, dest, in_format, out_format, compress,
+                             src_encryption, dest_encryption)
+    except _Fallback:
+        return original_privsep_convert_image()(
+            source, dest, in_format, out_format, instances_path, compress,
+            src_encryption=src_encryption, dest_encryption=dest_encryption)
+    _run(client, args, wrap=False)

@@ -1,0 +1,276 @@
+"""accel_daemon.integrations.nova.convert_image, nova 34's
+nova.virt.images.convert_image on accel-daemon, against an in-process
+daemon.
+
+Runs in the nova caller venv (tools/run-caller-tests.sh).  The daemon is
+the real RPC endpoint, TaskManager, LocalBackend and Engine on
+oslo.messaging's fake:// transport, with the shipped filters (qemu-img
+included) rewritten to its temporary allowed directory.
+"""
+
+import inspect
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+import uuid
+from unittest import mock
+
+from oslo_concurrency import processutils
+from oslo_config import cfg
+from oslo_messaging import conffixture
+
+from nova import exception as nova_exception
+import nova.privsep.qemu
+from nova.virt import images
+
+from accel_daemon import exception
+from accel_daemon.client import AccelClient
+from accel_daemon.engine.settings import Settings
+from accel_daemon.integrations import nova as integration
+from accel_daemon.manager.backends import LocalBackend
+from accel_daemon.manager.journal import Journal
+from accel_daemon.manager.tasks import TaskManager
+from accel_daemon.rpc import endpoint as rpc_endpoint
+from accel_daemon.rpc import rpcapi
+from accel_daemon.rpc import server as rpc_server
+
+HOST = 'nova-convert-%s' % uuid.uuid4().hex[:8]
+DEFAULT_DIR = '/var/lib/accel-daemon/images'
+FILTERS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       os.pardir, os.pardir, 'filters')
+MIB = 1024 * 1024
+
+
+def setUpModule():
+    global ROOT, IMAGES, FIXTURE, CONF, MANAGER, SERVER, TRANSPORT, LIVE
+    ROOT = os.path.realpath(tempfile.mkdtemp(prefix='nova-convert-'))
+    IMAGES = os.path.join(ROOT, 'images')
+    filters = os.path.join(ROOT, 'filters')
+    for d in (IMAGES, filters):
+        os.makedirs(d)
+    for name in os.listdir(FILTERS):
+        with open(os.path.join(FILTERS, name)) as f:
+            text = f.read()
+        with open(os.path.join(filters, name), 'w') as f:
+            f.write(text.replace(DEFAULT_DIR, IMAGES))
+    CONF = cfg.ConfigOpts()
+    FIXTURE = conffixture.ConfFixture(CONF, transport_url='fake:/')
+    FIXTURE.setUp()
+    CONF([], default_config_files=[])
+    CONF.set_override('control_exchange', 'test-%s' % HOST)
+    settings = Settings(allowed_dirs=(IMAGES,), filters_path=(filters,),
+                        drivers=('isal',))
+    backend = LocalBackend(settings)
+    MANAGER = TaskManager(backend, Journal(os.path.join(ROOT, 'tasks.db')),
+                          workers=2)
+    MANAGER.start()
+    TRANSPORT = rpcapi.get_transport(CONF)
+    assert type(TRANSPORT._driver).__name__ == 'FakeDriver'
+    endpoint = rpc_endpoint.AccelEndpoint(MANAGER, backend, settings,
+                                          max_wait=0.5)
+    SERVER = rpc_server.build(TRANSPORT, 'accel_daemon', HOST, [endpoint])
+    SERVER.start()
+    LIVE = AccelClient(CONF, host=HOST)
+    LIVE.wait_interval = 0.2
+
+
+def tearDownModule():
+    LIVE.close()
+    SERVER.stop()
+    MANAGER.stop(1.0)
+    SERVER.wait()
+    TRANSPORT.cleanup()
+    FIXTURE.cleanUp()
+    shutil.rmtree(ROOT, ignore_errors=True)
+
+
+def qemu_img(*args):
+    return subprocess.run(('qemu-img',) + args, capture_output=True,
+                          text=True, check=False)
+
+
+def no_strings(sig):
+    """The signature without annotations (ours are strings: PEP 563)."""
+    return sig.replace(
+        parameters=[p.replace(annotation=p.empty)
+                    for p in sig.parameters.values()],
+        return_annotation=sig.empty)
+
+
+class Base(unittest.TestCase):
+
+    def setUp(self):
+        patcher = mock.patch.object(integration, '_shared_client', LIVE)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        # Every call that falls back lands here, never in qemu-img.
+        self.recorder = mock.Mock(return_value=None)
+        patcher = mock.patch.object(integration, '_original_convert_image',
+                                    self.recorder)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def raw_image(self):
+        fd, path = tempfile.mkstemp(dir=IMAGES)
+        self.addCleanup(os.unlink, path)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(b'instance disk block\n' * 30000)
+            f.seek(3 * MIB)
+            f.write(b'tail')
+            f.truncate(4 * MIB)
+        return path
+
+    def dest(self, exists=False):
+        path = os.path.join(IMAGES, 'out-%s' % uuid.uuid4().hex[:8])
+        if exists:
+            open(path, 'wb').close()
+        self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
+        return path
+
+    def assertSameImage(self, a, fa, b, fb):
+        proc = qemu_img('compare', '-f', fa, '-F', fb, a, b)
+        self.assertEqual(0, proc.returncode, proc.stdout + proc.stderr)
+
+
+class Convert(Base):
+
+    def test_raw_to_compressed_qcow2_and_back(self):
+        raw = self.raw_image()
+        qcow2 = self.dest()
+        # nova's snapshot extraction: compress=True to qcow2.
+        integration.convert_image(raw, qcow2, 'raw', 'qcow2', compress=True)
+        self.assertIn('file format: qcow2',
+                      qemu_img('info', '-f', 'qcow2', qcow2).stdout)
+        self.assertSameImage(raw, 'raw', qcow2, 'qcow2')
+
+        back = self.dest(exists=True)       # replaced
+        integration.convert_image(qcow2, back, 'qcow2', 'raw',
+                                  run_as_root=True)
+        self.assertSameImage(raw, 'raw', back, 'raw')
+        self.recorder.assert_not_called()
+
+    def test_privsep_twin(self):
+        raw = self.raw_image()
+        qcow2 = self.dest()
+        with mock.patch.object(integration,
+                               '_original_privsep_convert_image') as orig:
+            integration.privsep_convert_image(raw, qcow2, 'raw', 'qcow2',
+                                              ROOT, True)
+        orig.assert_not_called()
+        self.assertSameImage(raw, 'raw', qcow2, 'qcow2')
+
+    def test_backing_file_is_unacceptable_and_writes_nothing(self):
+        raw = self.raw_image()
+        qcow2 = os.path.join(IMAGES, 'backed-%s' % uuid.uuid4().hex[:8])
+        self.addCleanup(os.unlink, qcow2)
+        proc = qemu_img('create', '-f', 'qcow2', '-b', raw, '-F', 'raw',
+                        qcow2)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        out = self.dest()
+        with self.assertRaises(nova_exception.ImageUnacceptable) as c:
+            integration.convert_image(qcow2, out, 'qcow2', 'raw')
+        self.assertIn(qcow2, str(c.exception))
+        self.assertIsInstance(c.exception.accel_error,
+                              exception.ImageInspectionError)
+        self.assertFalse(os.path.exists(out))
+        self.recorder.assert_not_called()
+
+
+class Fallback(Base):
+
+    def assertFallsBack(self, *args, **kwargs):
+        integration.convert_image(*args, **kwargs)
+        self.recorder.assert_called_once()
+        call = self.recorder.call_args
+        sig = inspect.signature(images.convert_image)
+        got = sig.bind(*call.args, **call.kwargs)
+        got.apply_defaults()
+        want = sig.bind(*args, **kwargs)
+        want.apply_defaults()
+        self.assertEqual(dict(want.arguments), dict(got.arguments))
+        self.recorder.reset_mock()
+
+    def test_encryption_goes_to_nova(self):
+        raw, out = self.raw_image(), self.dest()
+        enc = {'secret': 'pw', 'format': 'luks'}
+        self.assertFallsBack(raw, out, 'raw', 'luks', dest_encryption=enc)
+        self.assertFallsBack(raw, out, 'luks', 'raw', False, False, enc)
+
+    def test_outside_paths_go_to_nova(self):
+        raw = self.raw_image()
+        outside = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, outside)
+        self.assertFallsBack(raw, os.path.join(outside, 'x'), 'raw',
+                             'qcow2', compress=True)
+        self.assertFallsBack(raw, '/dev/sdz', 'raw', 'raw', True)
+        self.assertFallsBack(raw, 'rbd:vms/disk', 'raw', 'raw')
+        self.assertFallsBack(raw, self.dest(), None, 'raw')
+
+    def test_absent_daemon_goes_to_nova(self):
+        absent = AccelClient(CONF, host=HOST + '-absent')
+        self.addCleanup(absent.close)
+        integration.register_opts(CONF)
+        CONF.set_override('probe_timeout', 0.5, group='accel_daemon_nova')
+        self.addCleanup(CONF.clear_override, 'probe_timeout',
+                        group='accel_daemon_nova')
+        raw, out = self.raw_image(), self.dest()
+        with mock.patch.object(integration, '_shared_client', absent):
+            self.assertFallsBack(raw, out, 'raw', 'qcow2')
+            with mock.patch.object(absent, 'capabilities') as caps:
+                self.assertFallsBack(raw, out, 'raw', 'qcow2')
+            caps.assert_not_called()
+
+    def test_each_reason_logged_once(self):
+        raw, out = self.raw_image(), self.dest()
+        enc = {'secret': 'pw', 'format': 'luks'}
+        integration._fallbacks_logged.clear()
+        with self.assertLogs(integration.LOG, 'INFO') as logs:
+            for _ in range(3):
+                integration.convert_image(raw, out, 'raw', 'luks',
+                                          dest_encryption=enc)
+        self.assertEqual(1, len(logs.records))
+        self.assertIn('encryption', logs.output[0])
+
+
+class Plumbing(unittest.TestCase):
+
+    def test_signature_is_novas(self):
+        self.assertEqual(
+            no_strings(inspect.signature(images.convert_image)),
+            no_strings(inspect.signature(integration.convert_image)))
+
+    def test_privsep_signature_is_novas(self):
+        self.assertEqual(
+            no_strings(inspect.signature(
+                nova.privsep.qemu.convert_image.args[0])),
+            no_strings(inspect.signature(
+                integration.privsep_convert_image)))
+
+    def test_install_keeps_the_original(self):
+        original = images.convert_image
+        self.assertIsNot(original, integration.convert_image)
+        with mock.patch.object(integration, '_original_convert_image',
+                               None), \
+                mock.patch.object(images, 'convert_image', original):
+            integration.install()
+            self.assertIs(integration.convert_image, images.convert_image)
+            self.assertIs(original, integration.original_convert_image())
+
+    def test_errors_as_nova_wraps_qemu_img(self):
+        args = {'src': '/a', 'dst': '/b', 'src_format': 'raw',
+                'dst_format': 'qcow2'}
+        err = exception.NoSpace(path='/b')
+        mapped = integration._convert_error(err, args, wrap=True)
+        self.assertIsInstance(mapped, nova_exception.ImageUnacceptable)
+        self.assertIn('Unable to convert image to qcow2', str(mapped))
+        self.assertIs(err, mapped.accel_error)
+        mapped = integration._convert_error(err, args, wrap=False)
+        self.assertIsInstance(mapped, processutils.ProcessExecutionError)
+        self.assertIn(str(err), mapped.stderr)
+        refusal = exception.UnsafeImage(reason='backing file')
+        for wrap in (True, False):
+            mapped = integration._convert_error(refusal, args, wrap=wrap)
+            self.assertIsInstance(mapped, nova_exception.ImageUnacceptable)
+            self.assertIn('/a', str(mapped))
