@@ -6,6 +6,7 @@ real tools.  The allowed directory belongs to another user (uid 4242, mode
 with its few capabilities only.
 """
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -516,8 +517,8 @@ print(json.dumps(out))
 
 need_sudo = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ('sudo', 'visudo', 'useradd',
-                                          'runuser')),
-    reason='needs sudo, visudo, useradd and runuser')
+                                          'runuser', 'setfacl')),
+    reason='needs sudo, visudo, useradd, runuser and setfacl')
 
 
 @pytest.fixture
@@ -529,6 +530,45 @@ def service_user():
         yield name
     finally:
         subprocess.run(['userdel', name], check=False)
+
+
+@contextlib.contextmanager
+def traversable_by(user, path):
+    """Let ``user`` reach ``path`` through ancestors others cannot search
+    (a checkout under /root, or under a 0700 ``mktemp -d``): an ACL entry
+    granting search (x) only, on just those directories, removed after."""
+    granted = []
+    directory = os.path.dirname(os.path.abspath(path))
+    while True:
+        if not os.stat(directory).st_mode & 0o001:
+            subprocess.run(['setfacl', '-m', 'u:%s:x' % user, directory],
+                           check=True)
+            granted.append(directory)
+        if directory == '/':
+            break
+        directory = os.path.dirname(directory)
+    try:
+        yield
+    finally:
+        for directory in granted:
+            subprocess.run(['setfacl', '-x', 'u:%s' % user, directory],
+                           check=False)
+
+
+def _run_as_service_user(user, venv, conf_path):
+    """The script as the service user, and an extended helper command line
+    through sudo (which the sudoers rule must refuse)."""
+    run = subprocess.run(
+        ['runuser', '-u', user, '--', os.path.join(venv, 'bin', 'python'),
+         '-c', SUDO_SCRIPT, conf_path], capture_output=True, text=True,
+        cwd='/', timeout=60)
+    # Appending anything to the allowed command line is refused.
+    evil = subprocess.run(
+        ['runuser', '-u', user, '--', 'sudo', '-n',
+         os.path.join(venv, 'bin', 'privsep-helper'), '--config-file',
+         conf_path, '--config-file', '/tmp/evil.conf', '--version'],
+        capture_output=True, text=True, cwd='/', timeout=30)
+    return run, evil
 
 
 def _install_sudoers(user, venv, conf_path):
@@ -567,22 +607,13 @@ def test_service_user_starts_privsep_through_sudo(service_user):
     os.chmod(conf_path, 0o644)
     sudoers = _install_sudoers(service_user, venv, conf_path)
     try:
-        run = subprocess.run(
-            ['runuser', '-u', service_user, '--',
-             os.path.join(venv, 'bin', 'python'), '-c', SUDO_SCRIPT,
-             conf_path], capture_output=True, text=True, cwd='/',
-            timeout=60)
-        assert run.returncode == 0, run.stderr[-2000:]
-        out = json.loads(run.stdout.strip().splitlines()[-1])
-        # Appending anything to the allowed command line is refused.
-        evil = subprocess.run(
-            ['runuser', '-u', service_user, '--', 'sudo', '-n',
-             os.path.join(venv, 'bin', 'privsep-helper'), '--config-file',
-             conf_path, '--config-file', '/tmp/evil.conf', '--version'],
-            capture_output=True, text=True, cwd='/', timeout=30)
+        with traversable_by(service_user, venv):
+            run, evil = _run_as_service_user(service_user, venv, conf_path)
     finally:
         os.unlink(sudoers)
         shutil.rmtree(root)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out['me'] != 0 and out['daemon_uid'] == '0'
     assert out['helper'].split()[:3] == [
         shutil.which('sudo'), '-n', os.path.join(venv, 'bin',
