@@ -9,36 +9,22 @@ one.  cinder calls its accelerator IN PLACE (src == dest).
 
 import gzip
 import os
-import shutil
 import subprocess
-import tempfile
 import unittest
 import uuid
 from unittest import mock
 
 from oslo_config import cfg
-from oslo_messaging import conffixture
+
 
 from cinder import exception as cinder_exception
 from cinder.image import accelerator
 
 from accel_daemon import exception
 from accel_daemon.client import AccelClient
-from accel_daemon.engine.settings import Settings
 from accel_daemon.integrations import cinder as integration
-from accel_daemon.manager.backends import LocalBackend
-from accel_daemon.manager.journal import Journal
-from accel_daemon.manager.tasks import TaskManager
-from accel_daemon.rpc import endpoint as rpc_endpoint
-from accel_daemon.rpc import rpcapi
-from accel_daemon.rpc import server as rpc_server
+from tests.callers import inprocess
 
-HOST = 'cinder-accel-%s' % uuid.uuid4().hex[:8]
-ABSENT = HOST + '-absent'
-# The shipped filters name this directory; rewritten to the test's.
-DEFAULT_DIR = '/var/lib/accel-daemon/images'
-FILTERS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                       os.pardir, os.pardir, 'filters')
 DATA = b''.join(b'block %08d of a volume image\n' % i for i in range(40000))
 
 # Set by setUpModule: the clients the engine classes below are built on.
@@ -46,53 +32,19 @@ CLIENTS = {}
 
 
 def setUpModule():
-    global ROOT, IMAGES, OUTSIDE, FIXTURE, CONF, MANAGER, SERVER, TRANSPORT
-    ROOT = os.path.realpath(tempfile.mkdtemp(prefix='cinder-accel-'))
-    IMAGES = os.path.join(ROOT, 'images')
+    global DAEMON, ROOT, IMAGES, OUTSIDE
+    DAEMON = inprocess.Daemon('cinder-accel').start()
+    ROOT, IMAGES = DAEMON.root, DAEMON.images
     OUTSIDE = os.path.join(ROOT, 'outside')
-    filters = os.path.join(ROOT, 'filters')
-    for d in (IMAGES, OUTSIDE, filters):
-        os.makedirs(d)
-    for name in os.listdir(FILTERS):
-        with open(os.path.join(FILTERS, name)) as f:
-            text = f.read()
-        with open(os.path.join(filters, name), 'w') as f:
-            f.write(text.replace(DEFAULT_DIR, IMAGES))
-    CONF = cfg.ConfigOpts()
-    FIXTURE = conffixture.ConfFixture(CONF, transport_url='fake:/')
-    FIXTURE.setUp()
-    CONF([], default_config_files=[])
-    CONF.set_override('control_exchange', 'test-%s' % HOST)
-    settings = Settings(allowed_dirs=(IMAGES,), filters_path=(filters,),
-                        drivers=('isal',))
-    backend = LocalBackend(settings)
-    MANAGER = TaskManager(backend, Journal(os.path.join(ROOT, 'tasks.db')),
-                          workers=2)
-    MANAGER.start()
-    TRANSPORT = rpcapi.get_transport(CONF)
-    assert type(TRANSPORT._driver).__name__ == 'FakeDriver'
-    endpoint = rpc_endpoint.AccelEndpoint(MANAGER, backend, settings,
-                                          max_wait=0.5)
-    SERVER = rpc_server.build(TRANSPORT, 'accel_daemon', HOST, [endpoint])
-    SERVER.start()
-    live = AccelClient(CONF, host=HOST)
-    live.wait_interval = 0.2
-    CLIENTS['live'] = live
-    # Nobody listens as ABSENT: every call times out.
-    CONF.set_override('timeout', 1, group='accel_daemon_client')
-    CLIENTS['absent'] = AccelClient(CONF, host=ABSENT)
-    CONF.clear_override('timeout', group='accel_daemon_client')
+    os.makedirs(OUTSIDE)
+    CLIENTS['live'] = DAEMON.client()
+    # Nobody listens as this host: every call times out.
+    CLIENTS['absent'] = DAEMON.client(host=DAEMON.host + '-absent',
+                                      timeout=1)
 
 
 def tearDownModule():
-    for client in CLIENTS.values():
-        client.close()
-    SERVER.stop()
-    MANAGER.stop(1.0)
-    SERVER.wait()
-    TRANSPORT.cleanup()
-    FIXTURE.cleanUp()
-    shutil.rmtree(ROOT, ignore_errors=True)
+    DAEMON.stop()
 
 
 class LiveAccel(integration.DaemonAccel):

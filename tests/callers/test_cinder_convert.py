@@ -10,89 +10,34 @@ included) rewritten to its temporary allowed directory.
 import inspect
 import os
 import shutil
-import subprocess
 import tempfile
 import unittest
 import uuid
 from unittest import mock
 
-from oslo_config import cfg
-from oslo_messaging import conffixture
 
 from cinder import exception as cinder_exception
 from cinder.image import image_utils
 
 from accel_daemon.client import AccelClient
-from accel_daemon.engine.settings import Settings
 from accel_daemon.integrations import cinder as integration
-from accel_daemon.manager.backends import LocalBackend
-from accel_daemon.manager.journal import Journal
-from accel_daemon.manager.tasks import TaskManager
-from accel_daemon.rpc import endpoint as rpc_endpoint
-from accel_daemon.rpc import rpcapi
-from accel_daemon.rpc import server as rpc_server
+from tests.callers import inprocess
 
-HOST = 'cinder-convert-%s' % uuid.uuid4().hex[:8]
-DEFAULT_DIR = '/var/lib/accel-daemon/images'
-FILTERS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                       os.pardir, os.pardir, 'filters')
-MIB = 1024 * 1024
+MIB = inprocess.MIB
+qemu_img = inprocess.qemu_img
+no_strings = inprocess.no_strings
 
 
 def setUpModule():
-    global ROOT, IMAGES, FIXTURE, CONF, MANAGER, SERVER, TRANSPORT, LIVE
-    ROOT = os.path.realpath(tempfile.mkdtemp(prefix='cinder-convert-'))
-    IMAGES = os.path.join(ROOT, 'images')
-    filters = os.path.join(ROOT, 'filters')
-    for d in (IMAGES, filters):
-        os.makedirs(d)
-    for name in os.listdir(FILTERS):
-        with open(os.path.join(FILTERS, name)) as f:
-            text = f.read()
-        with open(os.path.join(filters, name), 'w') as f:
-            f.write(text.replace(DEFAULT_DIR, IMAGES))
-    CONF = cfg.ConfigOpts()
-    FIXTURE = conffixture.ConfFixture(CONF, transport_url='fake:/')
-    FIXTURE.setUp()
-    CONF([], default_config_files=[])
-    CONF.set_override('control_exchange', 'test-%s' % HOST)
-    settings = Settings(allowed_dirs=(IMAGES,), filters_path=(filters,),
-                        drivers=('isal',))
-    backend = LocalBackend(settings)
-    MANAGER = TaskManager(backend, Journal(os.path.join(ROOT, 'tasks.db')),
-                          workers=2)
-    MANAGER.start()
-    TRANSPORT = rpcapi.get_transport(CONF)
-    assert type(TRANSPORT._driver).__name__ == 'FakeDriver'
-    endpoint = rpc_endpoint.AccelEndpoint(MANAGER, backend, settings,
-                                          max_wait=0.5)
-    SERVER = rpc_server.build(TRANSPORT, 'accel_daemon', HOST, [endpoint])
-    SERVER.start()
-    LIVE = AccelClient(CONF, host=HOST)
-    LIVE.wait_interval = 0.2
+    global DAEMON, HOST, ROOT, IMAGES, CONF, LIVE
+    DAEMON = inprocess.Daemon('cinder-convert').start()
+    HOST, ROOT, IMAGES, CONF = (DAEMON.host, DAEMON.root, DAEMON.images,
+                                DAEMON.conf)
+    LIVE = DAEMON.client()
 
 
 def tearDownModule():
-    LIVE.close()
-    SERVER.stop()
-    MANAGER.stop(1.0)
-    SERVER.wait()
-    TRANSPORT.cleanup()
-    FIXTURE.cleanUp()
-    shutil.rmtree(ROOT, ignore_errors=True)
-
-
-def qemu_img(*args):
-    return subprocess.run(('qemu-img',) + args, capture_output=True,
-                          text=True, check=False)
-
-
-def no_strings(sig):
-    """The signature without annotations (ours are strings: PEP 563)."""
-    return sig.replace(
-        parameters=[p.replace(annotation=p.empty)
-                    for p in sig.parameters.values()],
-        return_annotation=sig.empty)
+    DAEMON.stop()
 
 
 class Base(unittest.TestCase):
