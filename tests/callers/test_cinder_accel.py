@@ -23,7 +23,7 @@ from cinder.image import accelerator
 from accel_daemon import exception
 from accel_daemon.client import AccelClient
 from accel_daemon.integrations import cinder as integration
-from tests.callers import inprocess
+import inprocess
 
 DATA = b''.join(b'block %08d of a volume image\n' % i for i in range(40000))
 

@@ -21,7 +21,7 @@ from cinder.image import image_utils
 
 from accel_daemon.client import AccelClient
 from accel_daemon.integrations import cinder as integration
-from tests.callers import inprocess
+import inprocess
 
 MIB = inprocess.MIB
 qemu_img = inprocess.qemu_img

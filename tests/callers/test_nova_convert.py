@@ -25,7 +25,7 @@ from nova.virt import images
 from accel_daemon import exception
 from accel_daemon.client import AccelClient
 from accel_daemon.integrations import nova as integration
-from tests.callers import inprocess
+import inprocess
 
 MIB = inprocess.MIB
 qemu_img = inprocess.qemu_img
