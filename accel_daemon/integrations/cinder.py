@@ -216,8 +216,6 @@ class DaemonAccel(_AccelBase):
 
 
 # -- convert_image -----------------------------------------------------------
-# The daemon's refusals of an image: cinder's ImageUnacceptable.
-_REFUSALS = (exception.ImageInspectionError, exception.SizeLimitExceeded)
 
 # cinder's own image_utils.convert_image, kept before anything replaces it
 # (``install()``); resolved on first use otherwise.
@@ -334,7 +332,7 @@ def _convert_error(err: exception.AccelError, args: dict[str, Any],
     from cinder import exception as cinder_exception
     from oslo_concurrency import processutils
     error: Exception
-    if isinstance(err, _REFUSALS):
+    if isinstance(err, common.REFUSALS):
         error = cinder_exception.ImageUnacceptable(
             image_id=image_id or 'internal image', reason=str(err))
     else:

@@ -16,7 +16,12 @@ import time
 import weakref
 from typing import Any, Optional
 
+from accel_daemon import exception
 from accel_daemon.client import AccelClient
+
+# The daemon's refusals of an image (not failures of a run): both callers
+# answer them with their own ImageUnacceptable.
+REFUSALS = (exception.ImageInspectionError, exception.SizeLimitExceeded)
 
 Caps = Optional[dict[str, Any]]
 

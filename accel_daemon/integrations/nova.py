@@ -75,8 +75,6 @@ def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
     return {GROUP: OPTS}
 
 
-# The daemon's refusals of an image: nova's ImageUnacceptable.
-_REFUSALS = (exception.ImageInspectionError, exception.SizeLimitExceeded)
 
 _lock = threading.Lock()
 _shared_client: AccelClient | None = None
@@ -201,7 +199,7 @@ def _convert_error(err: exception.AccelError, args: dict[str, Any],
     ``_convert_image`` does when ``wrap``."""
     from nova import exception as nova_exception
     error: Exception
-    if isinstance(err, _REFUSALS):
+    if isinstance(err, common.REFUSALS):
         error = nova_exception.ImageUnacceptable(image_id=args['src'],
                                                  reason=str(err))
     elif wrap:
