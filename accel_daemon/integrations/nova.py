@@ -75,7 +75,6 @@ def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
     return {GROUP: OPTS}
 
 
-
 _lock = threading.Lock()
 _shared_client: AccelClient | None = None
 # nova's own functions, kept before anything replaces them; resolved on
