@@ -84,8 +84,11 @@ class AccelImage(cliff_app.App):
     """accel-image: convert, compress and decompress disk images through
     accel-daemon."""
 
+    NAME = NAME
+
     def __init__(self, conf: cfg.ConfigOpts | None = None,
-                 transport: Any = None) -> None:
+                 transport: Any = None, backend: Any = None,
+                 started: float | None = None) -> None:
         super().__init__(
             description=(self.__doc__ or '').split('\n\n')[0].strip(),
             version=version(),
@@ -93,9 +96,10 @@ class AccelImage(cliff_app.App):
             deferred_help=True)
         self._conf = conf
         self._transport = transport
-        self._backend: Any = None
+        self._backend: Any = backend
+        self._own_backend = backend is None
         self.conf: cfg.ConfigOpts | None = None
-        self._started = STARTED
+        self._started = time.monotonic() if started is None else started
         self._answered = False
         # What the command raised (cliff's run_subcommand only logs it).
         self.errors: list[BaseException] = []
@@ -233,8 +237,10 @@ class AccelImage(cliff_app.App):
                  err: BaseException | None) -> None:
         if err is not None:
             self.errors.append(err)
-        backend, self._backend = self._backend, None
-        if backend is not None:
+        backend = self._backend
+        if self._own_backend:
+            self._backend = None
+        if backend is not None and self._own_backend:
             with broker.Deadline(self.options.timeout, 'the message broker',
                                  lambda line: say(self.stderr, line)):
                 backend.close()
@@ -320,11 +326,13 @@ def _quiet_stdout() -> None:
 
 def main(argv: list[str] | None = None, conf: cfg.ConfigOpts | None = None,
          transport: Any = None, stdout: TextIO | None = None,
-         stderr: TextIO | None = None) -> int:
-    """Run accel-image; returns its exit status.  ``conf`` and
-    ``transport`` are for tests (an in-process daemon on ``fake://``)."""
+         stderr: TextIO | None = None, backend: Any = None) -> int:
+    """Run accel-image; returns its exit status.  ``conf``, ``transport``
+    and ``backend`` are for tests (an in-process daemon on ``fake://``, or
+    a stand-in for the daemon)."""
     _threading_backend()
-    app = AccelImage(conf=conf, transport=transport)
+    app = AccelImage(conf=conf, transport=transport, backend=backend,
+                     started=STARTED if argv is None else None)
     app.stdout = stdout or sys.stdout
     app.stderr = stderr or sys.stderr
     err = app.stderr
@@ -335,7 +343,8 @@ def main(argv: list[str] | None = None, conf: cfg.ConfigOpts | None = None,
         say(err, 'error: %s' % e)
         return EXIT_USAGE
     except BrokenPipeError:
-        _quiet_stdout()
+        if app.stdout is sys.stdout:
+            _quiet_stdout()
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         say(err, 'interrupted')

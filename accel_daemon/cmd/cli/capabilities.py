@@ -10,8 +10,11 @@ from accel_daemon.cmd.cli import base
 
 
 class Capabilities(base.Lister):
-    """List the compression drivers: available or not, hardware or
-    software, the format each writes, and the version found."""
+    """List the compression drivers.
+
+    For each: available or missing (and why), hardware or software, the
+    format it writes, its version, and whether it is the default.
+    """
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
         caps = self.backend().capabilities()
@@ -36,8 +39,7 @@ class CapabilitiesTools(base.Lister):
 
 
 class CapabilitiesShow(base.ShowOne):
-    """Show the default driver, hardware acceleration, the image formats
-    and the allowed directories."""
+    """Show the default driver, image formats and allowed directories."""
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
         caps = self.backend().capabilities()
@@ -51,8 +53,10 @@ class CapabilitiesShow(base.ShowOne):
 
 
 class Info(base.ShowOne):
-    """Inspect an image (its format must match the one claimed), then show
-    what qemu-img info reports."""
+    """Inspect an image, then show what qemu-img info reports.
+
+    The image must be of the format it claims (--image-format).
+    """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)

@@ -93,13 +93,12 @@ class Copy(TaskOperation):
 
 
 class Upload(TaskOperation):
-    """Convert, then compress (cinder's upload to a compressed image)."""
+    """Convert, then compress (cinder's upload)."""
     operation = 'upload'
 
 
 class Download(TaskOperation):
-    """Decompress, inspect, convert (cinder's volume from a compressed
-    image)."""
+    """Decompress, inspect, convert (cinder's download)."""
     operation = 'download'
 
 
@@ -150,8 +149,11 @@ class TasksShow(_OneTask):
 
 
 class TasksWait(_OneTask):
-    """Wait for a task, with a progress bar; show it once finished (a
-    failed task's error is the command's)."""
+    """Wait for a task; show it once finished.
+
+    A progress bar is shown meanwhile; a failed task's error is the
+    command's.
+    """
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
         backend = self.backend()
@@ -162,7 +164,7 @@ class TasksWait(_OneTask):
 
 
 class TasksCancel(_OneTask):
-    """Ask the daemon to cancel a task; show the task it answers."""
+    """Cancel a task; show the task the daemon answers."""
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
         backend = self.backend()
