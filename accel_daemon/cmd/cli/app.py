@@ -25,10 +25,10 @@ from oslo_config import cfg
 
 from accel_daemon import exception
 from accel_daemon.cmd.cli import broker
+from accel_daemon.cmd.cli import process_started
 
-# The clock of --timeout starts when the command line starts (this module
-# is the first the console script imports).
-STARTED = time.monotonic()
+# The clock of --timeout starts when the process started.
+STARTED = process_started()
 NAME = 'accel-image'
 NAMESPACE = 'accel_daemon.cli'
 EXIT_ERROR = 1
@@ -191,7 +191,9 @@ class AccelImage(cliff_app.App):
         timeout = self.options.timeout
         if self._answered:
             return timeout
-        return max(0.1, timeout - (time.monotonic() - self._started))
+        # Less a moment to say so and exit (about 0.2 s: the interpreter's
+        # shutdown).
+        return max(0.05, timeout - (time.monotonic() - self._started) - 0.3)
 
     @contextlib.contextmanager
     def guard(self, what: str) -> Iterator[None]:
@@ -228,7 +230,8 @@ class AccelImage(cliff_app.App):
                              lambda line: say(self.stderr, line)):
             client = client_mod.AccelClient(conf, host=self.options.host,
                                             transport=self._transport)
-        step = max(0.1, min(1.0, timeout / 4))
+        # How often a waiting command asks for the task's progress.
+        step = max(0.1, min(0.25, timeout / 4))
         remote = base.Remote(client, self.guard, step,
                              'the daemon on host %s' % client.host)
         return remote

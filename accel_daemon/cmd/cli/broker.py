@@ -67,7 +67,7 @@ def check(hosts: list[tuple[str, int]], timeout: float,
     deadline = start + timeout
     error: OSError | None = None
     tried = 0
-    while tried < attempts:
+    while tried < attempts and deadline - clock() > 0:
         tried += 1
         for host, port in hosts:
             left = deadline - clock()
@@ -79,9 +79,8 @@ def check(hosts: list[tuple[str, int]], timeout: float,
             except OSError as e:
                 error = e
         left = deadline - clock()
-        if tried >= attempts or left <= 0:
-            break
-        sleep(min(interval, left))
+        if tried < attempts and left > 0:
+            sleep(min(interval, left))
     where = ', '.join('%s:%d' % hp for hp in hosts)
     raise exception.ServiceUnavailable(
         reason='cannot reach the message broker at %s: %s (%d attempt%s in '
