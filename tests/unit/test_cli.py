@@ -476,3 +476,29 @@ def test_broker_down_fails_within_the_timeout(tmp_path):
     assert 'cannot reach the message broker at 127.0.0.1:' in err
     assert err.count('\n') == 1
     assert elapsed < 3.0, elapsed
+
+
+class NoisyEngine(StubEngine):
+    """Logs a warning, as the engine or a library may, then fails."""
+
+    def compress(self, progress, src, dst, **kwargs):
+        import logging
+        logging.getLogger('oslo_messaging.test').warning('retrying...')
+        raise exception.NoSpace(path=dst)
+
+
+def test_library_log_lines_stay_quiet_unless_verbose():
+    rc, _, err = local(['compress', '/a', '/b'], NoisyEngine())
+    assert rc == 1
+    assert err == ('accel-image: NoSpace: No space left on the device '
+                   'holding /b\n')
+    rc, _, err = local(['-v', 'compress', '/a', '/b'], NoisyEngine())
+    assert 'retrying...' in err
+    assert err.splitlines()[-1].startswith('accel-image: NoSpace: ')
+
+
+def test_debug_shows_the_traceback():
+    rc, _, err = local(['compress', '/a', '/b', '--debug'], NoisyEngine())
+    assert rc == 1
+    assert 'Traceback (most recent call last)' in err
+    assert err.splitlines()[-1].startswith('accel-image: NoSpace: ')

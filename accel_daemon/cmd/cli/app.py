@@ -37,11 +37,6 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 DEFAULT_TIMEOUT = 20.0
 FORMATS = ('table', 'json', 'value', 'yaml', 'csv', 'shell')
-# Third-party libraries log their retries and warnings on stderr; a command
-# line says one thing per error (--debug or -v shows them).
-_QUIET_LOGGERS = ('oslo_messaging', 'oslo.messaging', 'kombu', 'amqp',
-                  'oslo_privsep', 'oslo.privsep', 'oslo_concurrency',
-                  'stevedore', 'oslo_service', 'cliff', 'urllib3')
 
 
 def version() -> str:
@@ -101,6 +96,8 @@ class AccelImage(cliff_app.App):
         self.conf: cfg.ConfigOpts | None = None
         self._started = time.monotonic() if started is None else started
         self._answered = False
+        self._log_state: tuple[int, logging.Handler | None] = (
+            logging.getLogger().level, None)
         # What the command raised (cliff's run_subcommand only logs it).
         self.errors: list[BaseException] = []
 
@@ -158,21 +155,32 @@ class AccelImage(cliff_app.App):
         return p
 
     def configure_logging(self) -> None:
-        level = logging.WARNING
+        """No log lines by default: an error is the command's one line,
+        and the libraries' retries and warnings would add to it.  -v shows
+        INFO and up, -vv or --debug everything."""
         if self.options.debug or self.options.verbose_level > 1:
             level = logging.DEBUG
         elif self.options.verbose_level == 1:
             level = logging.INFO
+        else:
+            level = logging.CRITICAL + 1
         root = logging.getLogger()
+        self._log_state = (root.level, None)
         root.setLevel(level)
         handler = logging.StreamHandler(self.stderr)
         handler.setFormatter(logging.Formatter(
             '%s: %%(levelname)s %%(name)s: %%(message)s' % NAME))
+        handler.setLevel(level)
         root.addHandler(handler)
-        quiet = level == logging.WARNING
-        for name in _QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(
-                logging.CRITICAL + 1 if quiet else level)
+        self._log_state = (self._log_state[0], handler)
+
+    def unconfigure_logging(self) -> None:
+        """Undo ``configure_logging`` (main() run in-process, by tests)."""
+        level, handler = self._log_state
+        root = logging.getLogger()
+        root.setLevel(level)
+        if handler is not None:
+            root.removeHandler(handler)
 
     # -- running --------------------------------------------------------
     def initialize_app(self, argv: list[str]) -> None:
@@ -352,6 +360,8 @@ def main(argv: list[str] | None = None, conf: cfg.ConfigOpts | None = None,
     except KeyboardInterrupt:
         say(err, 'interrupted')
         return EXIT_INTERRUPTED
+    finally:
+        app.unconfigure_logging()
 
 
 def run(app: AccelImage, argv: list[str]) -> int:
