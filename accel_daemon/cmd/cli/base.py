@@ -50,7 +50,7 @@ def percent(prog: dict | None) -> str:
     return '%d%%' % min(100, 100 * prog['done'] // prog['total'])
 
 
-class TimeColumn(cliff_columns.FormattableColumn[Any]):
+class TimeColumn(cliff_columns.FormattableColumn):
     """An epoch time, shown (and given to JSON) as ISO-8601 UTC."""
 
     def human_readable(self) -> str:
@@ -60,7 +60,7 @@ class TimeColumn(cliff_columns.FormattableColumn[Any]):
         return iso(self._value)
 
 
-class ProgressColumn(cliff_columns.FormattableColumn[Any]):
+class ProgressColumn(cliff_columns.FormattableColumn):
     """``{'done', 'total'}``: a percentage for people, the dict for JSON."""
 
     def human_readable(self) -> str:
@@ -77,7 +77,7 @@ class ShortProgressColumn(ProgressColumn):
         return percent(self._value)
 
 
-class ErrorColumn(cliff_columns.FormattableColumn[Any]):
+class ErrorColumn(cliff_columns.FormattableColumn):
     """A task's error dict: ``Type: message`` for people."""
 
     def human_readable(self) -> str:
@@ -87,7 +87,7 @@ class ErrorColumn(cliff_columns.FormattableColumn[Any]):
                            self._value.get('message', ''))
 
 
-class MappingColumn(cliff_columns.FormattableColumn[Any]):
+class MappingColumn(cliff_columns.FormattableColumn):
     """A dict (or list): one ``key=value`` per line for people."""
 
     def human_readable(self) -> str:
