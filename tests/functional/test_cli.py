@@ -322,7 +322,9 @@ def _conf(tmp_path, port):
     return str(path)
 
 
-@pytest.mark.parametrize('timeout', [None, '1.5'])
+# 4 s: more than the command's own start-up (imports, configuration) takes
+# on a loaded machine, which no timeout can undercut.
+@pytest.mark.parametrize('timeout', [None, '4'])
 def test_broker_down_fails_within_the_timeout(tmp_path, timeout):
     args = ('--timeout', timeout) if timeout else ()
     started = time.monotonic()
@@ -367,7 +369,7 @@ def test_silent_broker_fails_within_the_timeout(tmp_path):
     try:
         started = time.monotonic()
         rc, out, err = cli(_conf(tmp_path, listener.getsockname()[1]),
-                           '--timeout', '3', 'capabilities', timeout=60)
+                           '--timeout', '4', 'capabilities', timeout=60)
         elapsed = time.monotonic() - started
     finally:
         stop.set()
@@ -377,9 +379,9 @@ def test_silent_broker_fails_within_the_timeout(tmp_path):
         listener.close()
     assert rc == 1 and out == '' and one_line(err), err
     assert err.startswith('accel-image: ServiceUnavailable: no answer from ')
-    assert 'within 3 s' in err
-    print('silent broker (--timeout 3): failed in %.2f s' % elapsed)
-    assert 2.0 < elapsed < 3.5, elapsed
+    assert 'within 4 s' in err
+    print('silent broker (--timeout 4): failed in %.2f s' % elapsed)
+    assert 3.0 < elapsed < 4.5, elapsed
 
 
 # --- broken pipe -------------------------------------------------------------
