@@ -1,43 +1,72 @@
 #!/bin/bash
-# devstack plugin for accel-daemon: installs it with the project's own
-# tools/install.sh (service user, venv, /etc/accel-daemon, filters, sudoers),
-# points it at cinder's and nova's image directories and the devstack
-# broker, and runs it as the unprivileged service user.
+# devstack plugin for accel-daemon (doc/source/devstack.rst).
+#
+# - install: accel-daemon into devstack's Python environment with
+#   setup_develop (upper constraints applied), so that cinder-volume and
+#   nova-compute can import accel_daemon.client; then tools/install.sh for
+#   the privileged parts: the service and tool users, the daemon's own
+#   root-owned venv (the sudoers rule names its privsep helper),
+#   /etc/accel-daemon with the filters, and the sudoers rule.
+# - post-config: the daemon's configuration, and [accel_daemon_client] in
+#   $CINDER_CONF and $NOVA_CONF (devstack copies $NOVA_CONF over
+#   $NOVA_CPU_CONF when it starts nova-compute, after this phase).
+# - extra: run_process as the service user.  unstack: stop_process.
+# - clean: removes what install made, users excepted.
+#
+# It never creates or changes another service's directories.
 
 function install_accel_daemon {
-    # tools/install.sh installs the Debian packages from bindep.txt
-    # (qemu-utils, pigz, isal, zstd, sudo) and everything else.
-    sudo ACCEL_USER="$ACCEL_DAEMON_USER" ACCEL_PREFIX="$ACCEL_DAEMON_PREFIX" \
+    setup_develop "$ACCEL_DAEMON_DIR"
+    local -a constraints=()
+    if [[ -f ${REQUIREMENTS_DIR:-}/upper-constraints.txt ]]; then
+        constraints=("PIP_CONSTRAINT=$REQUIREMENTS_DIR/upper-constraints.txt")
+    fi
+    sudo "${constraints[@]}" \
+        ACCEL_USER="$ACCEL_DAEMON_USER" ACCEL_PREFIX="$ACCEL_DAEMON_PREFIX" \
         ACCEL_ALLOWED_DIRS="$ACCEL_DAEMON_ALLOWED_DIRS" \
         ACCEL_TRANSPORT_URL="$(get_transport_url)" \
         bash "$ACCEL_DAEMON_DIR/tools/install.sh"
+    # The daemon's own allowed directory (install.sh makes it only when
+    # the allowed directories are left at its default).
+    sudo install -d -m 0750 -o "$ACCEL_DAEMON_USER" -g "$ACCEL_DAEMON_USER" \
+        "$ACCEL_DAEMON_STATE_DIR/images"
 }
 
+# The daemon's config is root:$ACCEL_DAEMON_USER 0640, which devstack's
+# user cannot read: edit a private copy with iniset, then put it back.
 function configure_accel_daemon {
-    local dir
-    # The directories must exist for the daemon's path checks.
-    for dir in ${ACCEL_DAEMON_ALLOWED_DIRS//,/ }; do
-        sudo install -d "$dir"
-    done
-    iniset -sudo "$ACCEL_DAEMON_CONF" DEFAULT transport_url "$(get_transport_url)"
-    iniset -sudo "$ACCEL_DAEMON_CONF" DEFAULT debug "$ENABLE_DEBUG_LOG_LEVEL"
-    iniset -sudo "$ACCEL_DAEMON_CONF" accel_daemon allowed_dirs "$ACCEL_DAEMON_ALLOWED_DIRS"
-    iniset -sudo "$ACCEL_DAEMON_CONF" accel_daemon filters_path "$ACCEL_DAEMON_CONF_DIR/rootwrap.d"
-    iniset -sudo "$ACCEL_DAEMON_CONF" accel_daemon state_dir "$ACCEL_DAEMON_STATE_DIR/state"
-    iniset -sudo "$ACCEL_DAEMON_CONF" compression drivers "$ACCEL_DAEMON_DRIVERS"
-    # Let cinder and nova find the daemon with their own configuration.
-    if is_service_enabled cinder && [ -n "${CINDER_CONF:-}" ]; then
-        iniset "$CINDER_CONF" accel_daemon_client host "$(hostname)"
+    local tmp
+    tmp=$(mktemp)
+    # shellcheck disable=SC2024  # the copy is ours; only reading needs root
+    sudo cat "$ACCEL_DAEMON_CONF" >"$tmp"
+    iniset "$tmp" DEFAULT transport_url "$(get_transport_url)"
+    iniset "$tmp" DEFAULT debug "${ENABLE_DEBUG_LOG_LEVEL:-True}"
+    iniset "$tmp" accel_daemon allowed_dirs "$ACCEL_DAEMON_ALLOWED_DIRS"
+    iniset "$tmp" accel_daemon_rpc host "$ACCEL_DAEMON_HOST"
+    iniset "$tmp" compression drivers "$ACCEL_DAEMON_DRIVERS"
+    sudo install -m 0640 -o root -g "$ACCEL_DAEMON_USER" "$tmp" \
+        "$ACCEL_DAEMON_CONF"
+    rm -f "$tmp"
+
+    # The clients: [accel_daemon_client] where each service reads it.
+    # nova-compute reads $NOVA_CPU_CONF, which devstack makes from
+    # $NOVA_CONF after this phase, so nova's setting goes into $NOVA_CONF.
+    if is_service_enabled c-vol; then
+        _accel_daemon_client_conf "$CINDER_CONF"
     fi
-    if is_service_enabled n-cpu && [ -n "${NOVA_CPU_CONF:-}" ]; then
-        iniset "$NOVA_CPU_CONF" accel_daemon_client host "$(hostname)"
+    if is_service_enabled n-cpu; then
+        _accel_daemon_client_conf "$NOVA_CONF"
     fi
+}
+
+function _accel_daemon_client_conf {
+    iniset "$1" accel_daemon_client enabled True
+    iniset "$1" accel_daemon_client host "$ACCEL_DAEMON_HOST"
 }
 
 function start_accel_daemon {
-    # run_process SERVICE COMMAND [GROUP] [USER]: the main process runs as
-    # the service user; only its privsep helper (started through the
-    # sudoers rule tools/install.sh installed) runs as root.
+    # run_process SERVICE COMMAND [GROUP] [USER]: only the privsep helper,
+    # started through the sudoers rule, runs as root.
     run_process accel-daemon \
         "$ACCEL_DAEMON_PREFIX/venv/bin/accel-daemon --config-file $ACCEL_DAEMON_CONF" \
         "" "$ACCEL_DAEMON_USER"
@@ -48,8 +77,9 @@ function stop_accel_daemon {
 }
 
 function cleanup_accel_daemon {
+    pip_uninstall accel-daemon
     sudo rm -rf "$ACCEL_DAEMON_PREFIX" "$ACCEL_DAEMON_CONF_DIR" \
-        "$ACCEL_DAEMON_STATE_DIR/state" /etc/sudoers.d/accel-daemon
+        "$ACCEL_DAEMON_STATE_DIR" /etc/sudoers.d/accel-daemon
 }
 
 if is_service_enabled accel-daemon; then
