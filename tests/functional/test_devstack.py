@@ -51,8 +51,11 @@ CLIENT_CALL = '''
 import json, sys
 from oslo_config import cfg
 from accel_daemon.client import AccelClient
+from accel_daemon.conf import rpc
 conf = cfg.ConfigOpts()
+rpc.register_client_opts(conf)
 conf([], project='devstack-test', default_config_files=[sys.argv[1]])
+conf.set_override('timeout', 10, group='accel_daemon_client')
 with AccelClient(conf) as client:
     print(json.dumps(client.capabilities()))
 '''
@@ -328,17 +331,16 @@ def test_plugin_phases(stack):
     stack.phase('stack', 'extra')
     pid = stack.pid()
     assert _alive(pid), stack.daemon_log()
-    want = ['--config-file', '/etc/accel-daemon/accel-daemon.conf', '']
+    want = [os.path.join(stack.prefix, 'venv', 'bin', 'accel-daemon'),
+            '--config-file', '/etc/accel-daemon/accel-daemon.conf', '']
     deadline = time.monotonic() + 10
-    while True:  # until run_process's subshell has exec'd the daemon
+    while True:  # until setpriv and env have exec'd the daemon's Python
         with open('/proc/%d/cmdline' % pid) as f:
             cmdline = f.read().split('\0')
-        if cmdline[-3:] == want or time.monotonic() > deadline:
+        if len(cmdline) == 5 and cmdline[1:] == want:
             break
+        assert time.monotonic() < deadline, cmdline
         time.sleep(0.1)
-    assert cmdline[-3:] == want, cmdline
-    assert cmdline[-4] == os.path.join(stack.prefix, 'venv', 'bin',
-                                       'accel-daemon')
     with open('/proc/%d/status' % pid) as f:
         uids = next(line for line in f if line.startswith('Uid:')).split()
     service_uid = ns.run(['id', '-u', SERVICE_USER]).stdout.strip()
