@@ -48,8 +48,8 @@ start_service() {
         /opt/accel-daemon/venv/bin/accel-daemon --config-file "$ETC_CONF" \
         >"$DEMO_DIR/daemon.log" 2>&1 &
     DAEMON_PID=$!
-    local i
-    for i in $(seq 1 60); do
+    local _
+    for _ in $(seq 1 60); do
         if "$ROOT/.venv/bin/accel-image" --config-file "$CONF" \
                 capabilities >/dev/null 2>&1; then
             log "accel-daemon (pid $DAEMON_PID) answers over RPC"
