@@ -121,11 +121,14 @@ class Namespace:
     def cmd(self, argv: list[str]) -> list[str]:
         return ['nsenter', '-t', str(self.holder.pid), '-m', '--'] + argv
 
-    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
-        kw.setdefault('check', True)
+    def run(self, argv: list[str], check: bool = True,
+            **kw) -> subprocess.CompletedProcess:
         kw.setdefault('capture_output', True)
         kw.setdefault('text', True)
-        return subprocess.run(self.cmd(argv), **kw)
+        r = subprocess.run(self.cmd(argv), **kw)
+        assert r.returncode == 0 or not check, '%s: exit %d\n%s%s' % (
+            ' '.join(argv), r.returncode, r.stdout, r.stderr)
+        return r
 
     def exists(self, path: str) -> bool:
         return self.run(['test', '-e', path], check=False).returncode == 0
