@@ -24,7 +24,7 @@ function install_accel_daemon {
     sudo "${constraints[@]}" \
         ACCEL_USER="$ACCEL_DAEMON_USER" ACCEL_PREFIX="$ACCEL_DAEMON_PREFIX" \
         ACCEL_ALLOWED_DIRS="$ACCEL_DAEMON_ALLOWED_DIRS" \
-        ACCEL_TRANSPORT_URL="$(get_transport_url)" \
+        ACCEL_TRANSPORT_URL="$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")" \
         bash "$ACCEL_DAEMON_DIR/tools/install.sh"
     # The daemon's own allowed directory (install.sh makes it only when
     # the allowed directories are left at its default).
@@ -39,7 +39,8 @@ function configure_accel_daemon {
     tmp=$(mktemp)
     # shellcheck disable=SC2024  # the copy is ours; only reading needs root
     sudo cat "$ACCEL_DAEMON_CONF" >"$tmp"
-    iniset "$tmp" DEFAULT transport_url "$(get_transport_url)"
+    iniset "$tmp" DEFAULT transport_url \
+        "$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")"
     iniset "$tmp" DEFAULT debug "${ENABLE_DEBUG_LOG_LEVEL:-True}"
     iniset "$tmp" accel_daemon allowed_dirs "$ACCEL_DAEMON_ALLOWED_DIRS"
     iniset "$tmp" accel_daemon_rpc host "$ACCEL_DAEMON_HOST"
@@ -56,6 +57,16 @@ function configure_accel_daemon {
     fi
     if is_service_enabled n-cpu; then
         _accel_daemon_client_conf "$NOVA_CONF"
+        # With cells v2 "superconductor" (devstack's default), devstack
+        # points nova-compute's transport_url at the cell's virtual host,
+        # and the client calls the daemon over the caller's transport.
+        if [[ ${CELLSV2_SETUP:-superconductor} != singleconductor &&
+            ${ACCEL_DAEMON_RPC_VHOST:-} != nova_cell* ]]; then
+            echo "WARNING: accel-daemon: nova-compute talks to RabbitMQ" \
+                "virtual host nova_cell1 (CELLSV2_SETUP=superconductor)," \
+                "the daemon to '${ACCEL_DAEMON_RPC_VHOST:-/}': nova-compute" \
+                "cannot reach it; see doc/source/devstack.rst" >&2
+        fi
     fi
 }
 

@@ -207,18 +207,22 @@ class _Stack:
             'RABBIT_USERID': 'guest', 'RABBIT_PASSWORD': 'guest',
             'RABBIT_HOST': '127.0.0.1',
             'ENABLE_DEBUG_LOG_LEVEL': 'True',
+            # nova-compute on devstack's default virtual host, as the
+            # daemon (see the warning checked below).
+            'CELLSV2_SETUP': 'singleconductor',
             'PIP_DISABLE_PIP_VERSION_CHECK': '1',
         }
         self.log = os.path.join(tmp, 'logs', 'accel-daemon.log')
 
-    def phase(self, *args: str) -> str:
+    def phase(self, *args: str,
+              **env: str) -> subprocess.CompletedProcess:
         started = time.monotonic()
-        r = self.ns.run(['bash', RUN_PHASE, *args], env=self.env,
-                        check=False, timeout=600)
+        r = self.ns.run(['bash', RUN_PHASE, *args],
+                        env={**self.env, **env}, check=False, timeout=600)
         assert r.returncode == 0, '%s failed:\n%s\n%s' % (
             ' '.join(args), r.stdout[-4000:], r.stderr[-4000:])
         print('%s: %.1f s' % (' '.join(args), time.monotonic() - started))
-        return r.stdout
+        return r
 
     def daemon_log(self) -> str:
         try:
@@ -310,7 +314,8 @@ def test_plugin_phases(stack):
     assert host_etc == [os.path.exists(p) for p in HOST_PATHS]
 
     # -- stack post-config
-    stack.phase('stack', 'post-config')
+    r = stack.phase('stack', 'post-config')
+    assert 'WARNING' not in r.stderr
     assert _owner_mode(stack.conversion) == cinder_dir
     conf = ns.run(['cat', '/etc/accel-daemon/accel-daemon.conf']).stdout
     conf_file = os.path.join(stack.tmp, 'daemon.conf')
@@ -329,6 +334,16 @@ def test_plugin_phases(stack):
     shutil.copyfile(stack.nova_conf, stack.nova_cpu_conf)
     nova_cpu = _ini(stack.nova_cpu_conf)['accel_daemon_client']
     assert nova_cpu == {'enabled': 'True', 'host': stack.host}
+    # Again, with nova-compute on the cell's virtual host (devstack's
+    # default): the same files, and a warning that nova cannot reach it.
+    with open(stack.cinder_conf) as f:
+        cinder_text = f.read()
+    r = stack.phase('stack', 'post-config', CELLSV2_SETUP='superconductor')
+    assert 'nova-compute cannot reach it' in r.stderr
+    with open(stack.cinder_conf) as f:
+        assert f.read() == cinder_text
+    assert ns.run(['cat', '/etc/accel-daemon/accel-daemon.conf']).stdout \
+        == conf
 
     # -- stack extra
     stack.phase('stack', 'extra')
