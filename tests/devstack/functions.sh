@@ -9,8 +9,10 @@
 #   inc/python        6b9a5646225a766f6240e2a1a93a92b82e088aa0
 #                     (pip_install, pip_uninstall, setup_develop)
 #   inc/ini-config    93a385c0056ffecc3f947de0f616b542b03827e2 (iniset)
-#   lib/rpc_backend   get_transport_url [virtual-host]
-#   stack.sh          echo_summary MESSAGE
+# and, with no stored commit of devstack at hand that has them, by their
+# use: get_transport_url [VIRTUAL_HOST] (lib/rpc_backend; out-of-tree RPC
+# backend plugins override it with that signature) and echo_summary
+# MESSAGE (stack.sh).
 # The implementations are this project's own and do the real thing on this
 # machine: run_process starts the command as the given user in the
 # background and writes a pid file (devstack runs a systemd unit
