@@ -277,12 +277,15 @@ def _alive(pid: int) -> bool:
 def test_plugin_phases(stack):
     ns = stack.ns
     # cinder's conversion directory, as cinder-volume makes it: its own.
+    cinder_user = CINDER_USER
+    if ns.run(['getent', 'passwd', cinder_user], check=False).returncode == 0:
+        cinder_user += '-' + uuid.uuid4().hex[:8]  # the host has a cinder
     ns.run(['useradd', '--system', '--user-group', '--no-create-home',
-            '--shell', '/usr/sbin/nologin', CINDER_USER])
+            '--shell', '/usr/sbin/nologin', cinder_user])
     ns.run(['install', '-d', '-m', '0755', os.path.dirname(stack.conversion)])
-    ns.run(['install', '-d', '-m', '0750', '-o', CINDER_USER, '-g',
-            CINDER_USER, stack.conversion])
-    ns.run(['install', '-m', '0640', '-o', CINDER_USER, '-g', CINDER_USER,
+    ns.run(['install', '-d', '-m', '0750', '-o', cinder_user, '-g',
+            cinder_user, stack.conversion])
+    ns.run(['install', '-m', '0640', '-o', cinder_user, '-g', cinder_user,
             '/dev/null', os.path.join(stack.conversion, 'volume-1.tmp')])
     cinder_dir = _owner_mode(stack.conversion)
     assert cinder_dir[2] == 0o750 and cinder_dir[0] != 0
