@@ -427,3 +427,75 @@ def test_plugin_phases(stack):
                     'group-', 'shadow-', 'gshadow-', 'subuid', 'subgid',
                     'subuid-', 'subgid-', '.pwd.lock'}
     assert left <= allowed_left, sorted(left - allowed_left)
+
+
+def _harness(script: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ['bash', '-c', 'source "$1"; ' + script, 'harness',
+         os.path.join(ROOT, 'tests', 'devstack', 'functions.sh')],
+        env={'PATH': os.environ['PATH'], **env}, capture_output=True,
+        text=True)
+
+
+def test_harness_iniset_behaves_like_devstacks(tmp_path):
+    conf = tmp_path / 'a.conf'
+    conf.write_text('# top\n[DEFAULT]\ndebug = False\n\n[other]\nx = 1\n')
+    r = _harness('iniset "$F" DEFAULT debug True && '
+                 'iniset "$F" DEFAULT new v && '
+                 'iniset "$F" fresh key "a b" && '
+                 'iniset "$F" "" key ignored', F=str(conf))
+    assert r.returncode == 0, r.stderr
+    # replaced in place, added right under the section line, new section
+    # at the end, an empty section name ignored
+    assert conf.read_text() == ('# top\n[DEFAULT]\nnew = v\ndebug = True\n'
+                                '\n[other]\nx = 1\n\n[fresh]\nkey = a b\n')
+    missing = tmp_path / 'new.conf'
+    assert _harness('iniset "$F" s k v', F=str(missing)).returncode == 0
+    assert missing.read_text() == '\n[s]\nk = v\n'
+
+
+@pytest.mark.parametrize('services,asked,enabled', [
+    ('c-vol,n-cpu', 'c-vol', True),
+    ('c-vol,n-cpu', 'n-cpu', True),
+    ('c-vol,n-cpu', 'n-api', False),
+    ('c-vol,n-cpu', 'nova', True),
+    ('c-api', 'cinder', True),
+    ('c-api', 'c-vol', False),
+    ('n-cpu', 'c-vol n-cpu', True),
+    ('', 'accel-daemon', False),
+])
+def test_harness_is_service_enabled(services, asked, enabled):
+    r = _harness('is_service_enabled %s' % asked, ENABLED_SERVICES=services)
+    assert (r.returncode == 0) is enabled
+
+
+def test_harness_run_and_stop_process(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip('needs root to run a process as another user')
+    env = {'SERVICE_DIR': str(tmp_path / 'status'),
+           'LOGDIR': str(tmp_path / 'logs'), 'STACK_USER': 'root',
+           'ENABLED_SERVICES': 'demo'}
+    r = _harness('run_process demo "/bin/sleep 60" "" nobody', **env)
+    assert r.returncode == 0, r.stderr
+    pid = int((tmp_path / 'status' / 'demo.pid').read_text())
+    deadline = time.monotonic() + 10
+    while True:  # until the subshell has exec'd sleep
+        with open('/proc/%d/cmdline' % pid) as f:
+            if f.read().split('\0')[0] == '/bin/sleep':
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with open('/proc/%d/status' % pid) as f:
+        uid = next(line for line in f if line.startswith('Uid:')).split()[1]
+    assert int(uid) == int(subprocess.run(
+        ['id', '-u', 'nobody'], capture_output=True, text=True).stdout)
+    assert os.getsid(pid) == pid, 'in its own session'
+    # not started when the service is not enabled
+    r = _harness('run_process other "/bin/sleep 60"', **env)
+    assert not (tmp_path / 'status' / 'other.pid').exists()
+    r = _harness('stop_process demo', **env)
+    assert r.returncode == 0, r.stderr
+    assert not _alive(pid)
+    assert not (tmp_path / 'status' / 'demo.pid').exists()
+    r = _harness('run_process demo "sleep 60"', **env)
+    assert r.returncode != 0, 'a relative command is refused'
