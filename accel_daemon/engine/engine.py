@@ -113,6 +113,9 @@ class Engine:
             'formats': {'input': list(qemu_img.INPUT_FORMATS),
                         'output': list(qemu_img.OUTPUT_FORMATS)},
             'allowed_dirs': list(self.settings.allowed_dirs),
+            # Callers route a /dev path here only when it matches one.
+            'allowed_block_devices': list(
+                self.settings.allowed_block_devices),
         }
 
     def image_info(self, path: str, format: str) -> dict:

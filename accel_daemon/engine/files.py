@@ -112,10 +112,22 @@ class Opened:
 
 def _open_device(conf: paths.Confinement, path: str, flags: int) -> Opened:
     """Open a device by a name the patterns allow.  /dev is root's: its
-    symbolic links (/dev/disk/by-path, /dev/mapper, LVM) are followed."""
+    symbolic links (/dev/disk/by-path, /dev/mapper, LVM) are followed.
+
+    A device opened for writing is claimed exclusively (``O_EXCL`` without
+    ``O_CREAT``: the kernel refuses with EBUSY while the device is mounted,
+    is a member of a device-mapper or md device, or is claimed by another
+    exclusive opener), so a pattern broad enough to name a disk in use
+    cannot get it overwritten."""
+    if flags & os.O_ACCMODE != os.O_RDONLY:
+        flags |= os.O_EXCL
     try:
         fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise exception.PathNotAllowed(
+                path=path, reason='block device in use (mounted, held by '
+                                  'another device or opened exclusively)')
         raise open_error(path, e)
     try:
         st = os.fstat(fd)
