@@ -29,8 +29,9 @@ keeps the first whose ``is_accel_exist()`` is true, and calls it IN PLACE
 
 cinder 29 cannot select this class by configuration: its engine list
 (``cinder.image.accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST``) is
-hard-coded.  Put ``'accel_daemon.integrations.cinder.DaemonAccel'`` first
-in that list (a patch or a wrapper of cinder-volume's start-up).
+hard-coded.  ``install()`` puts ``'accel_daemon.integrations.cinder.
+DaemonAccel'`` first in that list (from a wrapper of cinder-volume's
+start-up).
 
 ``convert_image`` is a drop-in for cinder 29's
 ``cinder.image.image_utils.convert_image`` (same signature): it runs the
@@ -108,6 +109,17 @@ def shared_client() -> AccelClient:
         if _shared_client is None:
             _shared_client = AccelClient(cfg.CONF)
         return _shared_client
+
+
+def reset() -> None:
+    """Close and forget the shared client (and with it its cached answers):
+    the next call builds a new one from cinder's configuration as it is then
+    (a reloaded configuration, another daemon)."""
+    global _shared_client
+    with _lock:
+        client, _shared_client = _shared_client, None
+    if client is not None:
+        client.close()
 
 
 def _cinder_error(action: str, src: str, dest: str,
@@ -245,11 +257,32 @@ def original_convert_image() -> Callable[..., None]:
 
 
 def install() -> None:
-    """Replace cinder's ``image_utils.convert_image`` with
-    ``convert_image``, keeping the original for the fallbacks."""
+    """Switch cinder over: replace ``image_utils.convert_image`` with
+    ``convert_image`` (keeping the original for the fallbacks) and put
+    ``DaemonAccel`` first in cinder's accelerator list, before its QAT and
+    gzip engines (which ``ImageAccel`` still picks when the daemon does not
+    answer).  Calling it again changes nothing."""
+    from cinder.image import accelerator
     from cinder.image import image_utils
     original_convert_image()
     image_utils.convert_image = convert_image
+    # In place: ImageAccel reads the module's list each time it is built.
+    engines = accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST
+    with _lock:
+        if PATH not in engines:
+            engines.insert(0, PATH)
+
+
+def uninstall() -> None:
+    """Undo ``install()``: cinder's own convert_image and engine list."""
+    from cinder.image import accelerator
+    from cinder.image import image_utils
+    if image_utils.convert_image is convert_image:
+        image_utils.convert_image = original_convert_image()
+    engines = accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST
+    with _lock:
+        while PATH in engines:
+            engines.remove(PATH)
 
 
 def _fallback(reason: str) -> _Fallback:
@@ -282,12 +315,28 @@ def _bps_limit(throttle: Any) -> Optional[int]:
     raise _fallback('a throttle accel-daemon cannot reproduce')
 
 
+def _inspected_format(data: Any) -> Optional[str]:
+    """The format of cinder's ``QemuImgInfo`` of the source, if any."""
+    fmt = getattr(data, 'file_format', None)
+    return fmt if isinstance(fmt, str) and fmt else None
+
+
+def _compress_on_upload() -> bool:
+    """cinder's ``image_compress_on_upload`` (True, its default, when
+    cinder has not registered it)."""
+    try:
+        return bool(cfg.CONF.image_compress_on_upload)
+    except cfg.NoSuchOptError:
+        return True
+
+
 def _plan(source: str, dest: str, out_format: str,
           out_subformat: Optional[str], src_format: Optional[str],
           throttle: Any, cipher_spec: Optional[dict],
           passphrase_file: Optional[str], compress: bool,
           src_passphrase_file: Optional[str], disable_sparse: bool,
-          skip_create: bool) -> tuple[AccelClient, dict[str, Any]]:
+          skip_create: bool,
+          data: Any = None) -> tuple[AccelClient, dict[str, Any]]:
     """The client and convert() arguments, or raise _Fallback."""
     if cipher_spec or passphrase_file or src_passphrase_file:
         raise _fallback('encryption (cipher_spec, passphrase_file, '
@@ -297,19 +346,26 @@ def _plan(source: str, dest: str, out_format: str,
     if skip_create:
         raise _fallback('skip_create (writing into an existing target)')
     if not src_format:
-        raise _fallback('an unnamed source format (accel-daemon never '
-                        'guesses)')
+        # upload_volume names no format but hands over what cinder's own
+        # inspection (qemu_img_info: format_inspector, then qemu-img info
+        # -f) found in this file; the daemon inspects it again and refuses
+        # a mismatch.
+        src_format = _inspected_format(data)
+        if not src_format:
+            raise _fallback('an unnamed source format (accel-daemon never '
+                            'guesses)')
     for path in (source, dest):
         if not common.is_local_path(path):
             raise _fallback('a path that is not a local absolute path '
                             '(rbd: and other URIs)')
-    if _is_device(source) or _is_device(dest):
-        raise _fallback('block devices (/dev/ paths)')
     bps_limit = _bps_limit(throttle)
     client = shared_client()
     caps = _capabilities(client)
     if caps is None:
         raise _fallback('a daemon that does not answer')
+    refusal = common.device_refusal(caps, source, dest)
+    if refusal:
+        raise _fallback(refusal)
     if not common.formats_known(caps, src_format, out_format):
         raise _fallback('a format accel-daemon does not convert')
     if not common.paths_allowed(caps, source, dest):
@@ -318,9 +374,12 @@ def _plan(source: str, dest: str, out_format: str,
         'src': source, 'dst': dest,
         'src_format': src_format.lower(),
         'dst_format': out_format.lower(),
-        'compress': bool(compress) and out_format.lower() == 'qcow2',
-        # cinder pre-creates its outputs (mkstemp).
-        'replace': os.path.lexists(dest),
+        # As cinder: compress only when image_compress_on_upload allows.
+        'compress': (bool(compress) and out_format.lower() == 'qcow2'
+                     and _compress_on_upload()),
+        # cinder pre-creates its file outputs (mkstemp); a device is
+        # written in place.
+        'replace': os.path.lexists(dest) and not _is_device(dest),
         'bps_limit': bps_limit,
         'sparse': False if disable_sparse else None,
     }
@@ -365,20 +424,25 @@ def convert_image(source: str,
                   skip_create: bool = False) -> None:
     """cinder 29's ``image_utils.convert_image``, in accel-daemon.
 
-    Sent to the daemon: a local file (in its ``allowed_dirs``) to a local
-    file, both formats named and known to the daemon; an existing ``dest``
+    Sent to the daemon: a local file (in its ``allowed_dirs``) or a block
+    device it allows to a local file or such a device (written in place),
+    both formats named and known to the daemon; an existing ``dest``
     (cinder pre-creates it) is replaced, ``disable_sparse`` asks a fully
     allocated output, ``compress`` applies to qcow2 outputs, and the bps
     limit of a blkio ``throttle`` (or of cinder's default throttle) is the
     daemon's ``bps_limit``.  The daemon inspects the source itself
-    (``data`` and ``run_as_root`` are not used).
+    (``run_as_root`` is not used).  Without ``src_format`` (upload_volume
+    names none), the format cinder's own inspection found
+    (``data.file_format``) is named, and the daemon refuses a mismatch.
+    ``compress`` follows cinder's ``image_compress_on_upload``.
 
     Everything else goes to cinder's own function with the same arguments:
-    encryption, ``out_subformat``, ``skip_create``, no ``src_format``,
-    URIs (``rbd:``), ``/dev/`` paths and block devices, paths outside the
-    daemon's directories, formats it does not convert, throttles it cannot
-    reproduce, and a daemon that does not answer.  Each reason is logged
-    once, at info.
+    encryption, ``out_subformat``, ``skip_create``, neither ``src_format``
+    nor ``data``, URIs (``rbd:``), ``/dev/`` paths other than the block
+    devices the daemon allows (``allowed_block_devices``), paths outside
+    the daemon's directories, formats it does not convert, throttles it
+    cannot reproduce, and a daemon that does not answer.  Each reason is
+    logged once, at info.
 
     :raises ImageUnacceptable: the daemon refused the image (inspection,
         unsafe image, format mismatch, unsupported format, size limit)
@@ -388,7 +452,7 @@ def convert_image(source: str,
         client, args = _plan(source, dest, out_format, out_subformat,
                              src_format, throttle, cipher_spec,
                              passphrase_file, compress, src_passphrase_file,
-                             disable_sparse, skip_create)
+                             disable_sparse, skip_create, data)
     except _Fallback:
         return original_convert_image()(
             source, dest, out_format, out_subformat=out_subformat,

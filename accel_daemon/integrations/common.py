@@ -4,10 +4,20 @@ Used by ``accel_daemon.integrations.cinder`` and
 ``accel_daemon.integrations.nova``: the daemon's capabilities with a
 cached answer, fallback reasons logged once, and the routing checks on
 paths (allowed directories, block devices).
+
+Block devices (a volume attached over iSCSI or FC: ``/dev/sdX``,
+``/dev/disk/by-path/...``, ``/dev/mapper/...``) go to the daemon when the
+name, as the caller passes it, matches one of the fnmatch patterns the
+daemon advertises (``allowed_block_devices`` in its capabilities, from its
+``[accel_daemon] allowed_block_devices``) and really is a block device:
+the same test the daemon applies, before it judges the opened node again
+in its privileged process.  Any other ``/dev/`` path stays with the
+caller's own code.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import stat
@@ -94,6 +104,35 @@ def is_device(path: str) -> bool:
         return False
 
 
+def device_allowed(caps: dict[str, Any], path: str) -> bool:
+    """``path`` is a block device whose name matches a pattern of the
+    daemon's ``allowed_block_devices`` (an older daemon that does not
+    advertise them allows none)."""
+    patterns = caps.get('allowed_block_devices') or ()
+    if not any(isinstance(p, str) and fnmatch.fnmatchcase(path, p)
+               for p in patterns):
+        return False
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def device_refusal(caps: dict[str, Any], *paths: str) -> Optional[str]:
+    """Why one of ``paths`` that is a device cannot go to the daemon, or
+    None when every device among them is allowed there."""
+    for path in paths:
+        if not is_device(path):
+            continue
+        if not caps.get('allowed_block_devices'):
+            return ('block devices (/dev/ paths; the daemon allows none: '
+                    '[accel_daemon] allowed_block_devices)')
+        if not device_allowed(caps, path):
+            return ("a block device outside the daemon's "
+                    'allowed_block_devices, or not a block device')
+    return None
+
+
 def is_local_path(path: Any) -> bool:
     """An absolute local path (not ``rbd:`` or another URI)."""
     return isinstance(path, str) and os.path.isabs(path)
@@ -108,7 +147,8 @@ def formats_known(caps: dict[str, Any], src_format: str,
 
 def paths_allowed(caps: dict[str, Any], source: str, dest: str) -> bool:
     """The source and the directory of ``dest`` in the daemon's
-    ``allowed_dirs``."""
+    ``allowed_dirs``, or a block device it allows."""
     dirs = list(caps.get('allowed_dirs') or ())
-    return under(source, dirs) and \
-        under(os.path.dirname(dest) or '/', dirs)
+    return (device_allowed(caps, source) or under(source, dirs)) and \
+        (device_allowed(caps, dest) or
+         under(os.path.dirname(dest) or '/', dirs))

@@ -8,7 +8,8 @@ from ``nova.virt.images._convert_image``).  ``install()`` puts
 fallbacks.
 
 Sent to the daemon: a local file to a local file, both in the daemon's
-``allowed_dirs``, both formats known to it.  An existing ``dest`` is
+``allowed_dirs`` (or block devices matching its ``allowed_block_devices``,
+written in place), both formats known to it.  An existing ``dest`` file is
 replaced; ``compress`` applies to qcow2 outputs (nova's snapshot
 extraction converts to qcow2 with ``compress=True``).  The daemon runs
 privileged and inspects the source itself: ``run_as_root`` and
@@ -17,9 +18,9 @@ privileged and inspects the source itself: ``run_as_root`` and
 Everything else goes to nova's own function with the same arguments, each
 reason logged once at info: no input format (nova's own refusal, a
 ``RuntimeError``), encryption (``src_encryption``/``dest_encryption``),
-URIs, ``/dev/`` paths and block devices, paths outside the daemon's
-directories, formats it does not convert, and a daemon that does not
-answer.
+URIs, ``/dev/`` paths other than the devices the daemon allows, paths
+outside the daemon's directories, formats it does not convert, and a
+daemon that does not answer.
 
 Errors, as nova's callers expect them from a failed qemu-img run:
 
@@ -100,6 +101,17 @@ def shared_client() -> AccelClient:
         return _shared_client
 
 
+def reset() -> None:
+    """Close and forget the shared client (and with it its cached answers):
+    the next call builds a new one from nova's configuration as it is then
+    (a reloaded configuration, another daemon)."""
+    global _shared_client
+    with _lock:
+        client, _shared_client = _shared_client, None
+    if client is not None:
+        client.close()
+
+
 def original_convert_image() -> Callable[..., None]:
     """nova's own ``nova.virt.images.convert_image`` (never ours)."""
     global _original_convert_image
@@ -137,6 +149,13 @@ def install() -> None:
     images.convert_image = convert_image
 
 
+def uninstall() -> None:
+    """Undo ``install()``: nova's own ``convert_image`` again."""
+    from nova.virt import images
+    if images.convert_image is convert_image:
+        images.convert_image = original_convert_image()
+
+
 def _fallback(reason: str) -> _Fallback:
     _fallback_log(reason)
     return _Fallback(reason)
@@ -160,12 +179,13 @@ def _plan(source: str, dest: str, in_format: Optional[str],
         if not common.is_local_path(path):
             raise _fallback('a path that is not a local absolute path '
                             '(URIs)')
-    if common.is_device(source) or common.is_device(dest):
-        raise _fallback('block devices (/dev/ paths)')
     client = shared_client()
     caps = _capabilities(client)
     if caps is None:
         raise _fallback('a daemon that does not answer')
+    refusal = common.device_refusal(caps, source, dest)
+    if refusal:
+        raise _fallback(refusal)
     if not common.formats_known(caps, in_format, out_format):
         raise _fallback('a format accel-daemon does not convert')
     if not common.paths_allowed(caps, source, dest):
@@ -175,7 +195,7 @@ def _plan(source: str, dest: str, in_format: Optional[str],
         'src_format': in_format.lower(),
         'dst_format': out_format.lower(),
         'compress': bool(compress) and out_format.lower() == 'qcow2',
-        'replace': os.path.lexists(dest),
+        'replace': os.path.lexists(dest) and not common.is_device(dest),
     }
     return client, args
 
