@@ -1,0 +1,439 @@
+"""The real accel-daemon, started the way a host starts it, for the flow
+tests that run inside the cinder and nova venvs.
+
+``Daemon(...).start()`` runs the venv's installed ``accel-daemon`` console
+script (``sys.prefix/bin``) as its own process group, with its privsep
+backend: the daemon starts ``privsep-helper`` from the same bin directory
+itself (``accel_daemon.privileged.start``; as root, without sudo), and the
+tools run as the tool user (``[accel_daemon] tool_user``, default
+``accel-tools``, which ``tools/setup.sh`` creates).  It talks to the real
+RabbitMQ at 127.0.0.1:5672 under a host name and topic of its own, so runs
+of several checkouts at once never meet.  Its allowed directory and state
+directory are temporary; the shipped filters are rendered for them by
+``tools/render_filters.py``, as ``tools/install.sh`` does.  Block devices
+are allowed only when ``block_devices`` names patterns.
+
+``start()`` returns once the daemon answers an RPC call; ``stop()``
+(SIGTERM) and ``kill()`` (SIGKILL of the whole group, helper and tools
+included: a crash in the middle of a task) end it.  ``service_conf()``
+writes the part of a caller's configuration that reaches it.
+
+Standard library, oslo and accel_daemon only: it runs in both venvs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any, Optional, Sequence
+
+from oslo_config import cfg
+
+from accel_daemon import exception
+from accel_daemon.client import AccelClient
+from accel_daemon.conf import rpc as rpc_conf
+
+BROKER = ('127.0.0.1', 5672)
+TRANSPORT_URL = 'rabbit://guest:guest@127.0.0.1:5672/'
+CHECKOUT = os.path.realpath(os.path.join(os.path.dirname(
+    os.path.abspath(__file__)), os.pardir, os.pardir))
+SHIPPED_FILTERS = os.path.join(CHECKOUT, 'filters')
+BIN = os.path.join(sys.prefix, 'bin')
+MIB = 1024 * 1024
+
+CONFIG = """[DEFAULT]
+transport_url = %(url)s
+debug = %(debug)s
+
+[accel_daemon]
+allowed_dirs = %(images)s
+allowed_block_devices = %(devices)s
+filters_path = %(filters)s
+state_dir = %(state)s
+
+[accel_daemon_rpc]
+host = %(host)s
+topic = %(topic)s
+max_task_wait = 1
+
+[tasks]
+workers = 2
+stop_timeout = 5
+"""
+
+
+def _render_filters() -> Any:
+    """tools/render_filters.py of this checkout, as a module (it is not
+    part of the installed package)."""
+    path = os.path.join(CHECKOUT, 'tools', 'render_filters.py')
+    spec = importlib.util.spec_from_file_location('render_filters', path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def broker_up() -> bool:
+    try:
+        socket.create_connection(BROKER, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+class Daemon:
+    """One accel-daemon process; ``images`` is its allowed directory."""
+
+    def __init__(self, prefix: str,
+                 block_devices: Sequence[str] = (),
+                 root: Optional[str] = None) -> None:
+        if not broker_up():
+            raise RuntimeError('RabbitMQ is not listening on %s:%d: the '
+                               'flow tests need it' % BROKER)
+        executable = os.path.join(BIN, 'accel-daemon')
+        if not os.access(executable, os.X_OK):
+            raise RuntimeError('no accel-daemon console script in %s' % BIN)
+        self.executable = executable
+        tag = uuid.uuid4().hex[:10]
+        self.host = '%s-%s' % (prefix, tag)
+        self.topic = 'accel_daemon_test_%s' % tag
+        self.root = os.path.realpath(
+            root or tempfile.mkdtemp(prefix=prefix + '-'))
+        self.images = os.path.join(self.root, 'images')
+        self.state = os.path.join(self.root, 'state')
+        self.filters = os.path.join(self.root, 'filters')
+        self.config = os.path.join(self.root, 'accel-daemon.conf')
+        self.log_path = os.path.join(self.root, 'daemon.log')
+        self.block_devices = tuple(block_devices)
+        os.makedirs(self.images, exist_ok=True)
+        self._write_filters()
+        with open(self.config, 'w') as f:
+            f.write(CONFIG % {
+                'url': TRANSPORT_URL, 'images': self.images,
+                'devices': ','.join(self.block_devices),
+                'filters': self.filters, 'state': self.state,
+                'host': self.host, 'topic': self.topic,
+                'debug': 'true' if os.environ.get('ACCEL_DEBUG') else
+                         'false'})
+        self.proc: Optional[subprocess.Popen] = None
+
+    def _write_filters(self) -> None:
+        render = _render_filters()
+        os.makedirs(self.filters, exist_ok=True)
+        for name in sorted(os.listdir(SHIPPED_FILTERS)):
+            if not name.endswith('.filters'):
+                continue
+            with open(os.path.join(SHIPPED_FILTERS, name)) as f:
+                text = render.render(f.read(), [self.images])
+            with open(os.path.join(self.filters, name), 'w') as f:
+                f.write(text)
+
+    # -- the process -------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> Daemon:
+        with open(self.log_path, 'ab') as log:
+            self.proc = subprocess.Popen(
+                [self.executable, '--config-file', self.config],
+                stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=2) as client:
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError('accel-daemon exited with %s:\n%s' % (
+                        self.proc.returncode, self.log_tail()))
+                try:
+                    client.tasks(limit=1)
+                    return
+                except exception.ServiceUnavailable:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError('accel-daemon does not answer '
+                                           'after %d s:\n%s'
+                                           % (timeout, self.log_tail()))
+
+    def kill(self) -> None:
+        """SIGKILL the daemon's process group (privsep helper and tools
+        too): a crash, mid-task if one runs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
+        """SIGTERM, as a service manager stops it; SIGKILL after
+        ``timeout``.  Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        # The helper and tools leave with it; make sure of it.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, errors='replace') as f:
+                return ''.join(f.readlines()[-lines:])
+        except OSError:
+            return ''
+
+    # -- callers -------------------------------------------------------------
+    def client(self, timeout: int = 10) -> AccelClient:
+        """A client of this daemon on a configuration of its own."""
+        path = self.service_conf(
+            os.path.join(self.root, 'client-%d.conf' % timeout), {},
+            timeout=timeout)
+        conf = cfg.ConfigOpts()
+        rpc_conf.register_client_opts(conf)
+        conf(['--config-file', path], project='accel-daemon-test-client',
+             default_config_files=[])
+        return AccelClient(conf)
+
+    def client_options(self, timeout: int = 10) -> dict[str, Any]:
+        """``[accel_daemon_client]`` of a service that calls this daemon:
+        short RPC timeouts, so that a dead daemon is noticed quickly."""
+        return {'host': self.host, 'topic': self.topic, 'timeout': timeout,
+                'wait_interval': 0.5}
+
+    def service_conf(self, path: str, default: dict[str, Any],
+                     sections: Optional[dict[str, dict[str, Any]]] = None,
+                     timeout: int = 10) -> str:
+        """Write a service's config file (cinder.conf, nova.conf): the
+        broker and ``default`` in [DEFAULT], this daemon in
+        [accel_daemon_client], then ``sections``."""
+        groups: dict[str, dict[str, Any]] = {
+            'DEFAULT': dict({'transport_url': TRANSPORT_URL}, **default),
+            'accel_daemon_client': self.client_options(timeout)}
+        groups.update(sections or {})
+        with open(path, 'w') as f:
+            for group, values in groups.items():
+                f.write('[%s]\n' % group)
+                for key, value in values.items():
+                    if isinstance(value, bool):
+                        value = 'true' if value else 'false'
+                    f.write('%s = %s\n' % (key, value))
+                f.write('\n')
+        return path
+
+    def task_states(self) -> list[dict[str, Any]]:
+        with self.client(timeout=5) as client:
+            return [h.task for h in client.tasks(limit=50)]
+
+
+# -- helpers of the flow tests ----------------------------------------------
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, check=check)
+
+
+def qemu_img(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(('qemu-img',) + args, capture_output=True,
+                          text=True, check=False)
+
+
+def same_image(a: str, fa: str, b: str, fb: str) -> tuple[bool, str]:
+    proc = qemu_img('compare', '-f', fa, '-F', fb, a, b)
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def same_bytes(a: str, b: str, length: Optional[int] = None) -> bool:
+    """Byte for byte; ``length`` bytes of each when given (a device is
+    larger than the image written on it)."""
+    with open(a, 'rb') as fa, open(b, 'rb') as fb:
+        left = length
+        while True:
+            n = MIB if left is None else min(MIB, left)
+            x, y = fa.read(n), fb.read(n)
+            if x != y:
+                return False
+            if not x or (left is not None and not (left := left - len(x))):
+                return True
+
+
+def make_volume(path: str, size: int = 24 * MIB, seed: int = 1) -> str:
+    """A raw volume: data blocks of several kinds, zeros and holes."""
+    import random
+    rng = random.Random(seed)
+    with open(path, 'wb') as f:
+        f.truncate(size)
+        for offset in range(0, size, 3 * MIB):
+            f.seek(offset)
+            kind = (offset // (3 * MIB)) % 3
+            if kind == 0:
+                f.write(rng.randbytes(512 * 1024))
+            elif kind == 1:
+                f.write(b'volume text block %d\n' % offset * 20000)
+            # kind 2: a hole
+        f.seek(size - 4096)
+        f.write(b'\xa5' * 4096)
+    return path
+
+
+class LoopDevice:
+    """A loop device over a backing file, made with losetup."""
+
+    def __init__(self, backing: str, size: int) -> None:
+        with open(backing, 'wb') as f:
+            f.truncate(size)
+        self.backing = backing
+        out = run('losetup', '--find', '--show', backing)
+        self.path = out.stdout.decode().strip()
+        if not self.path.startswith('/dev/loop'):
+            raise RuntimeError('losetup gave %r' % self.path)
+
+    def fill(self, byte: bytes) -> None:
+        """Write ``byte`` over the whole device (old data a conversion
+        must overwrite)."""
+        size = self.size()
+        with open(self.path, 'r+b') as f:
+            block = byte * MIB
+            for _ in range(size // MIB):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def size(self) -> int:
+        with open(self.path, 'rb') as f:
+            return f.seek(0, os.SEEK_END)
+
+    def detach(self) -> None:
+        run('losetup', '-d', self.path, check=False)
+        try:
+            os.unlink(self.backing)
+        except FileNotFoundError:
+            pass
+
+
+class KillWhenRunning:
+    """Kill ``daemon`` (SIGKILL of its group) as soon as it reports a
+    running task of ``kind``, from a thread of its own; ``killed`` tells
+    whether it did, ``task`` is what the daemon last said of that task.
+    Use as a context manager around the caller's call."""
+
+    def __init__(self, daemon: Daemon, kind: str,
+                 timeout: float = 60.0) -> None:
+        import threading
+        self.daemon = daemon
+        self.kind = kind
+        self.timeout = timeout
+        self.killed = False
+        self.task: Optional[dict[str, Any]] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._client = daemon.client(timeout=5)
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                tasks = self._client.tasks(state='running', limit=10)
+            except exception.AccelError:
+                time.sleep(0.05)
+                continue
+            for handle in tasks:
+                if handle.kind == self.kind:
+                    self.task = handle.task
+                    self.daemon.kill()
+                    self.killed = True
+                    return
+            time.sleep(0.02)
+
+    def __enter__(self) -> KillWhenRunning:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._client.close()
+
+
+def listing(directory: str) -> dict[str, tuple[int, float]]:
+    """{name: (size, mtime)} of every entry under ``directory``."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            out[os.path.relpath(path, directory)] = (st.st_size,
+                                                     st.st_mtime)
+    return out
+
+
+def sha256(path: str, length: Optional[int] = None) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        left = length
+        while left is None or left > 0:
+            chunk = f.read(MIB if left is None else min(MIB, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return digest.hexdigest()
+
+
+def big_volume(path: str, mib: int) -> str:
+    """``mib`` MiB of data that qemu-img's compression cannot shrink (a
+    slow task to kill the daemon in the middle of)."""
+    block = os.urandom(MIB)
+    with open(path, 'wb') as f:
+        for i in range(mib):
+            f.write(block[i:] + block[:i])
+    return path
+
+
+def qcow2_from(raw: str, qcow2: str, *extra: str) -> str:
+    run('qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', *extra, raw,
+        qcow2)
+    return qcow2
+
+
+def qcow2_with_backing(path: str, backing: str) -> str:
+    """A qcow2 whose backing file is ``backing`` (a host file an image must
+    never reach)."""
+    run('qemu-img', 'create', '-f', 'qcow2', '-b', backing, '-F', 'raw',
+        path)
+    return path
+
+
+def gzip_file(src: str, dst: str) -> str:
+    with open(dst, 'wb') as out:
+        subprocess.run(['gzip', '-c', '-n', src], stdout=out, check=True)
+    return dst
