@@ -70,9 +70,12 @@ class ImageService:
         return {'id': image_id}
 
 
-def configure(daemon: realdaemon.Daemon, **default) -> str:
-    """Parse cinder's CONF from a cinder.conf for ``daemon`` and make the
-    integration's next call use it.  Returns the conversion directory."""
+def configure(daemon: realdaemon.Daemon, accel_cinder=None,
+              timeout: int = 5, **default) -> str:
+    """Parse cinder's CONF from a cinder.conf for ``daemon`` (``default``
+    in [DEFAULT], ``accel_cinder`` in [accel_daemon_cinder], an RPC
+    ``timeout`` in [accel_daemon_client]) and make the integration's next
+    call use it.  Returns the conversion directory."""
     conversion = os.path.join(daemon.images, 'conversion')
     os.makedirs(conversion, exist_ok=True)
     path = os.path.join(daemon.root, 'cinder.conf')
@@ -86,7 +89,8 @@ def configure(daemon: realdaemon.Daemon, **default) -> str:
         'cinder_sys_admin': {
             'helper_command': '%s --config-file %s' % (
                 os.path.join(realdaemon.BIN, 'privsep-helper'), path)},
-    }, timeout=5)
+        'accel_daemon_cinder': accel_cinder or {},
+    }, timeout=timeout)
     CONF(['--config-file', path], project='cinder',
          default_config_files=[])
     integration.reset()
