@@ -3,10 +3,12 @@
 # (tools/caller-venvs.sh), then run, each inside its venv with unittest
 # (tests/callers/run.py):
 #
-#   cinder            tests/callers: accel_daemon.client + cinder's facts, and
-#                     the cinder accelerator (integrations.cinder)
-#   nova              tests/callers: accel_daemon.client + nova's facts, and
-#                     nova's convert_image (integrations.nova)
+#   cinder            tests/callers: accel_daemon.client + cinder's facts, the
+#                     cinder accelerator (integrations.cinder), and cinder's
+#                     own flows on the real daemon (test_flows_cinder*)
+#   nova              tests/callers: accel_daemon.client + nova's facts,
+#                     nova's convert_image (integrations.nova), and nova's
+#                     own functions on the real daemon (test_flows_nova)
 #   cinder-baseline   cinder's own unit tests of cinder.image
 #   nova-baseline     nova's own unit tests of nova.virt.images,
 #                     nova.privsep.qemu and the libvirt image helpers
@@ -29,8 +31,10 @@ log() { echo "run-caller-tests: $*" >&2; }
 targets() {
     case $1 in
         cinder) echo "cinder test_accel_client test_cinder test_cinder_accel" \
-                "test_cinder_convert" ;;
-        nova) echo "nova test_accel_client test_nova test_nova_convert" ;;
+                "test_cinder_convert test_flows_cinder" \
+                "test_flows_cinder_down" ;;
+        nova) echo "nova test_accel_client test_nova test_nova_convert" \
+                "test_flows_nova" ;;
         cinder-baseline)
             echo "cinder cinder.tests.unit.image" \
                 "cinder.tests.unit.test_image_utils" ;;

@@ -36,11 +36,14 @@ read, write = cinderflows.read, cinderflows.write
 
 
 def setUpModule():
-    global ROOT, LOOP, DAEMON, CONVERSION, VOLUMES, CTX
+    global ROOT, LOOP, OTHER_LOOP, DAEMON, CONVERSION, VOLUMES, CTX
     ROOT = os.path.realpath(tempfile.mkdtemp(prefix='flows-cinder-'))
     try:
         LOOP = realdaemon.LoopDevice(os.path.join(ROOT, 'loop.img'),
                                      32 * MIB)
+        # Not in the daemon's allowed_block_devices.
+        OTHER_LOOP = realdaemon.LoopDevice(
+            os.path.join(ROOT, 'other-loop.img'), 32 * MIB)
         DAEMON = realdaemon.Daemon('flows-cinder', root=ROOT,
                                    block_devices=[LOOP.path]).start()
     except BaseException:
@@ -58,8 +61,9 @@ def tearDownModule():
     integration.reset()
     if globals().get('DAEMON') is not None:
         DAEMON.stop()
-    if globals().get('LOOP') is not None:
-        LOOP.detach()
+    for name in ('LOOP', 'OTHER_LOOP'):
+        if globals().get(name) is not None:
+            globals()[name].detach()
     shutil.rmtree(ROOT, ignore_errors=True)
 
 
@@ -191,6 +195,26 @@ class FetchToVolumeFormat(Base):
 
     def test_gzipped_raw_onto_a_loop_device(self):
         self.onto_loop('raw', seed=5)
+
+
+class DeviceOutsideThePatterns(Base):
+    """A device the daemon does not allow stays with cinder's own code."""
+
+    def test_convert_image_falls_back_to_cinder(self):
+        source = self.volume('source-other', seed=7)
+        qcow2 = realdaemon.qcow2_from(source,
+                                      os.path.join(VOLUMES, 'other.qcow2'))
+        self.addCleanup(os.unlink, qcow2)
+        OTHER_LOOP.fill(b'\x5a')
+        image_utils.convert_image(qcow2, OTHER_LOOP.path, 'raw',
+                                  src_format='qcow2')
+        # cinder's qemu-img did it, correctly; the daemon saw nothing.
+        self.assertTrue(realdaemon.same_bytes(source, OTHER_LOOP.path,
+                                              SIZE))
+        self.assertEqual([], self.tasks())
+        self.assertIn("a block device outside the daemon's "
+                      'allowed_block_devices, or not a block device',
+                      integration._fallbacks_logged)
 
 
 class ImageAccelInPlace(Base):
