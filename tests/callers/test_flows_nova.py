@@ -315,3 +315,29 @@ class StoppedAfterAnswering(OwnDaemon):
                               exception.ServiceUnavailable)
         # No disk, no .part, no .converted.
         self.assertOnly('disk-ok')
+
+
+class NeverThere(Base):
+    """Nothing answers: nova's own qemu-img does the work, correctly."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = realdaemon.Daemon('flows-nova-absent')    # not started
+        configure(cls.daemon, timeout=2, caps_cache_ttl=0, probe_timeout=1)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+        configure(DAEMON)
+
+    def test_fetch_to_raw_by_novas_own_code(self):
+        source = self.raw('source.raw', seed=7)
+        image = realdaemon.qcow2_from(source,
+                                      os.path.join(self.work, 'src.qcow2'))
+        image_id = self.api.add(image, 'qcow2')
+        path = self.in_instances('disk-4')
+        images.fetch_to_raw(CTX, image_id, path)
+        self.assertTrue(realdaemon.same_bytes(source, path))
+        self.assertIn('a daemon that does not answer',
+                      integration._fallbacks_logged)
+        self.assertOnly('disk-4')
