@@ -202,7 +202,30 @@ class Daemon:
 
     def cleanup(self) -> None:
         self.stop()
+        self.delete_queues()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def delete_queues(self) -> None:
+        """Remove this daemon's RPC queues from the broker (oslo.messaging
+        leaves topic queues behind; each run has a topic of its own)."""
+        import amqp
+        conn = amqp.Connection('%s:%d' % BROKER, userid='guest',
+                               password='guest')
+        try:
+            conn.connect()
+            for name in (self.topic, '%s.%s' % (self.topic, self.host)):
+                channel = conn.channel()
+                try:
+                    channel.queue_delete(name)
+                except amqp.exceptions.AMQPError:
+                    pass
+                finally:
+                    if channel.is_open:
+                        channel.close()
+        except OSError:
+            pass
+        finally:
+            conn.collect()
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -64,6 +64,8 @@ def tearDownModule():
     for name in ('LOOP', 'OTHER_LOOP'):
         if globals().get(name) is not None:
             globals()[name].detach()
+    if globals().get('DAEMON') is not None:
+        DAEMON.cleanup()
     shutil.rmtree(ROOT, ignore_errors=True)
 
 

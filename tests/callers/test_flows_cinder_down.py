@@ -19,8 +19,6 @@ beside the volume.  Never a silent skip.
 
 import gzip
 import os
-import shutil
-import tempfile
 import unittest
 
 from oslo_concurrency import processutils
@@ -105,8 +103,6 @@ class Base(unittest.TestCase):
 class KilledMidFlow(Base):
 
     def test_upload_volume_killed_while_converting(self):
-        work = tempfile.mkdtemp(prefix='flows-down-')
-        self.addCleanup(shutil.rmtree, work)
         volume = os.path.join(self.volumes, 'volume-big')
         realdaemon.big_volume(volume, 192)
         self.addCleanup(os.unlink, volume)

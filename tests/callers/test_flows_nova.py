@@ -106,9 +106,11 @@ def tearDownModule():
     integration.uninstall()
     integration.reset()
     if globals().get('DAEMON') is not None:
-        DAEMON.cleanup()
+        DAEMON.stop()
     if globals().get('LOOP') is not None:
         LOOP.detach()
+    if globals().get('DAEMON') is not None:
+        DAEMON.cleanup()
     shutil.rmtree(ROOT, ignore_errors=True)
 
 
