@@ -321,6 +321,14 @@ def _inspected_format(data: Any) -> Optional[str]:
     return fmt if isinstance(fmt, str) and fmt else None
 
 
+def _encrypted(data: Any) -> bool:
+    """cinder's ``QemuImgInfo`` says the source is encrypted (cinder
+    reports a LUKS volume as ``raw``, keeping its format-specific part)."""
+    specific = getattr(data, 'format_specific', None)
+    return bool(getattr(data, 'encrypted', None)) or (
+        isinstance(specific, dict) and specific.get('type') == 'luks')
+
+
 def _compress_on_upload() -> bool:
     """cinder's ``image_compress_on_upload`` (True, its default, when
     cinder has not registered it)."""
@@ -350,6 +358,9 @@ def _plan(source: str, dest: str, out_format: str,
         # inspection (qemu_img_info: format_inspector, then qemu-img info
         # -f) found in this file; the daemon inspects it again and refuses
         # a mismatch.
+        if _encrypted(data):
+            raise _fallback('an encrypted source (LUKS) without a named '
+                            'format')
         src_format = _inspected_format(data)
         if not src_format:
             raise _fallback('an unnamed source format (accel-daemon never '
@@ -437,12 +448,13 @@ def convert_image(source: str,
     ``compress`` follows cinder's ``image_compress_on_upload``.
 
     Everything else goes to cinder's own function with the same arguments:
-    encryption, ``out_subformat``, ``skip_create``, neither ``src_format``
-    nor ``data``, URIs (``rbd:``), ``/dev/`` paths other than the block
-    devices the daemon allows (``allowed_block_devices``), paths outside
-    the daemon's directories, formats it does not convert, throttles it
-    cannot reproduce, and a daemon that does not answer.  Each reason is
-    logged once, at info.
+    encryption (also a LUKS source that ``data`` shows without a
+    ``src_format``), ``out_subformat``, ``skip_create``, neither
+    ``src_format`` nor ``data``, URIs (``rbd:``), ``/dev/`` paths other
+    than the block devices the daemon allows (``allowed_block_devices``),
+    paths outside the daemon's directories, formats it does not convert,
+    throttles it cannot reproduce, and a daemon that does not answer.  Each
+    reason is logged once, at info.
 
     :raises ImageUnacceptable: the daemon refused the image (inspection,
         unsafe image, format mismatch, unsupported format, size limit)

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import unittest
 
+from oslo_concurrency import processutils
+
 from cinder import context as cinder_context
 from cinder import exception as cinder_exception
 from cinder.image import accelerator
@@ -155,6 +157,32 @@ class UploadVolume(Base):
                                     out)
         self.assertIn('"compressed-clusters"', check.stdout)
         self.assertNotIn('"compressed-clusters": 0', check.stdout)
+
+
+class UploadEncryptedVolume(Base):
+
+    def test_luks_volume_stays_with_cinders_code(self):
+        # cinder reports a LUKS volume as raw; without a key nothing can
+        # convert it.  The daemon is not asked to convert the ciphertext:
+        # cinder's own qemu-img fails as it would without accel-daemon.
+        volume = os.path.join(VOLUMES, 'volume-luks')
+        realdaemon.run('qemu-img', 'create', '--object',
+                       'secret,id=sec0,data=not-a-real-key', '-f', 'luks',
+                       '-o', 'key-secret=sec0', volume, '8M')
+        self.addCleanup(os.unlink, volume)
+        before = read(volume)
+        service = ImageService()
+        meta = {'id': 'image-luks', 'disk_format': 'qcow2',
+                'container_format': 'bare'}
+        with self.assertRaises(processutils.ProcessExecutionError) as c:
+            image_utils.upload_volume(CTX, service, meta, volume,
+                                      volume_format='raw')
+        self.assertFalse(hasattr(c.exception, 'accel_error'))
+        self.assertIn('an encrypted source (LUKS) without a named format',
+                      integration._fallbacks_logged)
+        self.assertEqual({}, service.uploads)
+        self.assertEqual([], self.tasks())
+        self.assertEqual(before, read(volume))
 
 
 class FetchToVolumeFormat(Base):
