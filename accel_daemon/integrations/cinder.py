@@ -29,9 +29,8 @@ keeps the first whose ``is_accel_exist()`` is true, and calls it IN PLACE
 
 cinder 29 cannot select this class by configuration: its engine list
 (``cinder.image.accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST``) is
-hard-coded.  ``install()`` puts ``'accel_daemon.integrations.cinder.
-DaemonAccel'`` first in that list (from a wrapper of cinder-volume's
-start-up).
+hard-coded.  ``install()`` (from a wrapper of cinder-volume's start-up)
+puts this class, ``PATH``, first in that list.
 
 ``convert_image`` is a drop-in for cinder 29's
 ``cinder.image.image_utils.convert_image`` (same signature): it runs the
