@@ -289,9 +289,12 @@ class RefusedImages(Base):
         # cinder's own inspection (qemu_img_info's format_inspector) turns
         # it down after the daemon decompressed it: cinder's Invalid, the
         # base of its ImageUnacceptable.
-        with self.assertRaises(cinder_exception.Invalid):
+        with self.assertRaises(cinder_exception.Invalid) as caught:
             image_utils.fetch_to_volume_format(
                 CTX, service, image_id, dest, 'raw', '1M')
+        self.assertIs(cinder_exception.Invalid, type(caught.exception))
+        self.assertIn('failed safety check',
+                      caught.exception.kwargs['reason'])
         self.assertEqual(b'\x5a' * SIZE, read(dest))
         self.assertEqual([('decompress', 'succeeded')], self.tasks())
 
