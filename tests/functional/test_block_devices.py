@@ -239,3 +239,34 @@ def test_rendered_filters_name_no_device(tmp_path, name):
             bad = list(argv)
             bad[i] = name
             assert not policy.allows(bad), bad
+
+
+def test_over_rpc_only_the_allowed_device(tmp_path, setup):
+    """The same through the real accel-daemon and RabbitMQ: capabilities
+    carry the patterns; the RPC layer refuses the other device before any
+    task exists, and the allowed one is written."""
+    from tests.functional import test_rpc_daemon as rpcd
+    rpcd.require_broker()
+    env, devices, _, _ = setup
+    daemon = rpcd.DaemonProcess(
+        str(tmp_path), extra='[accel_daemon]\nallowed_block_devices = %s\n'
+        % devices['allowed'])
+    daemon.start()
+    try:
+        with daemon.client() as client:
+            caps = client.capabilities()
+            assert caps['allowed_block_devices'] == [devices['allowed']]
+            src = qcow2(env)
+            shutil.copy(src, os.path.join(daemon.images, 'src.qcow2'))
+            src = os.path.join(daemon.images, 'src.qcow2')
+            for dev in devices.values():
+                with open(dev, 'r+b') as f:
+                    f.write(OLD * SIZE)
+            with pytest.raises(exception.PathNotAllowed):
+                client.convert(src, devices['other'], 'qcow2', 'raw')
+            assert client.tasks() == []
+            client.convert(src, devices['allowed'], 'qcow2', 'raw').wait(60)
+        assert _content(devices['other']) == OLD * SIZE
+        assert _content(devices['allowed'])[:MiB] == b'\x33' * MiB
+    finally:
+        assert daemon.stop() == 0
