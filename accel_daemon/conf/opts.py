@@ -2,6 +2,7 @@
 
 from accel_daemon.conf import accel
 from accel_daemon.conf import compression
+from accel_daemon.conf import integrations
 from accel_daemon.conf import manager
 from accel_daemon.conf import privsep
 from accel_daemon.conf import qemu_img
@@ -20,3 +21,15 @@ def list_client_opts():
     that cinder's and nova's sample-config generators can list beside their
     own, without any option of the daemon."""
     return [(rpc.CLIENT_GROUP, rpc.CLIENT_OPTS)]
+
+
+def list_cinder_opts():
+    """Only ``[accel_daemon_cinder]`` (namespace ``accel_daemon.cinder``):
+    what a cinder-volume operator sets beside ``accel_daemon.client``."""
+    return list(integrations.list_cinder_opts().items())
+
+
+def list_nova_opts():
+    """Only ``[accel_daemon_nova]`` (namespace ``accel_daemon.nova``):
+    what a nova-compute operator sets beside ``accel_daemon.client``."""
+    return list(integrations.list_nova_opts().items())

@@ -54,6 +54,16 @@ SERVER_OPTS = [
 ]
 
 CLIENT_OPTS = [
+    cfg.BoolOpt('enabled', default=False,
+                help='Whether the service uses accel-daemon. Read by the '
+                     'accel-cinder-volume and accel-nova-compute commands '
+                     '(run in place of cinder-volume and nova-compute, with '
+                     'the same arguments) from the service\'s own '
+                     'configuration files: when true they install the '
+                     'integration (accel_daemon.integrations.cinder or '
+                     '.nova) before the service starts; when false they '
+                     'start the service unchanged. The client library '
+                     'itself (AccelClient) does not read it.'),
     cfg.StrOpt('host',
                help='Host name of the accel-daemon to call (its '
                     '[accel_daemon_rpc] host). Unset means this machine\'s '

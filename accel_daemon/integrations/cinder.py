@@ -51,6 +51,7 @@ from oslo_config import cfg
 
 from accel_daemon import exception
 from accel_daemon.client import AccelClient
+from accel_daemon.conf import integrations as integrations_conf
 from accel_daemon.integrations import common
 from accel_daemon.integrations.common import is_device as _is_device
 
@@ -59,27 +60,12 @@ LOG = logging.getLogger(__name__)
 NAME = 'accel-daemon'
 PATH = '%s.DaemonAccel' % __name__
 
-GROUP = cfg.OptGroup('accel_daemon_cinder',
-                     title='accel-daemon as a cinder image accelerator')
-OPTS: list[cfg.Opt] = [
-    cfg.FloatOpt('exist_cache_ttl', default=5.0, min=0.0, max=300.0,
-                 help='Seconds the answer of the daemon to "are you '
-                      'there?" (is_accel_exist) is reused before asking '
-                      'again. 0 asks every time.'),
-    cfg.FloatOpt('probe_timeout', default=3.0, min=0.1, max=60.0,
-                 help='Seconds is_accel_exist waits for the daemon to '
-                      'answer its capabilities call before it answers '
-                      'False.'),
-]
-
-
-def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_group(GROUP)
-    conf.register_opts(OPTS, group=GROUP)
-
-
-def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
-    return {GROUP: OPTS}
+# The options live in accel_daemon.conf.integrations (the
+# accel_daemon.cinder namespace of oslo.config.opts).
+GROUP = integrations_conf.CINDER_GROUP
+OPTS: list[cfg.Opt] = integrations_conf.CINDER_OPTS
+register_opts = integrations_conf.register_cinder_opts
+list_opts = integrations_conf.list_cinder_opts
 
 
 def _accel_base() -> type:

@@ -49,31 +49,17 @@ from oslo_config import cfg
 
 from accel_daemon import exception
 from accel_daemon.client import AccelClient
+from accel_daemon.conf import integrations as integrations_conf
 from accel_daemon.integrations import common
 
 LOG = logging.getLogger(__name__)
 
-GROUP = cfg.OptGroup('accel_daemon_nova',
-                     title='accel-daemon for nova-compute conversions')
-OPTS: list[cfg.Opt] = [
-    cfg.FloatOpt('caps_cache_ttl', default=5.0, min=0.0, max=300.0,
-                 help='Seconds the capabilities of the daemon (or its '
-                      'silence) are reused before asking again. 0 asks '
-                      'every time.'),
-    cfg.FloatOpt('probe_timeout', default=3.0, min=0.1, max=60.0,
-                 help='Seconds convert_image waits for the daemon to '
-                      "answer its capabilities call before it uses nova's "
-                      'own qemu-img.'),
-]
-
-
-def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_group(GROUP)
-    conf.register_opts(OPTS, group=GROUP)
-
-
-def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
-    return {GROUP: OPTS}
+# The options live in accel_daemon.conf.integrations (the
+# accel_daemon.nova namespace of oslo.config.opts).
+GROUP = integrations_conf.NOVA_GROUP
+OPTS: list[cfg.Opt] = integrations_conf.NOVA_OPTS
+register_opts = integrations_conf.register_nova_opts
+list_opts = integrations_conf.list_nova_opts
 
 
 _lock = threading.Lock()
