@@ -42,6 +42,8 @@ targets() {
             echo "nova nova.tests.unit.virt.test_images" \
                 "nova.tests.unit.privsep.test_qemu" \
                 "nova.tests.unit.virt.libvirt.test_utils" ;;
+        cinder-switch) echo "cinder test_switch_cinder" ;;
+        nova-switch) echo "nova test_switch_nova" ;;
         *) log "unknown suite: $1"; return 2 ;;
     esac
 }

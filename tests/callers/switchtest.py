@@ -1,0 +1,129 @@
+"""Runs accel-cinder-volume / accel-nova-compute for the tests of
+test_switch_cinder.py and test_switch_nova.py (standard library only).
+
+The console script is the real one the venv's pip installed from
+setup.cfg, run as a child process with its own arguments, and the
+service's ``main()`` is the real one.  What the tests learn about the
+process comes from an observer loaded at its start-up
+(``switchprobe/sitecustomize.py``) that records, without changing
+anything, what the process looks like when the integration module is
+first imported and when the service's ``main()`` is entered, plus the
+configuration files the service parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROBE = os.path.join(HERE, 'switchprobe')
+STOP_STATUS = 97
+
+
+class Run:
+    """One run of a console script: ``status``, ``stderr``, ``report``."""
+
+    def __init__(self, proc: subprocess.CompletedProcess,
+                 report: dict | None) -> None:
+        self.status = proc.returncode
+        self.stderr = proc.stderr
+        # oslo.log writes to stdout without a log file and use_stderr.
+        self.output = proc.stdout + proc.stderr
+        self.report = report or {}
+
+    def event(self, name: str) -> dict | None:
+        for event in self.report.get('events', []):
+            if event['event'] == name:
+                return event
+        return None
+
+    def __repr__(self) -> str:
+        return '<Run status=%s report=%s output=...%s>' % (
+            self.status, json.dumps(self.report)[:2000], self.output[-3000:])
+
+
+class SwitchTestCase(unittest.TestCase):
+    """Per test: a temporary HOME and working directory, so oslo.config's
+    default files are the test's (``~/.SERVICE/SERVICE.conf``), never the
+    host's."""
+
+    SERVICE = ''          # cinder or nova
+    SCRIPT = ''           # accel-cinder-volume or accel-nova-compute
+    STOP = None           # ACCEL_PROBE_STOP for the observer
+    BASE = ''             # settings every configuration file starts with
+
+    def setUp(self) -> None:
+        self.tmp = os.path.realpath(tempfile.mkdtemp(prefix='switch-'))
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.home = os.path.join(self.tmp, 'home')
+        os.makedirs(self.home)
+        self.script = os.path.join(os.path.dirname(sys.executable),
+                                   self.SCRIPT)
+
+    def conf(self, name: str, enabled: str | None,
+             extra: str = '') -> str:
+        path = os.path.join(self.tmp, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        text = self.BASE % {'tmp': self.tmp} + extra
+        if enabled is not None:
+            text += '\n[accel_daemon_client]\nenabled = %s\n' % enabled
+        with open(path, 'w') as f:
+            f.write(text)
+        return path
+
+    def run_script(self, *args: str, env: dict | None = None) -> Run:
+        report = os.path.join(self.tmp, 'report.json')
+        environ = {k: v for k, v in os.environ.items()
+                   if not k.startswith('OS_')}
+        environ.update(HOME=self.home, PYTHONPATH=PROBE,
+                       ACCEL_PROBE_SERVICE=self.SERVICE,
+                       ACCEL_PROBE_REPORT=report)
+        if self.STOP:
+            environ['ACCEL_PROBE_STOP'] = self.STOP
+        environ.update(env or {})
+        proc = subprocess.run([self.script] + list(args), env=environ,
+                              cwd=self.tmp, capture_output=True, text=True,
+                              timeout=180, check=False)
+        data = None
+        if os.path.exists(report):
+            with open(report) as f:
+                data = json.load(f)
+        return Run(proc, data)
+
+    # -- what every run of the real main() shows -------------------------
+
+    def assertServiceMainRan(self, run: Run, argv: list[str]) -> dict:
+        main = run.event('main')
+        self.assertIsNotNone(main, run)
+        # The arguments the service saw are the command's own, untouched.
+        self.assertEqual(main['argv'], [self.script] + argv)
+        self.assertEqual(run.report['final']['argv'], [self.script] + argv)
+        return main
+
+    def assertInstalled(self, run: Run) -> None:
+        main = run.event('main')
+        self.assertEqual(main['convert_image'],
+                         'accel_daemon.integrations.%s' % self.SERVICE, run)
+        integration = run.event('integration')
+        self.assertIsNotNone(integration, run)
+        # The service's command module was imported (it chose its
+        # concurrency model) before anything of the integration.
+        self.assertIn('%s.monkey_patch' % self.SERVICE,
+                      integration['modules'])
+        self.assertNotIn('accel_daemon.client', integration['modules'])
+
+    def assertNotInstalled(self, run: Run) -> None:
+        main = run.event('main')
+        self.assertNotEqual(main['convert_image'],
+                            'accel_daemon.integrations.%s' % self.SERVICE)
+        self.assertIsNone(run.event('integration'), run)
+        self.assertNotIn('accel_daemon.integrations.%s' % self.SERVICE,
+                         run.report['final']['modules'])
+        self.assertIn(run.report['final']['convert_image'],
+                      ('cinder.image.image_utils', 'nova.virt.images', None))

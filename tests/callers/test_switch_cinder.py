@@ -1,0 +1,119 @@
+"""accel-cinder-volume: the real console script, cinder 29's real
+``cinder.cmd.volume.main()``.
+
+Runs in the cinder caller venv (tools/run-caller-tests.sh, suite
+``cinder-switch``).  The configurations hold no ``enabled_backends``, so
+cinder's own main() parses them, sets up logging, privsep and os-brick,
+then stops at its first check with one logged error and exit status 1:
+a known early failure point of the real start-up, reached without any
+patch.  switchtest's observer reports what the process looked like when
+main() was entered.
+"""
+
+import os
+
+import switchtest
+
+NO_BACKENDS = 'does not specify "enabled_backends"'
+DAEMON_ACCEL = 'accel_daemon.integrations.cinder.DaemonAccel'
+CINDER_ENGINES = ['cinder.image.accelerators.qat.AccelQAT',
+                  'cinder.image.accelerators.gzip.AccelGZIP']
+
+
+class AccelCinderVolumeTest(switchtest.SwitchTestCase):
+
+    SERVICE = 'cinder'
+    SCRIPT = 'accel-cinder-volume'
+    BASE = ('[DEFAULT]\ntransport_url = fake:/\nstate_path = %(tmp)s\n'
+            'lock_path = %(tmp)s\n')
+
+    def assertCinderStopped(self, run):
+        """cinder's main() ran to its enabled_backends check."""
+        self.assertEqual(run.status, 1, run)
+        self.assertIn(NO_BACKENDS, run.output)
+
+    def test_enabled_installs_before_cinder_main(self):
+        conf = self.conf('cinder.conf', 'true')
+        argv = ['--config-file', conf]
+        run = self.run_script(*argv)
+        self.assertCinderStopped(run)
+        main = self.assertServiceMainRan(run, argv)
+        self.assertInstalled(run)
+        # DaemonAccel is cinder's first engine, before main() runs.
+        self.assertEqual(main['accelerators'], [DAEMON_ACCEL] + CINDER_ENGINES)
+        # cinder.cmd.volume monkey-patched before the integration was
+        # imported (cinder-volume's default model).
+        self.assertTrue(run.event('integration')['eventlet_patched'])
+        self.assertEqual(run.report['conf']['config_file'], [conf])
+
+    def test_disabled_runs_cinder_unchanged(self):
+        conf = self.conf('cinder.conf', 'false')
+        argv = ['--config-file', conf, '--debug']
+        run = self.run_script(*argv)
+        self.assertCinderStopped(run)
+        main = self.assertServiceMainRan(run, argv)
+        self.assertNotInstalled(run)
+        self.assertEqual(main['accelerators'], CINDER_ENGINES)
+
+    def test_unset_is_disabled(self):
+        conf = self.conf('cinder.conf', None)
+        run = self.run_script('--config-file', conf)
+        self.assertCinderStopped(run)
+        self.assertNotInstalled(run)
+
+    def test_config_dir_read_like_cinder(self):
+        """A later --config-dir overrides an earlier --config-file, as in
+        cinder's own parsing."""
+        conf = self.conf('cinder.conf', 'false')
+        self.conf('cinder.conf.d/accel.conf', 'true', extra='')
+        confd = os.path.join(self.tmp, 'cinder.conf.d')
+        argv = ['--config-file', conf, '--config-dir', confd]
+        run = self.run_script(*argv)
+        self.assertCinderStopped(run)
+        self.assertServiceMainRan(run, argv)
+        self.assertInstalled(run)
+
+    def test_later_file_wins(self):
+        on = self.conf('on.conf', 'true')
+        off = self.conf('off.conf', 'false')
+        run = self.run_script('--config-file', on, '--config-file', off)
+        self.assertCinderStopped(run)
+        self.assertNotInstalled(run)
+
+    def test_default_files_read_like_cinder(self):
+        """No --config-file: oslo.config's default files for project
+        cinder (here ~/.cinder/cinder.conf), found for the switch as cinder
+        finds them."""
+        conf = self.conf('home/.cinder/cinder.conf', 'true')
+        run = self.run_script()
+        self.assertCinderStopped(run)
+        self.assertServiceMainRan(run, [])
+        self.assertInstalled(run)
+        self.assertIn(conf, run.report['conf']['config_file'])
+
+    def test_environment_variable(self):
+        conf = self.conf('cinder.conf', None)
+        run = self.run_script('--config-file', conf,
+                              env={'OS_ACCEL_DAEMON_CLIENT__ENABLED': 'true'})
+        self.assertCinderStopped(run)
+        self.assertInstalled(run)
+
+    def test_invalid_value_is_refused_before_cinder(self):
+        conf = self.conf('cinder.conf', 'maybe')
+        run = self.run_script('--config-file', conf)
+        self.assertEqual(run.status, 1, run)
+        lines = run.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, run.stderr)
+        self.assertTrue(lines[0].startswith(
+            'accel-cinder-volume: [accel_daemon_client] enabled: '), lines)
+        self.assertIn("'maybe'", lines[0])
+        self.assertIsNone(run.event('main'), run)
+        self.assertNotIn('cinder.cmd.volume', run.report['final']['modules'])
+
+    def test_missing_file_is_cinders_error(self):
+        missing = os.path.join(self.tmp, 'missing.conf')
+        run = self.run_script('--config-file', missing)
+        self.assertNotEqual(run.status, 0)
+        self.assertIsNotNone(run.event('main'), run)
+        self.assertIn('ConfigFilesNotFoundError', run.output)
+        self.assertIsNone(run.event('integration'), run)

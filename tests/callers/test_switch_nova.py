@@ -1,0 +1,93 @@
+"""accel-nova-compute: the real console script, nova 34's real
+``nova.cmd.compute.main()``.
+
+Runs in the nova caller venv (tools/run-caller-tests.sh, suite
+``nova-switch``).  nova-compute's main() parses the configuration, sets
+up logging, privsep, os-brick and os-vif, then builds its service, whose
+constructor waits for nova-conductor without end (nothing answers).
+switchtest's observer ends the process with status 97 when that
+constructor (``nova.service.Service.__init__``) is entered: a known point
+of the real start-up, after everything main() does with the
+configuration.  Nothing of nova is patched.
+"""
+
+import os
+
+import switchtest
+
+
+class AccelNovaComputeTest(switchtest.SwitchTestCase):
+
+    SERVICE = 'nova'
+    SCRIPT = 'accel-nova-compute'
+    STOP = 'nova/service.py:__init__'
+    BASE = ('[DEFAULT]\ntransport_url = fake:/\nstate_path = %(tmp)s\n'
+            'compute_driver = fake.FakeDriver\n'
+            '[oslo_concurrency]\nlock_path = %(tmp)s\n')
+
+    def assertNovaReachedService(self, run):
+        self.assertEqual(run.status, switchtest.STOP_STATUS, run)
+        self.assertIsNotNone(run.event('stop'), run)
+
+    def test_enabled_installs_before_nova_main(self):
+        conf = self.conf('nova.conf', 'true')
+        argv = ['--config-file', conf]
+        run = self.run_script(*argv)
+        self.assertNovaReachedService(run)
+        self.assertServiceMainRan(run, argv)
+        self.assertInstalled(run)
+        # nova 34 chose native threads before the integration (and so
+        # oslo.messaging through accel-daemon's client) was imported.
+        integration = run.event('integration')
+        self.assertFalse(integration['eventlet_patched'])
+        self.assertEqual(integration['backend'], 'BackendType.THREADING')
+        self.assertEqual(run.report['conf']['config_file'], [conf])
+        self.assertEqual(run.event('stop')['convert_image'],
+                         'accel_daemon.integrations.nova')
+
+    def test_disabled_runs_nova_unchanged(self):
+        conf = self.conf('nova.conf', 'false')
+        argv = ['--config-file', conf, '--debug']
+        run = self.run_script(*argv)
+        self.assertNovaReachedService(run)
+        self.assertServiceMainRan(run, argv)
+        self.assertNotInstalled(run)
+
+    def test_eventlet_mode_installs_after_patching(self):
+        """With nova's eventlet mode, the integration is imported after
+        nova monkey-patched."""
+        conf = self.conf('nova.conf', 'true')
+        run = self.run_script(
+            '--config-file', conf,
+            env={'OS_NOVA_DISABLE_EVENTLET_PATCHING': 'false'})
+        self.assertNovaReachedService(run)
+        self.assertInstalled(run)
+        self.assertTrue(run.event('integration')['eventlet_patched'])
+
+    def test_config_dir_read_like_nova(self):
+        conf = self.conf('nova.conf', 'false')
+        self.conf('nova.conf.d/accel.conf', 'true')
+        confd = os.path.join(self.tmp, 'nova.conf.d')
+        argv = ['--config-file', conf, '--config-dir', confd]
+        run = self.run_script(*argv)
+        self.assertNovaReachedService(run)
+        self.assertServiceMainRan(run, argv)
+        self.assertInstalled(run)
+
+    def test_default_files_read_like_nova(self):
+        conf = self.conf('home/.nova/nova.conf', 'true')
+        run = self.run_script()
+        self.assertNovaReachedService(run)
+        self.assertInstalled(run)
+        self.assertIn(conf, run.report['conf']['config_file'])
+
+    def test_invalid_value_is_refused_before_nova(self):
+        conf = self.conf('nova.conf', 'yes please')
+        run = self.run_script('--config-file', conf)
+        self.assertEqual(run.status, 1, run)
+        lines = run.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, run.stderr)
+        self.assertTrue(lines[0].startswith(
+            'accel-nova-compute: [accel_daemon_client] enabled: '), lines)
+        self.assertIsNone(run.event('main'), run)
+        self.assertNotIn('nova.cmd.compute', run.report['final']['modules'])
