@@ -42,7 +42,7 @@ targets() {
             echo "nova nova.tests.unit.virt.test_images" \
                 "nova.tests.unit.privsep.test_qemu" \
                 "nova.tests.unit.virt.libvirt.test_utils" ;;
-        cinder-switch) echo "cinder test_switch_cinder" ;;
+        cinder-switch) echo "cinder test_switch_cinder test_cinder_contrib" ;;
         nova-switch) echo "nova test_switch_nova" ;;
         *) log "unknown suite: $1"; return 2 ;;
     esac
