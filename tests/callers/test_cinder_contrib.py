@@ -10,6 +10,8 @@ cinder does and builds cinder's real ``ImageAccel``: with
 ``image_compression_accelerators`` naming DaemonAccel first, the engine is
 DaemonAccel and compresses then decompresses a file in place through an
 in-process daemon; without the option, the engine is cinder's gzip one.
+accel-cinder-volume's ``install()`` on the patched copy changes the
+option's default only.
 """
 
 import json
@@ -39,8 +41,12 @@ from cinder.image import accelerator
 from accel_daemon.integrations import cinder as integration
 import inprocess
 
-conf_file, data_dir = sys.argv[1], sys.argv[2]
+conf_file, data_dir, install = sys.argv[1], sys.argv[2], sys.argv[3]
 CONF = cfg.CONF
+if install == 'install':
+    # As accel-cinder-volume does, before cinder parses its configuration.
+    from accel_daemon.cmd import cinder_volume
+    cinder_volume.install()
 CONF(['--config-file', conf_file], project='cinder')
 out = {'cinder': cinder.__file__,
        'option': CONF.image_compression_accelerators,
@@ -103,13 +109,14 @@ class ContribPatchTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         return root
 
-    def run_child(self, root, conf_text):
+    def run_child(self, root, conf_text, install=False):
         conf = os.path.join(self.tmp, 'cinder.conf')
         with open(conf, 'w') as f:
             f.write(conf_text)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, HERE]))
         proc = subprocess.run(
-            [sys.executable, '-c', CHILD, conf, self.tmp], env=env,
+            [sys.executable, '-c', CHILD, conf, self.tmp,
+             'install' if install else 'no'], env=env,
             capture_output=True, text=True, timeout=300, check=False)
         self.assertEqual(proc.returncode, 0, proc.stderr[-4000:])
         out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -133,4 +140,20 @@ class ContribPatchTest(unittest.TestCase):
         out = self.run_child(root, '[DEFAULT]\n')
         self.assertEqual(out['option'][-1], GZIP_ACCEL)
         self.assertNotIn(DAEMON_ACCEL, out['option'])
+        self.assertEqual(out['engine'], GZIP_ACCEL)
+
+    def test_console_script_install_sets_the_default_only(self):
+        """accel-cinder-volume's install() on a patched cinder: DaemonAccel
+        first in the option's default; an operator's list stays as set."""
+        root = self.patched_copy()
+        out = self.run_child(root, '[DEFAULT]\n', install=True)
+        self.assertEqual(out['option'][0], DAEMON_ACCEL)
+        self.assertEqual(out['option'][-1], GZIP_ACCEL)
+        self.assertEqual(out['engine'], DAEMON_ACCEL)
+        self.assertTrue(out['round_trip'], out)
+
+        out = self.run_child(
+            root, '[DEFAULT]\nimage_compression_accelerators = %s\n'
+            % GZIP_ACCEL, install=True)
+        self.assertEqual(out['option'], [GZIP_ACCEL])
         self.assertEqual(out['engine'], GZIP_ACCEL)
