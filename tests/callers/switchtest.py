@@ -127,3 +127,27 @@ class SwitchTestCase(unittest.TestCase):
                          run.report['final']['modules'])
         self.assertIn(run.report['final']['convert_image'],
                       ('cinder.image.image_utils', 'nova.virt.images', None))
+
+
+# The daemon's own groups: none belongs in a cinder or nova sample.
+DAEMON_GROUPS = ('[accel_daemon]', '[accel_daemon_rpc]', '[compression]',
+                 '[qemu_img]', '[tasks]', '[privsep_accel]')
+
+
+def generate_sample(*namespaces: str) -> str:
+    """oslo-config-generator of this venv, as a deployment of the caller
+    runs it, with these namespaces."""
+    args = [os.path.join(os.path.dirname(sys.executable),
+                         'oslo-config-generator')]
+    for namespace in namespaces:
+        args += ['--namespace', namespace]
+    proc = subprocess.run(args, capture_output=True, text=True,
+                          timeout=300, check=False)
+    if proc.returncode:
+        raise AssertionError('oslo-config-generator failed:\n%s'
+                             % proc.stderr[-3000:])
+    return proc.stdout
+
+
+def sample_groups(sample: str) -> list[str]:
+    return [line for line in sample.splitlines() if line.startswith('[')]

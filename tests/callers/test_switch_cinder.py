@@ -11,6 +11,7 @@ main() was entered.
 """
 
 import os
+import unittest
 
 import switchtest
 
@@ -117,3 +118,28 @@ class AccelCinderVolumeTest(switchtest.SwitchTestCase):
         self.assertIsNotNone(run.event('main'), run)
         self.assertIn('ConfigFilesNotFoundError', run.output)
         self.assertIsNone(run.event('integration'), run)
+
+
+class SampleConfigTest(unittest.TestCase):
+    """The sample a cinder deployment generates with accel-daemon's client
+    and cinder namespaces beside the library namespaces of cinder's own
+    generator configuration: the switch and the integration's options,
+    nothing of the daemon, nothing of nova.  (The ``cinder`` namespace
+    itself needs the optional backup and volume drivers' libraries, which
+    cinder's genconfig environment installs and this venv does not.)"""
+
+    def test_namespaces_beside_cinders(self):
+        sample = switchtest.generate_sample(
+            'oslo.messaging', 'oslo.log', 'oslo.concurrency',
+            'keystonemiddleware.auth_token', 'accel_daemon.client',
+            'accel_daemon.cinder')
+        groups = switchtest.sample_groups(sample)
+        self.assertIn('[accel_daemon_client]', groups)
+        self.assertIn('[accel_daemon_cinder]', groups)
+        self.assertNotIn('[accel_daemon_nova]', groups)
+        for group in switchtest.DAEMON_GROUPS:
+            self.assertNotIn(group, groups)
+        self.assertIn('#enabled = false', sample)
+        # The other namespaces' options are there too.
+        self.assertIn('#transport_url', sample)
+        self.assertIn('[keystone_authtoken]', groups)

@@ -12,6 +12,7 @@ configuration.  Nothing of nova is patched.
 """
 
 import os
+import unittest
 
 import switchtest
 
@@ -91,3 +92,23 @@ class AccelNovaComputeTest(switchtest.SwitchTestCase):
             'accel-nova-compute: [accel_daemon_client] enabled: '), lines)
         self.assertIsNone(run.event('main'), run)
         self.assertNotIn('nova.cmd.compute', run.report['final']['modules'])
+
+
+class SampleConfigTest(unittest.TestCase):
+    """The sample a nova deployment generates with its own namespace
+    and accel-daemon's client and nova namespaces: the switch and the
+    integration's options, nothing of the daemon, nothing of the other
+    service."""
+
+    def test_namespaces_beside_novas(self):
+        sample = switchtest.generate_sample(
+            'nova.conf', 'accel_daemon.client', 'accel_daemon.nova')
+        groups = switchtest.sample_groups(sample)
+        self.assertIn('[accel_daemon_client]', groups)
+        self.assertIn('[accel_daemon_nova]', groups)
+        self.assertNotIn('[accel_daemon_cinder]', groups)
+        for group in switchtest.DAEMON_GROUPS:
+            self.assertNotIn(group, groups)
+        self.assertIn('#enabled = false', sample)
+        # nova's own options are there too.
+        self.assertIn('#compute_driver', sample)
