@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from typing import Any
 
 from oslo_config import cfg
 from oslo_messaging import conffixture
@@ -36,7 +37,9 @@ MIB = 1024 * 1024
 class Daemon:
     """Started by ``start()``; ``images`` is its allowed directory."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, **settings: Any) -> None:
+        # Further engine Settings (e.g. sysfs_root).
+        self.settings = settings
         self.host = '%s-%s' % (prefix, uuid.uuid4().hex[:8])
         self.root = os.path.realpath(tempfile.mkdtemp(prefix=prefix + '-'))
         self.images = os.path.join(self.root, 'images')
@@ -58,7 +61,8 @@ class Daemon:
         self.conf([], default_config_files=[])
         self.conf.set_override('control_exchange', 'test-%s' % self.host)
         settings = Settings(allowed_dirs=(self.images,),
-                            filters_path=(filters,), drivers=('isal',))
+                            filters_path=(filters,), drivers=('isal',),
+                            **self.settings)
         backend = LocalBackend(settings)
         self.manager = TaskManager(
             backend, Journal(os.path.join(self.root, 'tasks.db')), workers=2)

@@ -17,8 +17,10 @@ and a daemon answering (suites ``cinder-installed`` and
    never because nothing answers;
 3. the integration is installed by the same ``install()`` the console
    script runs (``accel_daemon.cmd.cinder_volume`` / ``.nova_compute``);
-4. the caller's tests, between two checks that the integration is
-   installed and the daemon answers (first and last in the suite).
+4. the caller's tests, between the target module's checks: first that
+   the integration is installed and the daemon answers, last the same
+   and that the caller's tests did go through the integration, which
+   never fell back for want of an answer.
 
 Tests that cannot pass with the integration installed are listed in the
 target module's ``EXPECTED_FAILURES``: test id -> (reason, a text its
@@ -33,6 +35,9 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import shutil
+import sys
+import tempfile
 import unittest
 from typing import Any, Callable
 
@@ -43,7 +48,14 @@ _daemons: list[inprocess.Daemon] = []
 
 
 def start_daemon(prefix: str) -> inprocess.Daemon:
-    daemon = inprocess.Daemon(prefix).start()
+    """The daemon shares the process with the caller's tests, whose
+    fixtures may forbid what a separate daemon does freely: nova's
+    SysFsPoisonFixture fails any os.listdir/open of a /sys path, which
+    the daemon's QAT probe (its capabilities) reads.  Its sysfs is an
+    empty directory of its own (no accelerator, as on this host)."""
+    sysfs = tempfile.mkdtemp(prefix=prefix + '-sysfs-')
+    atexit.register(shutil.rmtree, sysfs, ignore_errors=True)
+    daemon = inprocess.Daemon(prefix, sysfs_root=sysfs).start()
     _daemons.append(daemon)
     atexit.register(daemon.stop)
     return daemon
@@ -119,7 +131,7 @@ class _Missing(unittest.TestCase):
 
 def suite(test_package: str, targets: tuple[str, ...],
           expected: dict[str, tuple[str, str]],
-          checks: type[unittest.TestCase],
+          first: type[unittest.TestCase], last: type[unittest.TestCase],
           setup: Callable[[], None]) -> unittest.TestSuite:
     importlib.import_module(test_package)
     setup()
@@ -136,8 +148,20 @@ def suite(test_package: str, targets: tuple[str, ...],
             found.add(test.id())
             wrapped.append(ExpectedFailure(test, *entry))
     loader = unittest.defaultTestLoader
-    first = loader.loadTestsFromTestCase(checks)
-    last = loader.loadTestsFromTestCase(
-        type(checks.__name__ + 'AtTheEnd', (checks,), {}))
     missing = [_Missing(name) for name in sorted(set(expected) - found)]
-    return unittest.TestSuite([first] + wrapped + missing + [last])
+    return unittest.TestSuite([loader.loadTestsFromTestCase(first)] +
+                              wrapped + missing +
+                              [loader.loadTestsFromTestCase(last)])
+
+
+NO_ANSWER = 'a daemon that does not answer'
+
+
+def assert_used(case: unittest.TestCase, fallbacks: set[str]) -> None:
+    """The caller's tests called the integration's convert_image (each
+    fallback reason is logged once, in ``fallbacks``), and none of those
+    calls fell back because the daemon did not answer."""
+    case.assertTrue(fallbacks, 'convert_image was never called')
+    case.assertNotIn(NO_ANSWER, fallbacks)
+    sys.stderr.write('\nconvert_image fell back for: %s\n'
+                     % '; '.join(sorted(fallbacks)))

@@ -74,6 +74,15 @@ class IntegrationIsLive(unittest.TestCase):
         self.assertEqual(caps['allowed_dirs'], [DAEMON.images])
 
 
+class IntegrationWasUsed(IntegrationIsLive):
+    """Last: still live, and cinder's tests went through it."""
+
+    def test_used_and_never_without_an_answer(self):
+        from accel_daemon.integrations import cinder as integration
+
+        installed.assert_used(self, integration._fallbacks_logged)
+
+
 def load_tests(loader, tests, pattern):
     return installed.suite('cinder.tests.unit', TARGETS, EXPECTED_FAILURES,
-                           IntegrationIsLive, setup)
+                           IntegrationIsLive, IntegrationWasUsed, setup)

@@ -25,7 +25,6 @@ import atexit
 import json
 import os
 import sys
-import threading
 
 SERVICE = os.environ.get('ACCEL_PROBE_SERVICE')
 REPORT = os.environ.get('ACCEL_PROBE_REPORT')
@@ -135,4 +134,3 @@ def _tail(filename):
 if SERVICE and REPORT:
     atexit.register(_write, 'exit')
     sys.setprofile(_profile)
-    threading.setprofile(None)
