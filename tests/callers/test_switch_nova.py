@@ -23,7 +23,6 @@ class AccelNovaComputeTest(switchtest.SwitchTestCase):
     SCRIPT = 'accel-nova-compute'
     STOP = 'nova/service.py:__init__'
     BASE = ('[DEFAULT]\ntransport_url = fake:/\nstate_path = %(tmp)s\n'
-            'compute_driver = fake.FakeDriver\n'
             '[oslo_concurrency]\nlock_path = %(tmp)s\n')
 
     def assertNovaReachedService(self, run):
