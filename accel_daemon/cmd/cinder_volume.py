@@ -43,38 +43,22 @@ from typing import Any
 from accel_daemon.cmd import service_switch
 
 PROJECT = 'cinder'
-# cinder.conf's option that names the engines, when cinder carries the
-# change of contrib/cinder-configurable-accelerators (not in cinder 29).
-ENGINES_OPT = 'image_compression_accelerators'
 
 
 def install() -> None:
-    """Make cinder use accel-daemon: ``convert_image`` and the image
-    accelerator.
+    """Make cinder use accel-daemon: ``accel_daemon.integrations.cinder``'s
+    ``install()`` replaces cinder's ``image_utils.convert_image`` and puts
+    ``DaemonAccel`` first in cinder's engine list,
+    ``accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST``.
 
-    cinder builds its accelerator from a list of class paths.  cinder 29
-    hard-codes it (``accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST``):
-    ``DaemonAccel`` is put first in that list.  A cinder with the option
-    ``image_compression_accelerators`` (the contrib/ patch) reads the list
-    from its configuration: then ``DaemonAccel`` is put first in the
-    option's default only, so a list the operator set is used as set.
+    In cinder 29 that list is the engine list itself.  In a cinder with
+    contrib/'s change (the option ``image_compression_accelerators``) it is
+    the option's default: DaemonAccel comes first unless the operator set
+    the option, and a list the operator set is used as set.
     """
-    from oslo_config import cfg
-
-    from cinder.image import accelerator
-
     from accel_daemon.integrations import cinder as integration
 
     integration.install()
-    if ENGINES_OPT in cfg.CONF:
-        # Read before cinder parses its configuration: the default.
-        default = list(cfg.CONF[ENGINES_OPT])
-        if integration.PATH not in default:
-            cfg.CONF.set_default(ENGINES_OPT, [integration.PATH] + default)
-        return
-    engines: list[str] = accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST
-    if integration.PATH not in engines:
-        engines.insert(0, integration.PATH)
 
 
 def main() -> Any:
