@@ -212,7 +212,8 @@ class AccelClient:
     """Calls one accel-daemon; built from the caller's configuration.
 
     Registers ``[accel_daemon_client]`` options on ``conf``; the transport
-    comes from ``conf``'s oslo.messaging options (``transport_url``...).
+    comes from ``conf``'s oslo.messaging options (``transport_url``...),
+    or from ``[accel_daemon_client] transport_url`` when that is set.
     ``host`` overrides ``[accel_daemon_client] host``; by default the daemon
     on this machine is called.
     """
@@ -227,7 +228,8 @@ class AccelClient:
         self.task_timeout = opts.task_timeout
         self.queue_full_timeout = opts.queue_full_timeout
         self._own_transport = transport is None
-        self._transport = transport or rpcapi.get_transport(conf)
+        self._transport = transport or rpcapi.get_transport(
+            conf, url=opts.transport_url)
         self._api = rpcapi.AccelAPI(self._transport, topic=opts.topic,
                                     timeout=opts.timeout)
 

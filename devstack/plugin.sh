@@ -57,22 +57,17 @@ function configure_accel_daemon {
     fi
     if is_service_enabled n-cpu; then
         _accel_daemon_client_conf "$NOVA_CONF"
-        # With cells v2 "superconductor" (devstack's default), devstack
-        # points nova-compute's transport_url at the cell's virtual host,
-        # and the client calls the daemon over the caller's transport.
-        if [[ ${CELLSV2_SETUP:-superconductor} != singleconductor &&
-            ${ACCEL_DAEMON_RPC_VHOST:-} != nova_cell* ]]; then
-            echo "WARNING: accel-daemon: nova-compute talks to RabbitMQ" \
-                "virtual host nova_cell1 (CELLSV2_SETUP=superconductor)," \
-                "the daemon to '${ACCEL_DAEMON_RPC_VHOST:-/}': nova-compute" \
-                "cannot reach it; see doc/source/devstack.rst" >&2
-        fi
     fi
 }
 
 function _accel_daemon_client_conf {
     iniset "$1" accel_daemon_client enabled True
     iniset "$1" accel_daemon_client host "$ACCEL_DAEMON_HOST"
+    # The daemon's broker and virtual host, whatever the service's own
+    # transport_url says: with cells v2 "superconductor" (devstack's
+    # default) nova-compute's names the cell's virtual host.
+    iniset "$1" accel_daemon_client transport_url \
+        "$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")"
 }
 
 function start_accel_daemon {

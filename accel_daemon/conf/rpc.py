@@ -71,6 +71,14 @@ CLIENT_OPTS = [
                     'the service.'),
     cfg.StrOpt('topic', default=DEFAULT_TOPIC,
                help='RPC topic of the daemon ([accel_daemon_rpc] topic).'),
+    cfg.StrOpt('transport_url', secret=True,
+               help='oslo.messaging transport URL of the broker the daemon '
+                    'listens on. Unset means the service\'s own '
+                    '[DEFAULT] transport_url, which is right when the '
+                    'service and the daemon share a broker and virtual '
+                    'host. Set it where they do not, e.g. a nova-compute '
+                    'whose transport_url names its cell\'s virtual host '
+                    'while the daemon listens on the default one.'),
     cfg.IntOpt('timeout', default=60, min=1,
                help='Seconds to wait for the daemon to answer one RPC call '
                     '(not for a task to finish: tasks are waited for with '

@@ -176,10 +176,14 @@ class _Stack:
         self.nova_conf = d('etc/nova/nova.conf')
         self.nova_cpu_conf = d('etc/nova/nova-cpu.conf')
         url = 'rabbit://guest:guest@127.0.0.1:5672/'
-        for conf in (self.cinder_conf, self.nova_conf):
+        # nova-compute's as devstack's default cells v2 "superconductor"
+        # writes it: the cell's virtual host, where no daemon listens.
+        for conf, vhost in ((self.cinder_conf, ''),
+                            (self.nova_conf, 'nova_cell1')):
             with open(conf, 'w') as f:
-                f.write('[DEFAULT]\ntransport_url = %s\n' % url)
+                f.write('[DEFAULT]\ntransport_url = %s%s\n' % (url, vhost))
             os.chmod(conf, 0o644)
+        self.daemon_url = url
         # What nova-compute read before devstack rewrote it: stale.
         with open(self.nova_cpu_conf, 'w') as f:
             f.write('[DEFAULT]\nstale = true\n')
@@ -253,10 +257,11 @@ class _Stack:
 
 def _ini(path: str) -> dict[str, dict[str, str]]:
     import configparser
-    p = configparser.RawConfigParser(strict=False)
+    # [DEFAULT] read as a section of its own, not merged into the others.
+    p = configparser.RawConfigParser(strict=False,
+                                     default_section='\0no default')
     p.read(path)
-    return {s: {k: v for k, v in p.items(s) if k not in p.defaults()}
-            for s in p.sections()}
+    return {s: dict(p.items(s)) for s in p.sections()}
 
 
 def _tree(root: str) -> set[str]:
@@ -342,19 +347,22 @@ def test_plugin_phases(stack):
                        stack.instances]
     assert daemon_conf['accel_daemon_rpc']['host'] == stack.host
     cinder = _ini(stack.cinder_conf)['accel_daemon_client']
-    assert cinder == {'enabled': 'True', 'host': stack.host}
+    client = {'enabled': 'True', 'host': stack.host,
+              'transport_url': stack.daemon_url}
+    assert cinder == client
     # devstack starts nova-compute after post-config: it copies $NOVA_CONF
     # over $NOVA_CPU_CONF (lib/nova, start_nova_compute), then runs
     # nova-compute --config-file $NOVA_CPU_CONF.
     shutil.copyfile(stack.nova_conf, stack.nova_cpu_conf)
     nova_cpu = _ini(stack.nova_cpu_conf)['accel_daemon_client']
-    assert nova_cpu == {'enabled': 'True', 'host': stack.host}
-    # Again, with nova-compute on the cell's virtual host (devstack's
-    # default): the same files, and a warning that nova cannot reach it.
+    assert nova_cpu == client
+    assert _ini(stack.nova_cpu_conf)['DEFAULT']['transport_url'] \
+        .endswith('/nova_cell1'), 'the service\'s own transport is kept'
+    # Again: a second post-config changes nothing.
     with open(stack.cinder_conf) as f:
         cinder_text = f.read()
     r = stack.phase('stack', 'post-config', CELLSV2_SETUP='superconductor')
-    assert 'nova-compute cannot reach it' in r.stderr
+    assert 'WARNING' not in r.stderr
     with open(stack.cinder_conf) as f:
         assert f.read() == cinder_text
     assert ns.run(['cat', '/etc/accel-daemon/accel-daemon.conf']).stdout \
@@ -383,7 +391,9 @@ def test_plugin_phases(stack):
         os.path.join(stack.prefix, 'venv', 'bin', 'python'),
         stack.cinder_conf, SERVICE_USER)
     assert caps['allowed_dirs'] == allowed, 'started from the written config'
-    # As nova-compute: devstack's environment and $NOVA_CPU_CONF.
+    # As nova-compute: devstack's environment and $NOVA_CPU_CONF, whose
+    # own transport_url names the cell's virtual host: the client's
+    # [accel_daemon_client] transport_url reaches the daemon.
     caps = stack.capabilities(os.path.join(stack.venv, 'bin', 'python'),
                               stack.nova_cpu_conf, None, timeout=30)
     assert caps['allowed_dirs'] == allowed

@@ -363,6 +363,30 @@ def test_client_options_registered_on_callers_conf():
         fixture.cleanUp()
 
 
+def test_client_transport_url_overrides_the_services(tmp_path):
+    """A nova-compute whose [DEFAULT] transport_url names its cell's
+    virtual host still reaches the daemon's broker when
+    [accel_daemon_client] transport_url says where that is."""
+    conf_file = tmp_path / 'nova.conf'
+    conf_file.write_text('[DEFAULT]\n'
+                         'transport_url = rabbit://u:p@192.0.2.1:5672/cell1\n'
+                         '[accel_daemon_client]\n'
+                         'transport_url = fake:/\n')
+    conf = cfg.ConfigOpts()
+    conf(['--config-file', str(conf_file)], project='nova')
+    with AccelClient(conf) as c:
+        assert type(c._transport._driver).__name__ == 'FakeDriver'
+    assert conf.transport_url.startswith('rabbit://')
+
+    unset = tmp_path / 'cinder.conf'
+    unset.write_text('[DEFAULT]\ntransport_url = fake:/\n')
+    conf = cfg.ConfigOpts()
+    conf(['--config-file', str(unset)], project='cinder')
+    with AccelClient(conf) as c:
+        assert conf.accel_daemon_client.transport_url is None
+        assert type(c._transport._driver).__name__ == 'FakeDriver'
+
+
 # --- the exchange ------------------------------------------------------------
 def test_client_and_server_use_accel_daemons_own_exchange(client, daemon):
     assert rpcapi.EXCHANGE == 'accel_daemon'
