@@ -73,6 +73,7 @@ CLI_OPTS = [
 
 
 def parse_args(argv: list[str] | None, conf: cfg.ConfigOpts = CONF) -> None:
+    accel_conf.register_opts(conf)
     conf.register_cli_opts(CLI_OPTS)
     oslo_log.register_options(conf)
     conf(argv, project=PROJECT)

@@ -2,6 +2,11 @@
 
 ``register_opts(conf)`` registers every group; ``settings(conf)`` turns the
 values into the plain ``engine.settings.Settings`` the engine takes.
+
+Importing a module of this package registers nothing: the client library
+(``accel_daemon.client``, which cinder-volume and nova-compute import) puts
+only ``[accel_daemon_client]`` on the caller's configuration, never the
+daemon's groups. The daemon's entry points register them explicitly.
 """
 
 from __future__ import annotations
@@ -48,5 +53,3 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         convert_coroutines=q.convert_coroutines,
     )
 
-
-register_opts(CONF)

@@ -89,7 +89,7 @@ from oslo_config import cfg
 from oslo_privsep import capabilities as c
 from oslo_privsep import priv_context
 
-import accel_daemon.conf  # noqa: F401  (registers [tasks] for the pool size)
+from accel_daemon import conf as accel_conf
 
 LOG = logging.getLogger(__name__)
 
@@ -135,4 +135,8 @@ def apply_pool_default(conf: cfg.ConfigOpts) -> None:
 # In the privsep daemon this module is imported after the configuration
 # files are parsed and before the thread pool is created: the default pool
 # size follows [tasks] workers there too.
+# The daemon's options ([tasks] for the pool size, and what the privileged
+# operations read) on the global configuration: this package is imported
+# only by the daemon and its privsep helper, never by a client.
+accel_conf.register_opts(cfg.CONF)
 apply_pool_default(cfg.CONF)

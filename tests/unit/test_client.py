@@ -4,6 +4,8 @@ whole module: stopping one costs about a second."""
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -633,3 +635,23 @@ def test_client_deadline_options_defaults():
             assert c.queue_full_timeout == 60.0
     finally:
         fixture.cleanUp()
+
+
+def test_client_puts_no_daemon_group_on_the_callers_conf(tmp_path):
+    """cinder-volume and nova-compute import the client into their own
+    global configuration: only [accel_daemon_client] may appear there."""
+    conf_file = tmp_path / 'cinder.conf'
+    conf_file.write_text('[DEFAULT]\ntransport_url = fake:/\n')
+    code = (
+        'import sys\n'
+        'from oslo_config import cfg\n'
+        'from accel_daemon.client import AccelClient\n'
+        'cfg.CONF(["--config-file", sys.argv[1]], project="cinder")\n'
+        'AccelClient(cfg.CONF).close()\n'
+        'from accel_daemon.conf import opts\n'
+        'daemon = {g.name if hasattr(g, "name") else g\n'
+        '          for g, _ in opts.list_opts()}\n'
+        'print(sorted(daemon & set(cfg.CONF)))\n')
+    out = subprocess.run([sys.executable, '-c', code, str(conf_file)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['accel_daemon_client']"
