@@ -52,4 +52,3 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         info_address_space=q.info_address_space_mib * 1024 * 1024,
         convert_coroutines=q.convert_coroutines,
     )
-
