@@ -1,5 +1,11 @@
 import shutil
 
+# oslo.service's threading backend for the whole run, as accel-daemon and
+# accel-image select it in production: the first import of oslo.messaging
+# would otherwise pick the eventlet backend, whose Launcher runs the
+# daemon's service in a green thread that never runs here.
+import accel_daemon.cmd.daemon  # noqa: F401
+
 import pytest
 
 from tests import envfixture

@@ -14,6 +14,20 @@ daemon and the RPC server.  Either refusal is one line on stderr and exit
 status 1.  Signal handlers are installed only after both checks, so SIGTERM
 ends a daemon still waiting for its broker.
 
+The service runs under oslo.service's ``Launcher`` (threading backend): it
+starts ``Service`` in a thread of this process and stops and waits for it.
+Not ``oslo_service.service.launch()``: with the threading backend that is a
+cotyledon ``ServiceManager``, which forks the service into a child process
+and tells systemd READY=1 from the parent as soon as it starts supervising,
+before the child has even started its RPC server (and it then removes
+NOTIFY_SOCKET, so the child cannot say it later).  The lock, the presence
+check and the privsep helper would also belong to different processes.
+
+Readiness (systemd ``Type=notify``): READY=1 is sent on ``$NOTIFY_SOCKET``
+once the privsep helper is up and the RPC server has answered a call of
+this daemon's own (``wait_until_answering``); STOPPING=1 as the stop
+begins.  Without NOTIFY_SOCKET nothing is sent.
+
 Signals: SIGTERM (and SIGINT) stop the RPC server, stop the task manager
 (running tasks get ``[tasks] stop_timeout`` seconds, then are cancelled)
 and exit 0; SIGHUP reloads the command filters.  Handlers only post to a
@@ -21,12 +35,12 @@ queue: the work happens in the main thread, never inside a handler that may
 have interrupted code holding a lock.
 """
 
-import warnings
+from accel_daemon.cmd import privsep_helper
 
-# futurist and oslo.service import eventlet when it is installed, and
-# eventlet warns at import in nine lines on stderr.  This daemon never uses
-# eventlet; the warning would bury the one line a refused start prints.
-warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')
+# futurist, oslo.service and oslo.privsep import eventlet whenever it is
+# installed (oslo.service depends on it), and eventlet warns at import in
+# nine lines on stderr.  This daemon never uses eventlet.
+privsep_helper.ignore_eventlet_deprecation()
 
 from oslo_service import backend as _service_backend  # noqa: E402
 from oslo_service.backend import (  # noqa: E402
@@ -43,11 +57,16 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import queue  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
+import stat  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 from oslo_config import cfg  # noqa: E402
 from oslo_log import log as oslo_log  # noqa: E402
+from oslo_service import service as oslo_service  # noqa: E402
 
 from accel_daemon import conf as accel_conf  # noqa: E402
 from accel_daemon.engine.tooluser import ToolUser  # noqa: E402
@@ -61,6 +80,9 @@ from accel_daemon.rpc import server as rpc_server  # noqa: E402
 LOG = logging.getLogger(__name__)
 CONF = accel_conf.CONF
 PROJECT = 'accel-daemon'
+# The modes the docs state (doc/source/operations.rst): the state
+# directory, and the files in it (the lock, the journal).
+STATE_DIR_MODE = 0o700
 
 CLI_OPTS = [
     # For tests and development only: run the engine inside this process
@@ -72,12 +94,47 @@ CLI_OPTS = [
 ]
 
 
+class ClosingChannelNoise(logging.Filter):
+    """Demote to DEBUG the two 'Received method ... during closing channel'
+    warnings that oslo.messaging's rabbit driver causes on every start and
+    stop of this daemon; any other amqp record passes unchanged.
+
+    Both are frames AMQP says a closing channel must discard, so nothing is
+    lost:
+
+    * (60, 80), basic.ack: the presence probe (``accel_daemon.rpc.presence``)
+      publishes with the mandatory flag on a channel in confirm mode.  When
+      no queue is bound the broker sends basic.return, then basic.ack; the
+      driver raises MessageUndeliverable on the return, so the ack is still
+      unread when the probe's transport closes the channel.
+    * (60, 30), basic.cancel: at stop the driver deletes the RPC server's
+      fanout queue while still consuming from it, and the broker tells the
+      consumer so (consumer_cancel_notify) just as the channel closes.
+    """
+
+    EXPECTED = frozenset({(60, 80), (60, 30)})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno == logging.WARNING
+                and 'during closing channel' in str(record.msg)
+                and isinstance(record.args, tuple) and record.args
+                and isinstance(record.args[0], tuple)
+                and record.args[0] in self.EXPECTED):
+            record.levelno, record.levelname = logging.DEBUG, 'DEBUG'
+            return logging.getLogger(record.name).isEnabledFor(
+                logging.DEBUG)
+        return True
+
+
 def parse_args(argv: list[str] | None, conf: cfg.ConfigOpts = CONF) -> None:
     accel_conf.register_opts(conf)
     conf.register_cli_opts(CLI_OPTS)
     oslo_log.register_options(conf)
     conf(argv, project=PROJECT)
     oslo_log.setup(conf, PROJECT)
+    amqp_log = logging.getLogger('amqp')
+    if not any(isinstance(f, ClosingChannelNoise) for f in amqp_log.filters):
+        amqp_log.addFilter(ClosingChannelNoise())
 
 
 def make_backend(conf: cfg.ConfigOpts) -> tuple[Any, Callable[[], None]]:
@@ -125,11 +182,29 @@ def check_tool_user(conf: cfg.ConfigOpts) -> None:
                             else 'no such user'))
 
 
+def ensure_state_dir(conf: cfg.ConfigOpts) -> str:
+    """Create ``state_dir`` mode 0700, or make an existing one of ours
+    0700: it holds the task journal (every task's paths and results) and
+    the lock, which only this daemon reads.  A directory of another owner
+    is left as it is (we could not change it)."""
+    state_dir = conf.accel_daemon.state_dir
+    os.makedirs(state_dir, mode=STATE_DIR_MODE, exist_ok=True)
+    st = os.lstat(state_dir)
+    if not stat.S_ISDIR(st.st_mode):
+        raise SystemExit('accel-daemon: refusing to start: [accel_daemon] '
+                         'state_dir %s is not a directory' % state_dir)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == os.geteuid() and mode != STATE_DIR_MODE:
+        os.chmod(state_dir, STATE_DIR_MODE)
+        LOG.info('state_dir %s: mode %04o changed to %04o', state_dir, mode,
+                 STATE_DIR_MODE)
+    return state_dir
+
+
 def lock_state_dir(conf: cfg.ConfigOpts) -> state_lock.StateLock:
     """Hold the state directory for this process's life, or exit naming
     the daemon that holds it."""
-    state_dir = conf.accel_daemon.state_dir
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    state_dir = ensure_state_dir(conf)
     holder = state_lock.holder_info(server=conf.accel_daemon_rpc.host)
     holder['topic'] = conf.accel_daemon_rpc.topic
     try:
@@ -160,14 +235,42 @@ def check_server_name(conf: cfg.ConfigOpts) -> None:
             % (opts.host, opts.topic))
 
 
+def wait_until_answering(conf: cfg.ConfigOpts, timeout: float,
+                         stopping: Callable[[], bool] = lambda: False
+                         ) -> bool:
+    """Call this daemon's own server name until it answers: then the RPC
+    server consumes its queue and dispatches.  False after ``timeout``
+    seconds, or as soon as ``stopping()`` says the wait is pointless."""
+    opts = conf.accel_daemon_rpc
+    deadline = time.monotonic() + timeout
+    transport = rpcapi.get_transport(conf)
+    try:
+        while not stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if presence.someone_answers(transport, opts.topic, opts.host,
+                                        min(2.0, max(left, 0.1))):
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        transport.cleanup()
+
+
 def make_manager(conf: cfg.ConfigOpts, backend: Any) -> TaskManager:
     check_state_dir(conf)
-    os.makedirs(conf.accel_daemon.state_dir, mode=0o700, exist_ok=True)
+    ensure_state_dir(conf)
     return TaskManager.from_conf(backend, conf)
 
 
-class Service:
-    """Backend + task manager + RPC server, and their ordered shutdown."""
+class Service(oslo_service.ServiceBase):
+    """Backend + task manager + RPC server, and their ordered shutdown.
+
+    An oslo.service service: ``Launcher`` runs ``start()`` in a thread of
+    its own, ``stop()`` and ``wait()`` from ``serve()``; ``reset()`` (what
+    oslo.service calls on SIGHUP) reloads the filters.
+    """
 
     def __init__(self, conf: cfg.ConfigOpts, backend: Any,
                  close_backend: Callable[[], None] = lambda: None) -> None:
@@ -182,10 +285,21 @@ class Service:
             max_wait=opts.max_task_wait)
         self.server = rpc_server.build(self.transport, opts.topic, opts.host,
                                        [self.endpoint])
+        # Set when start() has returned or raised; start_error holds what
+        # it raised.
+        self.started = threading.Event()
+        self.start_error: BaseException | None = None
+        self._stopped = threading.Event()
 
     def start(self) -> None:
-        self.manager.start()
-        self.server.start()
+        try:
+            self.manager.start()
+            self.server.start()
+        except BaseException as e:
+            self.start_error = e
+            raise
+        finally:
+            self.started.set()
         LOG.info('accel-daemon serving topic %s as %s',
                  self.conf.accel_daemon_rpc.topic,
                  self.conf.accel_daemon_rpc.host)
@@ -199,7 +313,12 @@ class Service:
             # filters stay in force.
             LOG.exception('Reloading the filters failed')
 
+    def reset(self) -> None:
+        self.reload()
+
     def stop(self) -> None:
+        if self._stopped.is_set():
+            return
         LOG.info('accel-daemon stopping')
         # No new requests, then let the tasks end (which also wakes any
         # task_wait calls still in flight), then wait for those calls.
@@ -208,7 +327,39 @@ class Service:
         self.server.wait()
         self.transport.cleanup()
         self.close_backend()
+        self._stopped.set()
         LOG.info('accel-daemon stopped')
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+class Notifier:
+    """systemd's notification socket (``sd_notify``), read once from
+    ``$NOTIFY_SOCKET`` and removed from the environment, so that neither the
+    privsep helper nor the tools inherit it.  Without it, send() does
+    nothing."""
+
+    def __init__(self, address: str | None = None) -> None:
+        if address is None:
+            address = os.environ.pop('NOTIFY_SOCKET', None)
+        if address and address.startswith('@'):
+            address = '\0' + address[1:]         # abstract namespace
+        self.address = address or None
+
+    def send(self, state: str) -> bool:
+        if not self.address:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(state.encode(), self.address)
+        except OSError as e:
+            # systemd would wait for READY=1 until its start timeout: say
+            # why it never came.
+            LOG.warning('systemd notification %r not sent to NOTIFY_SOCKET '
+                        '%r: %s', state, self.address, e)
+            return False
+        return True
 
 
 def _install_signals(events: queue.SimpleQueue) -> None:
@@ -218,18 +369,74 @@ def _install_signals(events: queue.SimpleQueue) -> None:
         signal.signal(signum, lambda *_, n=name: events.put(n))
 
 
-def serve(service: Service, events: queue.SimpleQueue) -> None:
-    service.start()
-    while True:
-        try:
-            event = events.get(timeout=1.0)
-        except queue.Empty:
-            continue
+def _wait_started(service: Service, events: queue.SimpleQueue,
+                  early: list[str]) -> bool:
+    """Until start() has run: False if a stop came first.  Reloads that
+    come meanwhile are kept for later."""
+    while not service.started.wait(0.2):
+        while True:
+            try:
+                early.append(events.get_nowait())
+            except queue.Empty:
+                break
+        if 'stop' in early:
+            return False
+    return True
+
+
+def serve(service: Service, events: queue.SimpleQueue,
+          notifier: Notifier | None = None,
+          ready_timeout: float = 60.0) -> int:
+    """Run ``service`` under oslo.service's Launcher until a 'stop' event;
+    'reload' events reload the filters.  READY=1 once the server answers,
+    STOPPING=1 when the stop begins.  Exit status: 0, or 1 when the service
+    did not start."""
+    notifier = notifier or Notifier('')
+    launcher = oslo_service.Launcher(service.conf)
+    launcher.launch_service(service)
+    early: list[str] = []
+    status = 0
+    if _wait_started(service, events, early) and service.start_error is None:
+        if wait_until_answering(service.conf, ready_timeout,
+                                stopping=lambda: _stop_queued(events,
+                                                              early)):
+            notifier.send('READY=1')
+            LOG.info('accel-daemon ready')
+        elif 'stop' not in early:
+            LOG.error('accel-daemon does not answer its own calls after '
+                      '%d s; stopping', ready_timeout)
+            early.append('stop')
+            status = 1
+    if service.start_error is not None:
+        LOG.error('accel-daemon could not start: %s', service.start_error)
+        early.append('stop')
+        status = 1
+    for event in _events(events, early):
         if event == 'reload':
-            service.reload()
+            service.reset()
         elif event == 'stop':
             break
-    service.stop()
+    notifier.send('STOPPING=1')
+    launcher.stop()
+    launcher.wait()
+    return status
+
+
+def _stop_queued(events: queue.SimpleQueue, early: list[str]) -> bool:
+    while True:
+        try:
+            early.append(events.get_nowait())
+        except queue.Empty:
+            return 'stop' in early
+
+
+def _events(events: queue.SimpleQueue, early: list[str]):
+    yield from early
+    while True:
+        try:
+            yield events.get(timeout=1.0)
+        except queue.Empty:
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,10 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     check_server_name(CONF)
     events: queue.SimpleQueue = queue.SimpleQueue()
     _install_signals(events)
+    notifier = Notifier()
     service = Service(CONF, *make_backend(CONF))
-    serve(service, events)
+    status = serve(service, events, notifier)
     lock.release()
-    return 0
+    return status
 
 
 if __name__ == '__main__':

@@ -23,7 +23,8 @@ _DEFAULTS = {
                      ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH',
                       'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID', 'CAP_SETPCAP']),
     'thread_pool_size': ('[tasks] workers + 4', None),
-    'helper_command': ('<sudo -n when not root> <venv>/bin/privsep-helper '
+    'helper_command': ('<sudo -n when not root> '
+                       '<venv>/bin/accel-privsep-helper '
                        '--config-file <each of the daemon\'s files>', None),
     'logger_name': ('accel_daemon.privileged', 'accel_daemon.privileged'),
 }

@@ -25,6 +25,11 @@ from accel_daemon.privileged import SECTION
 
 LOG = logging.getLogger(__name__)
 
+# oslo.privsep's helper behind accel-daemon's own console script, which
+# keeps eventlet's import warning out of the log (accel_daemon.cmd.
+# privsep_helper).
+HELPER = 'accel-privsep-helper'
+
 
 def helper_command(executable: str, euid: int,
                    config_files: Sequence[str] = (),
@@ -33,14 +38,16 @@ def helper_command(executable: str, euid: int,
     """argv that starts our privsep daemon; privsep appends the context
     and socket arguments.
 
-    The helper is named by absolute path next to ``executable`` (the venv's
+    The helper (``accel-privsep-helper``, oslo.privsep's ``privsep-helper``
+    without eventlet's import warning) is named by absolute path next to
+    ``executable`` (the venv's
     interpreter): sudo's secure_path would not find a venv.  sudo is used
     only when we are not root; ``-n`` makes a missing sudoers rule fail at
     once instead of waiting for a password.  The argument order is the one
     the sudoers sample (etc/accel-daemon/sudoers.d) expects.
     """
     helper = os.path.join(os.path.dirname(os.path.abspath(executable)),
-                          'privsep-helper')
+                          HELPER)
     cmd = [helper]
     for path in config_files:
         cmd += ['--config-file', os.path.abspath(path)]

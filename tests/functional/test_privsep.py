@@ -1,9 +1,9 @@
 """The privileged layer through a REAL privsep daemon, started the way
 accel-daemon starts it as root (``privileged.start.init``: helper_command
-with the venv's absolute privsep-helper, the test's --config-file), with the
-real tools.  The allowed directory belongs to another user (uid 4242, mode
-0750) and inputs are mode 0600, as cinder's are: the daemon must get there
-with its few capabilities only.
+with the venv's absolute accel-privsep-helper, the test's --config-file),
+with the real tools.  The allowed directory belongs to another user (uid
+4242, mode 0750) and inputs are mode 0600, as cinder's are: the daemon must
+get there with its few capabilities only.
 """
 
 import contextlib
@@ -175,7 +175,7 @@ def assert_nothing_written(env, *outputs):
 # -- the daemon itself -----------------------------------------------------
 def test_helper_started_by_absolute_path_without_sudo(daemon):
     cmd = cfg.CONF[privileged.SECTION].helper_command.split()
-    assert os.path.isabs(cmd[0]) and cmd[0].endswith('/privsep-helper')
+    assert os.path.isabs(cmd[0]) and cmd[0].endswith('/accel-privsep-helper')
     assert 'sudo' not in cmd[0]
     assert ['--config-file', daemon[1]] == cmd[1:3]
     assert cfg.CONF[privileged.SECTION].thread_pool_size == 4 + 4
@@ -565,7 +565,7 @@ def _run_as_service_user(user, venv, conf_path):
     # Appending anything to the allowed command line is refused.
     evil = subprocess.run(
         ['runuser', '-u', user, '--', 'sudo', '-n',
-         os.path.join(venv, 'bin', 'privsep-helper'), '--config-file',
+         os.path.join(venv, 'bin', 'accel-privsep-helper'), '--config-file',
          conf_path, '--config-file', '/tmp/evil.conf', '--version'],
         capture_output=True, text=True, cwd='/', timeout=30)
     return run, evil
@@ -617,7 +617,7 @@ def test_service_user_starts_privsep_through_sudo(service_user):
     assert out['me'] != 0 and out['daemon_uid'] == '0'
     assert out['helper'].split()[:3] == [
         shutil.which('sudo'), '-n', os.path.join(venv, 'bin',
-                                                 'privsep-helper')]
+                                                 'accel-privsep-helper')]
     assert out['filters'] == len(env.policy)
     assert out['error'] == 'PathNotAllowed'
     assert evil.returncode != 0

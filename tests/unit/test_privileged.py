@@ -261,7 +261,7 @@ def test_helper_command_root_runs_helper_directly():
     cmd = privileged_start.helper_command(
         '/opt/a/venv/bin/python3', 0, ['/etc/accel-daemon/accel-daemon.conf'],
         ['/etc/accel-daemon/conf.d'])
-    assert cmd == ['/opt/a/venv/bin/privsep-helper',
+    assert cmd == ['/opt/a/venv/bin/accel-privsep-helper',
                    '--config-file', '/etc/accel-daemon/accel-daemon.conf',
                    '--config-dir', '/etc/accel-daemon/conf.d']
 
@@ -269,7 +269,8 @@ def test_helper_command_root_runs_helper_directly():
 def test_helper_command_non_root_uses_sudo_noninteractive():
     cmd = privileged_start.helper_command('/opt/a/venv/bin/python3', 1000,
                                           ['rel.conf'], sudo='/usr/bin/sudo')
-    assert cmd[:3] == ['/usr/bin/sudo', '-n', '/opt/a/venv/bin/privsep-helper']
+    assert cmd[:3] == ['/usr/bin/sudo', '-n',
+                       '/opt/a/venv/bin/accel-privsep-helper']
     assert cmd[4] == os.path.abspath('rel.conf')
     with pytest.raises(RuntimeError):
         privileged_start.helper_command('/opt/a/venv/bin/python3', 1000,
@@ -292,7 +293,7 @@ def test_init_sets_absolute_helper_and_pool_size(global_conf):
     section = global_conf[privileged.SECTION]
     assert section.thread_pool_size == 7 + privileged.CONTROL_THREADS
     helper = os.path.join(os.path.dirname(os.path.abspath(
-        __import__('sys').executable)), 'privsep-helper')
+        __import__('sys').executable)), 'accel-privsep-helper')
     words = section.helper_command.split()
     assert helper in words
     assert (words[0] == helper) == (os.geteuid() == 0)
