@@ -11,14 +11,19 @@
 #   ACCEL_TRANSPORT_URL  oslo.messaging transport URL
 #                        (rabbit://guest:guest@127.0.0.1:5672/)
 #   ACCEL_TOOL_USER      the user the tools run as       (accel-tools)
+#   ACCEL_SYSTEMD_UNIT_DIR  where the systemd unit goes  (/etc/systemd/system)
+#   ACCEL_SYSTEMD_RUN_DIR   present when systemd runs    (/run/systemd/system)
 #
 # What it does: Debian packages from bindep.txt (runtime entries only); the
-# service user and the tools' user; /var/lib/accel-daemon (0750, owned by that user); a venv
+# service user and the tools' user; /var/lib/accel-daemon (0750, owned by
+# that user) and its state/ (0700: the task journal and the lock); a venv
 # built from Debian's /usr/bin/python3 with a regular (not editable) install,
 # readable by the service user; /etc/accel-daemon with the config, the
 # rootwrap.conf and the filters (root-owned: the service user must not be
-# able to widen them); the sudoers rule for the privsep helper.
-# accel-daemon.conf is written only when absent, so local edits survive.
+# able to widen them); the sudoers rule for the privsep helper; where
+# systemd runs, the unit accel-daemon.service (Type=notify), neither enabled
+# nor started. accel-daemon.conf is written only when absent, so local edits
+# survive. Sourcing the script defines its functions without running it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +34,9 @@ ALLOWED_DIRS=${ACCEL_ALLOWED_DIRS:-/var/lib/accel-daemon/images}
 TRANSPORT_URL=${ACCEL_TRANSPORT_URL:-rabbit://guest:guest@127.0.0.1:5672/}
 STATE=/var/lib/accel-daemon
 ETC=/etc/accel-daemon
+UNIT_DIR=${ACCEL_SYSTEMD_UNIT_DIR:-/etc/systemd/system}
+SYSTEMD_RUN=${ACCEL_SYSTEMD_RUN_DIR:-/run/systemd/system}
+UNIT=accel-daemon.service
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { echo "install: $*" >&2; }
@@ -45,7 +53,10 @@ make_user() {
             --shell /usr/sbin/nologin "$USER_NAME"
     fi
     ensure_tool_user "${ACCEL_TOOL_USER:-accel-tools}"
-    install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE" "$STATE/state"
+    install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE"
+    # The journal names every task's files, and the lock is the daemon's:
+    # 0700, as the daemon itself makes it (doc/source/operations.rst).
+    install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$STATE/state"
     # The default allowed directory; the services' own (cinder, nova) are
     # theirs to create.  The journal (state/) stays outside every allowed
     # directory: the daemon refuses to start otherwise.
@@ -133,6 +144,42 @@ install_sudoers() {
     rm -f "$tmp"
 }
 
+# The systemd unit, with this venv and user, where systemd runs (the
+# directory systemd creates at boot, as sd_booted(3) checks it). Returns 1
+# when it did not install one.
+install_unit() {
+    if [ ! -d "$SYSTEMD_RUN" ]; then
+        return 1
+    fi
+    local tmp
+    tmp=$(mktemp)
+    sed -e "s|/opt/accel-daemon/venv/|$VENV/|g" \
+        -e "s|^User=accel-daemon\$|User=$USER_NAME|" \
+        -e "s|^Group=accel-daemon\$|Group=$USER_NAME|" \
+        "$ROOT/etc/accel-daemon/$UNIT" >"$tmp"
+    install -d -m 0755 "$UNIT_DIR"
+    if ! cmp -s "$tmp" "$UNIT_DIR/$UNIT"; then
+        install -m 0644 "$tmp" "$UNIT_DIR/$UNIT"
+        log "installed $UNIT_DIR/$UNIT"
+        if [ "$SYSTEMD_RUN" = /run/systemd/system ] &&
+            command -v systemctl >/dev/null; then
+            systemctl daemon-reload
+        fi
+    fi
+    rm -f "$tmp"
+}
+
+how_to_start() {
+    if install_unit; then
+        log "done. Start the daemon (and at every boot) with:"
+        log "  systemctl enable --now $UNIT"
+    else
+        log "done. No systemd here ($SYSTEMD_RUN is missing): start the"
+        log "daemon as the service user, for example:"
+        log "  sudo -u $USER_NAME $VENV/bin/accel-daemon --config-file $ETC/accel-daemon.conf"
+    fi
+}
+
 main() {
     if [ "$(id -u)" -ne 0 ]; then
         log "run as root"
@@ -144,8 +191,9 @@ main() {
     make_venv
     install_etc
     install_sudoers
-    log "done. Start the daemon as the service user, for example:"
-    log "  sudo -u $USER_NAME $VENV/bin/accel-daemon --config-file $ETC/accel-daemon.conf"
+    how_to_start
 }
 
-main "$@"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi
