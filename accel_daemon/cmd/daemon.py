@@ -290,11 +290,14 @@ class Service(oslo_service.ServiceBase):
         self.started = threading.Event()
         self.start_error: BaseException | None = None
         self._stopped = threading.Event()
+        self._managing = self._serving = False
 
     def start(self) -> None:
         try:
             self.manager.start()
+            self._managing = True
             self.server.start()
+            self._serving = True
         except BaseException as e:
             self.start_error = e
             raise
@@ -322,9 +325,14 @@ class Service(oslo_service.ServiceBase):
         LOG.info('accel-daemon stopping')
         # No new requests, then let the tasks end (which also wakes any
         # task_wait calls still in flight), then wait for those calls.
-        self.server.stop()
-        self.manager.stop(self.conf.tasks.stop_timeout)
-        self.server.wait()
+        # Only what start() got to: stopping a server that never started
+        # would wait for it forever.
+        if self._serving:
+            self.server.stop()
+        if self._managing:
+            self.manager.stop(self.conf.tasks.stop_timeout)
+        if self._serving:
+            self.server.wait()
         self.transport.cleanup()
         self.close_backend()
         self._stopped.set()
@@ -452,7 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     events: queue.SimpleQueue = queue.SimpleQueue()
     _install_signals(events)
     notifier = Notifier()
-    service = Service(CONF, *make_backend(CONF))
+    try:
+        backend = make_backend(CONF)
+    except Exception as e:
+        # No READY=1: systemd sees a failed start (and the exit status).
+        raise SystemExit('accel-daemon: cannot start the privsep helper: '
+                         '%s: %s' % (type(e).__name__, e)) from None
+    service = Service(CONF, *backend)
     status = serve(service, events, notifier)
     lock.release()
     return status
