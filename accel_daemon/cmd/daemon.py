@@ -378,18 +378,13 @@ def _install_signals(events: queue.SimpleQueue) -> None:
 
 
 def _wait_started(service: Service, events: queue.SimpleQueue,
-                  early: list[str]) -> bool:
-    """Until start() has run: False if a stop came first.  Reloads that
-    come meanwhile are kept for later."""
+                  early: list[str]) -> None:
+    """Until start() has returned or raised (in the launcher's thread),
+    keeping the events that come meanwhile for later: a stop must not race
+    a start still under way."""
     while not service.started.wait(0.2):
-        while True:
-            try:
-                early.append(events.get_nowait())
-            except queue.Empty:
-                break
-        if 'stop' in early:
-            return False
-    return True
+        _stop_queued(events, early)
+    _stop_queued(events, early)
 
 
 def serve(service: Service, events: queue.SimpleQueue,
@@ -404,7 +399,8 @@ def serve(service: Service, events: queue.SimpleQueue,
     launcher.launch_service(service)
     early: list[str] = []
     status = 0
-    if _wait_started(service, events, early) and service.start_error is None:
+    _wait_started(service, events, early)
+    if service.start_error is None and 'stop' not in early:
         if wait_until_answering(service.conf, ready_timeout,
                                 stopping=lambda: _stop_queued(events,
                                                               early)):
