@@ -13,6 +13,8 @@
 #   ACCEL_TOOL_USER      the user the tools run as       (accel-tools)
 #   ACCEL_SYSTEMD_UNIT_DIR  where the systemd unit goes  (/etc/systemd/system)
 #   ACCEL_SYSTEMD_RUN_DIR   present when systemd runs    (/run/systemd/system)
+#   ACCEL_SYSTEMD_UNIT      0: install no unit (a service manager of
+#                           the caller's own runs the daemon)       (1)
 #
 # What it does: Debian packages from bindep.txt (runtime entries only); the
 # service user and the tools' user; /var/lib/accel-daemon (0750, owned by
@@ -148,7 +150,7 @@ install_sudoers() {
 # directory systemd creates at boot, as sd_booted(3) checks it). Returns 1
 # when it did not install one.
 install_unit() {
-    if [ ! -d "$SYSTEMD_RUN" ]; then
+    if [ "${ACCEL_SYSTEMD_UNIT:-1}" = 0 ] || [ ! -d "$SYSTEMD_RUN" ]; then
         return 1
     fi
     local tmp
@@ -174,8 +176,8 @@ how_to_start() {
         log "done. Start the daemon (and at every boot) with:"
         log "  systemctl enable --now $UNIT"
     else
-        log "done. No systemd here ($SYSTEMD_RUN is missing): start the"
-        log "daemon as the service user, for example:"
+        log "done. No systemd unit installed: start the daemon as the"
+        log "service user, for example:"
         log "  sudo -u $USER_NAME $VENV/bin/accel-daemon --config-file $ETC/accel-daemon.conf"
     fi
 }

@@ -328,8 +328,8 @@ def test_plugin_phases(stack):
         assert ns.exists(path), path
     assert ns.run(['id', '-u', SERVICE_USER]).stdout.strip() != '0'
     sudoers = ns.run(['cat', '/etc/sudoers.d/accel-daemon']).stdout
-    assert os.path.join(stack.prefix, 'venv', 'bin', 'privsep-helper') \
-        in sudoers
+    assert os.path.join(stack.prefix, 'venv', 'bin',
+                        'accel-privsep-helper') in sudoers
     # ... and nothing of it outside the namespace
     assert host_etc == [os.path.exists(p) for p in HOST_PATHS]
 

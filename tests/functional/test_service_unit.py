@@ -177,8 +177,11 @@ def test_install_sh_rewrites_venv_and_user(tmp_path):
     assert one(service, 'User') == one(service, 'Group') == 'svc-accel'
 
 
-def test_install_sh_without_systemd_says_how_to_start(tmp_path):
-    proc, installed = run_install_unit(tmp_path, systemd=False)
+@pytest.mark.parametrize('systemd,env', [(False, {}),
+                                         (True, {'ACCEL_SYSTEMD_UNIT': '0'})])
+def test_install_sh_without_systemd_says_how_to_start(tmp_path, systemd,
+                                                      env):
+    proc, installed = run_install_unit(tmp_path, systemd=systemd, **env)
     assert proc.returncode == 0, proc.stderr
     assert not installed.exists()
     assert ('sudo -u accel-daemon /opt/accel-daemon/venv/bin/accel-daemon '
