@@ -3,7 +3,7 @@ tests that run inside the cinder and nova venvs.
 
 ``Daemon(...).start()`` runs the venv's installed ``accel-daemon`` console
 script (``sys.prefix/bin``) as its own process group, with its privsep
-backend: the daemon starts ``privsep-helper`` from the same bin directory
+backend: the daemon starts ``accel-privsep-helper`` from the same bin directory
 itself (``accel_daemon.privileged.start``; as root, without sudo), and the
 tools run as the tool user (``[accel_daemon] tool_user``, default
 ``accel-tools``, which ``tools/setup.sh`` creates).  It talks to the real
