@@ -17,6 +17,8 @@
 
 function install_accel_daemon {
     setup_develop "$ACCEL_DAEMON_DIR"
+    # No systemd unit of install.sh's own: devstack runs the daemon as
+    # devstack@accel-daemon through run_process.
     local -a constraints=()
     if [[ -f ${REQUIREMENTS_DIR:-}/upper-constraints.txt ]]; then
         constraints=("PIP_CONSTRAINT=$REQUIREMENTS_DIR/upper-constraints.txt")
@@ -25,6 +27,7 @@ function install_accel_daemon {
         ACCEL_USER="$ACCEL_DAEMON_USER" ACCEL_PREFIX="$ACCEL_DAEMON_PREFIX" \
         ACCEL_ALLOWED_DIRS="$ACCEL_DAEMON_ALLOWED_DIRS" \
         ACCEL_TRANSPORT_URL="$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")" \
+        ACCEL_SYSTEMD_UNIT=0 \
         bash "$ACCEL_DAEMON_DIR/tools/install.sh"
     # The daemon's own allowed directory (install.sh makes it only when
     # the allowed directories are left at its default).
