@@ -183,6 +183,9 @@ class Paths:
 
         # Which engine cinder's ImageAccel ran, on both paths alike.
         self.accel_calls: list[str] = []
+        # Seconds per step of the current run: convert_image (whichever is
+        # installed), compress_img, decompress_img.
+        self.steps: dict[str, float] = {}
         for name in ('compress_img', 'decompress_img'):
             setattr(accelerator.ImageAccel, name,
                     self._recording(getattr(accelerator.ImageAccel, name),
@@ -197,8 +200,8 @@ class Paths:
             # wrapper or cinder patch does.
             daemon_list.insert(0, integration.PATH)
         self.settings = {
-            'stock': (counted_convert, stock_list),
-            'daemon': (image_utils.convert_image, daemon_list),
+            'stock': (self._timed(counted_convert), stock_list),
+            'daemon': (self._timed(image_utils.convert_image), daemon_list),
         }
         self.use('stock')
 
@@ -206,8 +209,25 @@ class Paths:
         def wrapper(accel, run_as_root):
             self.accel_calls.append('%s.%s' % (type(accel.engine).__name__,
                                                name))
-            return method(accel, run_as_root)
+            started = time.monotonic()
+            try:
+                return method(accel, run_as_root)
+            finally:
+                self._step(name.split('_')[0], started)
         return wrapper
+
+    def _timed(self, convert):
+        def timed_convert(*args, **kwargs):
+            started = time.monotonic()
+            try:
+                return convert(*args, **kwargs)
+            finally:
+                self._step('convert', started)
+        return timed_convert
+
+    def _step(self, name: str, started: float) -> None:
+        self.steps[name] = self.steps.get(name, 0.0) + (time.monotonic() -
+                                                        started)
 
     def use(self, path: str) -> None:
         convert, accels = self.settings[path]
@@ -314,6 +334,7 @@ class Bench:
         self.samples: dict[tuple[str, str], list[float]] = {}
         self.outputs: dict[tuple[str, str], list[int]] = {}
         self.what: dict[tuple[str, str], set[str]] = {}
+        self.steps: dict[tuple[str, str], dict[str, list[float]]] = {}
         self.failures: list[str] = []
         self.checks: list[str] = []
 
@@ -406,6 +427,7 @@ class Bench:
         before = self.daemon_tasks()
         converts = self.paths.cinder_converts
         del self.paths.accel_calls[:]
+        self.paths.steps.clear()
         if kind == 'upload':
             image_id = '%s-%s' % (flow, path)
             self.service.add({'id': image_id, 'disk_format': fmt,
@@ -438,6 +460,11 @@ class Bench:
             ran.append('daemon: %s' % ', '.join(t['kind'] for t in tasks))
         self.what.setdefault((flow, path), set()).add(', '.join(ran))
         self.samples.setdefault((flow, path), []).append(wall)
+        steps = dict(self.paths.steps)
+        steps['rest'] = wall - sum(steps.values())
+        for step, seconds in steps.items():
+            self.steps.setdefault((flow, path), {}).setdefault(
+                step, []).append(seconds)
         if kind == 'upload':
             self.outputs.setdefault((flow, path), []).append(
                 os.path.getsize(out))
@@ -468,12 +495,17 @@ class Bench:
             size=size_gb, run_as_root=False)
 
     def warm(self) -> None:
-        """Read the inputs once, so the first timed run does not pay for
-        the disk."""
+        """What the first timed run would otherwise pay alone: the
+        inputs read from disk, cinder's privsep daemon (its qemu-img info
+        runs the format inspector there), the integration's client and
+        its connection to the broker."""
+        from cinder.image import image_utils
         for path in [self.volume_path] + list(self.glance.values()):
             with open(path, 'rb', buffering=0) as f:
                 while f.read(4 * MiB):
                     pass
+        image_utils.qemu_img_info(self.volume_path, run_as_root=False)
+        self.paths.integration.shared_client().capabilities()
 
     def run(self) -> None:
         self.warm()
@@ -559,12 +591,14 @@ class Bench:
                             os.path.getsize(gz) // MiB))
         lines += [
             '- %d runs per row, interleaved; times are wall seconds around '
-            'the cinder call; MiB/s is the volume size over the median'
-            % self.args.repeat,
+            'the cinder call; steps: convert_image, compress_img or '
+            'decompress_img, and the rest (cinder\'s qemu-img info, the '
+            'image service, temp files); MiB/s is the volume size over the '
+            'median' % self.args.repeat,
             '',
             '| flow | path | what ran (per run) | median s | min-max s | '
-            'MiB/s | output MiB | vs stock |',
-            '|---|---|---|---|---|---|---|---|',
+            'steps, median s | MiB/s | output MiB | vs stock |',
+            '|---|---|---|---|---|---|---|---|---|',
         ]
         for flow in self.args.flows:
             base = statistics.median(self.samples[(flow, 'stock')])
@@ -576,10 +610,13 @@ class Bench:
                 if flow.startswith('fetch'):
                     out += ' alloc'
                 ran = ' / '.join(sorted(self.what[(flow, path)]))
-                lines.append('| %s | %s | %s | %.2f | %.2f-%.2f | %.0f | %s '
-                             '| %s |' % (
+                steps = ', '.join(
+                    '%s %.2f' % (step, statistics.median(v))
+                    for step, v in self.steps[(flow, path)].items())
+                lines.append('| %s | %s | %s | %.2f | %.2f-%.2f | %s | %.0f '
+                             '| %s | %s |' % (
                                  flow, path, ran or '-', med, min(s), max(s),
-                                 vol_mib / med, out,
+                                 steps, vol_mib / med, out,
                                  '1.00x' if path == 'stock'
                                  else '%.2fx faster' % (base / med)))
         fallbacks = sorted(self.paths.integration._fallbacks_logged)
