@@ -280,7 +280,12 @@ class Daemon:
 # -- helpers of the flow tests ----------------------------------------------
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, check=check)
+    done = subprocess.run(argv, capture_output=True, check=False)
+    if check and done.returncode:
+        raise AssertionError('%s exited %d: %s' % (
+            ' '.join(argv), done.returncode,
+            done.stderr.decode(errors='replace').strip()))
+    return done
 
 
 def qemu_img(*args: str) -> subprocess.CompletedProcess:

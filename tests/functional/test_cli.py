@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from accel_daemon.engine import paths
+from tests.functional import test_privsep
 from tests.functional.test_rpc_daemon import DaemonProcess
 from tests.functional.test_rpc_daemon import make_raw
 from tests.functional.test_rpc_daemon import random_file
@@ -287,20 +288,24 @@ def test_unreadable_config_file(tmp_path):
     """As an unprivileged user (nobody), who cannot read the file."""
     if os.geteuid() != 0 or not shutil.which('setpriv'):
         pytest.skip('needs root and setpriv to become nobody')
+    if not shutil.which('setfacl'):
+        pytest.skip('needs setfacl (a checkout under a 0700 directory)')
     as_nobody = ['setpriv', '--reuid=65534', '--regid=65534',
                  '--clear-groups']
-    probe = subprocess.run(as_nobody + [CLI, '--version'],
-                           capture_output=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip('nobody cannot run %s (checkout not readable)' % CLI)
-    os.chmod(tmp_path, 0o755)
     path = tmp_path / 'secret.conf'
     path.write_text('[DEFAULT]\n')
     path.chmod(0o600)
-    proc = subprocess.run(as_nobody + [CLI, '--config-file', str(path),
-                                       'capabilities'],
-                          capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    # nobody must reach the checkout's accel-image and the file's folder,
+    # wherever they are (/root, a 0700 mktemp -d): search rights only.
+    with test_privsep.traversable_by('nobody', CLI), \
+            test_privsep.traversable_by('nobody', str(path)):
+        probe = subprocess.run(as_nobody + [CLI, '--version'],
+                               capture_output=True, timeout=60)
+        assert probe.returncode == 0, probe.stderr
+        proc = subprocess.run(as_nobody + [CLI, '--config-file', str(path),
+                                           'capabilities'],
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
     assert proc.returncode == 1 and proc.stdout == ''
     assert proc.stderr == ('accel-image: ConfigError: cannot read config '
                            'file %s: permission denied\n' % path)

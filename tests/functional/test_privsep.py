@@ -464,7 +464,13 @@ def test_four_tasks_run_concurrently_children_narrowed(daemon, env, backend):
         # are busy with tasks and a fifth serves the control call.
         assert _wait_all_running(backend, ids, errors)
         (pid,) = daemon_pids(daemon[1])
-        kids = [k for k in children(pid) if _execed(k)]
+        # A task is registered before its tool is forked and exec'd: on a
+        # loaded machine the exec may come a little later.
+        deadline = time.monotonic() + 20
+        kids = []
+        while not kids and time.monotonic() < deadline:
+            kids = [k for k in children(pid) if _execed(k)]
+            time.sleep(0.05)
         assert kids, 'the tasks run no child process'
         tools = pwd.getpwnam(TOOL_USER)
         for kid in kids:

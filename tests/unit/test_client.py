@@ -559,11 +559,19 @@ def test_typed_errors_of_wait_do_not_cancel(client, daemon, src, backend,
 @pytest.fixture
 def full_queue(client, daemon, src, backend):
     """Every worker busy and the one queue slot taken."""
+    # The daemon is the module's: let what earlier tests cancelled leave
+    # the workers first (slow on a loaded machine), so the three running
+    # below are these three.
+    deadline = time.monotonic() + 30
+    while backend.running or daemon.manager._queue:
+        assert time.monotonic() < deadline, 'earlier tasks still running'
+        time.sleep(0.05)
     backend.duration = 60
     daemon.manager.max_queued = 1
     busy = [client.copy(src, out(daemon)) for _ in range(3)]
     assert backend.wait_running(3)
     queued = client.copy(src, out(daemon))
+    assert list(daemon.manager._queue) == [queued.id]
     yield queued
     daemon.manager.max_queued = 0
     for h in busy + [queued]:
