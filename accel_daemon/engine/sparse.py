@@ -3,8 +3,8 @@
 Every decompression goes through ``copy_capped``.  It counts the bytes as
 they come and raises SizeLimitExceeded the moment the cap is passed, before
 those bytes are written, so a gzip bomb costs at most one block of work past
-the limit (DESIGN 4: Glance does not inspect ``compressed`` uploads, so the
-content is untrusted).  Runs of zeros are not written: the file keeps holes
+the limit (Glance does not inspect ``compressed`` uploads, so the content
+is untrusted).  Runs of zeros are not written: the file keeps holes
 there and its final length is set with ftruncate, so a mostly-empty volume
 image stays mostly unallocated.
 """

@@ -26,8 +26,9 @@ has not stopped it ``timeout_grace`` seconds later, the task is recorded as
 failed all the same and its worker thread is abandoned and replaced, so a
 hung command cannot hold a worker slot past its deadline.
 
-Plain threads, no eventlet: the daemon does not monkey-patch (DESIGN.md
-section 6) and the work happens in child processes or the privsep daemon.
+Plain threads, no eventlet: the daemon does not monkey-patch (see
+doc/source/architecture.rst) and the work happens in child processes or
+the privsep daemon.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ LOG = logging.getLogger(__name__)
 TOPIC = 'accel_daemon'
 # accel-daemon's own exchange, whatever the caller's control_exchange says:
 # nova sets ``control_exchange = nova``, cinder keeps oslo's default, and
-# both must reach the same daemon (DESIGN.md section 7).  The daemon's RPC
+# both must reach the same daemon.  The daemon's RPC
 # server listens on it too (``accel_daemon.rpc.server``).
 EXCHANGE = 'accel_daemon'
 EXMODS = [exception.__name__]
@@ -42,7 +42,7 @@ def register_messaging_opts(conf: cfg.ConfigOpts) -> None:
     oslo.messaging 18.x registers its tracing and metrics options on the
     global configuration at import time, yet reads them from the transport's
     ``conf`` on every call: a caller with its own ``ConfigOpts`` would get
-    NoSuchOptError from ``call()`` (DESIGN.md section 6).
+    NoSuchOptError from ``call()``.
     """
     if conf is cfg.CONF:
         return

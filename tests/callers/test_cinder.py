@@ -37,7 +37,8 @@ class ImageUtilsFacts(unittest.TestCase):
     """The functions a drop-in convert_image replaces or wraps."""
 
     def test_convert_image_signature(self):
-        # DESIGN.md section 7.
+        # The signature accel_daemon.integrations.cinder.convert_image
+        # copies, so that cinder's callers need no change.
         self.assertEqual(
             [('source', REQUIRED), ('dest', REQUIRED),
              ('out_format', REQUIRED), ('out_subformat', None),

@@ -29,7 +29,8 @@ CONF = config.CONF
 class ConvertImageFacts(unittest.TestCase):
 
     def test_virt_images_convert_image_signature(self):
-        # DESIGN.md section 7.
+        # The signature accel_daemon.integrations.nova.convert_image
+        # copies, so that nova's callers need no change.
         self.assertEqual(
             [('source', REQUIRED), ('dest', REQUIRED),
              ('in_format', REQUIRED), ('out_format', REQUIRED),
@@ -86,7 +87,7 @@ class RpcFacts(unittest.TestCase):
                           'client': 'accel_daemon'}, found)
 
     def test_client_reaches_default_daemon(self):
-        # Was a known gap (DESIGN.md section 7): the client sent to 'nova'
+        # Was a known gap: the client sent to 'nova'
         # while the daemon listened on 'openstack'. Both now use
         # 'accel_daemon'.
         self.assertEqual(

@@ -1,7 +1,7 @@
 """replace=True with the real engine and the real tools, then through a real
 daemon.  cinder calls ``ImageAccel(tmp, tmp)``: it compresses and
 decompresses in place, on files it created with mkstemp beforehand, so its
-output always exists (DESIGN.md section 7)."""
+output always exists."""
 
 from __future__ import annotations
 
