@@ -7,8 +7,9 @@
 #      `apt-get update` first, only when something is missing;
 #   2. the virtualenv .venv, built from Debian's /usr/bin/python3 (the
 #      daemon's service user cannot read a Python under /root);
-#   3. requirements.txt, test-requirements.txt and accel-daemon itself
-#      (editable) in that venv. A stamp of the dependency files skips this
+#   3. requirements.txt, test-requirements.txt, doc/requirements.txt (the
+#      docs build is a test) and accel-daemon itself (editable) in that
+#      venv. A stamp of the dependency files skips this
 #      step when nothing changed.
 #
 # Usage: bash tools/setup.sh            (as root, or with sudo available)
@@ -36,7 +37,8 @@ venv_ok() {
 
 deps_stamp() {
     cat "$ROOT/requirements.txt" "$ROOT/test-requirements.txt" \
-        "$ROOT/setup.cfg" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+        "$ROOT/doc/requirements.txt" "$ROOT/setup.cfg" "$ROOT/setup.py" \
+        "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1
 }
 
 make_venv() {
@@ -54,7 +56,7 @@ make_venv() {
     fi
     log "installing Python requirements into $VENV"
     "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" \
-        -r "$ROOT/test-requirements.txt"
+        -r "$ROOT/test-requirements.txt" -r "$ROOT/doc/requirements.txt"
     "$VENV/bin/pip" install -q -e "$ROOT"
     echo "$stamp" >"$stamp_file"
 }
