@@ -12,9 +12,8 @@ OPTS = [
                      'options: allowed_block_devices.'),
     cfg.ListOpt('allowed_block_devices', default=[],
                 help='Shell-style patterns (fnmatch) of block devices that '
-                     'may '
-                     'be read or written in place, for example '
-                     '/dev/mapper/cinder--volumes-volume--*. A path must '
+                     'may be read or written in place, for example '
+                     '``/dev/mapper/cinder--volumes-volume--*``. A path must '
                      'match a pattern and be a block device. Empty (the '
                      'default) allows no device.'),
     cfg.ListOpt('filters_path', default=['/etc/accel-daemon/rootwrap.d'],
