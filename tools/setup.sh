@@ -57,6 +57,12 @@ make_venv() {
     log "installing Python requirements into $VENV"
     "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" \
         -r "$ROOT/test-requirements.txt" -r "$ROOT/doc/requirements.txt"
+    # pip builds the editable install through pyproject.toml (PEP 660) and
+    # leaves the checkout alone; an accel_daemon.egg-info left there by an
+    # older `setup.py develop` or a regular build of the checkout would
+    # shadow the installed metadata (entry points) of every process started
+    # in the checkout. It is generated, never tracked.
+    rm -rf "$ROOT"/*.egg-info
     "$VENV/bin/pip" install -q -e "$ROOT"
     echo "$stamp" >"$stamp_file"
 }

@@ -15,6 +15,9 @@ extensions = [
     # `.. show-options::` renders the configuration reference from the
     # options themselves (configuration.rst).
     'oslo_config.sphinxext',
+    # `.. autoprogram-cliff::` renders accel-image's commands and their
+    # options from the cliff application (cli.rst).
+    'cliff.sphinxext',
 ]
 
 project = 'accel-daemon'
