@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Client library for services that use accel-daemon (cinder, nova).
 
     from accel_daemon.client import AccelClient
@@ -45,10 +46,10 @@ from typing import Any, Callable
 
 from oslo_config import cfg
 
-from accel_daemon import exception
-from accel_daemon import request_ids
 from accel_daemon.conf import rpc as rpc_conf
+from accel_daemon import exception
 from accel_daemon.manager.states import FINAL_STATES
+from accel_daemon import request_ids
 from accel_daemon.rpc import rpcapi
 
 # A daemon that answers task_wait at once (its own max_task_wait is 0)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One exception hierarchy for the engine, the privileged layer and RPC.
 
 Every error carries a message template and plain fields, so it can cross the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every operation of accel-daemon, defined once.
 
 ``OPERATIONS`` names each operation, each of its arguments (with its type
@@ -33,8 +34,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from accel_daemon import exception
 from accel_daemon.engine.engine import Engine
+from accel_daemon import exception
 from accel_daemon.manager.states import STATES
 
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')

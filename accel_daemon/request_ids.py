@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The caller's request ids: sent by the client, checked by the daemon,
 kept in the task record and printed on the daemon's log lines.
 

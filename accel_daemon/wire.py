@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Values crossing a process boundary: the privsep channel, RPC and the
 task journal carry only plain JSON types (dict, list, str, int, float,
 bool, None).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Start a real accel-daemon the way a host runs it, for the caller
 benchmarks: the installed ``accel-daemon`` console script (the one beside
 the running interpreter), a config file of its own, the privsep backend,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Engine against the stock tools, in one run on the same volume.
 
     python -m benchmarks.bench_engine [--size-gib 8] [--data-gb 3]
@@ -28,8 +29,8 @@ if __package__ in (None, ''):  # run as "python benchmarks/bench_engine.py"
         os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from benchmarks import volume  # noqa: E402
 from benchmarks.common import Row  # noqa: E402
+from benchmarks import volume  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon's overhead: the same compress and convert through RPC and
 with the engine called directly, plus the latency of a small RPC call.
 

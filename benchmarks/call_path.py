@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Hops from ``AccelClient.compress()`` to the exec of the compressor.
 
     python benchmarks/call_path.py CHECKOUT [--driver gzip] [--size-mib 4]

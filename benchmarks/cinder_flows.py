@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """cinder's own image flows, through accel-daemon and through cinder's
 stock code, side by side in one run.
 
@@ -52,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+from importlib import metadata
 import json
 import logging
 import math
@@ -64,7 +66,6 @@ import sys
 import time
 import uuid
 import warnings
-from importlib import metadata
 
 # futurist (oslo.messaging) imports eventlet, which warns on import.
 warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')

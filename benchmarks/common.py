@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared pieces of the benchmarks: settings, timed processes, the table.
 
 Every timed step runs in its own child process and is reaped with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Child process of the benchmarks: run one Engine operation and print a
 JSON reply on the last stdout line.
 
@@ -17,10 +18,10 @@ import sys
 import time
 import uuid
 
-from accel_daemon import exception
-from accel_daemon import operations
 from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.settings import Settings
+from accel_daemon import exception
+from accel_daemon import operations
 
 
 def _settings(spec: dict) -> Settings:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A synthetic test volume with a realistic mix of content, for the caller
 benchmarks (``benchmarks/cinder_flows.py``).
 

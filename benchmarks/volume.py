@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Build the reference benchmark volume: a sparse raw ext4 image plus a qcow2.
 
 The volume imitates a real cinder volume: an ext4 file system of

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 import shutil
 
 # oslo.service's threading backend for the whole run, as accel-daemon and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A confined environment for tests: an allowed directory and the shipped
 filters rewritten to point at it (the filters name the default directory
 /var/lib/accel-daemon/images; deployments rewrite it the same way)."""

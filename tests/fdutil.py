@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drivers take descriptors; tests that hold file names open them here."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
 """Install the shipped filter files for a host's allowed directories.
 
 The shipped filters name no directory today: every command gets opened

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``accel-cinder-volume`` console script: cinder-volume, with
 accel-daemon when cinder's configuration switches it on.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``accel-daemon`` console script: the RPC service.
 
     accel-daemon --config-file /etc/accel-daemon/accel-daemon.conf

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-image's old module name: the command line is now the cliff
 application in ``accel_daemon.cmd.cli`` (``python -m
 accel_daemon.cmd.image`` still runs it)."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``accel-nova-compute`` console script: nova-compute, with
 accel-daemon when nova's configuration switches it on.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``accel-privsep-helper`` console script: oslo.privsep's helper,
 started (through sudo when the daemon is not root) by
 ``accel_daemon.privileged.start``.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What ``accel-cinder-volume`` and ``accel-nova-compute`` share: read
 ``[accel_daemon_client] enabled`` from the service's own configuration,
 the way the service itself is about to read it.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """All of accel-daemon's configuration options live in this package.
 
 ``register_opts(conf)`` registers every group; ``settings(conf)`` turns the

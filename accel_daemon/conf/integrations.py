@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the integrations: read by cinder-volume and nova-compute.
 
 These groups live in the *service's* configuration (cinder.conf,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 from oslo_config import cfg
 
 GROUP = cfg.OptGroup('tasks', title='Task manager options')

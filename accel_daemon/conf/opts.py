@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Entry point for oslo-config-generator (``oslo.config.opts``)."""
 
 from accel_daemon.conf import accel

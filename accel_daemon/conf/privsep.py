@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """[privsep_accel]: oslo.privsep's options for accel-daemon's context.
 
 oslo.privsep registers these itself on the global configuration when

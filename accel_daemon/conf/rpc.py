@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """RPC options: the daemon's server side and the client library's side.
 
 oslo.messaging registers its own options (transport_url, control_exchange,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drivers that run a compression tool: igzip, pigz, gzip, zstd.
 
 The tool never sees a path: its stdin is the opened source and its stdout
@@ -12,21 +13,21 @@ an operator who deletes a tool's filter lines disables its driver.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import fcntl
 import functools
 import logging
 import os
 import threading
-from collections.abc import Iterator
 
-from accel_daemon import exception
 from accel_daemon.engine import driver as base
+from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import paths
 from accel_daemon.engine import process
-from accel_daemon.engine import throttle
-from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import throttle
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

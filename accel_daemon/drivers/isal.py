@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ISA-L in-process gzip: the fastest software path.
 
 The source is cut into fixed chunks (``settings.chunk_size``), each chunk is
@@ -26,15 +27,15 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from accel_daemon import exception
-from accel_daemon.engine import driver as base
 from accel_daemon.drivers.isal_decode import BackgroundReader
 from accel_daemon.drivers.isal_decode import inflate_members
 from accel_daemon.engine import directio
-from accel_daemon.engine import paths
-from accel_daemon.engine import throttle
+from accel_daemon.engine import driver as base
 from accel_daemon.engine.extents import data_extents
+from accel_daemon.engine import paths
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import throttle
+from accel_daemon import exception
 
 try:  # The library is a hard requirement, but say so clearly if missing.
     import isal

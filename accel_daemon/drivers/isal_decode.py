@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reading gzip in-process with ISA-L: member by member, in a thread.
 
 Split from ``isal`` (the compressor); ``IsalCompressor.open_decompressed``
@@ -6,11 +7,11 @@ uses these.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import queue
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from typing import BinaryIO, cast
 
 from accel_daemon import exception

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Intel QuickAssist (QAT) compression through QATzip's ``qzip``.
 
 Cinder's 2019 accelerator took "``qzip`` is on the PATH" as proof of
@@ -19,8 +20,8 @@ import dataclasses
 import logging
 import os
 
-from accel_daemon.engine import driver as base
 from accel_daemon.drivers import cli
+from accel_daemon.engine import driver as base
 
 LOG = logging.getLogger(__name__)
 

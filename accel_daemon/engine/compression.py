@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Choosing a compression driver, and the compress/decompress operations.
 
 Drivers are plugins (entry point namespace ``accel_daemon.compressors``).
@@ -22,16 +23,16 @@ from typing import Any
 
 from stevedore import extension
 
-from accel_daemon import exception
+from accel_daemon.engine.context import Context
 from accel_daemon.engine import copy
 from accel_daemon.engine import driver as base
 from accel_daemon.engine import files
-from accel_daemon.engine import sparse
-from accel_daemon.engine import throttle
-from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine.settings import Settings
+from accel_daemon.engine import sparse
+from accel_daemon.engine import throttle
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

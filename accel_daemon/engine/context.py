@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What every engine operation needs, built once: settings, the command
 policy (the filters) and the confinement (allowed directories, resolved
 once, and block-device patterns)."""
@@ -8,8 +9,8 @@ import dataclasses
 import os
 
 from accel_daemon.engine import files
-from accel_daemon.engine import paths
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine import paths
 from accel_daemon.engine.settings import Settings
 from accel_daemon.engine.tooluser import ToolUser
 

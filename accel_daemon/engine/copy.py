@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Sparse-aware copy of an image file, in-process (no external tool).
 
 Only the data extents are copied (SEEK_DATA/SEEK_HOLE), with
@@ -13,10 +14,10 @@ import hashlib
 import os
 import time
 
-from accel_daemon.engine import throttle
 from accel_daemon.engine.context import Context
 from accel_daemon.engine.extents import data_extents
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import throttle
 
 _STEP = 64 * 1024 * 1024
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Writing large outputs around the page cache.
 
 A compressed or decompressed image is written once and not read back by

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The interface every compression driver implements (engine side).
 
 Drivers (``accel_daemon.drivers.*``, entry points ``accel_daemon.compressors``)

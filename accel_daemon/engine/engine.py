@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The engine's one entry object: every operation, with progress and cancel.
 
 The privileged layer holds one ``Engine`` inside the privsep daemon, and the
@@ -15,24 +16,24 @@ here checks a name that is opened later.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
 
-from accel_daemon import exception
 from accel_daemon.engine import compression
+from accel_daemon.engine.context import Context
 from accel_daemon.engine import copy
 from accel_daemon.engine import driver as base
+from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import images
 from accel_daemon.engine import paths
 from accel_daemon.engine import pipelines
-from accel_daemon.engine import qemu_img
-from accel_daemon.engine.context import Context
-from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where a file's data is: SEEK_DATA/SEEK_HOLE, shared by copy and isal."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import errno
 import os
-from collections.abc import Iterator
 
 
 def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Open once: every file the engine reads or writes, opened and judged once.
 
 The owner of an allowed directory (cinder, nova) can swap any name in it at
@@ -37,8 +38,8 @@ import os
 import secrets
 import stat
 
-from accel_daemon import exception
 from accel_daemon.engine import paths
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """In-process enforcement of oslo.rootwrap-style filter files.
 
 accel-daemon never runs the rootwrap daemon: it serialises commands and
@@ -20,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from oslo_rootwrap import filters as rw_filters
 from oslo_rootwrap import wrapper as rw_wrapper
 
-from accel_daemon import exception
 from accel_daemon.engine.tooluser import ToolUser
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

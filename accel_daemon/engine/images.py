@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Image operations with qemu-img: info, convert, check, compare, measure.
 
 Every input is opened once (``Context.open_source``) and inspected through
@@ -25,17 +26,17 @@ import logging
 import os
 from typing import Any
 
-from accel_daemon import exception
+from accel_daemon.engine.context import Context
 from accel_daemon.engine import copy
 from accel_daemon.engine import files
+from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import inspection
 from accel_daemon.engine import process
-from accel_daemon.engine import qemu_img
-from accel_daemon.engine import tooluser
-from accel_daemon.engine.context import Context
-from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
+from accel_daemon.engine import tooluser
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

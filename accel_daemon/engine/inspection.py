@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Format detection and safety checks before qemu-img ever sees an image.
 
 Every input goes through ``inspect()``: oslo.utils' format_inspector reads
@@ -38,9 +39,9 @@ import stat
 
 from oslo_utils.imageutils import format_inspector as fi
 
-from accel_daemon import exception
 from accel_daemon.engine import files
 from accel_daemon.engine import qemu_img
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

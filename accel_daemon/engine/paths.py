@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Path confinement: which names a request may use, judged without opening.
 
 The engine opens every file exactly once (``engine.files``) and judges the
@@ -18,11 +19,11 @@ opens a file:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 import fnmatch
 import os
 import re
 import stat
-from collections.abc import Iterable
 
 from accel_daemon import exception
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The two composed flows of cinder, each with one published output.
 
 upload   = inspect -> convert to the requested disk format -> compress
@@ -20,17 +21,17 @@ import os
 import secrets
 from typing import Any
 
-from accel_daemon import exception
 from accel_daemon.engine import compression
+from accel_daemon.engine.context import Context
 from accel_daemon.engine import copy
 from accel_daemon.engine import driver as base
 from accel_daemon.engine import files
 from accel_daemon.engine import images
 from accel_daemon.engine import paths
-from accel_daemon.engine import qemu_img
-from accel_daemon.engine.context import Context
 from accel_daemon.engine.progress import Phase
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import qemu_img
+from accel_daemon import exception
 
 
 def upload(ctx: Context, drivers: dict[str, base.Compressor],

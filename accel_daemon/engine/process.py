@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Running external tools: filter check, no shell, cancellable, measured.
 
 ``run()`` is the only place the engine starts a process.  The argv is checked
@@ -20,10 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from accel_daemon import exception
-from accel_daemon.engine import tooluser
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import tooluser
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Thread-safe progress and cancellation, shared by an operation and task."""
 
 from __future__ import annotations

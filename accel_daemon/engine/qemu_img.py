@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """qemu-img commands as data, and parsers for what qemu-img prints.
 
 Everything here is pure (argv lists in, dicts out) except ``probe_direct_io``,

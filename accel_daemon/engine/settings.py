@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Plain settings handed to the engine (built from oslo.config elsewhere)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Copy a decompressed stream into a file: capped, sparse, cancellable.
 
 Every decompression goes through ``copy_capped``.  It counts the bytes as
@@ -15,10 +16,10 @@ import logging
 import os
 from typing import Any, Protocol
 
-from accel_daemon import exception
 from accel_daemon.engine import directio
-from accel_daemon.engine import throttle
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import throttle
+from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Bandwidth limits: pace a flow of bytes to ``bps`` bytes per second.
 
 A request's ``bps_limit`` (cinder's ``volume_copy_bps_limit``) is applied
@@ -13,8 +14,8 @@ unthrottled paths are exactly what they were.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+import time
 
 from accel_daemon.engine.progress import Progress
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Who the external tools run as: an unprivileged user, no capabilities.
 
 Every file a tool touches was opened by the engine and is inherited as a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """An accelerator for cinder's ``cinder.image.accelerator``, on accel-daemon.
 
 ``DaemonAccel`` has the interface of cinder's ``AccelBase`` (and subclasses
@@ -49,9 +50,9 @@ from typing import Any, Callable, Optional
 
 from oslo_config import cfg
 
-from accel_daemon import exception
 from accel_daemon.client import AccelClient
 from accel_daemon.conf import integrations as integrations_conf
+from accel_daemon import exception
 from accel_daemon.integrations import common
 from accel_daemon.integrations.common import is_device as _is_device
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Caller-independent helpers of the convert_image integrations.
 
 Used by ``accel_daemon.integrations.cinder`` and
@@ -26,8 +27,8 @@ import time
 import weakref
 from typing import Any, Optional
 
-from accel_daemon import exception
 from accel_daemon.client import AccelClient
+from accel_daemon import exception
 
 # The daemon's refusals of an image (not failures of a run): both callers
 # answer them with their own ImageUnacceptable.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """nova 34's qemu-img conversions, on accel-daemon.
 
 ``convert_image`` is a drop-in for ``nova.virt.images.convert_image``
@@ -47,9 +48,9 @@ from typing import Any, Callable, Optional
 
 from oslo_config import cfg
 
-from accel_daemon import exception
 from accel_daemon.client import AccelClient
 from accel_daemon.conf import integrations as integrations_conf
+from accel_daemon import exception
 from accel_daemon.integrations import common
 
 LOG = logging.getLogger(__name__)

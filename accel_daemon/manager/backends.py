@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the task manager needs from whatever does the work, and the two
 real implementations.
 
@@ -12,17 +13,17 @@ fields.  The unit tests' stand-in is ``tests.fakes.backend.FakeBackend``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
+import logging
 from typing import Any, Protocol, runtime_checkable
 
 from oslo_privsep import daemon as privsep_daemon
 
-from accel_daemon import exception
-from accel_daemon import wire
 from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.settings import Settings
+from accel_daemon import exception
 from accel_daemon.privileged import ops
+from accel_daemon import wire
 
 LOG = logging.getLogger(__name__)
 

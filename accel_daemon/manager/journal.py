@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The task journal: one sqlite file in the state directory.
 
 The journal is what lets a restart of the daemon "never lose a task

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One accel-daemon per state directory: an exclusive lock file.
 
 Two daemons sharing ``[accel_daemon] state_dir`` would share the task

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Task states, defined once (the journal, the manager, the RPC layer, the
 client and the command line all use these)."""
 

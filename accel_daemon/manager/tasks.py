@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """TaskManager: a bounded pool of worker threads running backend operations.
 
 Requests become tasks at once (state ``queued``) and run first-in, first-out
@@ -43,14 +44,14 @@ import uuid
 from typing import Any, Callable
 
 from accel_daemon import exception
-from accel_daemon import operations
-from accel_daemon import request_ids as req_ids
-from accel_daemon import wire
 from accel_daemon.manager.backends import Backend
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.states import ACTIVE_STATES
 from accel_daemon.manager.states import STATES
 from accel_daemon.manager.watchdog import Watchdog
+from accel_daemon import operations
+from accel_daemon import request_ids as req_ids
+from accel_daemon import wire
 
 LOG = logging.getLogger(__name__)
 

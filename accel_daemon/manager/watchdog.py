@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The task watchdog: one thread that enforces every running task's deadline.
 
 A task that runs past ``timeout`` seconds is *expired*: the manager asks the

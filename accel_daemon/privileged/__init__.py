@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one privilege-separation context of accel-daemon, and how it starts.
 
 accel-daemon's main process (RPC server, task manager, journal) runs as an

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Narrow what the tools the privsep daemon executes inherit.
 
 A program exec'ed by uid 0 gets the whole bounding set back, whatever the
@@ -15,10 +16,10 @@ dropped to it): an in-process caller (tests, ``--local``) is never touched.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 import ctypes
 import logging
 import threading
-from collections.abc import Iterable
 
 from oslo_privsep import capabilities as c
 

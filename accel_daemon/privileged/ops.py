@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Privileged entrypoints: one verb each, run inside the privsep daemon.
 
 Each entrypoint is a thin wrapper over an unprivileged twin (``do_*``) that
@@ -20,23 +21,23 @@ here, so no exception that cannot be rebuilt ever reaches the channel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
 
 from accel_daemon import conf as accel_conf
-from accel_daemon import exception
-from accel_daemon import operations
-from accel_daemon import privileged
-from accel_daemon import wire
 from accel_daemon.engine.engine import Engine
 from accel_daemon.engine import paths
 from accel_daemon.engine.settings import Settings
+from accel_daemon import exception
+from accel_daemon import operations
+from accel_daemon import privileged
 from accel_daemon.privileged import caps
+from accel_daemon import wire
 
 LOG = logging.getLogger(__name__)
 

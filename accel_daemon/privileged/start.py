@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Starting and stopping the privsep daemon of accel-daemon's one context
 (``accel_daemon.privileged.context``): the helper command, the pool size,
 ``init()`` from the daemon's main() and ``stop()``.
@@ -9,12 +10,12 @@ default it must set at import (the pool size, see there).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import logging
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
 
 from oslo_config import cfg
 from oslo_privsep import priv_context

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Server side of the accel-daemon RPC API.
 
 The endpoint validates and delegates, nothing else: every argument of every
@@ -31,14 +32,14 @@ import functools
 import logging
 from typing import Any, Callable
 
-import oslo_messaging
 from oslo_context import context as oslo_context
+import oslo_messaging
 
+from accel_daemon.engine import paths
+from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon import operations
 from accel_daemon import request_ids
-from accel_daemon.engine import paths
-from accel_daemon.engine.settings import Settings
 
 LOG = logging.getLogger(__name__)
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Is another accel-daemon already answering on our RPC server name?
 
 Two daemons started with the same ``[accel_daemon_rpc] host`` and topic on

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Client side of the accel-daemon RPC API (low level).
 
 Every call is addressed to one daemon (``server=host``) and pinned to the
@@ -17,8 +18,8 @@ import copy
 import logging
 from typing import Any
 
-import oslo_messaging
 from oslo_config import cfg
+import oslo_messaging
 
 from accel_daemon import exception
 

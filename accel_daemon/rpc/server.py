@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Build the daemon's oslo.messaging RPC server.
 
 Threading model only: no ``executor=`` argument (deprecated in

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Sphinx configuration for the accel-daemon documentation.
 #
 # Built by `tox -e docs` and by tests/unit/test_docs.py, both with

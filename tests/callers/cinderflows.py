@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the cinder flow tests share: cinder's configuration for a real
 accel-daemon, and a small image service.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Helpers for the caller fact tests (standard library only)."""
 
 import inspect

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon the integration tests talk to, in the caller's process.
 
 The real RPC endpoint, TaskManager, LocalBackend and Engine (isal, and
@@ -12,8 +13,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 from typing import Any
+import uuid
 
 from oslo_config import cfg
 from oslo_messaging import conffixture

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A caller's own unit tests, run with accel-daemon's integration installed
 and a daemon answering (suites ``cinder-installed`` and
 ``nova-installed``; the targets ``installed_cinder`` and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """cinder 29's own unit tests of ``cinder.image`` and ``image_utils``, with
 accel-daemon's integration installed as ``accel-cinder-volume`` installs
 it, and a daemon answering (suite ``cinder-installed``; see installed.py).

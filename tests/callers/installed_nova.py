@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """nova 34's own unit tests of ``nova.virt.images``, ``nova.privsep.qemu``
 and the libvirt image helpers, with accel-daemon's integration installed
 as ``accel-nova-compute`` installs it, and a daemon answering (suite

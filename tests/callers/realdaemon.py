@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The real accel-daemon, started the way a host starts it, for the flow
 tests that run inside the cinder and nova venvs.
 
@@ -37,9 +38,9 @@ from typing import Any, Optional, Sequence
 
 from oslo_config import cfg
 
-from accel_daemon import exception
 from accel_daemon.client import AccelClient
 from accel_daemon.conf import rpc as rpc_conf
+from accel_daemon import exception
 
 BROKER = ('127.0.0.1', 5672)
 TRANSPORT_URL = 'rabbit://guest:guest@127.0.0.1:5672/'

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run unittest tests in this interpreter (a caller venv); write JUnit XML.
 
     python tests/callers/run.py --suite NAME --junit FILE TARGET...

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Runs accel-cinder-volume / accel-nova-compute for the tests of
 test_switch_cinder.py and test_switch_nova.py (standard library only).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel_daemon.client in a caller's venv, on the caller's own libraries.
 
 Runs in every caller venv (tools/run-caller-tests.sh builds them so that

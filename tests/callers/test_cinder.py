@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What accel_daemon.integrations.cinder will rely on in cinder 29.0.0.
 
 Runs in the cinder caller venv (tools/run-caller-tests.sh).  Each test

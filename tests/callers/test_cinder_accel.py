@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel_daemon.integrations.cinder.DaemonAccel under cinder 29.0.0's real
 ImageAccel, against an in-process daemon.
 
@@ -11,8 +12,8 @@ import gzip
 import os
 import subprocess
 import unittest
-import uuid
 from unittest import mock
+import uuid
 
 from oslo_config import cfg
 
@@ -20,8 +21,8 @@ from oslo_config import cfg
 from cinder import exception as cinder_exception
 from cinder.image import accelerator
 
-from accel_daemon import exception
 from accel_daemon.client import AccelClient
+from accel_daemon import exception
 from accel_daemon.integrations import cinder as integration
 import inprocess
 

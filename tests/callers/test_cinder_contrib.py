@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """contrib/cinder-configurable-image-accelerators.patch against the
 cinder 29.0.0 of this venv.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel_daemon.integrations.cinder.convert_image, cinder 29's
 image_utils.convert_image on accel-daemon, against an in-process daemon.
 
@@ -12,8 +13,8 @@ import os
 import shutil
 import tempfile
 import unittest
-import uuid
 from unittest import mock
+import uuid
 
 
 from cinder import exception as cinder_exception

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """cinder 29.0.0's own image flows on the real accel-daemon.
 
 Runs in the cinder caller venv (tools/run-caller-tests.sh).  The daemon is

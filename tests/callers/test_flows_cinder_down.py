@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """cinder 29.0.0's own image flows when the real accel-daemon goes away.
 
 Runs in the cinder caller venv (tools/run-caller-tests.sh); see
@@ -28,8 +29,8 @@ from cinder import exception as cinder_exception
 from cinder.image import accelerator
 from cinder.image import image_utils
 
-from accel_daemon import exception
 from accel_daemon.engine import paths
+from accel_daemon import exception
 from accel_daemon.integrations import cinder as integration
 import cinderflows
 import realdaemon

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """nova 34.0.0's own image functions on the real accel-daemon.
 
 Runs in the nova caller venv (tools/run-caller-tests.sh).  The daemon is
@@ -19,8 +20,8 @@ import os
 import shutil
 import tempfile
 import unittest
-import uuid
 from unittest import mock
+import uuid
 
 from oslo_config import cfg
 
@@ -29,8 +30,8 @@ from nova import exception as nova_exception
 from nova.virt import images
 from nova.virt.libvirt import utils as libvirt_utils
 
-from accel_daemon import exception
 from accel_daemon.engine import paths
+from accel_daemon import exception
 from accel_daemon.integrations import common
 from accel_daemon.integrations import nova as integration
 import realdaemon

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What accel_daemon.integrations.nova will rely on in nova 34.0.0.
 
 Runs in the nova caller venv (tools/run-caller-tests.sh).  Each test pins
@@ -7,13 +8,13 @@ fails and names what moved, before an integration silently breaks.
 
 import unittest
 
+import facts
+from facts import params
+from facts import REQUIRED
 from nova import exception
 import nova.privsep
 import nova.privsep.qemu
 from nova.virt import images
-import facts
-from facts import params
-from facts import REQUIRED
 
 # nova-compute's start-up (nova/cmd/compute.py main() ->
 # nova.config.parse_args), without config files, database or broker.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel_daemon.integrations.nova.convert_image, nova 34's
 nova.virt.images.convert_image on accel-daemon, against an in-process
 daemon.
@@ -13,8 +14,8 @@ import os
 import shutil
 import tempfile
 import unittest
-import uuid
 from unittest import mock
+import uuid
 
 from oslo_concurrency import processutils
 
@@ -22,8 +23,8 @@ from nova import exception as nova_exception
 import nova.privsep.qemu
 from nova.virt import images
 
-from accel_daemon import exception
 from accel_daemon.client import AccelClient
+from accel_daemon import exception
 from accel_daemon.integrations import nova as integration
 import inprocess
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-cinder-volume: the real console script, cinder 29's real
 ``cinder.cmd.volume.main()``.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-nova-compute: the real console script, nova 34's real
 ``nova.cmd.compute.main()``.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """iniset FILE SECTION OPTION VALUE, for tests/devstack/functions.sh.
 
 devstack's iniset: the option is replaced where it is; a missing option is

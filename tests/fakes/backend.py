@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """An in-memory stand-in for ``accel_daemon.manager.backends.Backend``:
 unit tests of the manager, the RPC layer and clients use it (it is clearly
 not an engine)."""
@@ -8,8 +9,8 @@ import threading
 import time
 from typing import Any
 
-from accel_daemon import exception
 from accel_daemon.engine.progress import Progress
+from accel_daemon import exception
 
 
 class FakeBackend:

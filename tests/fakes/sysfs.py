@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Builders of fake sysfs trees for accelerator detection tests.
 
 The layout follows the kernel's: /sys/bus/pci/devices/<address> is a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Builders of test images, good and malicious.
 
 The ``*_bytes``/``write_*`` builders use only Python's struct module (the

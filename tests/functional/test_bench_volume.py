@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The benchmark volume builder with the real mkfs.ext4 and qemu-img."""
 
 import json

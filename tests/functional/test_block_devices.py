@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Block devices through the REAL privsep daemon: only the devices that
 ``[accel_daemon] allowed_block_devices`` names are read or written, and the
 privileged layer decides it itself -- these requests go straight to it
@@ -16,15 +17,15 @@ import os
 import shutil
 import subprocess
 
-import pytest
 from oslo_config import cfg
+import pytest
 
-from accel_daemon import exception
-from accel_daemon import privileged
+from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import paths
 from accel_daemon.engine import qemu_img
-from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon import exception
 from accel_daemon.manager import backends
+from accel_daemon import privileged
 from accel_daemon.privileged import start as privileged_start
 from tests import envfixture
 

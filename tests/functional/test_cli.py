@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-image end to end, as a process: over RPC against a real daemon and
 RabbitMQ, and --local.  Output formats and columns, options after the
 command, relative paths, ISO times, the one-line errors (configuration,

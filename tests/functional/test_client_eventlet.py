@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """AccelClient inside an eventlet-monkey-patched process (as cinder-volume
 and nova-compute may still be), against the real daemon and broker.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Compression and decompression with the real tools (and the qzip stand-in).
 
 Interop both ways: what we write is read by stock ``gzip -d`` and checked
@@ -13,17 +14,17 @@ import subprocess
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.drivers import cli
 from accel_daemon.drivers import isal as isal_driver
 from accel_daemon.engine import compression
-from accel_daemon.engine import paths
-from accel_daemon.engine import sparse
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine import paths
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import sparse
+from accel_daemon import exception
 from tests import envfixture
-from tests import fdutil
 from tests.fakes import sysfs
+from tests import fdutil
 
 pytestmark = pytest.mark.functional
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The devstack plugin, every phase run for real on this machine.
 
 ``devstack/plugin.sh`` runs under the harness in ``tests/devstack/`` (the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Zero-padded gzip files from the real tools, read by the default decoder.
 
 Tape tools and block-padded transfers leave zero bytes after the last gzip
@@ -14,10 +15,10 @@ import subprocess
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.drivers import cli
-from accel_daemon.engine import sparse
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import sparse
+from accel_daemon import exception
 from tests import fdutil
 
 pytestmark = pytest.mark.functional

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """qemu-img operations through the engine with the real tools."""
 
 import os
@@ -6,11 +7,11 @@ import time
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.engine import images
 from accel_daemon.engine import paths
 from accel_daemon.engine import process
 from accel_daemon.engine.progress import Progress
+from accel_daemon import exception
 from tests import envfixture
 from tests.functional import imagegen as gen
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Malicious inputs through the real engine: each refused with a typed error,
 before qemu-img touches it, and nothing written in the allowed directory."""
 
@@ -6,12 +7,12 @@ import shutil
 
 import pytest
 
-from accel_daemon import exception
-from accel_daemon.engine import images
-from accel_daemon.engine import paths
 from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine import images
+from accel_daemon.engine import paths
 from accel_daemon.engine.progress import Progress
+from accel_daemon import exception
 from tests.functional import imagegen as gen
 
 pytestmark = [

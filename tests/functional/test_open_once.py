@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Open once: during every operation, no name the engine checked is opened
 again.  Every open(2) the engine makes (``os.open`` and ``open``) is
 recorded while real operations run; each name in the allowed directory
@@ -14,8 +15,8 @@ import os
 
 import pytest
 
-from accel_daemon import operations
 from accel_daemon.engine.engine import Engine
+from accel_daemon import operations
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Build the sdist and the wheel with pbr's PEP 517 backend (pyproject.toml)
 and check what they hold and what the build printed.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The cinder flows through the Engine, with the real tools.
 
 upload   = inspect -> convert to the disk format -> compress
@@ -12,10 +13,10 @@ import threading
 
 import pytest
 
+from accel_daemon.engine.engine import Engine
+from accel_daemon.engine import paths
 from accel_daemon import exception
 from accel_daemon import operations
-from accel_daemon.engine import paths
-from accel_daemon.engine.engine import Engine
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024

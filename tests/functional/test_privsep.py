@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The privileged layer through a REAL privsep daemon, started the way
 accel-daemon starts it as root (``privileged.start.init``: helper_command
 with the venv's absolute accel-privsep-helper, the test's --config-file),
@@ -16,18 +17,18 @@ import subprocess
 import threading
 import time
 
-import pytest
 from oslo_config import cfg
 from oslo_privsep import capabilities as c
+import pytest
 
-from accel_daemon.manager import backends
-from accel_daemon import exception
-from accel_daemon import privileged
-from accel_daemon.privileged import start as privileged_start
-from accel_daemon.engine import paths
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine import paths
+from accel_daemon import exception
+from accel_daemon.manager import backends
+from accel_daemon import privileged
 from accel_daemon.privileged import caps
 from accel_daemon.privileged import ops
+from accel_daemon.privileged import start as privileged_start
 from tests import envfixture
 
 pytestmark = [

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """replace=True with the real engine and the real tools, then through a real
 daemon.  cinder calls ``ImageAccel(tmp, tmp)``: it compresses and
 decompresses in place, on files it created with mkstemp beforehand, so its
@@ -13,10 +14,10 @@ import tempfile
 
 import pytest
 
+from accel_daemon.engine.engine import Engine
+from accel_daemon.engine import paths
 from accel_daemon import exception
 from accel_daemon import operations
-from accel_daemon.engine import paths
-from accel_daemon.engine.engine import Engine
 from tests.functional import imagegen as gen
 from tests.functional import test_rpc_daemon as rpcd
 

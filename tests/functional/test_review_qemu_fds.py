@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Security review regressions with the real qemu-img: the source renamed
 to a symlink (or rewritten) by the owner of the allowed directory after
 every check, just before qemu-img starts, must change nothing; the output
@@ -7,12 +8,12 @@ import os
 
 import pytest
 
-from accel_daemon import exception
-from accel_daemon.engine import images
-from accel_daemon.engine import paths
 from accel_daemon.engine.context import Context
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine import images
+from accel_daemon.engine import paths
 from accel_daemon.engine.progress import Progress
+from accel_daemon import exception
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024

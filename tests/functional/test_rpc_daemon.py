@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The real ``accel-daemon`` console script against the real RabbitMQ broker,
 with a real privsep daemon and the real tools, driven by AccelClient.
 
@@ -21,15 +22,15 @@ import threading
 import time
 import uuid
 
-import pytest
 from oslo_config import cfg
 from oslo_context.context import RequestContext
+import pytest
 
-from accel_daemon import exception
-from accel_daemon import request_ids
 from accel_daemon.client import AccelClient
 from accel_daemon.conf import rpc as rpc_conf
 from accel_daemon.engine import paths
+from accel_daemon import exception
+from accel_daemon import request_ids
 from tests import envfixture
 from tests.functional import imagegen
 

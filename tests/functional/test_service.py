@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-daemon as a service: the real console script, a real privsep
 helper and the real RabbitMQ broker, started with a real systemd
 notification socket (a unix datagram socket this test binds, given as
@@ -35,13 +36,13 @@ import pytest
 from accel_daemon import exception
 from accel_daemon.manager import lock
 from tests.functional import test_privsep
-from tests.functional import test_service_unit
+from tests.functional.test_rpc_daemon import check_result
 from tests.functional.test_rpc_daemon import DAEMON
 from tests.functional.test_rpc_daemon import DaemonProcess
-from tests.functional.test_rpc_daemon import MiB
-from tests.functional.test_rpc_daemon import check_result
 from tests.functional.test_rpc_daemon import make_raw
+from tests.functional.test_rpc_daemon import MiB
 from tests.functional.test_rpc_daemon import require_broker
+from tests.functional import test_service_unit
 
 pytestmark = [pytest.mark.functional, pytest.mark.rpc, pytest.mark.privsep,
               pytest.mark.skipif(os.geteuid() != 0, reason='needs root'),

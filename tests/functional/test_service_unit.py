@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The example systemd unit (etc/accel-daemon/accel-daemon.service) and its
 installation by tools/install.sh, in a temporary root.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every shell script of the repository parses (``bash -n``) and passes
 shellcheck.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One accel-daemon per state directory and per RPC server name, with the
 real ``accel-daemon`` console script against the real RabbitMQ broker.
 
@@ -20,10 +21,10 @@ import uuid
 import pytest
 
 from accel_daemon.manager import lock
+from tests.functional.test_rpc_daemon import check_result
 from tests.functional.test_rpc_daemon import DAEMON
 from tests.functional.test_rpc_daemon import DaemonProcess
 from tests.functional.test_rpc_daemon import MiB
-from tests.functional.test_rpc_daemon import check_result
 from tests.functional.test_rpc_daemon import require_broker
 from tests.functional.test_rpc_daemon import slow_compress
 from tests.functional.test_rpc_daemon import wait_running

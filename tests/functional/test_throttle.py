@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """bps_limit and sparse=False with the real tools, against the wall clock.
 
 qemu-img paces itself (-r); the tolerances here are generous (a loaded
@@ -14,10 +15,10 @@ import time
 
 import pytest
 
+from accel_daemon.engine.engine import Engine
+from accel_daemon.engine import paths
 from accel_daemon import exception
 from accel_daemon import operations
-from accel_daemon.engine import paths
-from accel_daemon.engine.engine import Engine
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024

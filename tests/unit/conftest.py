@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures of the path and open-once tests: an allowed directory, a place
 outside it, and a root-only "secret" there that no attack may reach."""
 

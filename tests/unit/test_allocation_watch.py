@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The second line against outputs that grow past the limit while qemu-img
 writes them (engine.images._AllocationWatch)."""
 

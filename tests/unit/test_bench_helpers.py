@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The benchmarks' pure helpers: file selection, staging, argv, the table."""
 
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-image (the cliff application) in-process: output formats and
 columns, global options anywhere on the line, ISO times, relative paths and
 one-line errors.  The daemon is either an in-process one on oslo.messaging's
@@ -14,16 +15,16 @@ import socket
 import time
 import uuid
 
-import pytest
-import yaml
 from oslo_config import cfg
 from oslo_messaging import conffixture
+import pytest
+import yaml
 
-from accel_daemon import conf as accel_conf
-from accel_daemon import exception
 from accel_daemon.cmd.cli import app as cli_app
 from accel_daemon.cmd.cli import base
+from accel_daemon import conf as accel_conf
 from accel_daemon.engine.settings import Settings
+from accel_daemon import exception
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
 from accel_daemon.rpc import endpoint as rpc_endpoint

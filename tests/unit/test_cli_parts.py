@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-image's parts: the bounded broker check, the deadline of a call,
 the progress bar and the ISO times."""
 
@@ -6,14 +7,14 @@ import re
 import threading
 import time
 
-import pytest
 from oslo_config import cfg
 from oslo_messaging import conffixture
+import pytest
 
-from accel_daemon import exception
 from accel_daemon.cmd.cli import base
 from accel_daemon.cmd.cli import broker
 from accel_daemon.cmd.cli import progress
+from accel_daemon import exception
 
 
 class Clock:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """AccelClient and task handles through oslo.messaging's fake:// transport,
 against a real endpoint + TaskManager + FakeBackend.  One server for the
 whole module: stopping one costs about a second."""
@@ -10,23 +11,23 @@ import threading
 import time
 import uuid
 
-import pytest
 from oslo_config import cfg
 from oslo_context import context as oslo_context
 from oslo_messaging import conffixture
+import pytest
 
 from accel_daemon import client as client_mod
-from accel_daemon import exception
-from accel_daemon import request_ids
 from accel_daemon.client import AccelClient
 from accel_daemon.conf import rpc as rpc_conf
 from accel_daemon.engine.settings import Settings
-from tests.fakes.backend import FakeBackend
+from accel_daemon import exception
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
+from accel_daemon import request_ids
 from accel_daemon.rpc import endpoint as rpc_endpoint
 from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import server as rpc_server
+from tests.fakes.backend import FakeBackend
 
 HOST = 'unit-%s' % uuid.uuid4().hex[:8]
 

@@ -1,12 +1,13 @@
+# SPDX-License-Identifier: Apache-2.0
 """Driver loading and selection with stevedore test instances."""
 
 import pytest
 from stevedore import extension
 
-from accel_daemon import exception
-from accel_daemon.engine import driver as base
 from accel_daemon.engine import compression
+from accel_daemon.engine import driver as base
 from accel_daemon.engine.settings import Settings
+from accel_daemon import exception
 
 
 class _Fake(base.Compressor):

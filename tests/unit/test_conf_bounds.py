@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The resource bounds reach the engine: options -> Settings -> policy."""
 
 from oslo_config import cfg

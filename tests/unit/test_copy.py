@@ -1,10 +1,11 @@
+# SPDX-License-Identifier: Apache-2.0
 import os
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.engine import copy
 from accel_daemon.engine.progress import Progress
+from accel_daemon import exception
 
 MiB = 1024 * 1024
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-daemon's service wrapping: sd_notify, the launcher loop's
 notifications, the amqp closing-channel filter and the state directory
 mode (in-process, fake:// transport; the real process is in
@@ -10,10 +11,10 @@ import socket
 import stat
 import uuid
 
-import pytest
 from oslo_config import cfg
 from oslo_messaging import conffixture
 from oslo_service import service as oslo_service
+import pytest
 
 from accel_daemon.cmd import daemon
 from tests.fakes.backend import FakeBackend

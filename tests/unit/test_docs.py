@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The documentation builds without a single warning, as `tox -e docs`
 builds it, and what it states about the code still holds.
 

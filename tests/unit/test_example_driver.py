@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The example driver of doc/source/drivers.rst (doc/source/examples/), run
 as the guide says a driver is run: loaded by entry point, chosen by the
 engine, its output read by stock gzip readers.  If the driver interface
@@ -17,12 +18,12 @@ import zlib
 import pytest
 from stevedore import extension
 
-from accel_daemon import exception
 from accel_daemon.engine import compression
 from accel_daemon.engine import driver as base
 from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine.settings import Settings
+from accel_daemon import exception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

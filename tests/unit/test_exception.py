@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 from accel_daemon import exception
 
 

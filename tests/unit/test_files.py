@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Open once (engine.files): names are looked up once, the opened file is
 judged, and only the descriptor is used afterwards.  Each test plays the
 owner of the allowed directory swapping names at the worst moment."""
@@ -8,9 +9,9 @@ import time
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.engine import files
 from accel_daemon.engine import paths
+from accel_daemon import exception
 
 
 # --- sources -------------------------------------------------------------

@@ -1,14 +1,15 @@
+# SPDX-License-Identifier: Apache-2.0
 import os
 import threading
 import time
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.engine import filters
 from accel_daemon.engine import process
 from accel_daemon.engine.progress import Phase
 from accel_daemon.engine.progress import Progress
+from accel_daemon import exception
 
 FILTERS = """
 [Filters]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Zero padding after the last gzip member, in the in-process ISA-L reader.
 
 ``gzip -d`` skips zero bytes that follow the last member up to the end of
@@ -14,10 +15,10 @@ import tracemalloc
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.drivers import isal as isal_driver
 from accel_daemon.drivers import isal_decode
 from accel_daemon.engine.progress import Progress
+from accel_daemon import exception
 from tests import fdutil
 
 MiB = 1024 * 1024

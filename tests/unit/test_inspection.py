@@ -1,11 +1,12 @@
+# SPDX-License-Identifier: Apache-2.0
 """format_inspector-based inspection on small crafted files (no tools)."""
 
 import os
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.engine import inspection
+from accel_daemon import exception
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Which /dev paths the cinder and nova integrations send to the daemon:
 those matching the ``allowed_block_devices`` the daemon advertises and
 really block devices (accel_daemon.integrations.common)."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ISA-L driver in-process (the isal library, no external tools)."""
 
 import gzip
@@ -6,10 +7,10 @@ import zlib
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.drivers import isal as isal_driver
-from accel_daemon.engine import sparse
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import sparse
+from accel_daemon import exception
 from tests import fdutil
 
 MiB = 1024 * 1024

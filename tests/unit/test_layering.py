@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The dependency direction of the design, checked on the source.
 
 rpc -> manager -> privileged -> engine/drivers: the engine and the drivers

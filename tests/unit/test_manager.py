@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 import logging
 import threading
 import time
@@ -6,9 +7,9 @@ import pytest
 
 from accel_daemon import exception
 from accel_daemon.manager.backends import Backend
-from tests.fakes.backend import FakeBackend
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
+from tests.fakes.backend import FakeBackend
 
 PARAMS = {'src': '/img/a', 'dst': '/img/b'}
 

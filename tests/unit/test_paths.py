@@ -1,8 +1,9 @@
+# SPDX-License-Identifier: Apache-2.0
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.engine import paths
+from accel_daemon import exception
 
 
 def test_input_inside_is_returned_resolved(allowed):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The privileged layer without a privsep daemon: entrypoints called
 in-process (client mode off) with an injected fake Engine, the helper
 command, the sudoers sample, the capability plan and error transport."""
@@ -7,18 +8,18 @@ import re
 import tempfile
 
 import msgpack
-import pytest
 from oslo_config import cfg
 from oslo_privsep import capabilities as c
 from oslo_utils import importutils
+import pytest
 
-from accel_daemon.manager import backends
-from accel_daemon import exception
-from accel_daemon import privileged
-from accel_daemon.privileged import start as privileged_start
 from accel_daemon.engine.engine import Engine
+from accel_daemon import exception
+from accel_daemon.manager import backends
+from accel_daemon import privileged
 from accel_daemon.privileged import caps
 from accel_daemon.privileged import ops
+from accel_daemon.privileged import start as privileged_start
 from tests.envfixture import ROOT
 
 SUDOERS = os.path.join(ROOT, 'etc', 'accel-daemon', 'sudoers.d',

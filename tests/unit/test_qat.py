@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """QAT detection from a fake sysfs tree, and the qzip argv shapes."""
 
 import dataclasses

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """qemu-img argv builders, parsers and the shipped filters (no tools run)."""
 
 import json
@@ -5,10 +6,10 @@ import os
 
 import pytest
 
-from accel_daemon import exception
+from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import images
 from accel_daemon.engine import qemu_img
-from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon import exception
 from tests import envfixture
 
 # qemu-img is only ever given descriptors the engine opened.

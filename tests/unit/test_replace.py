@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Output(replace=True): an existing output replaced atomically.
 
 Each test plays the owner of the allowed directory, who may swap any name
@@ -13,9 +14,9 @@ import stat
 
 import pytest
 
-from accel_daemon import exception
 from accel_daemon.engine import files
 from accel_daemon.engine import paths
+from accel_daemon import exception
 
 
 class NamedOutput(files.Output):

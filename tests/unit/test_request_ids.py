@@ -1,10 +1,11 @@
+# SPDX-License-Identifier: Apache-2.0
 """The caller's request ids: what the client sends, what the daemon keeps,
 and the thread's oslo.context that oslo.log reads them from."""
 
 import threading
 
-import pytest
 from oslo_context import context as oslo_context
+import pytest
 
 from accel_daemon import request_ids
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Security review regressions: names swapped by the owner of an allowed
 directory between our checks and the use of the file (no external tools)."""
 
@@ -6,15 +7,15 @@ import time
 
 import pytest
 
-from accel_daemon import exception
+from accel_daemon.engine.engine import Engine
 from accel_daemon.engine import files
 from accel_daemon.engine import filters
 from accel_daemon.engine import paths
 from accel_daemon.engine import process
-from accel_daemon.engine import qemu_img
-from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
+from accel_daemon import exception
 
 
 class _SwapTempOnCreate(files.Output):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-daemon's service wiring and its signal-driven loop, in-process with
 the fake:// transport and the FakeBackend (the real process is covered by
 tests/functional/test_rpc_daemon.py)."""
@@ -8,15 +9,15 @@ import signal
 import time
 import uuid
 
-import pytest
 from oslo_config import cfg
 from oslo_messaging import conffixture
+import pytest
 
 from accel_daemon.client import AccelClient
 from accel_daemon.cmd import daemon
-from tests.fakes.backend import FakeBackend
-from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import presence
+from accel_daemon.rpc import rpcapi
+from tests.fakes.backend import FakeBackend
 
 
 @pytest.fixture

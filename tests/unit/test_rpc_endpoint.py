@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The RPC endpoint: validation, path pre-checks, delegation, typed errors.
 
 Called directly (no transport) first; then through oslo.messaging's
@@ -10,20 +11,20 @@ import time
 import types
 import uuid
 
-import oslo_messaging
-import pytest
 from oslo_config import cfg
-from oslo_messaging import conffixture
+import oslo_messaging
 from oslo_messaging._drivers import common as driver_common
+from oslo_messaging import conffixture
+import pytest
 
-from accel_daemon import exception
 from accel_daemon.engine.settings import Settings
-from tests.fakes.backend import FakeBackend
+from accel_daemon import exception
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
-from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import endpoint as ep
+from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import server as rpc_server
+from tests.fakes.backend import FakeBackend
 
 CTXT = {}
 

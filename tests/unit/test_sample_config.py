@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The shipped sample configs must match the registered options.
 
 When this fails, regenerate the samples (from the repository root):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel_daemon.cmd.service_switch: reading [accel_daemon_client] enabled
 from a service's own configuration files before the service starts.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The capped sparse writer, fed from in-memory streams."""
 
 import hashlib
@@ -6,9 +7,9 @@ import os
 
 import pytest
 
-from accel_daemon import exception
-from accel_daemon.engine import sparse
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import sparse
+from accel_daemon import exception
 
 MiB = 1024 * 1024
 

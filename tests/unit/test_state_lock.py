@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The state directory lock, with real files, real flock and real
 processes (a second open file description stands in for a second daemon
 where a process is not needed)."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Bandwidth limits: the pacing math (fake clock), real pacing against the
 wall clock (generous but meaningful tolerances), and cancel while paced."""
 
@@ -8,14 +9,14 @@ import time
 
 import pytest
 
-from accel_daemon import exception
-from accel_daemon import operations
 from accel_daemon.drivers import isal as isal_driver
 from accel_daemon.engine import copy
-from accel_daemon.engine import sparse
-from accel_daemon.engine import throttle
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine.settings import Settings
+from accel_daemon.engine import sparse
+from accel_daemon.engine import throttle
+from accel_daemon import exception
+from accel_daemon import operations
 from tests import fdutil
 
 MiB = 1024 * 1024

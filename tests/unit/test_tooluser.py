@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The tools' identity: a real child switched to an unprivileged user with
 exactly the capabilities a command asks for (needs root, like the daemon's
 privileged helper)."""
@@ -7,9 +8,9 @@ import pwd
 
 import pytest
 
+from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import process
 from accel_daemon.engine import tooluser
-from accel_daemon.engine.filters import CommandPolicy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason='switching users needs root')

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-image, the operators' command line, built on cliff.
 
 ``app`` holds the application (global options, configuration, the one-line

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """accel-image: the operators' command line (a cliff application).
 
 By default it talks to the accel-daemon of this host (or ``--host``) over
@@ -23,9 +24,9 @@ from cliff import app as cliff_app
 from cliff import commandmanager
 from oslo_config import cfg
 
-from accel_daemon import exception
 from accel_daemon.cmd.cli import broker
 from accel_daemon.cmd.cli import process_started
+from accel_daemon import exception
 
 # The clock of --timeout starts when the process started.
 STARTED = process_started()

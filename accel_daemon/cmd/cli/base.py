@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What every accel-image command shares: the backend it talks to (the
 daemon over RPC, or the engine in-process with ``--local``), the output
 columns (ISO-8601 times, sizes, nested values) and the global output
@@ -18,9 +19,9 @@ from cliff import columns as cliff_columns
 from cliff import lister
 from cliff import show
 
+from accel_daemon.cmd.cli import progress
 from accel_daemon import exception
 from accel_daemon import operations
-from accel_daemon.cmd.cli import progress
 
 
 # --- values ---------------------------------------------------------------

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Bounded waits for the message broker and the daemon.
 
 oslo.messaging's rabbit driver retries a broker it cannot reach without end:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """capabilities, capabilities tools, capabilities show, info."""
 
 from __future__ import annotations

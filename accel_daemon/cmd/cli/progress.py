@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The progress bar of a task: tqdm, on stderr, with its rate and ETA.
 
 Shown when stderr is a terminal (or when forced with ``--progress``), and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The task commands (compress, decompress, convert, copy, upload,
 download: their arguments come from ``accel_daemon.operations``) and
 tasks list, show, wait and cancel."""
@@ -7,11 +8,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from accel_daemon import exception
-from accel_daemon import operations
 from accel_daemon.cmd.cli import base
 from accel_daemon.cmd.cli import progress
+from accel_daemon import exception
 from accel_daemon.manager.states import STATES
+from accel_daemon import operations
 
 # Operation fields whose flag would collide with the output options of
 # every command (cliff's -f/--format): renamed on the command line only.

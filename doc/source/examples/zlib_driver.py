@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """An example accel-daemon compression driver: gzip from Python's zlib.
 
 The worked example of doc/source/drivers.rst.  It runs in the daemon's
@@ -16,19 +17,19 @@ engine loads drivers from (see examples/setup.cfg next to this file)::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import hashlib
 import os
 import time
-import zlib
-from collections.abc import Iterator
 from typing import Any
+import zlib
 
-from accel_daemon import exception
 from accel_daemon.engine import driver as base
 from accel_daemon.engine import paths
-from accel_daemon.engine import throttle
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import throttle
+from accel_daemon import exception
 
 # zlib's window bits for a gzip wrapper (RFC 1952) around a 32 KiB window:
 # 16 selects the gzip header and trailer, 15 the window size.

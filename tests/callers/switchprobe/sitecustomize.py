@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """An observer for the tests of accel-cinder-volume and accel-nova-compute
 (tests/callers/switchtest.py), loaded by the console script's interpreter
 at start-up (this directory is on its PYTHONPATH).

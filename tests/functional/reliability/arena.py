@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A daemon whose allowed directory belongs to a throwaway user, a root-only
 secret outside it, and the attacker process (attacker.py) run as that
 user."""

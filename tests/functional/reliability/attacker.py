@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The owner of an allowed directory, attacking the daemon's names.
 
 A stand-alone script (standard library only: it runs as a throwaway

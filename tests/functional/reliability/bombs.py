@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Hand-built malicious qcow2 images (struct only)."""
 
 from __future__ import annotations

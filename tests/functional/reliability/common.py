@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared helpers of the reliability tests.
 
 Everything here goes through the public client API (``AccelClient`` and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Markers of the reliability tests; tests marked ``last`` (the broker
 restart, which disturbs every other user of the shared RabbitMQ) run
 after all the others."""

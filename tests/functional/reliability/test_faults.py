@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Faults: the privsep helper or the daemon killed mid-task, a full file
 system, commands and tasks that run past their timeouts, a broker restart.
 

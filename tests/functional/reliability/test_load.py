@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """200 mixed small tasks from 4 client processes against one daemon:
 nothing lost, nothing duplicated, all succeeded, outputs right, and the
 memory of the daemon and of its privsep helper bounded."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A corpus of malicious and odd inputs through the real daemon over RPC.
 
 Each refused input must fail with a typed error, promptly, leaving nothing

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every operation under a live attacker that owns the allowed directory.
 
 The attacker (attacker.py, a throwaway non-root user, inotify) swaps the
