@@ -37,7 +37,6 @@ besides ``cinder.conf``, oslo.config's default files include
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -63,16 +62,7 @@ def install() -> None:
 
 
 def main() -> Any:
-    prog = os.path.basename(sys.argv[0])
-    try:
-        enabled = service_switch.read_enabled(PROJECT)
-    except service_switch.SwitchError as e:
-        service_switch.refuse(prog, e)
-    # Monkey-patches (eventlet) before anything else of cinder's.
-    from cinder.cmd import volume
-    if enabled:
-        install()
-    return volume.main()
+    return service_switch.run(PROJECT, 'cinder.cmd.volume', install)
 
 
 if __name__ == '__main__':

@@ -36,7 +36,6 @@ without ``log_file`` logs to ``accel-nova-compute.log``.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -53,16 +52,7 @@ def install() -> None:
 
 
 def main() -> Any:
-    prog = os.path.basename(sys.argv[0])
-    try:
-        enabled = service_switch.read_enabled(PROJECT)
-    except service_switch.SwitchError as e:
-        service_switch.refuse(prog, e)
-    # Chooses threads or eventlet before anything else of nova's.
-    from nova.cmd import compute
-    if enabled:
-        install()
-    return compute.main()
+    return service_switch.run(PROJECT, 'nova.cmd.compute', install)
 
 
 if __name__ == '__main__':

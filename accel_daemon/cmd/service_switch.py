@@ -21,9 +21,14 @@ switch is read.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import Any
+from typing import Callable
+from typing import NoReturn
+from typing import Optional
+from typing import Sequence
 
 from oslo_config import cfg
 
@@ -96,3 +101,21 @@ def refuse(prog: str, err: SwitchError) -> NoReturn:
     """One line on stderr, exit status 1."""
     sys.stderr.write('%s: %s\n' % (prog, err))
     sys.exit(1)
+
+
+def run(project: str, service_module: str,
+        install: Callable[[], None]) -> Any:
+    """The console script: read the switch from the service's files,
+    import the service's command module (it picks eventlet or threads as
+    its first line, so nothing of oslo.messaging may come before it),
+    ``install()`` when switched on, then return the service's own
+    ``main()`` with ``sys.argv`` untouched."""
+    prog = os.path.basename(sys.argv[0])
+    try:
+        enabled = read_enabled(project)
+    except SwitchError as e:
+        refuse(prog, e)
+    service = importlib.import_module(service_module)
+    if enabled:
+        install()
+    return service.main()
