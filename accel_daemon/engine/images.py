@@ -345,8 +345,13 @@ def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
         coroutines=settings.convert_coroutines,
         # -W: raw has no metadata whose order matters, and out-of-order
         # writes keep all coroutines busy on slow or remote storage (4.2 s
-        # -> 0.7 s at 2 ms write latency).  qcow2 would fragment.
-        unordered=dst_fmt == 'raw' or out.is_device,
+        # -> 0.7 s at 2 ms write latency).  A plain qcow2 (a disk that will
+        # run) keeps its clusters in guest order.  A compressed qcow2 is an
+        # artifact to upload or convert once: -W lets the coroutines
+        # compress in parallel (1 GiB mixed volume, -m 16: 12.4 s -> 7.7 s,
+        # 0.3 % larger, identical content); qemu-img has taken -W with -c
+        # since 4.2.
+        unordered=dst_fmt == 'raw' or out.is_device or compress,
         existing_target=out.is_device,
         target_is_zero=target_is_zero, compress=compress, sparse=sparse,
         rate_limit=bps_limit)

@@ -11,6 +11,7 @@ from accel_daemon.engine import images
 from accel_daemon.engine import paths
 from accel_daemon.engine import process
 from accel_daemon.engine.progress import Progress
+from accel_daemon.engine import qemu_img
 from accel_daemon import exception
 from tests import envfixture
 from tests.functional import imagegen as gen
@@ -74,6 +75,22 @@ def test_raw_output_uses_unordered_writes_and_direct_io(env, qcow2):
         os.close(fd)
     assert result['cache_mode'] != 'writethrough'
     assert result['source_cache_mode'] == 'writeback'
+
+
+def test_unordered_writes_for_raw_and_compressed_qcow2(
+        env, qcow2, monkeypatch):
+    unordered = []
+    real = qemu_img.convert_cmd
+
+    def spy(*args, **kwargs):
+        unordered.append(kwargs['unordered'])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(images.qemu_img, 'convert_cmd', spy)
+    convert(env, qcow2, 'o.raw', 'qcow2', 'raw')
+    convert(env, qcow2, 'p.qcow2', 'qcow2', 'qcow2')
+    c = convert(env, qcow2, 'c.qcow2', 'qcow2', 'qcow2', compress=True)
+    assert unordered == [True, False, True]
+    assert gen.compare(qcow2, 'qcow2', c['output'], 'qcow2')
 
 
 def test_compressed_qcow2(env, qcow2):

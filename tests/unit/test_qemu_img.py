@@ -268,8 +268,10 @@ def all_built_commands():
             SRC, DST, 'vhdx', fmt, src_cache='none', dst_cache='writeback',
             coroutines=1, unordered=fmt == 'raw')
     yield convert(compress=False, unordered=True, coroutines=9)
+    # Compressed qcow2: with -W, as images.convert builds it.
     yield qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
-                               dst_cache='none', coroutines=16, compress=True)
+                               dst_cache='none', coroutines=16, compress=True,
+                               unordered=True)
     for zero in (False, True):
         yield qemu_img.convert_cmd(
             SRC, '/dev/fd/7', 'qcow2', 'raw', src_cache='none',
@@ -298,6 +300,7 @@ def all_built_commands():
         yield qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2',
                                    src_cache='none', dst_cache='none',
                                    coroutines=16, compress=True,
+                                   unordered=True,
                                    rate_limit=rate)
     yield convert(unordered=True, sparse=False)
 
