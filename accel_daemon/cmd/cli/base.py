@@ -16,6 +16,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from cliff import columns as cliff_columns
+from cliff import display
 from cliff import lister
 from cliff import show
 
@@ -313,11 +314,23 @@ class Local:
 
 
 # --- commands ---------------------------------------------------------------
-class _GlobalOutput:
-    """``-f``/``--json``/``-c`` given anywhere on the line (the
-    application's parser takes them) apply to the command's output."""
+class _GlobalOutput(display.DisplayCommandBase):
+    """What every command with output shares: ``-f``/``--json``/``-c``
+    given anywhere on the line (the application's parser takes them) apply
+    to the command's output, one-line argument errors, and the
+    application's backend."""
 
     app: Any
+
+    def backend(self) -> Any:
+        return self.app.backend()
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        return _parser(super().get_parser(prog_name))
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        self._apply_global_output(parsed_args)
+        return super().run(parsed_args)
 
     def _apply_global_output(self, parsed_args: argparse.Namespace) -> None:
         options = getattr(self.app, 'options', None)
@@ -344,29 +357,11 @@ def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 class Lister(_GlobalOutput, lister.Lister):
-
-    def backend(self) -> Any:
-        return self.app.backend()
-
-    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        return _parser(super().get_parser(prog_name))
-
-    def run(self, parsed_args: argparse.Namespace) -> int:
-        self._apply_global_output(parsed_args)
-        return super().run(parsed_args)
+    pass
 
 
 class ShowOne(_GlobalOutput, show.ShowOne):
-
-    def backend(self) -> Any:
-        return self.app.backend()
-
-    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        return _parser(super().get_parser(prog_name))
-
-    def run(self, parsed_args: argparse.Namespace) -> int:
-        self._apply_global_output(parsed_args)
-        return super().run(parsed_args)
+    pass
 
 
 def rows(items: Iterable[dict], keys: tuple[str, ...]) -> list[tuple]:
