@@ -81,31 +81,22 @@ def _accel_base() -> type:
 _AccelBase: Any = _accel_base()
 
 _lock = threading.Lock()
-_shared_client: AccelClient | None = None
+_shared = common.SharedClient()
 # client -> (monotonic time of the answer, answer)
 _exist_cache: weakref.WeakKeyDictionary[AccelClient, tuple[float, bool]] = (
     weakref.WeakKeyDictionary())
 
 
 def shared_client() -> AccelClient:
-    """The client every instance built without one uses: on cinder's
-    global configuration, made on first use."""
-    global _shared_client
-    with _lock:
-        if _shared_client is None:
-            _shared_client = AccelClient(cfg.CONF)
-        return _shared_client
+    """The client every call built without one uses: on cinder's global
+    configuration, made on first use."""
+    return _shared.get()
 
 
 def reset() -> None:
-    """Close and forget the shared client (and with it its cached answers):
-    the next call builds a new one from cinder's configuration as it is then
-    (a reloaded configuration, another daemon)."""
-    global _shared_client
-    with _lock:
-        client, _shared_client = _shared_client, None
-    if client is not None:
-        client.close()
+    """Close and forget the shared client: the next call builds a new one
+    from cinder's configuration as it is then."""
+    _shared.reset()
 
 
 def _cinder_error(action: str, src: str, dest: str,

@@ -27,6 +27,8 @@ import time
 import weakref
 from typing import Any, Optional
 
+from oslo_config import cfg
+
 from accel_daemon.client import AccelClient
 from accel_daemon import exception
 
@@ -35,6 +37,31 @@ from accel_daemon import exception
 REFUSALS = (exception.ImageInspectionError, exception.SizeLimitExceeded)
 
 Caps = Optional[dict[str, Any]]
+
+
+class SharedClient:
+    """The one client an integration's calls share, made on first use from
+    the service's global configuration (``cfg.CONF``: its transport and
+    ``[accel_daemon_client]``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.client: Optional[AccelClient] = None
+
+    def get(self) -> AccelClient:
+        with self._lock:
+            if self.client is None:
+                self.client = AccelClient(cfg.CONF)
+            return self.client
+
+    def reset(self) -> None:
+        """Close and forget the client (and with it its cached answers):
+        the next call builds a new one from the configuration as it is
+        then (a reloaded configuration, another daemon)."""
+        with self._lock:
+            client, self.client = self.client, None
+        if client is not None:
+            client.close()
 
 
 class CapsCache:

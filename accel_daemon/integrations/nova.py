@@ -64,7 +64,7 @@ list_opts = integrations_conf.list_nova_opts
 
 
 _lock = threading.Lock()
-_shared_client: AccelClient | None = None
+_shared = common.SharedClient()
 # nova's own functions, kept before anything replaces them; resolved on
 # first use otherwise.
 _original_convert_image: Optional[Callable[..., None]] = None
@@ -79,24 +79,15 @@ class _Fallback(Exception):
 
 
 def shared_client() -> AccelClient:
-    """The client of every call: on nova's configuration, made on first
-    use."""
-    global _shared_client
-    with _lock:
-        if _shared_client is None:
-            _shared_client = AccelClient(cfg.CONF)
-        return _shared_client
+    """The client every call built without one uses: on nova's global
+    configuration, made on first use."""
+    return _shared.get()
 
 
 def reset() -> None:
-    """Close and forget the shared client (and with it its cached answers):
-    the next call builds a new one from nova's configuration as it is then
-    (a reloaded configuration, another daemon)."""
-    global _shared_client
-    with _lock:
-        client, _shared_client = _shared_client, None
-    if client is not None:
-        client.close()
+    """Close and forget the shared client: the next call builds a new one
+    from nova's configuration as it is then."""
+    _shared.reset()
 
 
 def original_convert_image() -> Callable[..., None]:

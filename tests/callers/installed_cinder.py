@@ -54,7 +54,7 @@ def setup():
     DAEMON = installed.start_daemon('cinder-installed')
     # The daemon is on oslo.messaging's fake transport: only a client
     # built on it reaches it.
-    integration._shared_client = DAEMON.client()
+    integration._shared.client = DAEMON.client()
     cinder_volume.install()
 
 

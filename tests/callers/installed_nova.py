@@ -28,7 +28,7 @@ def setup():
     DAEMON = installed.start_daemon('nova-installed')
     # The daemon is on oslo.messaging's fake transport: only a client
     # built on it reaches it.
-    integration._shared_client = DAEMON.client()
+    integration._shared.client = DAEMON.client()
     nova_compute.install()
 
 

@@ -58,7 +58,7 @@ try:
     # The daemon runs on oslo.messaging's fake transport, which only the
     # client built on it reaches: the integration's shared client is that
     # one (cinder's configuration would name the real broker).
-    integration._shared_client = daemon.client()
+    integration._shared.client = daemon.client()
     image = os.path.join(daemon.images, 'volume.img')
     data = b''.join(b'line %06d of a volume\n' % i for i in range(20000))
     with open(image, 'wb') as f:

@@ -44,7 +44,7 @@ def tearDownModule():
 class Base(unittest.TestCase):
 
     def setUp(self):
-        patcher = mock.patch.object(integration, '_shared_client', LIVE)
+        patcher = mock.patch.object(integration._shared, 'client', LIVE)
         patcher.start()
         self.addCleanup(patcher.stop)
         # Every call that falls back lands here, never in qemu-img.
@@ -188,7 +188,7 @@ class Fallback(Base):
         self.addCleanup(CONF.clear_override, 'probe_timeout',
                         group='accel_daemon_cinder')
         raw, out = self.raw_image(), self.dest()
-        with mock.patch.object(integration, '_shared_client', absent):
+        with mock.patch.object(integration._shared, 'client', absent):
             self.assertFallsBack(raw, out, 'qcow2', src_format='raw')
             # Cached: the second call does not wait for the daemon again.
             with mock.patch.object(absent, 'capabilities') as caps:

@@ -48,7 +48,7 @@ def tearDownModule():
 class Base(unittest.TestCase):
 
     def setUp(self):
-        patcher = mock.patch.object(integration, '_shared_client', LIVE)
+        patcher = mock.patch.object(integration._shared, 'client', LIVE)
         patcher.start()
         self.addCleanup(patcher.stop)
         # Every call that falls back lands here, never in qemu-img.
@@ -162,7 +162,7 @@ class Fallback(Base):
         self.addCleanup(CONF.clear_override, 'probe_timeout',
                         group='accel_daemon_nova')
         raw, out = self.raw_image(), self.dest()
-        with mock.patch.object(integration, '_shared_client', absent):
+        with mock.patch.object(integration._shared, 'client', absent):
             self.assertFallsBack(raw, out, 'raw', 'qcow2')
             with mock.patch.object(absent, 'capabilities') as caps:
                 self.assertFallsBack(raw, out, 'raw', 'qcow2')
