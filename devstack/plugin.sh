@@ -19,10 +19,13 @@ function install_accel_daemon {
     setup_develop "$ACCEL_DAEMON_DIR"
     # No systemd unit of install.sh's own: devstack runs the daemon as
     # devstack@accel-daemon through run_process.
-    local -a constraints=()
+    # devstack's upper constraints, and our pins of what they do not list
+    # (isal, tqdm, the build's setuptools).
+    local pins=$ACCEL_DAEMON_DIR/local-constraints.txt
     if [[ -f ${REQUIREMENTS_DIR:-}/upper-constraints.txt ]]; then
-        constraints=("PIP_CONSTRAINT=$REQUIREMENTS_DIR/upper-constraints.txt")
+        pins="$REQUIREMENTS_DIR/upper-constraints.txt $pins"
     fi
+    local -a constraints=("PIP_CONSTRAINT=$pins")
     sudo "${constraints[@]}" \
         ACCEL_USER="$ACCEL_DAEMON_USER" ACCEL_PREFIX="$ACCEL_DAEMON_PREFIX" \
         ACCEL_ALLOWED_DIRS="$ACCEL_DAEMON_ALLOWED_DIRS" \

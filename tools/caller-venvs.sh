@@ -31,10 +31,13 @@
 # reinstall accel-daemon alone (--no-deps, ~4 s) when they differ from what
 # the venv holds.
 #
-# Upper-constraints: openstack/requirements is not published on PyPI (the
-# `openstack-requirements` package there is a 2018 release), so the caller
-# gets the newest release of each dependency its own metadata allows.
-# Nothing needed a pin so far; a pin goes in *_PINS below with its reason.
+# Pins: every pip here installs with this checkout's upper-constraints.txt
+# (OpenStack's upper constraints) and local-constraints.txt (our own pins,
+# the caller releases included), through PIP_CONSTRAINT so that sdists
+# built on the way (nova's ovs) and accel-daemon's own build are pinned too.
+# The caller's own resolution (step 1) is therefore the one OpenStack's CI
+# tested, and the venv is the same on every machine;
+# `tools/constraints.py check` runs on it at the end of a build.
 #
 # Usage: bash tools/caller-venvs.sh [cinder|nova ...]   (default: both)
 # Prints one line per venv: name, path, "reused"/"built"/"reinstalled".
@@ -50,8 +53,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # runs): cinder.tests.unit needs ddt, fixtures, testtools; nova.tests.unit
 # needs oslotest, wsgi_intercept, ddt (fixtures, testtools come with
 # oslotest).
-CINDER_PINS="cinder==29.0.0 ddt fixtures testtools oslotest"
-NOVA_PINS="nova==34.0.0 ddt fixtures testtools oslotest wsgi-intercept"
+# The releases themselves are pinned in local-constraints.txt.
+CINDER_PINS="cinder ddt fixtures testtools oslotest"
+NOVA_PINS="nova ddt fixtures testtools oslotest wsgi-intercept"
+export PIP_CONSTRAINT="$ROOT/upper-constraints.txt $ROOT/local-constraints.txt"
 
 log() { echo "caller-venvs: $*" >&2; }
 
@@ -65,7 +70,8 @@ pins_for() {
 
 # Keyed on what decides the venv's third-party contents.
 deps_stamp() {
-    { pins_for "$1"; "$PYTHON" --version; cat "$ROOT/requirements.txt"; } |
+    { pins_for "$1"; "$PYTHON" --version; cat "$ROOT/requirements.txt" \
+        "$ROOT/upper-constraints.txt" "$ROOT/local-constraints.txt"; } |
         sha256sum | cut -d' ' -f1
 }
 
@@ -100,6 +106,7 @@ build() {
         diff "$venv/caller-freeze.txt" - | sed -n 's/^> //p' \
             >"$venv/accel-daemon-added.txt" || true
     "$venv/bin/pip" check
+    "$PYTHON" "$ROOT/tools/constraints.py" check "$venv"
     log "$name: built in $((SECONDS - start)) s," \
         "$(du -sm "$venv" | cut -f1) MB; accel-daemon added:" \
         "$(tr '\n' ' ' <"$venv/accel-daemon-added.txt")"

@@ -15,6 +15,10 @@
 #   ACCEL_SYSTEMD_RUN_DIR   present when systemd runs    (/run/systemd/system)
 #   ACCEL_SYSTEMD_UNIT      0: install no unit (a service manager of
 #                           the caller's own runs the daemon)       (1)
+#   PIP_CONSTRAINT       the pins pip installs with (upper-constraints.txt
+#                        and local-constraints.txt of this checkout;
+#                        devstack passes its own upper constraints and
+#                        local-constraints.txt)
 #
 # What it does: Debian packages from bindep.txt (runtime entries only); the
 # service user and the tools' user; /var/lib/accel-daemon (0750, owned by
@@ -40,6 +44,9 @@ UNIT_DIR=${ACCEL_SYSTEMD_UNIT_DIR:-/etc/systemd/system}
 SYSTEMD_RUN=${ACCEL_SYSTEMD_RUN_DIR:-/run/systemd/system}
 UNIT=accel-daemon.service
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The service's venv gets the versions the tests ran with; PIP_CONSTRAINT
+# (not -c) so that the isolated build of accel-daemon is pinned too.
+export PIP_CONSTRAINT=${PIP_CONSTRAINT:-"$ROOT/upper-constraints.txt $ROOT/local-constraints.txt"}
 
 log() { echo "install: $*" >&2; }
 

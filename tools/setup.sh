@@ -9,8 +9,12 @@
 #      daemon's service user cannot read a Python under /root);
 #   3. requirements.txt, test-requirements.txt, doc/requirements.txt (the
 #      docs build is a test) and accel-daemon itself (editable) in that
-#      venv. A stamp of the dependency files skips this
-#      step when nothing changed.
+#      venv, pinned by upper-constraints.txt and local-constraints.txt
+#      (tools/constraints.py), then checked: every package installed must
+#      be pinned, at the pinned version. A stamp of the dependency and
+#      constraints files skips this step when nothing changed; when they
+#      changed, the venv is built again from scratch, so that it holds
+#      exactly what a fresh machine gets.
 #
 # Usage: bash tools/setup.sh            (as root, or with sudo available)
 set -euo pipefail
@@ -21,6 +25,9 @@ PYTHON=/usr/bin/python3
 PROFILES=${ACCEL_BINDEP_PROFILES:-compile test}
 export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# Every pip below, and the isolated build environment pip makes for
+# accel-daemon's own PEP 517 build, installs the pinned versions.
+export PIP_CONSTRAINT="$ROOT/upper-constraints.txt $ROOT/local-constraints.txt"
 
 log() { echo "setup: $*" >&2; }
 
@@ -38,23 +45,25 @@ venv_ok() {
 deps_stamp() {
     cat "$ROOT/requirements.txt" "$ROOT/test-requirements.txt" \
         "$ROOT/doc/requirements.txt" "$ROOT/setup.cfg" "$ROOT/setup.py" \
-        "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1
+        "$ROOT/pyproject.toml" "$ROOT/upper-constraints.txt" \
+        "$ROOT/local-constraints.txt" | sha256sum | cut -d' ' -f1
 }
 
 make_venv() {
-    if ! venv_ok; then
-        log "creating $VENV from $PYTHON"
-        rm -rf "$VENV"
-        "$PYTHON" -m venv "$VENV"
-    fi
     local stamp_file=$VENV/.accel-setup-stamp stamp
     stamp=$(deps_stamp)
-    if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] &&
+    if venv_ok && [ -f "$stamp_file" ] &&
+        [ "$(cat "$stamp_file")" = "$stamp" ] &&
         "$VENV/bin/python" -c 'import accel_daemon' 2>/dev/null; then
         log "venv up to date"
         return 0
     fi
-    log "installing Python requirements into $VENV"
+    # From scratch: a venv upgraded in place keeps what the new pins no
+    # longer bring.
+    log "creating $VENV from $PYTHON"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    log "installing the pinned Python requirements into $VENV"
     "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" \
         -r "$ROOT/test-requirements.txt" -r "$ROOT/doc/requirements.txt"
     # pip builds the editable install through pyproject.toml (PEP 660) and
@@ -64,6 +73,7 @@ make_venv() {
     # in the checkout. It is generated, never tracked.
     rm -rf "$ROOT"/*.egg-info
     "$VENV/bin/pip" install -q -e "$ROOT"
+    "$PYTHON" "$ROOT/tools/constraints.py" check "$VENV"
     echo "$stamp" >"$stamp_file"
 }
 

@@ -48,11 +48,16 @@ def register_messaging_opts(conf: cfg.ConfigOpts) -> None:
     if conf is cfg.CONF:
         return
     from oslo_messaging._metrics import client as metrics
-    from oslo_messaging._tracing import client as tracing
-    conf.register_opts(tracing.oslo_messaging_tracing,
-                       group='oslo_messaging_tracing')
     conf.register_opts(metrics.oslo_messaging_metrics,
                        group='oslo_messaging_metrics')
+    try:
+        from oslo_messaging._tracing import client as tracing
+    except ImportError:
+        # Tracing came with oslo.messaging 18.3; 18.2 (the 2026.2 upper
+        # constraints) has none, and reads no such option.
+        return
+    conf.register_opts(tracing.oslo_messaging_tracing,
+                       group='oslo_messaging_tracing')
 
 
 def get_transport(conf: cfg.ConfigOpts,
