@@ -39,9 +39,9 @@ have interrupted code holding a lock.
 from accel_daemon.cmd import privsep_helper
 
 # futurist, oslo.service and oslo.privsep import eventlet whenever it is
-# installed (oslo.service depends on it), and eventlet warns at import in
-# nine lines on stderr.  This daemon never uses eventlet.
-privsep_helper.ignore_eventlet_deprecation()
+# installed (oslo.service depends on it): no green DNS, no import warning
+# (privsep_helper's docstring says why).  This daemon never uses eventlet.
+privsep_helper.without_green_threads()
 
 from oslo_service import backend as _service_backend  # noqa: E402
 from oslo_service.backend import (  # noqa: E402

@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from typing import Any, Iterator, NoReturn, TextIO
 
 from cliff import app as cliff_app
@@ -26,6 +25,7 @@ from oslo_config import cfg
 
 from accel_daemon.cmd.cli import broker
 from accel_daemon.cmd.cli import process_started
+from accel_daemon.cmd import privsep_helper
 from accel_daemon import exception
 
 # The clock of --timeout starts when the process started.
@@ -76,6 +76,23 @@ def say(stream: TextIO, message: str) -> None:
     stream.flush()
 
 
+class CommandManager(commandmanager.CommandManager):
+    """cliff's command manager, loading a command's module only when that
+    command runs.  cliff 4.17 hands the namespace to stevedore, which
+    imports every command module up front, and with them the operation
+    table and the engine: a tenth of a second for each ``--version`` or
+    ``help``.  Here each name maps to its entry point, which
+    ``find_command`` loads."""
+
+    def load_commands(self, namespace: str) -> None:
+        from importlib import metadata
+        self.group_list.append(namespace)
+        for ep in metadata.entry_points(group=namespace):
+            name = ep.name.replace('_', ' ') if self.convert_underscores \
+                else ep.name
+            self.commands[name] = ep
+
+
 class AccelImage(cliff_app.App):
     """accel-image: convert, compress and decompress disk images through
     accel-daemon."""
@@ -88,7 +105,7 @@ class AccelImage(cliff_app.App):
         super().__init__(
             description=(self.__doc__ or '').split('\n\n')[0].strip(),
             version=version(),
-            command_manager=commandmanager.CommandManager(NAMESPACE),
+            command_manager=CommandManager(NAMESPACE),
             deferred_help=True)
         self._conf = conf
         self._transport = transport
@@ -187,6 +204,9 @@ class AccelImage(cliff_app.App):
     def initialize_app(self, argv: list[str]) -> None:
         if argv and argv[0] in ('help', 'complete'):
             return
+        # An unknown command is a usage error, before any configuration is
+        # read or library loaded for it.
+        self.check_command(argv)
         self.conf = load_conf(self.options.config_file, self._conf)
 
     def progress_wanted(self) -> bool | None:
@@ -219,6 +239,7 @@ class AccelImage(cliff_app.App):
         return self._backend
 
     def _make_backend(self) -> Any:
+        _threading_backend()
         from accel_daemon.cmd.cli import base
         conf = self.conf
         assert conf is not None  # nosec B101: initialize_app loaded it
@@ -257,7 +278,8 @@ class AccelImage(cliff_app.App):
                                  lambda line: say(self.stderr, line)):
                 backend.close()
 
-    def run_subcommand(self, argv: list[str]) -> int:
+    def check_command(self, argv: list[str]) -> None:
+        """A UsageError for a command that does not exist."""
         try:
             self.command_manager.find_command(argv)
         except ValueError:
@@ -267,6 +289,9 @@ class AccelImage(cliff_app.App):
                     if matches else '')
             raise UsageError('unknown command %r%s; see %s help'
                              % (' '.join(argv), hint, NAME))
+
+    def run_subcommand(self, argv: list[str]) -> int:
+        self.check_command(argv)
         return super().run_subcommand(argv)
 
 
@@ -274,6 +299,9 @@ def load_conf(files: list[str], conf: cfg.ConfigOpts | None = None
               ) -> cfg.ConfigOpts:
     """The configuration, from ``files`` or the default file; any problem
     with a file is a ``ConfigError`` naming it."""
+    # The client's modules import oslo.messaging: oslo.service's
+    # threading backend first.
+    _threading_backend()
     from accel_daemon import conf as accel_conf
     if conf is None:
         conf = cfg.ConfigOpts()
@@ -313,10 +341,10 @@ class ConfigError(Exception):
 def _threading_backend() -> None:
     """A command line never runs green threads: pick oslo.service's
     threading backend before oslo.messaging is imported (it otherwise loads
-    the deprecated eventlet backend and warns on every call)."""
-    # oslo.messaging's imports still touch eventlet, which warns at import
-    # time; that warning is for eventlet users, not for this tool's users.
-    warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')
+    the deprecated eventlet backend and warns on every call).  Only the
+    commands that talk to the daemon or run the engine get here: loading
+    the backend imports futurist and eventlet, a third of a second that
+    ``--version``, ``--help`` and a bad command line do without."""
     from oslo_service import backend
     from oslo_service.backend import exceptions
     try:
@@ -342,7 +370,7 @@ def main(argv: list[str] | None = None, conf: cfg.ConfigOpts | None = None,
     """Run accel-image; returns its exit status.  ``conf``, ``transport``
     and ``backend`` are for tests (an in-process daemon on ``fake://``, or
     a stand-in for the daemon)."""
-    _threading_backend()
+    privsep_helper.without_green_threads()
     app = AccelImage(conf=conf, transport=transport, backend=backend,
                      started=STARTED if argv is None else None)
     app.stdout = stdout or sys.stdout
