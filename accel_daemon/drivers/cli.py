@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import threading
+from types import MappingProxyType
 
 from accel_daemon.engine import driver as base
 from accel_daemon.engine.filters import CommandPolicy
@@ -295,16 +296,20 @@ class _Child:
 
 class IgzipCompressor(CliCompressor):
     name = tool = 'igzip'
+    # The CLI tools decode gzip as fallbacks of the in-process isal.
+    decodes = MappingProxyType({base.GZIP: 20})
     build_compress = staticmethod(igzip_compress_argv)
 
 
 class PigzCompressor(CliCompressor):
     name = tool = 'pigz'
+    decodes = MappingProxyType({base.GZIP: 30})
     build_compress = staticmethod(pigz_compress_argv)
 
 
 class GzipCompressor(CliCompressor):
     name = tool = 'gzip'
+    decodes = MappingProxyType({base.GZIP: 40})
     build_compress = staticmethod(gzip_compress_argv)
 
 
@@ -312,4 +317,5 @@ class ZstdCompressor(CliCompressor):
     """zstd: faster and smaller, but not gzip; used only when asked for."""
     name = tool = 'zstd'
     output_format = base.ZSTD
+    decodes = MappingProxyType({base.ZSTD: 10})
     build_compress = staticmethod(zstd_compress_argv)

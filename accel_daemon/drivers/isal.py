@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from types import MappingProxyType
 from typing import Any
 
 from accel_daemon.drivers.isal_decode import BackgroundReader
@@ -114,6 +115,9 @@ def source_size(fd: int) -> int:
 # --- the driver -------------------------------------------------------------
 class IsalCompressor(base.Compressor):
     name = 'isal'
+    # First: in-process, any gzip (single or multi-member, from any tool),
+    # no pipe copy.
+    decodes = MappingProxyType({base.GZIP: 10})
     hardware = False
     output_format = base.GZIP
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from types import MappingProxyType
 
 from accel_daemon.drivers import cli
 from accel_daemon.engine import driver as base
@@ -116,6 +117,9 @@ class QatCompressor(cli.CliCompressor):
     name = 'qat'
     tool = 'qzip'
     hardware = True
+    # Last for gzip: any software decoder is preferred (decoding is not
+    # where QAT pays).
+    decodes = MappingProxyType({base.GZIP: 50})
     build_compress = staticmethod(qzip_compress_argv)
 
     def decompress_argv(self) -> list[str]:

@@ -38,12 +38,6 @@ LOG = logging.getLogger(__name__)
 
 NAMESPACE = 'accel_daemon.compressors'
 MAGIC = {b'\x1f\x8b': base.GZIP, b'\x28\xb5\x2f\xfd': base.ZSTD}
-# Decoders by input format, fastest first.  In-process ISA-L reads any
-# gzip (single or multi-member, from any tool) with no pipe copy; the CLI
-# tools are fallbacks.  The fallback policy governs compression only: a
-# host must always be able to read the images it is given.
-DECODERS = {base.GZIP: ('isal', 'igzip', 'pigz', 'gzip', 'qat'),
-            base.ZSTD: ('zstd',)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,13 +135,20 @@ def detect_format(src: files.Opened) -> str:
                                  reason='not gzip or zstd data')
 
 
+def decoders(drivers: dict[str, base.Compressor], fmt: str) -> list[str]:
+    """The drivers that declare they decode ``fmt`` (``Compressor.decodes``),
+    by rank.  Not ``[compression] drivers``: that list and the fallback
+    policy govern compression only, since a host must always be able to
+    read the images it is given."""
+    return sorted((n for n, d in drivers.items() if fmt in d.decodes),
+                  key=lambda n: (drivers[n].decodes[fmt], n))
+
+
 def decoder_for(drivers: dict[str, base.Compressor],
                 fmt: str) -> base.Compressor:
     reasons = []
-    for name in DECODERS.get(fmt, ()):
-        comp = drivers.get(name)
-        if comp is None:
-            continue
+    for name in decoders(drivers, fmt):
+        comp = drivers[name]
         avail = comp.availability()
         if avail.available:
             return comp

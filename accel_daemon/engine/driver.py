@@ -16,7 +16,9 @@ shared by concurrent tasks.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 import dataclasses
+from types import MappingProxyType
 from typing import Any, ContextManager, Protocol
 
 from accel_daemon.engine.filters import CommandPolicy
@@ -67,6 +69,10 @@ class Compressor(abc.ABC):
     name: str = ''
     hardware: bool = False
     output_format: str = GZIP
+    # What ``open_decompressed`` reads, {format: rank}: the engine decodes
+    # a format with the available driver of the lowest rank
+    # (``engine.compression.decoder_for``).  Empty: it decodes nothing.
+    decodes: Mapping[str, int] = MappingProxyType({})
 
     def __init__(self, settings: Settings, policy: CommandPolicy) -> None:
         self.settings = settings

@@ -146,3 +146,48 @@ def test_explicit_driver_must_be_in_the_operators_list(tmp_path):
     with pytest.raises(exception.NoEngineAvailable) as e:
         compression.select(drivers, env.settings, driver='pigz')
     assert 'not in [compression] drivers' in e.value.message
+
+
+def _decoding(name, ranks, usable=True):
+    return type(name, (_Fake,), {'name': name, 'usable': usable,
+                                 'decodes': ranks})
+
+
+def test_shipped_drivers_declare_what_they_decode(tmp_path):
+    from tests import envfixture
+    env = envfixture.make_env(tmp_path)
+    drivers = compression.load_drivers(env.settings, env.policy)
+    assert compression.decoders(drivers, base.GZIP) == [
+        'isal', 'igzip', 'pigz', 'gzip', 'qat']
+    assert compression.decoders(drivers, base.ZSTD) == ['zstd']
+    assert compression.decoders(drivers, 'xz') == []
+
+
+def test_a_new_driver_decodes_by_its_own_declaration():
+    drivers = _drivers(Settings(), _decoding('isal', {base.GZIP: 10}),
+                       _decoding('pigz', {base.GZIP: 30}),
+                       _decoding('fast', {base.GZIP: 15, base.ZSTD: 5}),
+                       _decoding('zstd', {base.ZSTD: 10}),
+                       _cls('silent'))
+    assert compression.decoders(drivers, base.GZIP) == ['isal', 'fast',
+                                                        'pigz']
+    assert compression.decoders(drivers, base.ZSTD) == ['fast', 'zstd']
+
+
+def test_decoder_is_the_first_available_by_rank():
+    drivers = _drivers(Settings(),
+                       _decoding('isal', {base.GZIP: 10}, usable=False),
+                       _decoding('pigz', {base.GZIP: 30}),
+                       _decoding('gzip', {base.GZIP: 40}))
+    assert compression.decoder_for(drivers, base.GZIP).name == 'pigz'
+
+
+def test_no_decoder_names_every_reason():
+    drivers = _drivers(Settings(),
+                       _decoding('isal', {base.GZIP: 10}, usable=False),
+                       _cls('silent'))
+    with pytest.raises(exception.NoEngineAvailable) as e:
+        compression.decoder_for(drivers, base.GZIP)
+    assert e.value.message.endswith('no gzip decoder: isal: isal is absent')
+    with pytest.raises(exception.NoEngineAvailable, match='none'):
+        compression.decoder_for(drivers, base.ZSTD)
