@@ -14,8 +14,11 @@ OPTS = [
     cfg.ListOpt('allowed_block_devices', default=[],
                 help='Shell-style patterns (fnmatch) of block devices that '
                      'may be read or written in place, for example '
-                     '``/dev/mapper/cinder--volumes-volume--*``. A path must '
-                     'match a pattern and be a block device. Empty (the '
+                     '``/dev/cinder-volumes/volume-*``: name the volumes '
+                     'of the backends, never a whole namespace such as '
+                     '``/dev/mapper/*``. A path must match a pattern and be '
+                     'a block device that nobody else uses (claimed with '
+                     'O_EXCL; no holders, mount or lock). Empty (the '
                      'default) allows no device.'),
     cfg.ListOpt('filters_path', default=['/etc/accel-daemon/rootwrap.d'],
                 help='Directories of oslo.rootwrap-style filter files. Every '

@@ -38,6 +38,7 @@ import os
 import secrets
 import stat
 
+from accel_daemon.engine import devices
 from accel_daemon.engine import paths
 from accel_daemon import exception
 
@@ -115,13 +116,16 @@ def _open_device(conf: paths.Confinement, path: str, flags: int) -> Opened:
     """Open a device by a name the patterns allow.  /dev is root's: its
     symbolic links (/dev/disk/by-path, /dev/mapper, LVM) are followed.
 
-    A device opened for writing is claimed exclusively (``O_EXCL`` without
-    ``O_CREAT``: the kernel refuses with EBUSY while the device is mounted,
-    is a member of a device-mapper or md device, or is claimed by another
-    exclusive opener), so a pattern broad enough to name a disk in use
-    cannot get it overwritten."""
-    if flags & os.O_ACCMODE != os.O_RDONLY:
-        flags |= os.O_EXCL
+    A device is claimed exclusively, for reading as well as for writing
+    (``O_EXCL`` without ``O_CREAT``: the kernel refuses with EBUSY while
+    the device is mounted, is swap, a member of a device-mapper or md
+    device, or claimed by another exclusive opener), and then refused when
+    anybody else holds it in a way the claim does not see
+    (``engine.devices.busy_reason``: holders, mounts, a guest's lock).
+    So a pattern broad enough to name a disk in use gets it neither
+    overwritten nor read: the host's root LV, a dm-crypt plaintext
+    mapping, a running guest's volume."""
+    flags |= os.O_EXCL
     try:
         fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
@@ -136,6 +140,10 @@ def _open_device(conf: paths.Confinement, path: str, flags: int) -> Opened:
         if not stat.S_ISBLK(st.st_mode) or not real.startswith('/dev/'):
             raise exception.PathNotAllowed(
                 path=path, reason='not a block device in /dev')
+        busy = devices.busy_reason(st)
+        if busy:
+            raise exception.PathNotAllowed(
+                path=path, reason='block device in use (%s)' % busy)
         _clear_nonblock(fd)
         return Opened(fd, path, real, st)
     except BaseException:

@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import time
 
 from oslo_config import cfg
 import pytest
@@ -208,6 +209,73 @@ def test_device_in_use_is_refused(env, devices, backend):
     finally:
         os.close(held)
     assert _content(devices['allowed']) == OLD * SIZE
+
+
+def test_compress_reads_the_allowed_device(env, devices, backend):
+    dst = env.path('dev.gz')
+    result = backend.run('d8', 'compress', {'src': devices['allowed'],
+                                            'dst': dst})
+    assert result['output'] == dst
+    assert subprocess.run(['gzip', '-dc', dst], check=True,
+                          capture_output=True).stdout == OLD * SIZE
+
+
+def test_device_claimed_exclusively_is_not_read(env, devices, backend):
+    held = os.open(devices['allowed'], os.O_RDONLY | os.O_EXCL)
+    try:
+        with pytest.raises(exception.PathNotAllowed) as e:
+            backend.run('d9', 'compress', {'src': devices['allowed'],
+                                           'dst': env.path('o.gz')})
+        assert 'in use' in e.value.message
+    finally:
+        os.close(held)
+    assert os.listdir(env.images) == []
+
+
+def _guest(dev):
+    """A running QEMU holding ``dev`` the way a guest does (opened without
+    O_EXCL, with its image locks), until killed."""
+    guest = subprocess.Popen(['qemu-io', '-f', 'raw', '-c', 'sleep 60000',
+                              dev], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    ino = os.stat(dev).st_ino
+    for _ in range(100):
+        with open('/proc/locks') as f:
+            if any(line.split()[5].endswith(':%d' % ino) for line in f
+                   if len(line.split()) > 5):
+                return guest
+        time.sleep(0.05)
+    guest.kill()
+    raise AssertionError('qemu-io did not lock %s' % dev)
+
+
+@pytest.mark.parametrize('operation', ['compress', 'convert'])
+def test_device_a_running_guest_uses_is_refused(env, devices, backend,
+                                                operation):
+    """A guest's QEMU opens its volume without O_EXCL, which the claim
+    alone does not see; its image locks are seen.  Neither read (torn data)
+    nor written."""
+    src = qcow2(env)
+    guest = _guest(devices['allowed'])
+    try:
+        if operation == 'compress':
+            args = {'src': devices['allowed'], 'dst': env.path('o.gz')}
+        else:
+            args = {'src': src, 'dst': devices['allowed'],
+                    'src_format': 'qcow2', 'dst_format': 'raw'}
+        with pytest.raises(exception.PathNotAllowed) as e:
+            backend.run('d10', operation, args)
+        assert e.value.message.endswith(
+            'block device in use (locked by another process, as a running '
+            'guest locks it)')
+    finally:
+        guest.kill()
+        guest.wait()
+    assert _content(devices['allowed']) == OLD * SIZE
+    assert sorted(os.listdir(env.images)) == ['src.qcow2']
+    # Once the guest is gone, the device is usable again.
+    backend.run('d11', 'compress', {'src': devices['allowed'],
+                                    'dst': env.path('after.gz')})
 
 
 DEVICE_NAMES = ['/dev/sda', '/dev/loop0', '/dev/mapper/vg-volume--1',
