@@ -78,6 +78,12 @@ class InputNotFound(InvalidRequest):
     msg_fmt = "Input %(path)s does not exist"
 
 
+class ConfinementUnavailable(AccelError):
+    msg_fmt = ("Command %(command)s refused: this kernel cannot confine "
+               "the tools (%(reason)s) and [accel_daemon] confine_tools is "
+               "set")
+
+
 class CommandDenied(AccelError):
     msg_fmt = "Command refused by the filters: %(command)s"
 

@@ -10,6 +10,7 @@ import os
 import re
 
 from accel_daemon.engine.context import Context
+from accel_daemon.engine.context import make_policy
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine.settings import Settings
 
@@ -59,7 +60,9 @@ def make_env(root: str, **overrides) -> Env:
     install_filters(filters_dir, images)
     settings = Settings(allowed_dirs=(images,), filters_path=(filters_dir,),
                         **overrides)
-    policy = CommandPolicy(settings.filters_path, settings.exec_dirs)
+    # As the daemon builds it: confined tools (confine_tools), no timeout
+    # unless the settings give one.
+    policy = make_policy(settings)
     return Env(root, images, filters_dir, settings, policy)
 
 

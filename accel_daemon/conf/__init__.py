@@ -42,6 +42,8 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         command_timeout=float(a.command_timeout) or None,
         max_image_bytes=a.max_image_gib * 1024 ** 3,
         tool_user=a.tool_user or None,
+        confine_tools=a.confine_tools,
+        tool_extra_paths=tuple(a.tool_extra_paths),
         drivers=tuple(c.drivers),
         allow_software_fallback=c.allow_software_fallback,
         compression_level=c.level,

@@ -69,6 +69,24 @@ OPTS = [
                     '(root, with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH): '
                     'not recommended. Only a root engine (the privileged '
                     'helper, accel-image --local as root) switches users.'),
+    cfg.BoolOpt('confine_tools', default=True,
+                help='Run every external tool in a Landlock domain in which '
+                     'it can open nothing but the descriptors accel-daemon '
+                     'handed it and the system\'s program directories '
+                     '(/usr, /lib): an image changed after inspection (its '
+                     'owner can rewrite it through a shared mmap with no '
+                     'trace in its times) may name a backing file, a data '
+                     'file or an extent, and qemu-img still reads nothing '
+                     'else. Needs Linux 5.13 or later with Landlock '
+                     'enabled; without it every command is refused while '
+                     'this is True. False runs the tools unconfined: not '
+                     'recommended. Related options: tool_extra_paths.'),
+    cfg.ListOpt('tool_extra_paths', default=[],
+                help='Files or directories the confined tools may also read '
+                     'and write, for a hardware driver\'s device nodes, '
+                     'for example /dev/qat_adf_ctl,/dev/usdm_drv,/dev/vfio '
+                     'for qzip on a QAT host. Related options: '
+                     'confine_tools.'),
     cfg.IntOpt('max_image_gib', default=1024, min=1,
                help='Largest virtual size, in GiB, of an image accel-daemon '
                     'will convert or write. Larger images are refused before '

@@ -10,9 +10,21 @@ import os
 
 from accel_daemon.engine import files
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine import landlock
 from accel_daemon.engine import paths
 from accel_daemon.engine.settings import Settings
 from accel_daemon.engine.tooluser import ToolUser
+
+
+def make_policy(settings: Settings,
+                tool_user: ToolUser | None = None) -> CommandPolicy:
+    """The command policy of ``settings``: their filters, timeout and, with
+    ``confine_tools``, a Landlock domain for every command."""
+    sandbox = (landlock.Sandbox(settings.tool_extra_paths)
+               if settings.confine_tools else None)
+    return CommandPolicy(settings.filters_path, settings.exec_dirs,
+                         timeout=settings.command_timeout,
+                         tool_user=tool_user, sandbox=sandbox)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +41,7 @@ class Context:
             # root) can switch users; any other runs tools as itself.
             user = (ToolUser.lookup(settings.tool_user)
                     if settings.tool_user and os.geteuid() == 0 else None)
-            policy = CommandPolicy(settings.filters_path, settings.exec_dirs,
-                                   timeout=settings.command_timeout,
-                                   tool_user=user)
+            policy = make_policy(settings, user)
         return cls(settings, policy, paths.Confinement(
             settings.allowed_dirs, settings.allowed_block_devices))
 

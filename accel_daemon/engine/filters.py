@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from oslo_rootwrap import filters as rw_filters
 from oslo_rootwrap import wrapper as rw_wrapper
 
+from accel_daemon.engine.landlock import Sandbox
 from accel_daemon.engine.tooluser import ToolUser
 from accel_daemon import exception
 
@@ -72,7 +73,8 @@ class CommandPolicy:
     def __init__(self, filters_path: Sequence[str],
                  exec_dirs: Sequence[str] = (),
                  timeout: float | None = None,
-                 tool_user: ToolUser | None = None) -> None:
+                 tool_user: ToolUser | None = None,
+                 sandbox: Sandbox | None = None) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError('timeout must be None or positive, not %r'
                              % (timeout,))
@@ -81,6 +83,8 @@ class CommandPolicy:
         self.timeout = timeout
         # Who the commands run as (None: as this process).
         self.tool_user = tool_user
+        # The Landlock domain every command runs in (None: unconfined).
+        self.sandbox = sandbox
         self._lock = threading.Lock()
         self._filters = load_filter_files(self.filters_path)
 

@@ -284,6 +284,8 @@ def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
         if watch.exceeded:
             raise exception.SizeLimitExceeded(path=src.name, limit=limit)
         raise
+    except exception.ProcessFailed as e:
+        raise refused_reference(src, before, e) from e
     watch.check()
     if watch.exceeded:
         raise exception.SizeLimitExceeded(path=src.name, limit=limit)
@@ -318,15 +320,39 @@ class _AllocationWatch:
             self.progress.cancel()     # kills qemu-img's process group
 
 
+# What qemu-img says when an image names a file it could not open: in its
+# Landlock domain (engine.landlock) it can open nothing it was not handed.
+_REFERENCE_FAILURES = ('backing file', 'data file', 'data-file', 'extent')
+
+
+def refused_reference(src: files.Opened, before: tuple | None,
+                      err: exception.ProcessFailed) -> exception.AccelError:
+    """The error to report for a qemu-img run on ``src`` that failed:
+    ``UnsafeImage`` when the image changed since it was inspected, or names
+    a file (a backing file, data file or extent) the confined qemu-img
+    could not open, which an inspected image never does; else ``err``."""
+    check_unchanged(src, before)
+    stderr = str(err.fields.get('stderr', ''))
+    if any(word in stderr for word in _REFERENCE_FAILURES):
+        return exception.UnsafeImage(
+            path=src.name, reason='it names another file (a backing file, '
+            'data file or extent) that it did not name when it was '
+            'inspected; nothing was read from it')
+    return err
+
+
 def check_unchanged(src: files.Opened, before: tuple | None) -> None:
-    """Refuse the output if the source changed after it was inspected.
+    """Refuse the output if the source visibly changed after it was
+    inspected.
 
     The owner of an allowed directory owns the images in it and may rewrite
     one between inspection and the end of the conversion, e.g. add a
-    backing file or data-file to a qcow2 header (CVE-2024-32498 class) and
-    restore it afterwards.  Any write moves ctime, which only root can set
-    back, so comparing fstat before inspection and after qemu-img exits
-    catches it; the output, still unpublished, is then discarded.
+    backing file or data-file to a qcow2 header (CVE-2024-32498 class).
+    A ``write()`` moves ctime, which only root can set back, so comparing
+    fstat before inspection and after qemu-img exits catches it.  Stores
+    through a shared ``mmap`` into a page that is already dirty move
+    nothing, so this is a hint, not the boundary: qemu-img runs confined
+    (``engine.landlock``) and can open no file the image names.
     """
     if before is not None and src.identity() != before:
         raise exception.UnsafeImage(

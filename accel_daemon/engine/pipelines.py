@@ -49,9 +49,14 @@ def upload(ctx: Context, drivers: dict[str, base.Compressor],
         span = max(1, found.virtual_size)
         progress.set_total(2 * span)
         pack = Phase(progress, span, span)
-        if _same_format(found.format, disk_format) and not source.is_device:
-            # Already in the wanted format and inspected: compress the
-            # source itself, once qemu-img agrees it is a sound image.
+        if found.format == 'raw' and _same_format(found.format, disk_format) \
+                and not source.is_device:
+            # Already raw, the wanted format, and inspected: compress the
+            # source itself, once qemu-img agrees it is a sound image.  Only
+            # raw: its bytes are the guest's and name nothing.  Any other
+            # format is rewritten by the confined qemu-img, so a header its
+            # owner changes after inspection (a backing file, through a
+            # shared mmap with no trace in its times) is never published.
             _sound(ctx, source, found.format)
             packed = compression.compress_fds(compressor, source.fd, out.fd,
                                               pack, checksum=checksum,

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine import landlock
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import tooluser
 from accel_daemon import exception
@@ -82,13 +83,20 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _start(cmd: list[str], policy: CommandPolicy, stdin: int | None,
            stdout: int | None, pass_fds: Sequence[int], caps: Sequence[int],
            limits: Limits | None) -> subprocess.Popen:
+    confine = None
+    if policy.sandbox is not None:
+        if landlock.abi() < 1:
+            raise exception.ConfinementUnavailable(
+                command=' '.join(cmd), reason='no Landlock')
+        confine = policy.sandbox.child_step(cmd[0], pass_fds)
     return subprocess.Popen(  # nosec B603
         cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
         stdout=stdout if stdout is not None else subprocess.PIPE,
         stderr=subprocess.PIPE, close_fds=True, pass_fds=tuple(pass_fds),
         start_new_session=True,
         preexec_fn=tooluser.child_setup(
-            policy.tool_user, caps, limits.apply if limits else None),
+            policy.tool_user, caps, limits.apply if limits else None,
+            confine=confine),
         env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C'})
 
 
@@ -124,6 +132,8 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
     # argv list (never a shell), already matched against the filters.
     try:
         proc = _start(cmd, policy, stdin, stdout, pass_fds, caps, limits)
+    except exception.AccelError:
+        raise
     except (OSError, subprocess.SubprocessError) as e:
         # Nothing ran: the executable vanished, or the child could not
         # take the tool user's identity (tooluser.child_setup).

@@ -36,6 +36,10 @@ class Settings:
     command_timeout: float | None = 3 * 3600.0
     # System user the external tools run as (None: as this process).
     tool_user: str | None = None
+    # Every tool in a Landlock domain (engine.landlock); refused without it.
+    confine_tools: bool = True
+    # What the confined tools may also read and write (device nodes).
+    tool_extra_paths: tuple[str, ...] = ()
     # Limits for "qemu-img info" on untrusted input.
     info_cpu_seconds: int = 30
     info_address_space: int = 1024 ** 3

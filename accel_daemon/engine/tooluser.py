@@ -17,7 +17,9 @@ child between fork and exec:
   are written, see ``files.Output.lend``), and ``CAP_DAC_OVERRIDE`` only
   when it writes a block device in place;
 * ``no_new_privs`` and a parent-death signal (SIGKILL), so no tool
-  outlives the privileged process that started it.
+  outlives the privileged process that started it;
+* last, a Landlock domain (``engine.landlock``): the tool can open nothing
+  but the descriptors it inherited and the system's program directories.
 
 A failure here makes the child exit before exec: the command fails instead
 of running with more privilege than intended.
@@ -124,8 +126,11 @@ def become(user: ToolUser, caps: Sequence[int] = ()) -> None:
 
 def child_setup(user: ToolUser | None, caps: Sequence[int] = (),
                 limits: Callable[[], None] | None = None,
-                parent: int | None = None) -> Callable[[], None]:
-    """What runs in the child between fork and exec (see module doc)."""
+                parent: int | None = None,
+                confine: Callable[[], None] | None = None
+                ) -> Callable[[], None]:
+    """What runs in the child between fork and exec (see module doc);
+    ``confine`` last, after ``no_new_privs`` (``landlock.Sandbox``)."""
     parent = os.getpid() if parent is None else parent
 
     def setup() -> None:
@@ -139,4 +144,6 @@ def child_setup(user: ToolUser | None, caps: Sequence[int] = (),
         if os.getppid() != parent:
             os._exit(127)
         _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        if confine is not None:
+            confine()
     return setup

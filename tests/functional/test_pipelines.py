@@ -65,6 +65,22 @@ def test_upload_qcow2_as_raw_then_download_as_qcow2(env, engine):
     assert paths.stray_temp_files(env.images) == []
 
 
+def test_upload_qcow2_is_rewritten_not_copied(env, engine):
+    """A qcow2 is never published as its owner wrote it: its header could
+    change after inspection (tests/functional/
+    test_content_after_inspection.py)."""
+    src = gen.qcow2_with_data(env.path('vol.qcow2'), size=8 * MiB,
+                              written=MiB)
+    up = operations.run(engine, 'u3', 'upload', {
+        'src': src, 'dst': env.path('q.gz'), 'src_format': 'qcow2',
+        'disk_format': 'qcow2'})
+    assert up['converted'] is True
+    out = env.path('q.qcow2')
+    with gzip.open(up['output']) as f, open(out, 'wb') as g:
+        shutil.copyfileobj(f, g)
+    assert gen.compare(src, 'qcow2', out, 'qcow2')
+
+
 def test_upload_same_format_compresses_the_source(env, engine):
     src = gen.write(env.path('vol.raw'), b'\x5a' * MiB, size=8 * MiB)
     up = operations.run(engine, 'u2', 'upload', {

@@ -9,31 +9,16 @@ import os
 import pytest
 
 from accel_daemon.engine.context import Context
-from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import images
 from accel_daemon.engine import paths
 from accel_daemon.engine.progress import Progress
 from accel_daemon import exception
+from tests.functional.hooks import ActBeforeExec
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024
 
 pytestmark = gen.REQUIRES_QEMU
-
-
-class SwapBeforeExec(CommandPolicy):
-    """The shipped filters, plus a hook that runs as the command is about
-    to be exec'ed: the last moment an attacker could swap a name."""
-
-    def __init__(self, policy: CommandPolicy, verb: str, swap) -> None:
-        super().__init__(policy.filters_path, policy.exec_dirs)
-        self.verb, self.swap, self.swapped = verb, swap, False
-
-    def check(self, argv):
-        if not self.swapped and argv[1:2] == [self.verb]:
-            self.swapped = True
-            self.swap()
-        return super().check(argv)
 
 
 def symlink_over(target: str, name: str) -> None:
@@ -66,7 +51,7 @@ def test_output_has_no_name_to_swap_when_qemu_img_starts(env):
         # a name in the directory, so there is nothing to swap.
         seen.append(sorted(os.listdir(env.images)))
 
-    policy = SwapBeforeExec(env.policy, 'convert', look)
+    policy = ActBeforeExec(env.policy, 'convert', look)
     result = images.convert(Context.create(env.settings, policy), Progress(),
                             src, env.path('out.raw'), 'raw', 'raw')
     assert seen == [['in.raw']]
@@ -80,15 +65,15 @@ def test_source_swapped_before_convert(env):
     os.link(src, keep)
     secret = os.path.join(env.root, 'secret')
     gen.write(secret, b'S' * MiB)
-    policy = SwapBeforeExec(env.policy, 'convert',
-                            lambda: symlink_over(secret, src))
+    policy = ActBeforeExec(env.policy, 'convert',
+                           lambda: symlink_over(secret, src))
     # qemu-img reads the inspected inode, not the file the name now names;
     # the rename also touched that inode (its link count), so the result
     # is refused rather than published.
     with pytest.raises(exception.UnsafeImage):
         images.convert(Context.create(env.settings, policy), Progress(), src,
                        env.path('out.raw'), 'raw', 'raw')
-    assert policy.swapped
+    assert policy.acted
     assert not os.path.lexists(env.path('out.raw'))
     assert paths.stray_temp_files(env.images) == []
 
@@ -108,11 +93,11 @@ def test_backing_file_added_after_inspection_is_refused(env):
         with open(evil, 'rb') as f, open(src, 'r+b') as g:
             g.write(f.read(64 * 1024))
 
-    policy = SwapBeforeExec(env.policy, 'convert', rewrite)
+    policy = ActBeforeExec(env.policy, 'convert', rewrite)
     with pytest.raises(exception.UnsafeImage):
         images.convert(Context.create(env.settings, policy), Progress(), src,
                        env.path('out.raw'), 'qcow2', 'raw')
-    assert policy.swapped
+    assert policy.acted
     assert not os.path.lexists(env.path('out.raw'))
     assert paths.stray_temp_files(env.images) == []
 
@@ -125,7 +110,7 @@ def test_partial_output_is_private_until_published(env):
         for link in _unnamed_outputs(env.images):
             modes.append(os.stat(link).st_mode & 0o777)
 
-    policy = SwapBeforeExec(env.policy, 'convert', look)
+    policy = ActBeforeExec(env.policy, 'convert', look)
     result = images.convert(Context.create(env.settings, policy), Progress(),
                             src, env.path('out.raw'), 'raw', 'raw')
     assert modes == [0o600]
@@ -136,8 +121,8 @@ def test_source_swapped_before_info(env):
     src = gen.qcow2_with_data(env.path('src.qcow2'))
     secret = os.path.join(env.root, 'secret.raw')
     gen.write(secret, b'S' * 3 * MiB)
-    policy = SwapBeforeExec(env.policy, 'info',
-                            lambda: symlink_over(secret, src))
+    policy = ActBeforeExec(env.policy, 'info',
+                           lambda: symlink_over(secret, src))
     data = images.info(Context.create(env.settings, policy), src, 'qcow2')
-    assert policy.swapped
+    assert policy.acted
     assert data['format'] == 'qcow2' and data['filename'] == src
