@@ -48,9 +48,9 @@ from oslo_config import cfg
 
 from accel_daemon.conf import rpc as rpc_conf
 from accel_daemon import exception
-from accel_daemon.manager.states import FINAL_STATES
 from accel_daemon import request_ids
 from accel_daemon.rpc import rpcapi
+from accel_daemon.states import FINAL_STATES
 
 # A daemon that answers task_wait at once (its own max_task_wait is 0)
 # must not turn wait() into a busy loop.

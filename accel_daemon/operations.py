@@ -36,7 +36,7 @@ from typing import Any
 
 from accel_daemon.engine.engine import Engine
 from accel_daemon import exception
-from accel_daemon.manager.states import STATES
+from accel_daemon.states import STATES
 
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 MAX_PATH = 4096

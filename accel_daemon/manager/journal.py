@@ -22,8 +22,8 @@ import sqlite3
 import threading
 from typing import Any
 
-from accel_daemon.manager.states import ACTIVE_STATES
-from accel_daemon.manager.states import FINAL_STATES
+from accel_daemon.states import ACTIVE_STATES
+from accel_daemon.states import FINAL_STATES
 
 LOG = logging.getLogger(__name__)
 

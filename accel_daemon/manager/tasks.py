@@ -46,11 +46,11 @@ from typing import Any, Callable
 from accel_daemon import exception
 from accel_daemon.manager.backends import Backend
 from accel_daemon.manager.journal import Journal
-from accel_daemon.manager.states import ACTIVE_STATES
-from accel_daemon.manager.states import STATES
 from accel_daemon.manager.watchdog import Watchdog
 from accel_daemon import operations
 from accel_daemon import request_ids as req_ids
+from accel_daemon.states import ACTIVE_STATES
+from accel_daemon.states import STATES
 from accel_daemon import wire
 
 LOG = logging.getLogger(__name__)

@@ -192,7 +192,7 @@ def test_message_names_module_import_and_rule():
     ('accel_daemon.drivers.qat', 'from accel_daemon.drivers import cli\n'),
     ('accel_daemon.engine.images', 'import accel_daemon.engine_extra\n'),
     ('accel_daemon.rpc.endpoint', 'from accel_daemon import operations\n'),
-    ('accel_daemon.client', 'from accel_daemon.manager.states import X\n'),
+    ('accel_daemon.client', 'from accel_daemon.states import X\n'),
     ('accel_daemon.manager.tasks', 'from accel_daemon import privileged\n'),
 ])
 def test_checker_allows_the_permitted(module, source):

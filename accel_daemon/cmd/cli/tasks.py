@@ -11,8 +11,8 @@ from typing import Any
 from accel_daemon.cmd.cli import base
 from accel_daemon.cmd.cli import progress
 from accel_daemon import exception
-from accel_daemon.manager.states import STATES
 from accel_daemon import operations
+from accel_daemon.states import STATES
 
 # Operation fields whose flag would collide with the output options of
 # every command (cliff's -f/--format): renamed on the command line only.
