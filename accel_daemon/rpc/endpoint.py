@@ -43,7 +43,6 @@ from accel_daemon import request_ids
 
 LOG = logging.getLogger(__name__)
 
-API_VERSION = '1.2'
 # Every method reachable over RPC, with its arguments: the operations and
 # the task calls of ``accel_daemon.operations``.
 METHODS: dict[str, operations.Operation] = {**operations.OPERATIONS,
@@ -143,9 +142,10 @@ def call_ids(ctxt: Any) -> request_ids.RequestIds:
 
 
 class AccelEndpoint:
-    """RPC API 1.2; ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
+    """The RPC API at ``operations.API_VERSION``;
+    ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
 
-    target = oslo_messaging.Target(version=API_VERSION)
+    target = oslo_messaging.Target(version=operations.API_VERSION)
 
     def __init__(self, manager: Any, backend: Any, settings: Settings,
                  max_wait: float = 10.0,

@@ -22,6 +22,7 @@ from oslo_config import cfg
 import oslo_messaging
 
 from accel_daemon import exception
+from accel_daemon import operations
 
 LOG = logging.getLogger(__name__)
 
@@ -111,12 +112,16 @@ class AccelAPI:
       sparse on convert and download.  Sent as 1.2 only when replace=True
       or bps_limit or sparse is given.
 
-    To add a method or an argument: bump the minor version here and in
-    ``accel_daemon.rpc.endpoint.API_VERSION``, pin the new call to the new
-    version in ``prepare()``, and keep the endpoint accepting older calls.
+    To add a method or an argument: bump the minor version of
+    ``accel_daemon.operations.API_VERSION`` (the one constant the endpoint
+    serves and this client is capped at), add a line above, send the new
+    argument only when it is given and pin the call to the new version
+    (``_added``), and keep the endpoint accepting older calls.  The steps
+    for every surface are in doc/source/contributing-operations.rst.
     """
 
-    VERSION = '1.2'
+    # The same constant as the endpoint's: one place to bump.
+    VERSION = operations.API_VERSION
 
     def __init__(self, transport: oslo_messaging.Transport,
                  topic: str = TOPIC, timeout: float = 60,
