@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 from oslo_config import cfg
 
-from accel_daemon.conf import rpc as rpc_conf
+from accel_daemon.conf import client as client_conf
 from accel_daemon import exception
 from accel_daemon import request_ids
 from accel_daemon.rpc import rpcapi
@@ -64,15 +64,15 @@ def queue_full_delay(attempt: int) -> float:
     doubling from QUEUE_RETRY_FIRST up to QUEUE_RETRY_MAX, with "equal
     jitter" (a random half of it) so that callers turned away together do
     not come back together."""
-    base = min(rpc_conf.QUEUE_RETRY_MAX,
-               rpc_conf.QUEUE_RETRY_FIRST * 2 ** min(attempt, 32))
+    base = min(client_conf.QUEUE_RETRY_MAX,
+               client_conf.QUEUE_RETRY_FIRST * 2 ** min(attempt, 32))
     return base / 2 + random.uniform(0, base / 2)  # nosec B311: not crypto
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register ``[accel_daemon_client]`` on the caller's configuration
     (AccelClient does it too; call this first to set overrides early)."""
-    rpc_conf.register_client_opts(conf)
+    client_conf.register_opts(conf)
 
 
 class TaskHandle:
