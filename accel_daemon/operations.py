@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TYPE_CHECKING
 
 from accel_daemon import exception
+from accel_daemon import records
 from accel_daemon.states import STATES
 
 if TYPE_CHECKING:
@@ -293,8 +294,8 @@ def validate(name: str, args: Any) -> dict[str, Any]:
 
 # --- running one -----------------------------------------------------------
 def run(engine: Engine, task_id: str, name: str,
-        params: Any) -> dict[str, Any]:
-    """Run the task operation ``name`` on ``engine``; a plain result dict.
+        params: Any) -> records.Result:
+    """Run the task operation ``name`` on ``engine``; its plain result.
 
     Out-of-space conditions, however they surface (our own writes, or a
     tool's), become the typed ``NoSpace``.

@@ -23,6 +23,7 @@ import oslo_messaging
 
 from accel_daemon import exception
 from accel_daemon import operations
+from accel_daemon import records
 
 LOG = logging.getLogger(__name__)
 
@@ -176,10 +177,11 @@ class AccelAPI:
             raise exception.InvalidRequest(reason=str(e)) from None
 
     # -- 1.0 ----------------------------------------------------------------
-    def capabilities(self, host: str) -> dict:
+    def capabilities(self, host: str) -> records.Capabilities:
         return self.call(host, 'capabilities')
 
-    def image_info(self, host: str, path: str, format: str) -> dict:
+    def image_info(self, host: str, path: str,
+                   format: str) -> dict[str, Any]:
         return self.call(host, 'image_info', path=path, format=format)
 
     def compress(self, host: str, src: str, dst: str,
@@ -187,7 +189,7 @@ class AccelAPI:
                  format: str = 'gzip',
                  checksum: bool | None = None,
                  replace: bool = False,
-                 bps_limit: int | None = None) -> dict:
+                 bps_limit: int | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit))
         return self.call(host, 'compress', version=version, src=src,
@@ -198,7 +200,7 @@ class AccelAPI:
                    max_bytes: int | None = None,
                    checksum: bool | None = None,
                    replace: bool = False,
-                   bps_limit: int | None = None) -> dict:
+                   bps_limit: int | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit))
         return self.call(host, 'decompress', version=version, src=src,
@@ -212,7 +214,7 @@ class AccelAPI:
                 max_bytes: int | None = None,
                 replace: bool = False,
                 bps_limit: int | None = None,
-                sparse: bool | None = None) -> dict:
+                sparse: bool | None = None) -> records.Task:
         version, extra = _added(max_bytes=('1.1', max_bytes),
                                 replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit),
@@ -224,7 +226,7 @@ class AccelAPI:
 
     def copy(self, host: str, src: str, dst: str,
              checksum: bool | None = None, replace: bool = False,
-             bps_limit: int | None = None) -> dict:
+             bps_limit: int | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit))
         return self.call(host, 'copy', version=version, src=src, dst=dst,
@@ -233,7 +235,7 @@ class AccelAPI:
     def upload(self, host: str, src: str, dst: str, src_format: str,
                disk_format: str, checksum: bool | None = None,
                replace: bool = False,
-               bps_limit: int | None = None) -> dict:
+               bps_limit: int | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit))
         return self.call(host, 'upload', version=version, src=src, dst=dst,
@@ -245,7 +247,7 @@ class AccelAPI:
                  checksum: bool | None = None,
                  replace: bool = False,
                  bps_limit: int | None = None,
-                 sparse: bool | None = None) -> dict:
+                 sparse: bool | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit),
                                 sparse=('1.2', sparse))
@@ -254,19 +256,20 @@ class AccelAPI:
                          dst_format=dst_format, max_bytes=max_bytes,
                          checksum=checksum, **extra)
 
-    def task_get(self, host: str, task_id: str) -> dict:
+    def task_get(self, host: str, task_id: str) -> records.Task:
         return self.call(host, 'task_get', task_id=task_id)
 
     def task_list(self, host: str, state: str | None = None,
-                  limit: int = 100) -> list[dict]:
+                  limit: int = 100) -> list[records.Task]:
         return self.call(host, 'task_list', state=state, limit=limit)
 
-    def task_wait(self, host: str, task_id: str, timeout: float) -> dict:
+    def task_wait(self, host: str, task_id: str,
+                  timeout: float) -> records.Task:
         # The daemon blocks up to ``timeout``: give the call that long on
         # top of the usual answer time.
         return self.call(host, 'task_wait',
                          rpc_timeout=self.timeout + timeout,
                          task_id=task_id, timeout=timeout)
 
-    def task_cancel(self, host: str, task_id: str) -> dict:
+    def task_cancel(self, host: str, task_id: str) -> records.Task:
         return self.call(host, 'task_cancel', task_id=task_id)

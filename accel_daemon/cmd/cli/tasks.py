@@ -12,6 +12,7 @@ from accel_daemon.cmd.cli import base
 from accel_daemon.cmd.cli import progress
 from accel_daemon import exception
 from accel_daemon import operations
+from accel_daemon import records
 from accel_daemon.states import STATES
 
 # Operation fields whose flag would collide with the output options of
@@ -19,7 +20,7 @@ from accel_daemon.states import STATES
 FLAG_NAMES = {'format': 'compression'}
 
 
-def _outcome(task: dict) -> tuple[tuple, tuple]:
+def _outcome(task: records.Task) -> tuple[tuple, tuple]:
     """The task's fields for output, once it has succeeded (or was left
     to run); a failed or cancelled task raises its typed error."""
     if task['state'] in ('failed', 'cancelled'):
