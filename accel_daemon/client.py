@@ -8,6 +8,10 @@
                            '/var/lib/accel-daemon/images/v.raw.gz')
     result = task.wait(timeout=600)      # {'output', 'size', 'sha256', ...}
 
+Tasks, results, errors and capabilities are plain dicts whose keys
+``accel_daemon.records`` describes (``Task``, ``Result``, ``TaskError``,
+``Capabilities``).
+
 Long operations return a ``TaskHandle`` at once.  Errors are the typed
 ``accel_daemon.exception`` classes (``PathNotAllowed``, ``FormatMismatch``,
 ``Cancelled``, ``ServiceUnavailable``...), whether the daemon refused the
@@ -42,15 +46,16 @@ import logging
 import random
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from oslo_config import cfg
 
-from accel_daemon.conf import rpc as rpc_conf
+from accel_daemon.conf import client as client_conf
 from accel_daemon import exception
-from accel_daemon.manager.states import FINAL_STATES
+from accel_daemon import records
 from accel_daemon import request_ids
 from accel_daemon.rpc import rpcapi
+from accel_daemon.states import FINAL_STATES
 
 # A daemon that answers task_wait at once (its own max_task_wait is 0)
 # must not turn wait() into a busy loop.
@@ -64,21 +69,22 @@ def queue_full_delay(attempt: int) -> float:
     doubling from QUEUE_RETRY_FIRST up to QUEUE_RETRY_MAX, with "equal
     jitter" (a random half of it) so that callers turned away together do
     not come back together."""
-    base = min(rpc_conf.QUEUE_RETRY_MAX,
-               rpc_conf.QUEUE_RETRY_FIRST * 2 ** min(attempt, 32))
+    base = min(client_conf.QUEUE_RETRY_MAX,
+               client_conf.QUEUE_RETRY_FIRST * 2 ** min(attempt, 32))
     return base / 2 + random.uniform(0, base / 2)  # nosec B311: not crypto
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register ``[accel_daemon_client]`` on the caller's configuration
     (AccelClient does it too; call this first to set overrides early)."""
-    rpc_conf.register_client_opts(conf)
+    client_conf.register_opts(conf)
 
 
 class TaskHandle:
-    """One task on one daemon; ``task`` is the last task dict seen."""
+    """One task on one daemon; ``task`` is the last task seen (a
+    ``records.Task``)."""
 
-    def __init__(self, client: AccelClient, task: dict[str, Any],
+    def __init__(self, client: AccelClient, task: records.Task,
                  ctxt: dict[str, str] | None = None) -> None:
         self._client = client
         self.task = task
@@ -88,9 +94,9 @@ class TaskHandle:
         # (The daemon dropped malformed ids: so does the handle.)
         ctxt = {k: v for k, v in (ctxt or {}).items()
                 if request_ids.valid(v)}
-        if ('request_id' not in ctxt
-                and request_ids.valid(task.get('request_id'))):
-            ctxt['request_id'] = task['request_id']
+        rid = task.get('request_id')
+        if 'request_id' not in ctxt and rid and request_ids.valid(rid):
+            ctxt['request_id'] = rid
         self._api = client._api.with_context(ctxt)
 
     def __repr__(self) -> str:
@@ -115,7 +121,7 @@ class TaskHandle:
         return self.task.get('request_id')
 
     @property
-    def progress(self) -> dict[str, int]:
+    def progress(self) -> records.TaskProgress:
         return self.task.get('progress') or {'done': 0, 'total': 0}
 
     @property
@@ -123,8 +129,8 @@ class TaskHandle:
         return self.state in FINAL_STATES
 
     @property
-    def result(self) -> dict[str, Any] | None:
-        """The result dict of a succeeded task, else None."""
+    def result(self) -> records.Result | None:
+        """The result of a succeeded task, else None."""
         return self.task.get('result') if self.state == 'succeeded' else None
 
     @property
@@ -133,21 +139,24 @@ class TaskHandle:
         if self.state == 'cancelled' and not self.task.get('error'):
             return exception.Cancelled()
         if self.state in ('failed', 'cancelled'):
-            return exception.AccelError.from_dict(self.task['error'])
+            # The daemon sets the error of every failed task (and of every
+            # cancelled one but those handled above).
+            return exception.AccelError.from_dict(
+                cast(records.TaskError, self.task['error']))
         return None
 
-    def status(self) -> dict[str, Any]:
-        """Fetch and return the current task dict."""
+    def status(self) -> records.Task:
+        """Fetch and return the current task."""
         self.task = self._api.task_get(self._client.host, self.id)
         return self.task
 
-    def cancel(self) -> dict[str, Any]:
-        """Ask the daemon to cancel; return the task dict it answers."""
+    def cancel(self) -> records.Task:
+        """Ask the daemon to cancel; return the task it answers."""
         self.task = self._api.task_cancel(self._client.host, self.id)
         return self.task
 
     def wait(self, timeout: float | None = None,
-             cancel: bool = True) -> dict[str, Any]:
+             cancel: bool = True) -> records.Result:
         """Wait for the task; return its result or raise its typed error.
 
         ``timeout``: seconds, None for ``[accel_daemon_client]
@@ -180,8 +189,8 @@ class TaskHandle:
         err = self.error
         if err is not None:
             raise err
-        # Done without an error: succeeded, so this is ``self.result``.
-        return self.task['result']
+        # Done without an error: succeeded, whose result is always set.
+        return cast(records.Result, self.task['result'])
 
     def _wait(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -250,7 +259,8 @@ class AccelClient:
         return ctxt, self._api.with_context(ctxt)
 
     def _submit(self, context: Any,
-                send: Callable[[rpcapi.AccelAPI], dict]) -> TaskHandle:
+                send: Callable[[rpcapi.AccelAPI], records.Task]
+                ) -> TaskHandle:
         """``send`` the operation; while the daemon answers QueueFull (no
         task made), send it again after a backoff, up to the deadline."""
         ctxt, api = self._with(context)
@@ -271,7 +281,7 @@ class AccelClient:
 
     # -- quick calls --------------------------------------------------------
     def capabilities(self, context: Any = None,
-                     timeout: float | None = None) -> dict[str, Any]:
+                     timeout: float | None = None) -> records.Capabilities:
         """``timeout``: seconds to wait for the answer, instead of
         ``[accel_daemon_client] timeout`` (a quick "are you there?")."""
         api = self._with(context)[1]

@@ -8,8 +8,10 @@ the other side as the same typed exception (``from_dict``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from accel_daemon import records
 from accel_daemon import wire
 
 _REGISTRY: dict[str, type[AccelError]] = {}
@@ -35,12 +37,12 @@ class AccelError(Exception):
         self.message = message
         super().__init__(message)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> records.TaskError:
         return {'type': type(self).__name__, 'message': self.message,
                 'fields': wire.to_plain(self.fields)}
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> AccelError:
+    def from_dict(data: Mapping[str, Any]) -> AccelError:
         cls = _REGISTRY.get(data.get('type', ''), AccelError)
         err = cls.__new__(cls)
         AccelError.__init__(err, data.get('message') or cls.msg_fmt,

@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Every operation of accel-daemon, defined once.
+"""Every operation of accel-daemon, defined once: the contract between the
+layers.
 
 ``OPERATIONS`` names each operation, each of its arguments (with its type
-check, whether it is required, and its default) and the ``Engine`` method
-that carries it out.  Everything else reads this table:
+check, whether it is required, and its default) and the name of the
+``Engine`` method that carries it out (``engine_method``).  The RPC API
+version, ``API_VERSION``, lives here too.  Everything else reads this
+table:
 
 * the RPC endpoint validates every request with ``validate()`` (types, no
   unknown or reserved names) and pre-checks the arguments whose ``role`` is
@@ -15,13 +18,26 @@ that carries it out.  Everything else reads this table:
   operation's default is stated here and nowhere else) and calls the
   Engine method.
 
-The client library and the RPC client keep one explicit method per
-operation (their signatures are the API), but pass arguments straight
-through: adding an argument means editing this table, the client method and
-the RPC API method (with a version bump), and nothing else.
+The table does not write the other surfaces: the client library, the RPC
+client and the Engine keep one explicit method per operation (their
+signatures are the API), and each passes the arguments on by name.  So
+adding an argument means editing, in order: this table (and
+``API_VERSION``, a minor bump), ``Engine.<operation>`` and the engine
+function it calls (``accel_daemon.engine``), the RPC API method
+(``accel_daemon.rpc.rpcapi.AccelAPI``, sending the argument only when it
+is given, pinned to the new version) and the client method
+(``accel_daemon.client.AccelClient``); the endpoint and the command line
+follow the table by themselves.  ``tests/unit/test_surfaces.py`` fails
+until every surface takes exactly the fields of the table, and
+``doc/source/contributing-operations.rst`` lists the steps for a new
+operation too.
 
 ``CALLS`` does the same for the task-management calls the task manager
 answers itself (no Engine method).
+
+A contract module: it imports nothing above it (no layer, no
+configuration), so the client can read it; ``Engine`` is named for the
+annotations only.
 """
 
 from __future__ import annotations
@@ -32,11 +48,19 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-from accel_daemon.engine.engine import Engine
 from accel_daemon import exception
-from accel_daemon.manager.states import STATES
+from accel_daemon import records
+from accel_daemon.states import STATES
+
+if TYPE_CHECKING:
+    from accel_daemon.engine.engine import Engine
+
+# The RPC API version: the endpoint serves it and the RPC client caps its
+# calls at it.  Bump the minor version with every new operation or argument
+# (``accel_daemon.rpc.rpcapi.AccelAPI`` keeps the history).
+API_VERSION = '1.2'
 
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 MAX_PATH = 4096
@@ -113,8 +137,9 @@ class Operation:
     name: str
     fields: Mapping[str, Field]
     help: str
-    # Calls the Engine method: func(engine, progress, **arguments).
-    func: Callable[..., dict] | None = None
+    # The Engine method that runs it, called by run() as
+    # getattr(engine, engine_method)(progress, **arguments).
+    engine_method: str | None = None
     task: bool = False      # a long operation: answered with a task
 
     def validate(self, args: Any) -> dict[str, Any]:
@@ -191,14 +216,14 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'checksum': _checksum(True), 'replace': _REPLACE,
         'bps_limit': _BPS_LIMIT},
         'compress to gzip (or zstd)',
-        func=lambda e, p, **a: e.compress(p, **a), task=True),
+        engine_method='compress', task=True),
     Operation('decompress', {
         'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES,
         # Off: hashing every zero of a sparse 8 GiB image costs ~5 s.
         'checksum': _checksum(False), 'replace': _REPLACE,
         'bps_limit': _BPS_LIMIT},
         'decompress, capped, sparse output',
-        func=lambda e, p, **a: e.decompress(p, **a), task=True),
+        engine_method='decompress', task=True),
     Operation('convert', {
         'src': _SRC, 'dst': dataclasses.replace(
             _DST, help='new output file or allowed block device'),
@@ -212,12 +237,12 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'checksum': _checksum(False), 'replace': _REPLACE,
         'bps_limit': _BPS_LIMIT, 'sparse': _SPARSE},
         'qemu-img convert with safe settings',
-        func=lambda e, p, **a: e.convert(p, **a), task=True),
+        engine_method='convert', task=True),
     Operation('copy', {'src': _SRC, 'dst': _DST,
                        'checksum': _checksum(False), 'replace': _REPLACE,
                        'bps_limit': _BPS_LIMIT},
               'sparse copy of an image file',
-              func=lambda e, p, **a: e.copy(p, **a), task=True),
+              engine_method='copy', task=True),
     Operation('upload', {
         'src': _SRC, 'dst': _DST,
         'src_format': dataclasses.replace(_FORMAT, help='input format'),
@@ -226,7 +251,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'checksum': _checksum(True), 'replace': _REPLACE,
         'bps_limit': _BPS_LIMIT},
         'convert then compress (cinder upload)',
-        func=lambda e, p, **a: e.upload(p, **a), task=True),
+        engine_method='upload', task=True),
     Operation('download', {
         'src': _SRC, 'dst': dataclasses.replace(
             _DST, help='new output file or allowed block device'),
@@ -236,7 +261,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'max_bytes': _MAX_BYTES, 'checksum': _checksum(False),
         'replace': _REPLACE, 'bps_limit': _BPS_LIMIT, 'sparse': _SPARSE},
         'decompress, inspect, convert (cinder download)',
-        func=lambda e, p, **a: e.download(p, **a), task=True),
+        engine_method='download', task=True),
 )}
 
 CALLS: dict[str, Operation] = {op.name: op for op in (
@@ -269,21 +294,22 @@ def validate(name: str, args: Any) -> dict[str, Any]:
 
 # --- running one -----------------------------------------------------------
 def run(engine: Engine, task_id: str, name: str,
-        params: Any) -> dict[str, Any]:
-    """Run the task operation ``name`` on ``engine``; a plain result dict.
+        params: Any) -> records.Result:
+    """Run the task operation ``name`` on ``engine``; its plain result.
 
     Out-of-space conditions, however they surface (our own writes, or a
     tool's), become the typed ``NoSpace``.
     """
     op = get(name)
-    if not op.task or op.func is None:
+    if not op.task or op.engine_method is None:
         raise exception.InvalidRequest(reason='%s is not a task operation'
                                        % name)
     args = op.bind(params)
+    method = getattr(engine, op.engine_method)
     started = time.monotonic()
     try:
         with engine.task(task_id) as progress:
-            result = op.func(engine, progress, **args)
+            result = method(progress, **args)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise exception.NoSpace(path=args.get('dst')) from None

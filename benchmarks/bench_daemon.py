@@ -84,9 +84,9 @@ class Daemon:
         from oslo_config import cfg
 
         from accel_daemon.client import AccelClient
-        from accel_daemon.conf import rpc as rpc_conf
+        from accel_daemon.conf import client as client_conf
         conf = cfg.ConfigOpts()
-        rpc_conf.register_client_opts(conf)
+        client_conf.register_opts(conf)
         conf(['--config-file', self.config], project='accel-bench-client')
         conf.set_override('timeout', 5, group='accel_daemon_client')
         return AccelClient(conf, host=self.host)

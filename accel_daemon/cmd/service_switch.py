@@ -32,9 +32,9 @@ from typing import Sequence
 
 from oslo_config import cfg
 
-from accel_daemon.conf import rpc as rpc_conf
+from accel_daemon.conf import client as client_conf
 
-GROUP = rpc_conf.CLIENT_GROUP.name
+GROUP = client_conf.CLIENT_GROUP.name
 
 
 class SwitchError(Exception):
@@ -85,7 +85,7 @@ def read_enabled(project: str, argv: Optional[Sequence[str]] = None,
     if prog is None:
         prog = os.path.basename(argv[0]) if argv else None
     conf = cfg.ConfigOpts()
-    rpc_conf.register_client_opts(conf)
+    client_conf.register_opts(conf)
     try:
         conf(config_args(argv[1:]), project=project, prog=prog)
     except (cfg.ConfigFilesNotFoundError, cfg.ConfigDirNotFoundError,

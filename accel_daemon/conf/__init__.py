@@ -1,57 +1,39 @@
 # SPDX-License-Identifier: Apache-2.0
 """All of accel-daemon's configuration options live in this package.
 
-``register_opts(conf)`` registers every group; ``settings(conf)`` turns the
-values into the plain ``engine.settings.Settings`` the engine takes.
+``register_opts(conf)`` registers every group of the daemon;
+``settings(conf)`` turns the values into the plain
+``engine.settings.Settings`` the engine takes.  Both live in
+``accel_daemon.conf.daemon``, imported when they are called.
 
-Importing a module of this package registers nothing: the client library
-(``accel_daemon.client``, which cinder-volume and nova-compute import) puts
+Importing a module of this package registers nothing, and this file
+imports none of them: Python runs it before any module of the package, and
+the client library (``accel_daemon.client``, which cinder-volume and
+nova-compute import) loads ``accel_daemon.conf.client`` alone.  It puts
 only ``[accel_daemon_client]`` on the caller's configuration, never the
-daemon's groups. The daemon's entry points register them explicitly.
+daemon's groups; the daemon's entry points register those explicitly.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from oslo_config import cfg
 
-from accel_daemon.conf import accel
-from accel_daemon.conf import compression
-from accel_daemon.conf import manager
-from accel_daemon.conf import qemu_img
-from accel_daemon.conf import rpc
-from accel_daemon.engine.settings import Settings
+if TYPE_CHECKING:
+    from accel_daemon.engine.settings import Settings
 
 CONF = cfg.CONF
 
-_MODULES = (accel, compression, qemu_img, manager, rpc)
-
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    for module in _MODULES:
-        module.register_opts(conf)
+    """Register every group of the daemon on ``conf``."""
+    # Imported here: see the module's docstring.
+    from accel_daemon.conf import daemon
+    daemon.register_opts(conf)
 
 
 def settings(conf: cfg.ConfigOpts) -> Settings:
-    a, c, q = conf.accel_daemon, conf.compression, conf.qemu_img
-    return Settings(
-        allowed_dirs=tuple(a.allowed_dirs),
-        allowed_block_devices=tuple(a.allowed_block_devices),
-        filters_path=tuple(a.filters_path),
-        exec_dirs=tuple(a.exec_dirs),
-        output_file_mode=int(a.output_file_mode, 8),
-        command_timeout=float(a.command_timeout) or None,
-        max_image_bytes=a.max_image_gib * 1024 ** 3,
-        tool_user=a.tool_user or None,
-        confine_tools=a.confine_tools,
-        tool_extra_paths=tuple(a.tool_extra_paths),
-        drivers=tuple(c.drivers),
-        allow_software_fallback=c.allow_software_fallback,
-        compression_level=c.level,
-        compression_threads=c.threads or Settings.compression_threads,
-        chunk_size=c.chunk_size_mib * 1024 * 1024,
-        max_decompressed_bytes=c.max_decompressed_gib * 1024 ** 3,
-        sysfs_root=c.sysfs_root,
-        info_cpu_seconds=q.info_cpu_seconds,
-        info_address_space=q.info_address_space_mib * 1024 * 1024,
-        convert_coroutines=q.convert_coroutines,
-    )
+    """The engine's settings from the daemon's groups on ``conf``."""
+    from accel_daemon.conf import daemon
+    return daemon.settings(conf)

@@ -2,6 +2,7 @@
 """Entry point for oslo-config-generator (``oslo.config.opts``)."""
 
 from accel_daemon.conf import accel
+from accel_daemon.conf import client
 from accel_daemon.conf import compression
 from accel_daemon.conf import integrations
 from accel_daemon.conf import manager
@@ -21,7 +22,7 @@ def list_client_opts():
     """Only ``[accel_daemon_client]``: the namespace ``accel_daemon.client``
     that cinder's and nova's sample-config generators can list beside their
     own, without any option of the daemon."""
-    return [(rpc.CLIENT_GROUP, rpc.CLIENT_OPTS)]
+    return list(client.list_opts().items())
 
 
 def list_cinder_opts():

@@ -19,7 +19,6 @@ import importlib.metadata
 import logging
 import os
 import time
-from typing import Any
 
 from stevedore import extension
 
@@ -33,6 +32,7 @@ from accel_daemon.engine.settings import Settings
 from accel_daemon.engine import sparse
 from accel_daemon.engine import throttle
 from accel_daemon import exception
+from accel_daemon import records
 
 LOG = logging.getLogger(__name__)
 
@@ -114,8 +114,9 @@ def _refusal(comp: base.Compressor, settings: Settings,
     return None
 
 
-def capabilities(drivers: dict[str, base.Compressor]) -> list[dict]:
-    result = []
+def capabilities(drivers: dict[str, base.Compressor]
+                 ) -> list[records.DriverInfo]:
+    result: list[records.DriverInfo] = []
     for name, comp in sorted(drivers.items()):
         avail = comp.availability()
         result.append({'name': name, 'available': avail.available,
@@ -160,7 +161,7 @@ def decoder_for(drivers: dict[str, base.Compressor],
 def compress_fds(comp: base.Compressor, src_fd: int, out_fd: int,
                  progress: Progress, level: int | None = None,
                  checksum: bool = True,
-                 bps_limit: int | None = None) -> dict[str, Any]:
+                 bps_limit: int | None = None) -> records.Result:
     """Compress ``src_fd`` into the empty file ``out_fd``, reading at most
     ``bps_limit`` bytes per second."""
     started = time.monotonic()
@@ -182,7 +183,7 @@ def compress_fds(comp: base.Compressor, src_fd: int, out_fd: int,
 def decompress_fds(drivers: dict[str, base.Compressor], src: files.Opened,
                    out_fd: int, limit: int, progress: Progress,
                    checksum: bool = False, sparse_out: bool = True,
-                   bps_limit: int | None = None) -> dict[str, Any]:
+                   bps_limit: int | None = None) -> records.Result:
     """Decompress ``src`` into the empty file ``out_fd``, capped at
     ``limit`` bytes, sparse unless ``sparse_out`` is False (every zero
     written).  ``checksum`` hashes the logical output (off by default:
@@ -220,7 +221,7 @@ def compress(ctx: Context, drivers: dict[str, base.Compressor],
              driver: str | None = None, level: int | None = None,
              format: str = base.GZIP, checksum: bool = True,
              replace: bool = False,
-             bps_limit: int | None = None) -> dict:
+             bps_limit: int | None = None) -> records.Result:
     """Compress ``src`` to the new file ``dst`` with the best driver
     (``replace``: over an existing one; ``src`` may be ``dst``)."""
     comp = select(drivers, ctx.settings, format, driver)
@@ -238,7 +239,7 @@ def decompress(ctx: Context, drivers: dict[str, base.Compressor],
                progress: Progress, src: str, dst: str,
                max_bytes: int | None = None, checksum: bool = False,
                replace: bool = False,
-               bps_limit: int | None = None) -> dict:
+               bps_limit: int | None = None) -> records.Result:
     """Decompress ``src`` (gzip or zstd) to the new sparse file ``dst``.
 
     Block devices are refused as outputs (``Output`` without devices):

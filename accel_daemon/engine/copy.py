@@ -18,6 +18,7 @@ from accel_daemon.engine.context import Context
 from accel_daemon.engine.extents import data_extents
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import throttle
+from accel_daemon import records
 
 _STEP = 64 * 1024 * 1024
 
@@ -83,7 +84,7 @@ def sha256_fd(fd: int, progress: Progress | None = None) -> str:
 
 def copy_file(ctx: Context, progress: Progress, src: str, dst: str,
               checksum: bool = False, replace: bool = False,
-              bps_limit: int | None = None) -> dict:
+              bps_limit: int | None = None) -> records.Result:
     """Sparse copy of ``src`` to the new file ``dst`` (``replace``: over an
     existing one)."""
     cpu = time.thread_time()

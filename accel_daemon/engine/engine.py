@@ -4,11 +4,10 @@
 The privileged layer holds one ``Engine`` inside the privsep daemon, and the
 ``--local`` command line one in-process.  ``accel_daemon.operations`` names
 each operation and its arguments once and calls the method of the same name
-here, inside ``task()``, which registers the run's ``Progress`` so that
-``progress()`` and ``cancel()`` reach it.  Results are plain dicts:
-
-    {'output': str, 'size': int, 'sha256': str | None, 'engine': str,
-     'hardware': bool, 'wall_seconds': float, 'cpu_seconds': float, ...}
+here (``Operation.engine_method``), inside ``task()``, which registers
+the run's ``Progress`` so that ``progress()`` and ``cancel()`` reach it.
+Results are plain dicts of the shape ``accel_daemon.records.Result``
+describes; ``capabilities()`` answers a ``records.Capabilities``.
 
 Every path is opened once inside the operation (``engine.files``); nothing
 here checks a name that is opened later.
@@ -21,6 +20,7 @@ import contextlib
 import logging
 import os
 import threading
+from typing import Any
 
 from accel_daemon.engine import compression
 from accel_daemon.engine.context import Context
@@ -34,6 +34,7 @@ from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
+from accel_daemon import records
 
 LOG = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Engine:
             with self._lock:
                 self._running.pop(task_id, None)
 
-    def progress(self, task_id: str) -> dict[str, int] | None:
+    def progress(self, task_id: str) -> records.TaskProgress | None:
         with self._lock:
             prog = self._running.get(task_id)
         return prog.snapshot() if prog else None
@@ -96,7 +97,7 @@ class Engine:
         return self.policy.reload()
 
     # -- quick calls -------------------------------------------------------
-    def capabilities(self) -> dict:
+    def capabilities(self) -> records.Capabilities:
         caps = compression.capabilities(self.drivers)
         try:
             default = compression.select(self.drivers, self.settings).name
@@ -119,7 +120,7 @@ class Engine:
                 self.settings.allowed_block_devices),
         }
 
-    def image_info(self, path: str, format: str) -> dict:
+    def image_info(self, path: str, format: str) -> dict[str, Any]:
         return images.info(self.ctx, path, format)
 
     def discard_partial(self, dst: str) -> list[str]:
@@ -144,7 +145,7 @@ class Engine:
                  driver: str | None = None, level: int | None = None,
                  format: str = base.GZIP, checksum: bool = True,
                  replace: bool = False,
-                 bps_limit: int | None = None) -> dict:
+                 bps_limit: int | None = None) -> records.Result:
         return compression.compress(self.ctx, self.drivers, progress, src,
                                     dst, driver=driver, level=level,
                                     format=format, checksum=checksum,
@@ -153,7 +154,7 @@ class Engine:
     def decompress(self, progress: Progress, src: str, dst: str,
                    max_bytes: int | None = None,
                    checksum: bool = False, replace: bool = False,
-                   bps_limit: int | None = None) -> dict:
+                   bps_limit: int | None = None) -> records.Result:
         return compression.decompress(self.ctx, self.drivers, progress, src,
                                       dst, max_bytes=max_bytes,
                                       checksum=checksum, replace=replace,
@@ -163,7 +164,8 @@ class Engine:
                 src_format: str, dst_format: str, compress: bool = False,
                 target_is_zero: bool = False, max_bytes: int | None = None,
                 checksum: bool = False, replace: bool = False,
-                bps_limit: int | None = None, sparse: bool = True) -> dict:
+                bps_limit: int | None = None,
+                sparse: bool = True) -> records.Result:
         return images.convert(self.ctx, progress, src, dst, src_format,
                               dst_format, compress=compress,
                               target_is_zero=target_is_zero,
@@ -173,14 +175,14 @@ class Engine:
 
     def copy(self, progress: Progress, src: str, dst: str,
              checksum: bool = False, replace: bool = False,
-             bps_limit: int | None = None) -> dict:
+             bps_limit: int | None = None) -> records.Result:
         return copy.copy_file(self.ctx, progress, src, dst, checksum,
                               replace=replace, bps_limit=bps_limit)
 
     def upload(self, progress: Progress, src: str, dst: str,
                src_format: str, disk_format: str,
                checksum: bool = True, replace: bool = False,
-               bps_limit: int | None = None) -> dict:
+               bps_limit: int | None = None) -> records.Result:
         return pipelines.upload(self.ctx, self.drivers, progress, src, dst,
                                 src_format, disk_format, checksum=checksum,
                                 replace=replace, bps_limit=bps_limit)
@@ -190,7 +192,7 @@ class Engine:
                  max_bytes: int | None = None,
                  checksum: bool = False, replace: bool = False,
                  bps_limit: int | None = None,
-                 sparse: bool = True) -> dict:
+                 sparse: bool = True) -> records.Result:
         return pipelines.download(self.ctx, self.drivers, progress, src, dst,
                                   disk_format, dst_format,
                                   max_bytes=max_bytes, checksum=checksum,

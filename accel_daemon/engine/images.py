@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from accel_daemon.engine.context import Context
 from accel_daemon.engine import copy
@@ -37,6 +36,7 @@ from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
 from accel_daemon.engine import tooluser
 from accel_daemon import exception
+from accel_daemon import records
 
 LOG = logging.getLogger(__name__)
 
@@ -209,7 +209,8 @@ def convert(ctx: Context, progress: Progress, src: str, dst: str,
             src_format: str, dst_format: str, compress: bool = False,
             target_is_zero: bool = False, max_bytes: int | None = None,
             checksum: bool = False, replace: bool = False,
-            bps_limit: int | None = None, sparse: bool = True) -> dict:
+            bps_limit: int | None = None, sparse: bool = True
+            ) -> records.Result:
     """Convert ``src`` into a new file ``dst`` or onto an allowed device.
 
     File outputs are unnamed until they are published (on success only);
@@ -244,7 +245,7 @@ def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
                 out: files.Output, src_format: str, dst_format: str, *,
                 compress: bool = False, target_is_zero: bool = False,
                 limit: int | None = None, bps_limit: int | None = None,
-                sparse: bool = True) -> dict:
+                sparse: bool = True) -> records.Result:
     """Convert the opened ``src`` into the opened ``out`` (not published).
 
     ``src`` is inspected here whatever the caller did before (milliseconds,
@@ -401,7 +402,7 @@ def target_cache_mode(fd: int, existing_target: bool = False) -> str:
 
 def _convert_result(out: files.Output, dst_fmt: str, virtual_size: int,
                     argv: list[str], result: process.Result
-                    ) -> dict[str, Any]:
+                    ) -> records.Result:
     size = virtual_size if out.is_device else os.fstat(out.fd).st_size
     return {'output': out.path, 'size': size, 'engine': ENGINE,
             'hardware': False, 'cpu_seconds': result.cpu_seconds,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Any
 
 from accel_daemon.engine import compression
 from accel_daemon.engine.context import Context
@@ -32,13 +31,14 @@ from accel_daemon.engine.progress import Phase
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon import exception
+from accel_daemon import records
 
 
 def upload(ctx: Context, drivers: dict[str, base.Compressor],
            progress: Progress, src: str, dst: str, src_format: str,
            disk_format: str, checksum: bool = True,
            replace: bool = False,
-           bps_limit: int | None = None) -> dict:
+           bps_limit: int | None = None) -> records.Result:
     disk_format = qemu_img.output_format(disk_format, 'upload')
     compressor = compression.select(drivers, ctx.settings)
     with ctx.open_source(src) as source, \
@@ -75,8 +75,9 @@ def upload(ctx: Context, drivers: dict[str, base.Compressor],
             converted = True
         out.commit()
     progress.set_done(2 * span)
-    packed.update(output=dst, disk_format=disk_format,
-                  virtual_size=found.virtual_size, converted=converted)
+    packed.update({'output': dst, 'disk_format': disk_format,
+                   'virtual_size': found.virtual_size,
+                   'converted': converted})
     return packed
 
 
@@ -94,7 +95,8 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
              progress: Progress, src: str, dst: str, disk_format: str,
              dst_format: str, max_bytes: int | None = None,
              checksum: bool = False, replace: bool = False,
-             bps_limit: int | None = None, sparse: bool = True) -> dict:
+             bps_limit: int | None = None, sparse: bool = True
+             ) -> records.Result:
     disk_format = qemu_img.input_format(disk_format, 'download')
     dst_format = qemu_img.output_format(dst_format, 'download')
     on_device = ctx.confinement.device_name(dst)
@@ -120,7 +122,7 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
         limit = images.image_limit(ctx.settings, max_bytes)
         found, _ = images.inspect_source(ctx, inner, disk_format, limit)
         if _same_format(disk_format, dst_format) and not on_device:
-            result: dict[str, Any] = {
+            result: records.Result = {
                 'output': dst, 'size': os.fstat(stage.fd).st_size,
                 'engine': 'qemu-img:skipped', 'hardware': False,
                 'sha256': (copy.sha256_fd(stage.fd, progress)
@@ -138,12 +140,12 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
                 out.commit()
             result['output'] = dst
     progress.set_done(2 * size)
-    result.update(decompress_engine=unpacked.get('engine'),
-                  decompress_hardware=unpacked.get('hardware', False),
-                  disk_format=disk_format, virtual_size=found.virtual_size,
-                  bytes_in=size,
-                  cpu_seconds=(result.get('cpu_seconds') or 0.0)
-                  + (unpacked.get('cpu_seconds') or 0.0))
+    result.update({'decompress_engine': unpacked.get('engine'),
+                   'decompress_hardware': unpacked.get('hardware', False),
+                   'disk_format': disk_format,
+                   'virtual_size': found.virtual_size, 'bytes_in': size,
+                   'cpu_seconds': (result.get('cpu_seconds') or 0.0)
+                   + (unpacked.get('cpu_seconds') or 0.0)})
     return result
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 from accel_daemon import exception
+from accel_daemon import records
 
 
 class Progress:
@@ -67,7 +68,7 @@ class Progress:
         if self._cancelled.is_set():
             raise exception.Cancelled()
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> records.TaskProgress:
         with self._lock:
             return {'done': self._done, 'total': self._total}
 

@@ -267,7 +267,7 @@ def _fallback(reason: str) -> _Fallback:
     return _Fallback(reason)
 
 
-def _capabilities(client: AccelClient) -> Optional[dict[str, Any]]:
+def _capabilities(client: AccelClient) -> common.Caps:
     """The daemon's capabilities, None when it does not answer; cached for
     ``[accel_daemon_cinder] exist_cache_ttl`` seconds either way."""
     register_opts(client.conf)

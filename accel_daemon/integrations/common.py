@@ -31,12 +31,14 @@ from oslo_config import cfg
 
 from accel_daemon.client import AccelClient
 from accel_daemon import exception
+from accel_daemon import records
 
 # The daemon's refusals of an image (not failures of a run): both callers
 # answer them with their own ImageUnacceptable.
 REFUSALS = (exception.ImageInspectionError, exception.SizeLimitExceeded)
 
-Caps = Optional[dict[str, Any]]
+# What the daemon answers to capabilities; None: it is not there.
+Caps = Optional[records.Capabilities]
 
 
 class SharedClient:
@@ -132,7 +134,7 @@ def is_device(path: str) -> bool:
         return False
 
 
-def device_allowed(caps: dict[str, Any], path: str) -> bool:
+def device_allowed(caps: records.Capabilities, path: str) -> bool:
     """``path`` is a block device whose name matches a pattern of the
     daemon's ``allowed_block_devices`` (an older daemon that does not
     advertise them allows none)."""
@@ -146,7 +148,7 @@ def device_allowed(caps: dict[str, Any], path: str) -> bool:
         return False
 
 
-def device_refusal(caps: dict[str, Any], *paths: str) -> Optional[str]:
+def device_refusal(caps: records.Capabilities, *paths: str) -> Optional[str]:
     """Why one of ``paths`` that is a device cannot go to the daemon, or
     None when every device among them is allowed there."""
     for path in paths:
@@ -166,14 +168,14 @@ def is_local_path(path: Any) -> bool:
     return isinstance(path, str) and os.path.isabs(path)
 
 
-def formats_known(caps: dict[str, Any], src_format: str,
+def formats_known(caps: records.Capabilities, src_format: str,
                   dst_format: str) -> bool:
     formats = caps.get('formats') or {}
     return src_format.lower() in (formats.get('input') or ()) and \
         dst_format.lower() in (formats.get('output') or ())
 
 
-def paths_allowed(caps: dict[str, Any], source: str, dest: str) -> bool:
+def paths_allowed(caps: records.Capabilities, source: str, dest: str) -> bool:
     """The source and the directory of ``dest`` in the daemon's
     ``allowed_dirs``, or a block device it allows."""
     dirs = list(caps.get('allowed_dirs') or ())

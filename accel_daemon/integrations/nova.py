@@ -139,7 +139,7 @@ def _fallback(reason: str) -> _Fallback:
     return _Fallback(reason)
 
 
-def _capabilities(client: AccelClient) -> Optional[dict[str, Any]]:
+def _capabilities(client: AccelClient) -> common.Caps:
     register_opts(client.conf)
     opts = client.conf.accel_daemon_nova
     return _caps_cache.get(client, opts.caps_cache_ttl, opts.probe_timeout)

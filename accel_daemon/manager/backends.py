@@ -23,6 +23,7 @@ from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon.privileged import ops
+from accel_daemon import records
 from accel_daemon import wire
 
 LOG = logging.getLogger(__name__)
@@ -34,15 +35,15 @@ class Backend(Protocol):
     plain types so they can cross the privsep channel."""
 
     def run(self, task_id: str, operation: str,
-            params: dict[str, Any]) -> dict[str, Any]:
+            params: dict[str, Any]) -> records.Result:
         """Run one operation to the end; raise an AccelError on failure
         (``Cancelled`` when ``cancel(task_id)`` stopped it)."""
 
-    def capabilities(self) -> dict[str, Any]: ...
+    def capabilities(self) -> records.Capabilities: ...
 
     def info(self, path: str, fmt: str) -> dict[str, Any]: ...
 
-    def progress(self, task_id: str) -> dict[str, int] | None:
+    def progress(self, task_id: str) -> records.TaskProgress | None:
         """``{'done', 'total'}`` of a running task, None when not running."""
 
     def cancel(self, task_id: str) -> bool:
@@ -63,16 +64,17 @@ class LocalBackend:
             engine = Engine(engine)
         self.engine = engine
 
-    def run(self, task_id: str, operation: str, params: dict) -> dict:
+    def run(self, task_id: str, operation: str,
+            params: dict[str, Any]) -> records.Result:
         return ops.do_run(self.engine, task_id, operation, params)
 
-    def capabilities(self) -> dict:
+    def capabilities(self) -> records.Capabilities:
         return wire.to_plain(self.engine.capabilities())
 
-    def info(self, path: str, fmt: str) -> dict:
+    def info(self, path: str, fmt: str) -> dict[str, Any]:
         return ops.do_info(self.engine, path, fmt)
 
-    def progress(self, task_id: str) -> dict | None:
+    def progress(self, task_id: str) -> records.TaskProgress | None:
         return wire.to_plain(self.engine.progress(task_id))
 
     def cancel(self, task_id: str) -> bool:
@@ -102,16 +104,17 @@ class PrivsepBackend:
     """Each method is one privsep entrypoint call (after
     ``privileged.start.init()``)."""
 
-    def run(self, task_id: str, operation: str, params: dict) -> dict:
+    def run(self, task_id: str, operation: str,
+            params: dict[str, Any]) -> records.Result:
         return call_entrypoint(ops.run, task_id, operation, params)
 
-    def capabilities(self) -> dict:
+    def capabilities(self) -> records.Capabilities:
         return call_entrypoint(ops.capabilities)
 
-    def info(self, path: str, fmt: str) -> dict:
+    def info(self, path: str, fmt: str) -> dict[str, Any]:
         return call_entrypoint(ops.info, path, fmt)
 
-    def progress(self, task_id: str) -> dict | None:
+    def progress(self, task_id: str) -> records.TaskProgress | None:
         return call_entrypoint(ops.progress, task_id)
 
     def cancel(self, task_id: str) -> bool:

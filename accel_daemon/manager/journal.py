@@ -20,16 +20,17 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import Any
+from typing import cast
 
-from accel_daemon.manager.states import ACTIVE_STATES
-from accel_daemon.manager.states import FINAL_STATES
+from accel_daemon import records
+from accel_daemon.states import ACTIVE_STATES
+from accel_daemon.states import FINAL_STATES
 
 LOG = logging.getLogger(__name__)
 
-# Rows as task dicts.  A name of its own because, inside Journal, ``list``
+# Rows as tasks.  A name of its own because, inside Journal, ``list``
 # is the method of that name, not the builtin.
-TaskRows = list[dict[str, Any]]
+TaskRows = list[records.Task]
 
 # Schema versions (``PRAGMA user_version``):
 #   1 - the tasks table.
@@ -73,7 +74,7 @@ class JournalVersionError(RuntimeError):
 
 
 class Journal:
-    """Task dicts stored by id; see ``TaskManager`` for the dict layout."""
+    """Tasks stored by id; ``accel_daemon.records.Task`` is their shape."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -134,7 +135,7 @@ class Journal:
         return self._db
 
     # -- writes ------------------------------------------------------------
-    def save(self, task: dict[str, Any]) -> None:
+    def save(self, task: records.Task) -> None:
         """Insert or replace one task."""
         row = _to_row(task)
         # Only module constants are formatted in; values are bound.
@@ -164,7 +165,7 @@ class Journal:
         return old + extra
 
     # -- reads -------------------------------------------------------------
-    def get(self, task_id: str) -> dict[str, Any] | None:
+    def get(self, task_id: str) -> records.Task | None:
         rows = self._select('WHERE id = ?', (task_id,))
         return rows[0] if rows else None
 
@@ -209,13 +210,14 @@ def _create_private(path: str) -> None:
         os.close(fd)
 
 
-def _to_row(task: dict[str, Any]) -> tuple:
+def _to_row(task: records.Task) -> tuple:
     return tuple(json.dumps(task.get(c)) if c in _JSON_COLUMNS
                  else task.get(c) for c in _COLUMNS)
 
 
-def _from_row(row: tuple) -> dict[str, Any]:
+def _from_row(row: tuple) -> records.Task:
     task = dict(zip(_COLUMNS, row))
     for col in _JSON_COLUMNS:
         task[col] = json.loads(task[col]) if task[col] is not None else None
-    return task
+    # Every row was written by save() from a Task, column by column.
+    return cast(records.Task, task)

@@ -2,15 +2,8 @@
 """TaskManager: a bounded pool of worker threads running backend operations.
 
 Requests become tasks at once (state ``queued``) and run first-in, first-out
-on at most ``workers`` threads.  A task dict holds only plain JSON types:
-
-    id, kind (the operation's name: a field of RPC API 1.0, hence the
-    name), state (queued|running|succeeded|failed|cancelled), params,
-    progress {'done', 'total'}, result dict | None,
-    error {'type', 'message', 'fields'} | None,
-    created_at, started_at, finished_at (float epoch seconds),
-    request_id, global_request_id (str | None: the ids of the call that
-    created the task, ``accel_daemon.request_ids``)
+on at most ``workers`` threads.  A task is a dict of plain JSON types whose
+keys ``accel_daemon.records.Task`` describes (the one description of it).
 
 Every log line about a task is written with its request ids as the
 thread's oslo.context (``request_ids.current``): the RPC thread has the
@@ -46,11 +39,12 @@ from typing import Any, Callable
 from accel_daemon import exception
 from accel_daemon.manager.backends import Backend
 from accel_daemon.manager.journal import Journal
-from accel_daemon.manager.states import ACTIVE_STATES
-from accel_daemon.manager.states import STATES
 from accel_daemon.manager.watchdog import Watchdog
 from accel_daemon import operations
+from accel_daemon import records
 from accel_daemon import request_ids as req_ids
+from accel_daemon.states import ACTIVE_STATES
+from accel_daemon.states import STATES
 from accel_daemon import wire
 
 LOG = logging.getLogger(__name__)
@@ -86,7 +80,7 @@ class TaskManager:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)     # workers wait here
         self._changed = threading.Condition(self._lock)  # wait() waits here
-        self._active: dict[str, dict[str, Any]] = {}
+        self._active: dict[str, records.Task] = {}
         self._queue: collections.deque[str] = collections.deque()
         self._cancel_requested: set[str] = set()
         self._threads: list[threading.Thread] = []
@@ -151,7 +145,7 @@ class TaskManager:
             LOG.warning('%d task(s) interrupted by the previous stop', count)
         return count
 
-    def _discard(self, task: dict) -> list[str]:
+    def _discard(self, task: records.Task) -> list[str]:
         dst = (task.get('params') or {}).get('dst')
         if not dst:
             return []
@@ -205,16 +199,18 @@ class TaskManager:
 
     # -- API ---------------------------------------------------------------
     def submit(self, operation: str, params: dict[str, Any],
-               request_ids: dict[str, Any] | None = None) -> dict[str, Any]:
+               request_ids: dict[str, Any] | None = None) -> records.Task:
         """Queue a task; ``request_ids`` are the checked ids of the call
         (``accel_daemon.request_ids.from_ctxt``)."""
         _validate(operation, params)
         ids = req_ids.from_ctxt(request_ids)
-        task: dict[str, Any] = {
+        task: records.Task = {
             'id': str(uuid.uuid4()), 'kind': operation, 'state': 'queued',
             'params': params, 'progress': {'done': 0, 'total': 0},
             'result': None, 'error': None, 'created_at': self._clock(),
-            'started_at': None, 'finished_at': None, **ids}
+            'started_at': None, 'finished_at': None,
+            'request_id': ids['request_id'],
+            'global_request_id': ids['global_request_id']}
         with self._lock:
             if not self._accepting:
                 raise exception.ServiceUnavailable(
@@ -230,7 +226,7 @@ class TaskManager:
             LOG.info('Task %s queued: %s', task['id'], operation)
             return wire.copy_plain(task)
 
-    def get(self, task_id: str) -> dict[str, Any]:
+    def get(self, task_id: str) -> records.Task:
         with self._lock:
             task = self._active.get(task_id)
             task = wire.copy_plain(task) if task else None
@@ -242,7 +238,7 @@ class TaskManager:
         return self._with_live_progress(task)
 
     def list(self, state: str | None = None,
-             limit: int = 100) -> list[dict[str, Any]]:
+             limit: int = 100) -> list[records.Task]:
         """Tasks, newest first, optionally of one state."""
         if state is not None and state not in STATES:
             raise exception.InvalidRequest(reason='unknown state %r' % state)
@@ -255,7 +251,7 @@ class TaskManager:
         return [self._with_live_progress(live[r['id']])
                 if r['id'] in live else r for r in rows]
 
-    def wait(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+    def wait(self, task_id: str, timeout: float | None) -> records.Task:
         """Return the task once finished or after ``timeout`` seconds,
         whichever is first; a timeout is not an error."""
         if timeout is not None and timeout < 0:
@@ -263,11 +259,11 @@ class TaskManager:
         with self._lock:
             if task_id in self._active:
                 self._changed.wait_for(
-                    lambda: self._active.get(task_id, {}).get('state')
+                    lambda: self._state_locked(task_id)
                     not in ACTIVE_STATES, timeout)
         return self.get(task_id)
 
-    def cancel(self, task_id: str) -> dict[str, Any]:
+    def cancel(self, task_id: str) -> records.Task:
         """Cancel a queued task at once, or ask the backend to stop a running
         one and wait briefly for it to end.  Finished tasks are unchanged."""
         final = None
@@ -303,7 +299,7 @@ class TaskManager:
         return n
 
     # -- internals ---------------------------------------------------------
-    def _with_live_progress(self, task: dict) -> dict:
+    def _with_live_progress(self, task: records.Task) -> records.Task:
         if task['state'] == 'running':
             try:
                 live = self.backend.progress(task['id'])
@@ -315,8 +311,8 @@ class TaskManager:
                                     'total': int(live['total'])}
                 with self._lock:
                     if task['id'] in self._active:
-                        self._active[task['id']]['progress'] = dict(
-                            task['progress'])
+                        self._active[task['id']]['progress'] = (
+                            task['progress'].copy())
         return task
 
     def _cancel_running(self, task_id: str) -> None:
@@ -325,13 +321,19 @@ class TaskManager:
         deadline = time.monotonic() + _CANCEL_RETRY_SECONDS
         while not self._try_cancel(task_id):
             with self._lock:
-                if self._active.get(task_id, {}).get('state') != 'running':
+                if self._state_locked(task_id) != 'running':
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
                     LOG.warning('Task %s did not accept the cancel', task_id)
                     return
                 self._changed.wait(min(left, _CANCEL_RETRY_STEP))
+
+    def _state_locked(self, task_id: str) -> str | None:
+        """The state of an active task; None once it has left memory
+        (caller holds the lock)."""
+        task = self._active.get(task_id)
+        return task['state'] if task is not None else None
 
     def _try_cancel(self, task_id: str) -> bool:
         try:
@@ -347,7 +349,7 @@ class TaskManager:
                 return
             self._run(task)
 
-    def _next(self) -> dict | None:
+    def _next(self) -> records.Task | None:
         me = threading.current_thread()
         with self._lock:
             if me in self._abandoned_threads:
@@ -368,19 +370,19 @@ class TaskManager:
         self._save(snapshot)
         return snapshot
 
-    def _ids(self, task_id: str) -> dict[str, Any] | None:
+    def _ids(self, task_id: str) -> req_ids.RequestIds | None:
         """The request ids of an active task (None once it is gone)."""
         with self._lock:
             task = self._active.get(task_id)
             return {k: task.get(k) for k in req_ids.KEYS} if task else None
 
-    def _run(self, task: dict) -> None:
+    def _run(self, task: records.Task) -> None:
         # The worker's oslo.context for the whole run: every line logged
         # here, down to the backend's, carries the task's request ids.
         with req_ids.current(task):
             self._run_task(task)
 
-    def _run_task(self, task: dict) -> None:
+    def _run_task(self, task: records.Task) -> None:
         task_id = task['id']
         LOG.info('Task %s started: %s', task_id, task['kind'])
         try:
@@ -396,7 +398,8 @@ class TaskManager:
         else:
             self._finish(task, 'succeeded', result=wire.to_plain(dict(result)))
 
-    def _end_with_error(self, task: dict, err: exception.AccelError) -> None:
+    def _end_with_error(self, task: records.Task,
+                        err: exception.AccelError) -> None:
         if isinstance(err, exception.HelperUnavailable):
             # The helper died mid-task: nothing of its run can clean up
             # after it.  Where outputs have a temp name (no O_TMPFILE),
@@ -420,8 +423,9 @@ class TaskManager:
             LOG.info('Task %s failed: %s', task['id'], err)
             self._finish(task, 'failed', error=err.to_dict())
 
-    def _finish(self, task: dict, state: str, result: dict | None = None,
-                error: dict | None = None) -> None:
+    def _finish(self, task: records.Task, state: str,
+                result: records.Result | None = None,
+                error: records.TaskError | None = None) -> None:
         with self._lock:
             if task['id'] in self._abandoned_tasks:
                 self._abandoned_tasks.discard(task['id'])
@@ -432,7 +436,8 @@ class TaskManager:
         self._commit(final)
 
     # -- deadlines (called by the watchdog thread) -------------------------
-    def _timeout_error(self, task: dict, abandoned: bool = False) -> dict:
+    def _timeout_error(self, task: records.Task,
+                       abandoned: bool = False) -> records.TaskError:
         return exception.TaskTimeout(task_id=task['id'],
                                      timeout=self.task_timeout,
                                      abandoned=abandoned).to_dict()
@@ -450,7 +455,8 @@ class TaskManager:
                          daemon=True,
                          name='accel-task-timeout-%s' % task_id[:8]).start()
 
-    def _cancel_with_ids(self, task_id: str, ids: dict | None) -> None:
+    def _cancel_with_ids(self, task_id: str,
+                         ids: req_ids.RequestIds | None) -> None:
         with req_ids.current(ids):
             self._cancel_running(task_id)
 
@@ -483,19 +489,21 @@ class TaskManager:
                   stuck.name if stuck else '?')
         self._commit(final)
 
-    def _mark_locked(self, task: dict, state: str, result: dict | None = None,
-                     error: dict | None = None) -> dict:
+    def _mark_locked(self, task: records.Task, state: str,
+                     result: records.Result | None = None,
+                     error: records.TaskError | None = None
+                     ) -> records.Task:
         """Set the final state in memory (caller holds the lock)."""
         final = wire.copy_plain(self._active.get(task['id'], task))
-        final.update(state=state, result=result, error=error,
-                     finished_at=self._clock())
+        final.update({'state': state, 'result': result, 'error': error,
+                      'finished_at': self._clock()})
         if state == 'succeeded':
             final['progress'] = _final_progress(final)
         if task['id'] in self._active:
             self._active[task['id']] = final
         return wire.copy_plain(final)
 
-    def _commit(self, final: dict) -> None:
+    def _commit(self, final: records.Task) -> None:
         """Journal a finished task, then forget it and wake waiters."""
         task_id = final['id']
         saved = self._save(final)
@@ -513,7 +521,7 @@ class TaskManager:
         if due:
             self.prune()
 
-    def _save(self, task: dict) -> bool:
+    def _save(self, task: records.Task) -> bool:
         try:
             self.journal.save(task)
             return True
@@ -534,8 +542,9 @@ def _validate(operation: Any, params: Any) -> None:
         raise exception.InvalidRequest(reason='params must be plain JSON')
 
 
-def _final_progress(task: dict) -> dict[str, int]:
-    prog = dict(task.get('progress') or {'done': 0, 'total': 0})
+def _final_progress(task: records.Task) -> records.TaskProgress:
+    prog: records.TaskProgress = {'done': 0, 'total': 0}
+    prog.update(task.get('progress') or {})
     size = (task.get('result') or {}).get('size')
     if prog.get('total', 0) <= 0 and isinstance(size, int):
         prog['total'] = size

@@ -37,6 +37,7 @@ from accel_daemon import exception
 from accel_daemon import operations
 from accel_daemon import privileged
 from accel_daemon.privileged import caps
+from accel_daemon import records
 from accel_daemon import wire
 
 LOG = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def _check_id(task_id: Any) -> str:
     return task_id
 
 
-def do_run(eng: Engine, task_id: str, name: str, params: Any) -> dict:
+def do_run(eng: Engine, task_id: str, name: str,
+           params: Any) -> records.Result:
     """Validate (again: the RPC layer ran in another process) and run.
 
     Paths are not judged here by name: the engine opens each one once and
@@ -98,7 +100,7 @@ def do_run(eng: Engine, task_id: str, name: str, params: Any) -> dict:
     return wire.to_plain(result)
 
 
-def do_info(eng: Engine, path: str, fmt: str) -> dict:
+def do_info(eng: Engine, path: str, fmt: str) -> dict[str, Any]:
     args = operations.validate('image_info', {'path': path, 'format': fmt})
     return wire.to_plain(eng.image_info(args['path'], args['format']))
 
@@ -130,22 +132,23 @@ def _privileged(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_privileged
-def run(task_id: str, operation: str, params: dict) -> dict:
+def run(task_id: str, operation: str,
+        params: dict[str, Any]) -> records.Result:
     return do_run(engine(), task_id, operation, params)
 
 
 @_privileged
-def capabilities() -> dict:
+def capabilities() -> records.Capabilities:
     return wire.to_plain(engine().capabilities())
 
 
 @_privileged
-def info(path: str, fmt: str) -> dict:
+def info(path: str, fmt: str) -> dict[str, Any]:
     return do_info(engine(), path, fmt)
 
 
 @_privileged
-def progress(task_id: str) -> dict | None:
+def progress(task_id: str) -> records.TaskProgress | None:
     return wire.to_plain(engine().progress(_check_id(task_id)))
 
 

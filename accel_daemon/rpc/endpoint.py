@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from oslo_context import context as oslo_context
 import oslo_messaging
@@ -39,11 +39,11 @@ from accel_daemon.engine import paths
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon import operations
+from accel_daemon import records
 from accel_daemon import request_ids
 
 LOG = logging.getLogger(__name__)
 
-API_VERSION = '1.2'
 # Every method reachable over RPC, with its arguments: the operations and
 # the task calls of ``accel_daemon.operations``.
 METHODS: dict[str, operations.Operation] = {**operations.OPERATIONS,
@@ -69,7 +69,7 @@ def shown(value: Any, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + '...'
 
 
-def check_arg_names(method: str, args: dict) -> None:
+def check_arg_names(method: str, args: Mapping[str, Any]) -> None:
     """Refuse argument names that are not identifiers or are reserved."""
     for name in args:
         if not isinstance(name, str) or not name.isidentifier():
@@ -143,9 +143,10 @@ def call_ids(ctxt: Any) -> request_ids.RequestIds:
 
 
 class AccelEndpoint:
-    """RPC API 1.2; ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
+    """The RPC API at ``operations.API_VERSION``;
+    ``accel_daemon.rpc.rpcapi.AccelAPI`` has the history."""
 
-    target = oslo_messaging.Target(version=API_VERSION)
+    target = oslo_messaging.Target(version=operations.API_VERSION)
 
     def __init__(self, manager: Any, backend: Any, settings: Settings,
                  max_wait: float = 10.0,
@@ -216,14 +217,15 @@ class AccelEndpoint:
         return self._manager.cancel(validate('task_cancel', kwargs)['task_id'])
 
     # -- helpers ------------------------------------------------------------
-    def _submit(self, operation: str, kwargs: dict,
-                ids: request_ids.RequestIds) -> dict:
+    def _submit(self, operation: str, kwargs: dict[str, Any],
+                ids: request_ids.RequestIds) -> records.Task:
         params = self._checked(operation, kwargs)
         task = self._manager.submit(operation, params, request_ids=ids)
         LOG.debug('Task %s queued: %s %s', task['id'], operation, params)
         return task
 
-    def _checked(self, method: str, kwargs: dict) -> dict:
+    def _checked(self, method: str,
+                 kwargs: dict[str, Any]) -> dict[str, Any]:
         args = validate(method, kwargs)
         for name, field in METHODS[method].fields.items():
             if field.role and name in args:

@@ -22,6 +22,8 @@ from oslo_config import cfg
 import oslo_messaging
 
 from accel_daemon import exception
+from accel_daemon import operations
+from accel_daemon import records
 
 LOG = logging.getLogger(__name__)
 
@@ -116,12 +118,16 @@ class AccelAPI:
       sparse on convert and download.  Sent as 1.2 only when replace=True
       or bps_limit or sparse is given.
 
-    To add a method or an argument: bump the minor version here and in
-    ``accel_daemon.rpc.endpoint.API_VERSION``, pin the new call to the new
-    version in ``prepare()``, and keep the endpoint accepting older calls.
+    To add a method or an argument: bump the minor version of
+    ``accel_daemon.operations.API_VERSION`` (the one constant the endpoint
+    serves and this client is capped at), add a line above, send the new
+    argument only when it is given and pin the call to the new version
+    (``_added``), and keep the endpoint accepting older calls.  The steps
+    for every surface are in doc/source/contributing-operations.rst.
     """
 
-    VERSION = '1.2'
+    # The same constant as the endpoint's: one place to bump.
+    VERSION = operations.API_VERSION
 
     def __init__(self, transport: oslo_messaging.Transport,
                  topic: str = TOPIC, timeout: float = 60,
@@ -176,10 +182,11 @@ class AccelAPI:
             raise exception.InvalidRequest(reason=str(e)) from None
 
     # -- 1.0 ----------------------------------------------------------------
-    def capabilities(self, host: str) -> dict:
+    def capabilities(self, host: str) -> records.Capabilities:
         return self.call(host, 'capabilities')
 
-    def image_info(self, host: str, path: str, format: str) -> dict:
+    def image_info(self, host: str, path: str,
+                   format: str) -> dict[str, Any]:
         return self.call(host, 'image_info', path=path, format=format)
 
     def compress(self, host: str, src: str, dst: str,
@@ -187,7 +194,7 @@ class AccelAPI:
                  format: str = 'gzip',
                  checksum: bool | None = None,
                  replace: bool = False,
-                 bps_limit: int | None = None) -> dict:
+                 bps_limit: int | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit))
         return self.call(host, 'compress', version=version, src=src,
@@ -198,7 +205,7 @@ class AccelAPI:
                    max_bytes: int | None = None,
                    checksum: bool | None = None,
                    replace: bool = False,
-                   bps_limit: int | None = None) -> dict:
+                   bps_limit: int | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit))
         return self.call(host, 'decompress', version=version, src=src,
@@ -212,7 +219,7 @@ class AccelAPI:
                 max_bytes: int | None = None,
                 replace: bool = False,
                 bps_limit: int | None = None,
-                sparse: bool | None = None) -> dict:
+                sparse: bool | None = None) -> records.Task:
         version, extra = _added(max_bytes=('1.1', max_bytes),
                                 replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit),
@@ -224,7 +231,7 @@ class AccelAPI:
 
     def copy(self, host: str, src: str, dst: str,
              checksum: bool | None = None, replace: bool = False,
-             bps_limit: int | None = None) -> dict:
+             bps_limit: int | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit))
         return self.call(host, 'copy', version=version, src=src, dst=dst,
@@ -233,7 +240,7 @@ class AccelAPI:
     def upload(self, host: str, src: str, dst: str, src_format: str,
                disk_format: str, checksum: bool | None = None,
                replace: bool = False,
-               bps_limit: int | None = None) -> dict:
+               bps_limit: int | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit))
         return self.call(host, 'upload', version=version, src=src, dst=dst,
@@ -245,7 +252,7 @@ class AccelAPI:
                  checksum: bool | None = None,
                  replace: bool = False,
                  bps_limit: int | None = None,
-                 sparse: bool | None = None) -> dict:
+                 sparse: bool | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit),
                                 sparse=('1.2', sparse))
@@ -254,19 +261,20 @@ class AccelAPI:
                          dst_format=dst_format, max_bytes=max_bytes,
                          checksum=checksum, **extra)
 
-    def task_get(self, host: str, task_id: str) -> dict:
+    def task_get(self, host: str, task_id: str) -> records.Task:
         return self.call(host, 'task_get', task_id=task_id)
 
     def task_list(self, host: str, state: str | None = None,
-                  limit: int = 100) -> list[dict]:
+                  limit: int = 100) -> list[records.Task]:
         return self.call(host, 'task_list', state=state, limit=limit)
 
-    def task_wait(self, host: str, task_id: str, timeout: float) -> dict:
+    def task_wait(self, host: str, task_id: str,
+                  timeout: float) -> records.Task:
         # The daemon blocks up to ``timeout``: give the call that long on
         # top of the usual answer time.
         return self.call(host, 'task_wait',
                          rpc_timeout=self.timeout + timeout,
                          task_id=task_id, timeout=timeout)
 
-    def task_cancel(self, host: str, task_id: str) -> dict:
+    def task_cancel(self, host: str, task_id: str) -> records.Task:
         return self.call(host, 'task_cancel', task_id=task_id)

@@ -38,6 +38,7 @@ from oslo_messaging import _utils as messaging_utils
 from oslo_messaging.rpc import server as rpc_server
 
 from accel_daemon import exception
+from accel_daemon import operations
 from accel_daemon.rpc import endpoint
 from accel_daemon.rpc import rpcapi
 
@@ -64,10 +65,10 @@ def _check_version(version: Any) -> None:
     if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
         raise _refuse('malformed version %s (expected MAJOR.MINOR)'
                       % endpoint.shown(version))
-    if not messaging_utils.version_is_compatible(endpoint.API_VERSION,
+    if not messaging_utils.version_is_compatible(operations.API_VERSION,
                                                  version):
         raise _refuse('version %s is not supported (this daemon implements '
-                      '%s)' % (version, endpoint.API_VERSION))
+                      '%s)' % (version, operations.API_VERSION))
 
 
 def check_message(ctxt: Any, message: Any) -> None:

@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 from oslo_config import cfg
 
 from accel_daemon.client import AccelClient
-from accel_daemon.conf import rpc as rpc_conf
+from accel_daemon.conf import client as client_conf
 from accel_daemon import exception
 
 BROKER = ('127.0.0.1', 5672)
@@ -242,7 +242,7 @@ class Daemon:
             os.path.join(self.root, 'client-%d.conf' % timeout), {},
             timeout=timeout)
         conf = cfg.ConfigOpts()
-        rpc_conf.register_client_opts(conf)
+        client_conf.register_opts(conf)
         conf(['--config-file', path], project='accel-daemon-test-client',
              default_config_files=[])
         return AccelClient(conf)

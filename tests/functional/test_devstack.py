@@ -52,9 +52,9 @@ CLIENT_CALL = '''
 import json, sys
 from oslo_config import cfg
 from accel_daemon.client import AccelClient
-from accel_daemon.conf import rpc
+from accel_daemon.conf import client
 conf = cfg.ConfigOpts()
-rpc.register_client_opts(conf)
+client.register_opts(conf)
 conf([], project='devstack-test', default_config_files=[sys.argv[1]])
 conf.set_override('timeout', 10, group='accel_daemon_client')
 with AccelClient(conf) as client:

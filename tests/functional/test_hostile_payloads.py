@@ -47,9 +47,9 @@ import pytest
 
 from accel_daemon.engine import paths
 from accel_daemon import exception
-from accel_daemon.manager.states import STATES
 from accel_daemon.rpc import endpoint as ep
 from accel_daemon.rpc import rpcapi
+from accel_daemon.states import STATES
 from tests.functional.test_rpc_daemon import DaemonProcess
 from tests.functional.test_rpc_daemon import require_broker
 

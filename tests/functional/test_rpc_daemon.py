@@ -27,7 +27,7 @@ from oslo_context.context import RequestContext
 import pytest
 
 from accel_daemon.client import AccelClient
-from accel_daemon.conf import rpc as rpc_conf
+from accel_daemon.conf import client as client_opts
 from accel_daemon.engine import paths
 from accel_daemon import exception
 from accel_daemon import request_ids
@@ -95,7 +95,7 @@ class DaemonProcess:
 
     def client_conf(self, config: str | None = None) -> cfg.ConfigOpts:
         conf = cfg.ConfigOpts()
-        rpc_conf.register_client_opts(conf)
+        client_opts.register_opts(conf)
         conf(['--config-file', config or self.config],
              project='accel-test-client')
         return conf

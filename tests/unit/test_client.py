@@ -18,7 +18,7 @@ import pytest
 
 from accel_daemon import client as client_mod
 from accel_daemon.client import AccelClient
-from accel_daemon.conf import rpc as rpc_conf
+from accel_daemon.conf import client as client_conf
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon.manager.journal import Journal
@@ -625,12 +625,12 @@ def test_queue_full_at_once_when_no_wait_is_configured(client, daemon, src,
 
 def test_queue_full_delay_is_bounded_and_jittered():
     for attempt in range(40):
-        base = min(rpc_conf.QUEUE_RETRY_MAX,
-                   rpc_conf.QUEUE_RETRY_FIRST * 2 ** attempt)
+        base = min(client_conf.QUEUE_RETRY_MAX,
+                   client_conf.QUEUE_RETRY_FIRST * 2 ** attempt)
         delays = {client_mod.queue_full_delay(attempt) for _ in range(20)}
         assert all(base / 2 <= d <= base for d in delays)
         assert len(delays) > 1
-    assert client_mod.queue_full_delay(10 ** 6) <= rpc_conf.QUEUE_RETRY_MAX
+    assert client_mod.queue_full_delay(10 ** 6) <= client_conf.QUEUE_RETRY_MAX
 
 
 def test_client_deadline_options_defaults():

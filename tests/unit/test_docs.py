@@ -9,8 +9,8 @@ builds it, and what it states about the code still holds.
   other warning printed on stderr;
 * every option of every oslo.config namespace in setup.cfg has its entry
   in the generated configuration reference;
-* every dotted ``accel_daemon...`` name on the architecture and driver
-  pages resolves to a module or an attribute;
+* every dotted ``accel_daemon...`` name on the architecture, driver and
+  contributing-operations pages resolves to a module or an attribute;
 * no file of the repository points at design or style documents that are
   not in it.
 """
@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 SOURCE = os.path.join(ROOT, 'doc', 'source')
 NAME = re.compile(r'``(accel_daemon(?:\.[A-Za-z_][A-Za-z0-9_]*)+)(?:\(\))?``')
 # Pages whose dotted names are checked against the code.
-CHECKED_PAGES = ('architecture.rst', 'drivers.rst')
+CHECKED_PAGES = ('architecture.rst', 'drivers.rst',
+                 'contributing-operations.rst')
 
 
 def _setup_cfg():
@@ -64,7 +65,8 @@ def html(tmp_path_factory):
 
 def test_docs_build_with_warnings_as_errors(html):
     for page in ('index', 'architecture', 'operator-guide', 'configuration',
-                 'drivers', 'install', 'api', 'security', 'operations'):
+                 'drivers', 'install', 'api', 'security', 'operations',
+                 'contributing-operations'):
         assert (html / ('%s.html' % page)).is_file(), page
 
 

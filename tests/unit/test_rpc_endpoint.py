@@ -21,6 +21,7 @@ from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
+from accel_daemon import operations
 from accel_daemon.rpc import endpoint as ep
 from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import server as rpc_server
@@ -60,7 +61,8 @@ def call(endpoint, method, **kwargs):
 
 def test_target_version():
     assert ep.AccelEndpoint.target.version == '1.2'
-    assert rpcapi.AccelAPI.VERSION == ep.API_VERSION
+    assert rpcapi.AccelAPI.VERSION == operations.API_VERSION
+    assert ep.AccelEndpoint.target.version == operations.API_VERSION
 
 
 def test_every_api_method_has_an_endpoint_method():

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from cliff import columns as cliff_columns
 from cliff import display
@@ -23,6 +23,7 @@ from cliff import show
 from accel_daemon.cmd.cli import progress
 from accel_daemon import exception
 from accel_daemon import operations
+from accel_daemon import records
 
 
 # --- values ---------------------------------------------------------------
@@ -46,7 +47,7 @@ def size(n: float | None) -> str:
     return '%d B' % value if unit == 'B' else '%.1f %s' % (value, unit)
 
 
-def percent(prog: dict | None) -> str:
+def percent(prog: records.TaskProgress | None) -> str:
     if not prog or not prog.get('total'):
         return ''
     return '%d%%' % min(100, 100 * prog['done'] // prog['total'])
@@ -63,10 +64,11 @@ class TimeColumn(cliff_columns.FormattableColumn):
 
 
 class ProgressColumn(cliff_columns.FormattableColumn):
-    """``{'done', 'total'}``: a percentage for people, the dict for JSON."""
+    """A ``records.TaskProgress``: a percentage for people, the dict for
+    JSON."""
 
     def human_readable(self) -> str:
-        prog = self._value or {}
+        prog = self._value
         pct = percent(prog)
         if not pct:
             return ''
@@ -80,7 +82,7 @@ class ShortProgressColumn(ProgressColumn):
 
 
 class ErrorColumn(cliff_columns.FormattableColumn):
-    """A task's error dict: ``Type: message`` for people."""
+    """A task's ``records.TaskError``: ``Type: message`` for people."""
 
     def human_readable(self) -> str:
         if not self._value:
@@ -123,7 +125,7 @@ TASK_FIELDS = ('id', 'kind', 'state', 'progress', 'source', 'destination',
                'params', 'request_id')
 
 
-def task_values(task: dict) -> tuple:
+def task_values(task: records.Task) -> tuple:
     params = task.get('params') or {}
     return (task.get('id'), task.get('kind'), task.get('state'),
             ProgressColumn(task.get('progress')), params.get('src'),
@@ -134,7 +136,8 @@ def task_values(task: dict) -> tuple:
             MappingColumn(params), task.get('request_id'))
 
 
-def absolute(params: dict, fields: dict[str, operations.Field]) -> dict:
+def absolute(params: dict[str, Any],
+             fields: dict[str, operations.Field]) -> dict[str, Any]:
     """Path arguments made absolute against the working directory (the
     daemon still checks them against its allowed directories)."""
     out = dict(params)
@@ -159,15 +162,15 @@ class Remote:
     def guard(self, what: str | None = None) -> Any:
         return self._guard(what or self.what)
 
-    def capabilities(self) -> dict:
+    def capabilities(self) -> records.Capabilities:
         with self.guard():
             return self.client.capabilities()
 
-    def image_info(self, path: str, format: str) -> dict:
+    def image_info(self, path: str, format: str) -> dict[str, Any]:
         with self.guard():
             return self.client.image_info(path, format)
 
-    def submit(self, operation: str, params: dict) -> Any:
+    def submit(self, operation: str, params: dict[str, Any]) -> Any:
         with self.guard():
             return getattr(self.client, operation)(**params)
 
@@ -175,14 +178,15 @@ class Remote:
         with self.guard():
             return self.client.task(task_id)
 
-    def tasks(self, state: str | None, limit: int) -> list[dict]:
+    def tasks(self, state: str | None,
+              limit: int) -> list[records.Task]:
         with self.guard():
             return [h.task for h in self.client.tasks(state=state,
                                                       limit=limit)]
 
     def wait(self, handle: Any, bar: progress.Bar,
-             timeout: float | None) -> dict:
-        """Wait for the task of ``handle``; its final dict.  Raises
+             timeout: float | None) -> records.Task:
+        """Wait for the task of ``handle``; the task as it ended.  Raises
         ``AccelError`` after ``timeout`` (the daemon's task goes on)."""
         deadline = time.monotonic() + timeout if timeout else None
         ok = False
@@ -220,23 +224,26 @@ class Remote:
 
 
 class LocalTask:
-    """One operation run by the in-process engine, on a thread."""
+    """One operation run by the in-process engine, on a thread; ``task``
+    has the shape of the daemon's (``accel_daemon.records.Task``), so the
+    commands show both alike."""
 
-    def __init__(self, engine: Any, operation: str, params: dict) -> None:
+    def __init__(self, engine: Any, operation: str,
+                 params: dict[str, Any]) -> None:
         self.engine = engine
         self.id = str(uuid.uuid4())
-        self.task: dict[str, Any] = {
+        self.task: records.Task = {
             'id': self.id, 'kind': operation, 'state': 'running',
             'params': params, 'progress': {'done': 0, 'total': 0},
             'result': None, 'error': None, 'created_at': time.time(),
             'started_at': time.time(), 'finished_at': None,
-            'request_id': None}
+            'request_id': None, 'global_request_id': None}
         self.exc: BaseException | None = None
         self._thread = threading.Thread(target=self._run,
                                         args=(operation, params), daemon=True)
         self._thread.start()
 
-    def _run(self, operation: str, params: dict) -> None:
+    def _run(self, operation: str, params: dict[str, Any]) -> None:
         try:
             self.task['result'] = operations.run(self.engine, self.id,
                                                  operation, params)
@@ -250,14 +257,15 @@ class LocalTask:
             self.task['state'] = 'failed'
         self.task['finished_at'] = time.time()
 
-    def wait(self, bar: progress.Bar, timeout: float | None) -> dict:
+    def wait(self, bar: progress.Bar,
+             timeout: float | None) -> records.Task:
         deadline = time.monotonic() + timeout if timeout else None
         ok = False
         try:
             while self._thread.is_alive():
                 prog = self.engine.progress(self.id)
                 if prog:
-                    self.task['progress'] = dict(prog)
+                    self.task['progress'] = prog.copy()
                 bar.update(prog)
                 self._thread.join(0.2)
                 if deadline and time.monotonic() > deadline:
@@ -286,13 +294,13 @@ class Local:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def capabilities(self) -> dict:
+    def capabilities(self) -> records.Capabilities:
         return self.engine.capabilities()
 
-    def image_info(self, path: str, format: str) -> dict:
+    def image_info(self, path: str, format: str) -> dict[str, Any]:
         return self.engine.image_info(path, format)
 
-    def submit(self, operation: str, params: dict) -> LocalTask:
+    def submit(self, operation: str, params: dict[str, Any]) -> LocalTask:
         return LocalTask(self.engine, operation, params)
 
     def _no_tasks(self) -> exception.AccelError:
@@ -302,11 +310,12 @@ class Local:
     def task(self, task_id: str) -> Any:
         raise self._no_tasks()
 
-    def tasks(self, state: str | None, limit: int) -> list[dict]:
+    def tasks(self, state: str | None,
+              limit: int) -> list[records.Task]:
         raise self._no_tasks()
 
     def wait(self, handle: LocalTask, bar: progress.Bar,
-             timeout: float | None) -> dict:
+             timeout: float | None) -> records.Task:
         return handle.wait(bar, timeout)
 
     def close(self) -> None:
@@ -364,5 +373,6 @@ class ShowOne(_GlobalOutput, show.ShowOne):
     pass
 
 
-def rows(items: Iterable[dict], keys: tuple[str, ...]) -> list[tuple]:
+def rows(items: Iterable[Mapping[str, Any]],
+         keys: tuple[str, ...]) -> list[tuple]:
     return [tuple(cell(item.get(k)) for k in keys) for item in items]

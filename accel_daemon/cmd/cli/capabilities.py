@@ -64,7 +64,9 @@ class Info(base.ShowOne):
         parser.add_argument('path', help='image to inspect (relative to '
                                          'the working directory or '
                                          'absolute)')
-        parser.add_argument('--image-format', required=True,
+        # dest: the operation's field (``format``); the flag has another
+        # name since -f/--format is every command's output format.
+        parser.add_argument('--image-format', dest='format', required=True,
                             metavar='FORMAT',
                             help='the format the image claims (raw, '
                                  'qcow2...)')
@@ -72,6 +74,6 @@ class Info(base.ShowOne):
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
         path = os.path.abspath(parsed_args.path)
-        info = self.backend().image_info(path, parsed_args.image_format)
+        info = self.backend().image_info(path, parsed_args.format)
         keys = tuple(sorted(info))
         return keys, tuple(base.cell(info[k]) for k in keys)

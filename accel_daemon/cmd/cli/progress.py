@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from accel_daemon import records
+
 DELAY = 0.5
 WIDTH = 80
 
@@ -50,7 +52,7 @@ class Bar:
     def _elapsed(self) -> float:
         return time.monotonic() - self._started
 
-    def update(self, progress: dict[str, int] | None) -> None:
+    def update(self, progress: records.TaskProgress | None) -> None:
         if not self.enabled or not progress:
             return
         total = int(progress.get('total') or 0)

@@ -11,15 +11,16 @@ from typing import Any
 from accel_daemon.cmd.cli import base
 from accel_daemon.cmd.cli import progress
 from accel_daemon import exception
-from accel_daemon.manager.states import STATES
 from accel_daemon import operations
+from accel_daemon import records
+from accel_daemon.states import STATES
 
 # Operation fields whose flag would collide with the output options of
 # every command (cliff's -f/--format): renamed on the command line only.
 FLAG_NAMES = {'format': 'compression'}
 
 
-def _outcome(task: dict) -> tuple[tuple, tuple]:
+def _outcome(task: records.Task) -> tuple[tuple, tuple]:
     """The task's fields for output, once it has succeeded (or was left
     to run); a failed or cancelled task raises its typed error."""
     if task['state'] in ('failed', 'cancelled'):
