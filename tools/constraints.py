@@ -44,12 +44,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPPER = os.path.join(ROOT, 'upper-constraints.txt')
 LOCAL = os.path.join(ROOT, 'local-constraints.txt')
 
-# A venv made by /usr/bin/python3 -m venv gets pip and setuptools from
-# Debian's python3-venv (ensurepip's bundled wheels): the Debian package,
-# not a pin, decides their version.  The project itself is not pinned.
+# A venv made by /usr/bin/python3 -m venv gets pip from Debian's
+# python3-venv (ensurepip's bundled wheel): the Debian package, not a pin,
+# decides its version.  The project itself is not pinned.
 UNPINNED = {'pip': "Debian's python3-venv seeds it",
-            'setuptools': "Debian's python3-venv seeds it (the isolated "
-                          "build of accel-daemon uses the pinned one)",
             # openstack/requirements leaves it unpinned on purpose (its
             # commit a420f293): a CA bundle must stay current.
             'certifi': 'a CA bundle must stay current',

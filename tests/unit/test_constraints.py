@@ -83,11 +83,12 @@ def test_upper_constraints_names_its_source():
 
 
 def test_check_accepts_a_pinned_venv():
-    pins = {'oslo-config': ('10.7.0', ''), 'isal': ('1.9.1', '')}
+    pins = {'oslo-config': ('10.7.0', ''), 'isal': ('1.9.1', ''),
+            'setuptools': ('66.1.1', '')}
     held = {'oslo-config': ('oslo.config', '10.7.0'),
-            'isal': ('isal', '1.9.1'),
+            'isal': ('isal', '1.9.1'), 'setuptools': ('setuptools', '66.1.1'),
             # Seeded by Debian's python3-venv, the project, a CA bundle.
-            'pip': ('pip', '23.0.1'), 'setuptools': ('setuptools', '66.1.1'),
+            'pip': ('pip', '23.0.1'),
             'accel-daemon': ('accel-daemon', '0.0.1'),
             'certifi': ('certifi', '2026.10.19')}
     assert constraints.problems('v', held, pins) == []
