@@ -70,6 +70,7 @@ from oslo_log import log as oslo_log  # noqa: E402
 from oslo_service import service as oslo_service  # noqa: E402
 
 from accel_daemon import conf as accel_conf  # noqa: E402
+from accel_daemon.engine import paths  # noqa: E402
 from accel_daemon.engine.tooluser import ToolUser  # noqa: E402
 from accel_daemon.manager import lock as state_lock  # noqa: E402
 from accel_daemon.manager.tasks import TaskManager  # noqa: E402
@@ -181,6 +182,16 @@ def check_tool_user(conf: cfg.ConfigOpts) -> None:
                          '(tools/install.sh does) or name another'
                          % (name, e.args[0] if isinstance(e, ValueError)
                             else 'no such user'))
+
+
+def check_hardlinks(proc_root: str = '/proc') -> None:
+    """Warn when any user may hard-link files it does not own into an
+    allowed directory: inputs with other links are then refused unless
+    their directory's owner owns them (accel_daemon.engine.files)."""
+    if paths.hardlinks_protected(proc_root) is False:
+        LOG.warning('fs.protected_hardlinks is 0: a caller can hard-link '
+                    'files it does not own into its directories; set it '
+                    'to 1 (sysctl fs.protected_hardlinks=1)')
 
 
 def ensure_state_dir(conf: cfg.ConfigOpts) -> str:
@@ -452,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parse_args(sys.argv[1:] if argv is None else argv)
     check_state_dir(CONF)
     check_tool_user(CONF)
+    check_hardlinks()
     lock = lock_state_dir(CONF)
     check_server_name(CONF)
     events: queue.SimpleQueue = queue.SimpleQueue()

@@ -8,11 +8,15 @@ and everything after that uses the descriptor: inspection, qemu-img
 (``/dev/fd/N``), the compressors (stdin/stdout or in-process), hashing and
 publishing (``linkat`` of the descriptor).
 
-* ``open_source``: ``O_NOFOLLOW|O_NONBLOCK`` (a symlink in the last
-  component fails, a FIFO cannot block the open), then ``fstat``: a regular
-  file, or a block device whose name the operator's patterns allow; then the
-  descriptor's own path must be inside the allowed directories (a parent
-  directory swapped for a symlink shows up there).
+* ``open_source``: looked up beneath its allowed directory only
+  (``engine.beneath``: a parent directory swapped for a symlink, a magic
+  link or another mount fail in the kernel's lookup, so nothing outside is
+  ever opened, and a name outside gets the same answer whether it exists
+  or not), with ``O_NOFOLLOW|O_NONBLOCK`` (a symlink in the last component
+  fails, a FIFO cannot block the open), then ``fstat``: a regular file, or
+  a block device whose name the operator's patterns allow; then the
+  descriptor's own path must be inside the allowed directories (kept as a
+  second check).
 * ``Output``: the destination directory is opened once and judged the same
   way; the new file is created in it unnamed (``O_TMPFILE``, so a crash
   leaves nothing and nobody can reach it by name), written through its
@@ -38,6 +42,7 @@ import os
 import secrets
 import stat
 
+from accel_daemon.engine import beneath
 from accel_daemon.engine import devices
 from accel_daemon.engine import paths
 from accel_daemon import exception
@@ -157,7 +162,7 @@ def open_source(conf: paths.Confinement, path: str) -> Opened:
     if conf.device_name(path):
         return _open_device(conf, path, os.O_RDONLY)
     try:
-        fd = os.open(path, _READ)
+        fd = beneath.open_beneath(conf, path, _READ)
     except OSError as e:
         raise open_error(path, e)
     try:
@@ -171,6 +176,7 @@ def open_source(conf: paths.Confinement, path: str) -> Opened:
         real = paths.fd_path(fd)
         if not conf.contains(real):
             raise conf.outside(path, real)
+        _check_links(conf, path, real, st)
         _clear_nonblock(fd)
         return Opened(fd, path, real, st)
     except BaseException:
@@ -178,9 +184,29 @@ def open_source(conf: paths.Confinement, path: str) -> Opened:
         raise
 
 
+def _check_links(conf: paths.Confinement, path: str, real: str,
+                 st: os.stat_result) -> None:
+    """Refuse a file with other hard links that the owner of its allowed
+    directory does not own: a link to a file of root's or another
+    service's, made where ``fs.protected_hardlinks`` is off (the daemon
+    warns at start), would otherwise be read with the helper's rights."""
+    if st.st_nlink < 2:
+        return
+    owner = os.lstat(conf.dir_of(real)).st_uid
+    if st.st_uid != owner:
+        raise exception.PathNotAllowed(
+            path=path, reason='a hard link to a file the owner of its '
+                              'directory does not own')
+
+
 def _open_dir(conf: paths.Confinement, directory: str, path: str) -> int:
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = beneath.open_beneath(conf, directory,
+                                  os.O_RDONLY | os.O_DIRECTORY)
+    except exception.PathNotAllowed as e:
+        if isinstance(e, exception.SymlinkEscape):
+            raise exception.SymlinkEscape(path=path)
+        raise conf.outside(directory, directory, name=path)
     except FileNotFoundError:
         raise exception.PathNotAllowed(
             path=path, reason='its directory does not exist')

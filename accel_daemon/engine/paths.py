@@ -79,13 +79,23 @@ class Confinement:
 
     def __init__(self, allowed_dirs: Iterable[str],
                  block_patterns: Iterable[str] = ()) -> None:
-        self.dirs = tuple(os.path.realpath(d) for d in allowed_dirs)
+        dirs = tuple(allowed_dirs)
+        # As configured (normalised) and resolved: a request may name a
+        # file by either (engine.beneath).
+        self.configured = tuple(os.path.normpath(os.path.abspath(d))
+                                for d in dirs)
+        self.dirs = tuple(os.path.realpath(d) for d in dirs)
         self.block_patterns = tuple(block_patterns)
 
     def contains(self, real: str) -> bool:
         """True if the resolved path ``real`` is inside an allowed dir."""
         return any(real == d or real.startswith(d.rstrip(os.sep) + os.sep)
                    for d in self.dirs)
+
+    def dir_of(self, real: str) -> str:
+        """The allowed directory holding the resolved path ``real``."""
+        return next(d for d in self.dirs
+                    if real == d or real.startswith(d.rstrip(os.sep) + os.sep))
 
     def device_name(self, path: str) -> bool:
         """True if ``path`` is a name the block-device patterns allow."""
@@ -106,6 +116,18 @@ def _resolved(path: str) -> str:
         return os.path.realpath(path, strict=False)
     except (OSError, ValueError) as e:
         raise exception.PathNotAllowed(path=path, reason=str(e))
+
+
+def hardlinks_protected(proc_root: str = '/proc') -> bool | None:
+    """Whether the kernel refuses hard links to files a user does not own
+    and cannot read and write (``fs.protected_hardlinks``); None when it
+    cannot tell."""
+    try:
+        with open(os.path.join(proc_root, 'sys', 'fs',
+                               'protected_hardlinks')) as f:
+            return f.read().strip() != '0'
+    except OSError:
+        return None
 
 
 def allowed_block_device(path: str, patterns: Iterable[str]) -> bool:

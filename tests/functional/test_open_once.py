@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Open once: during every operation, no name the engine checked is opened
-again.  Every open(2) the engine makes (``os.open`` and ``open``) is
-recorded while real operations run; each name in the allowed directory
-(the input, the output's directory) may be looked up once.  Reopening a
+again.  Every open(2) the engine makes (``os.open``, ``open`` and
+``engine.beneath.openat2``) is recorded while real operations run; each
+name in the allowed directory (the input, the output's directory) may be
+looked up once.  Reopening a
 descriptor through ``/proc/self/fd/N`` (O_DIRECT, linkat) names no file a
 directory owner controls and is not counted."""
 
@@ -15,7 +16,9 @@ import os
 
 import pytest
 
+from accel_daemon.engine import beneath
 from accel_daemon.engine.engine import Engine
+from accel_daemon.engine import paths
 from accel_daemon import operations
 from tests.functional import imagegen as gen
 
@@ -51,8 +54,20 @@ def recorder(env, monkeypatch):
         rec.note(file)
         return real_open(file, *args, **kwargs)
 
+    real_openat2 = beneath.openat2
+
+    def openat2(dir_fd, name, flags, resolve, mode=0):
+        # A lookup beneath an allowed directory names a file in it; the
+        # allowed directory itself (from the root, no symlink) is the
+        # operator's name, not one its owner chose.
+        if dir_fd != beneath.AT_FDCWD:
+            rec.note(os.path.normpath(os.path.join(
+                paths.fd_path(dir_fd), os.fsdecode(name))))
+        return real_openat2(dir_fd, name, flags, resolve, mode)
+
     monkeypatch.setattr(os, 'open', os_open)
     monkeypatch.setattr(builtins, 'open', py_open)
+    monkeypatch.setattr(beneath, 'openat2', openat2)
     return rec
 
 

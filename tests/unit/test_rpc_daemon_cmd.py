@@ -3,6 +3,7 @@
 the fake:// transport and the FakeBackend (the real process is covered by
 tests/functional/test_rpc_daemon.py)."""
 
+import logging
 import os
 import queue
 import signal
@@ -158,3 +159,13 @@ def test_free_server_name_passes_and_zero_timeout_skips(conf):
         daemon.check_server_name(conf)      # check disabled
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize('value, warned', [('0\n', True), ('1\n', False)])
+def test_start_warns_when_hard_links_are_unprotected(tmp_path, caplog,
+                                                     value, warned):
+    (tmp_path / 'sys' / 'fs').mkdir(parents=True)
+    (tmp_path / 'sys' / 'fs' / 'protected_hardlinks').write_text(value)
+    with caplog.at_level(logging.WARNING):
+        daemon.check_hardlinks(str(tmp_path))
+    assert ('fs.protected_hardlinks is 0' in caplog.text) is warned
