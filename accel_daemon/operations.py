@@ -15,15 +15,18 @@ table:
 * the command line builds its sub-commands and flags from the fields;
 * the privileged layer (and ``--local``) runs one through ``run()``, which
   validates again, fills the defaults (``checksum`` included, so each
-  operation's default is stated here and nowhere else) and calls the
+  operation's default is stated here and nowhere else), splits the
+  arguments into what the operation works on and how
+  (``accel_daemon.options.Options``, one frozen value) and calls the
   Engine method.
 
 The table does not write the other surfaces: the client library, the RPC
 client and the Engine keep one explicit method per operation (their
 signatures are the API), and each passes the arguments on by name.  So
 adding an argument means editing, in order: this table (and
-``API_VERSION``, a minor bump), ``Engine.<operation>`` and the engine
-function it calls (``accel_daemon.engine``), the RPC API method
+``API_VERSION``, a minor bump), ``accel_daemon.options.Options`` for an
+option or ``Engine.<operation>`` for a path or format, the engine
+function that acts on it (``accel_daemon.engine``), the RPC API method
 (``accel_daemon.rpc.rpcapi.AccelAPI``, sending the argument only when it
 is given, pinned to the new version) and the client method
 (``accel_daemon.client.AccelClient``); the endpoint and the command line
@@ -51,6 +54,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TYPE_CHECKING
 
 from accel_daemon import exception
+from accel_daemon import options
 from accel_daemon import records
 from accel_daemon.states import STATES
 
@@ -138,7 +142,7 @@ class Operation:
     fields: Mapping[str, Field]
     help: str
     # The Engine method that runs it, called by run() as
-    # getattr(engine, engine_method)(progress, **arguments).
+    # getattr(engine, engine_method)(progress, **own, options=Options).
     engine_method: str | None = None
     task: bool = False      # a long operation: answered with a task
 
@@ -305,11 +309,12 @@ def run(engine: Engine, task_id: str, name: str,
         raise exception.InvalidRequest(reason='%s is not a task operation'
                                        % name)
     args = op.bind(params)
+    own, opts = options.split(args)
     method = getattr(engine, op.engine_method)
     started = time.monotonic()
     try:
         with engine.task(task_id) as progress:
-            result = method(progress, **args)
+            result = method(progress, **own, options=opts)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise exception.NoSpace(path=args.get('dst')) from None

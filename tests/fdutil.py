@@ -42,14 +42,17 @@ def engine_compress(src: str, dst: str, settings, policy,
     """The compress operation of a fresh Engine (paths first, like the
     functions the tests were written against)."""
     from accel_daemon.engine.engine import Engine
+    from accel_daemon.options import Options
+    kwargs.setdefault('checksum', True)      # compress's default
     return Engine(settings, policy).compress(progress or Progress(), src,
-                                             dst, **kwargs)
+                                             dst, Options(**kwargs))
 
 
 def engine_decompress(src: str, dst: str, settings, policy,
                       progress: Progress | None = None, max_bytes=None,
                       checksum: bool = False) -> dict:
     from accel_daemon.engine.engine import Engine
+    from accel_daemon.options import Options
     return Engine(settings, policy).decompress(
-        progress or Progress(), src, dst, max_bytes=max_bytes,
-        checksum=checksum)
+        progress or Progress(), src, dst,
+        Options(max_bytes=max_bytes, checksum=checksum))

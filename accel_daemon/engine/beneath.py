@@ -89,8 +89,11 @@ def split(conf: paths.Confinement, path: str) -> tuple[str, str]:
             prefix = base.rstrip(os.sep) + os.sep
             if norm.startswith(prefix):
                 return real, norm[len(prefix):] + slash
-    raise exception.PathNotAllowed(path=path,
-                                   reason='outside the allowed directories')
+    # The same answer for every name outside, whether it exists or not
+    # (nothing was looked up), devices the patterns do not name included.
+    raise exception.PathNotAllowed(
+        path=path, reason='outside the allowed directories and '
+                          'allowed_block_devices')
 
 
 def open_dir(real: str) -> int:

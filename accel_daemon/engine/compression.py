@@ -32,6 +32,7 @@ from accel_daemon.engine.settings import Settings
 from accel_daemon.engine import sparse
 from accel_daemon.engine import throttle
 from accel_daemon import exception
+from accel_daemon.options import Options
 from accel_daemon import records
 
 LOG = logging.getLogger(__name__)
@@ -159,15 +160,14 @@ def decoder_for(drivers: dict[str, base.Compressor],
 
 
 def compress_fds(comp: base.Compressor, src_fd: int, out_fd: int,
-                 progress: Progress, level: int | None = None,
-                 checksum: bool = True,
-                 bps_limit: int | None = None) -> records.Result:
-    """Compress ``src_fd`` into the empty file ``out_fd``, reading at most
-    ``bps_limit`` bytes per second."""
+                 progress: Progress, opts: Options) -> records.Result:
+    """Compress ``src_fd`` into the empty file ``out_fd`` (``opts``:
+    level, checksum, reading at most ``bps_limit`` bytes per second)."""
     started = time.monotonic()
+    checksum = opts.checksum
     # Only given when set: a driver without limits still compresses.
-    paced = {'bps_limit': bps_limit} if bps_limit else {}
-    stats = comp.compress(src_fd, out_fd, progress, level=level,
+    paced = {'bps_limit': opts.bps_limit} if opts.bps_limit else {}
+    stats = comp.compress(src_fd, out_fd, progress, level=opts.level,
                           digest=checksum, **paced)
     digest = stats.sha256
     if checksum and digest is None:
@@ -182,23 +182,21 @@ def compress_fds(comp: base.Compressor, src_fd: int, out_fd: int,
 
 def decompress_fds(drivers: dict[str, base.Compressor], src: files.Opened,
                    out_fd: int, limit: int, progress: Progress,
-                   checksum: bool = False, sparse_out: bool = True,
-                   bps_limit: int | None = None) -> records.Result:
+                   opts: Options) -> records.Result:
     """Decompress ``src`` into the empty file ``out_fd``, capped at
-    ``limit`` bytes, sparse unless ``sparse_out`` is False (every zero
-    written).  ``checksum`` hashes the logical output (off by default:
-    hashing every zero of a sparse image costs more than decompressing
-    it).  ``bps_limit`` paces the decompressed bytes."""
+    ``limit`` bytes, sparse unless ``opts.sparse`` is False (every zero
+    written).  ``opts.checksum`` hashes the logical output (off by
+    default: hashing every zero of a sparse image costs more than
+    decompressing it).  ``opts.bps_limit`` paces the decompressed bytes."""
     started = time.monotonic()
     cpu_started = time.thread_time()
     fmt = detect_format(src)
     decoder = decoder_for(drivers, fmt)
-    hasher = hashlib.sha256() if checksum else None
+    hasher = hashlib.sha256() if opts.checksum else None
     with decoder.open_decompressed(src.fd, progress) as stream:
-        total = sparse.copy_capped(stream, out_fd, limit=limit,
-                                   progress=progress, name=src.name,
-                                   hasher=hasher, sparse=sparse_out,
-                                   pacer=throttle.pacer(bps_limit, progress))
+        total = sparse.copy_capped(stream, out_fd, sparse.Flow(
+            limit, src.name, progress, sparse=opts.sparse, hasher=hasher,
+            pacer=throttle.pacer(opts.bps_limit, progress)))
     cpu = time.thread_time() - cpu_started + stream.cpu_seconds
     return {'size': total,
             'sha256': hasher.hexdigest() if hasher else None,
@@ -218,18 +216,15 @@ def decompress_limit(settings: Settings, max_bytes: int | None) -> int:
 # --- the public operations ---------------------------------------------------
 def compress(ctx: Context, drivers: dict[str, base.Compressor],
              progress: Progress, src: str, dst: str,
-             driver: str | None = None, level: int | None = None,
-             format: str = base.GZIP, checksum: bool = True,
-             replace: bool = False,
-             bps_limit: int | None = None) -> records.Result:
-    """Compress ``src`` to the new file ``dst`` with the best driver
-    (``replace``: over an existing one; ``src`` may be ``dst``)."""
-    comp = select(drivers, ctx.settings, format, driver)
+             opts: Options) -> records.Result:
+    """Compress ``src`` to the new file ``dst`` with the best driver, or
+    ``opts.driver`` (``opts.replace``: over an existing one; ``src`` may
+    be ``dst``)."""
+    comp = select(drivers, ctx.settings, opts.format, opts.driver)
     with ctx.open_source(src) as source, \
-            ctx.output(dst, replace=replace) as out:
+            ctx.output(dst, replace=opts.replace) as out:
         LOG.info('Compressing %s to %s with %s', source.real, dst, comp.name)
-        result = compress_fds(comp, source.fd, out.fd, progress, level,
-                              checksum, bps_limit)
+        result = compress_fds(comp, source.fd, out.fd, progress, opts)
         out.commit()
     result['output'] = dst
     return result
@@ -237,20 +232,18 @@ def compress(ctx: Context, drivers: dict[str, base.Compressor],
 
 def decompress(ctx: Context, drivers: dict[str, base.Compressor],
                progress: Progress, src: str, dst: str,
-               max_bytes: int | None = None, checksum: bool = False,
-               replace: bool = False,
-               bps_limit: int | None = None) -> records.Result:
+               opts: Options) -> records.Result:
     """Decompress ``src`` (gzip or zstd) to the new sparse file ``dst``.
 
     Block devices are refused as outputs (``Output`` without devices):
     holes would leave old data behind on a device.
     """
-    limit = decompress_limit(ctx.settings, max_bytes)
-    progress.set_total(limit if max_bytes else 0)
+    limit = decompress_limit(ctx.settings, opts.max_bytes)
+    progress.set_total(limit if opts.max_bytes else 0)
     with ctx.open_source(src) as source, \
-            ctx.output(dst, replace=replace) as out:
+            ctx.output(dst, replace=opts.replace) as out:
         result = decompress_fds(drivers, source, out.fd, limit, progress,
-                                checksum, bps_limit=bps_limit)
+                                opts)
         out.commit()
     result['output'] = dst
     return result

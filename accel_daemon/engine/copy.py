@@ -18,6 +18,7 @@ from accel_daemon.engine.context import Context
 from accel_daemon.engine.extents import data_extents
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import throttle
+from accel_daemon.options import Options
 from accel_daemon import records
 
 _STEP = 64 * 1024 * 1024
@@ -83,15 +84,14 @@ def sha256_fd(fd: int, progress: Progress | None = None) -> str:
 
 
 def copy_file(ctx: Context, progress: Progress, src: str, dst: str,
-              checksum: bool = False, replace: bool = False,
-              bps_limit: int | None = None) -> records.Result:
-    """Sparse copy of ``src`` to the new file ``dst`` (``replace``: over an
-    existing one)."""
+              opts: Options = Options()) -> records.Result:
+    """Sparse copy of ``src`` to the new file ``dst`` (``opts.replace``:
+    over an existing one)."""
     cpu = time.thread_time()
     with ctx.open_source(src) as source, \
-            ctx.output(dst, replace=replace) as out:
-        size = copy_fd(source.fd, out.fd, progress, bps_limit)
-        digest = sha256_fd(out.fd, progress) if checksum else None
+            ctx.output(dst, replace=opts.replace) as out:
+        size = copy_fd(source.fd, out.fd, progress, opts.bps_limit)
+        digest = sha256_fd(out.fd, progress) if opts.checksum else None
         out.commit()
     return {'output': dst, 'size': size, 'bytes_in': size, 'sha256': digest,
             'engine': 'copy_file_range', 'hardware': False,

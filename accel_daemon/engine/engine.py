@@ -34,6 +34,7 @@ from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
+from accel_daemon.options import Options
 from accel_daemon import records
 
 LOG = logging.getLogger(__name__)
@@ -141,60 +142,37 @@ class Engine:
         return removed
 
     # -- operations (see accel_daemon.operations for their arguments) -------
+    # Each takes what it works on, and how (``options``, built by
+    # ``accel_daemon.operations.run`` with the table's defaults).
     def compress(self, progress: Progress, src: str, dst: str,
-                 driver: str | None = None, level: int | None = None,
-                 format: str = base.GZIP, checksum: bool = True,
-                 replace: bool = False,
-                 bps_limit: int | None = None) -> records.Result:
+                 options: Options = Options(checksum=True)
+                 ) -> records.Result:
         return compression.compress(self.ctx, self.drivers, progress, src,
-                                    dst, driver=driver, level=level,
-                                    format=format, checksum=checksum,
-                                    replace=replace, bps_limit=bps_limit)
+                                    dst, options)
 
     def decompress(self, progress: Progress, src: str, dst: str,
-                   max_bytes: int | None = None,
-                   checksum: bool = False, replace: bool = False,
-                   bps_limit: int | None = None) -> records.Result:
+                   options: Options = Options()) -> records.Result:
         return compression.decompress(self.ctx, self.drivers, progress, src,
-                                      dst, max_bytes=max_bytes,
-                                      checksum=checksum, replace=replace,
-                                      bps_limit=bps_limit)
+                                      dst, options)
 
     def convert(self, progress: Progress, src: str, dst: str,
-                src_format: str, dst_format: str, compress: bool = False,
-                target_is_zero: bool = False, max_bytes: int | None = None,
-                checksum: bool = False, replace: bool = False,
-                bps_limit: int | None = None,
-                sparse: bool = True) -> records.Result:
+                src_format: str, dst_format: str,
+                options: Options = Options()) -> records.Result:
         return images.convert(self.ctx, progress, src, dst, src_format,
-                              dst_format, compress=compress,
-                              target_is_zero=target_is_zero,
-                              max_bytes=max_bytes, checksum=checksum,
-                              replace=replace, bps_limit=bps_limit,
-                              sparse=sparse)
+                              dst_format, options)
 
     def copy(self, progress: Progress, src: str, dst: str,
-             checksum: bool = False, replace: bool = False,
-             bps_limit: int | None = None) -> records.Result:
-        return copy.copy_file(self.ctx, progress, src, dst, checksum,
-                              replace=replace, bps_limit=bps_limit)
+             options: Options = Options()) -> records.Result:
+        return copy.copy_file(self.ctx, progress, src, dst, options)
 
     def upload(self, progress: Progress, src: str, dst: str,
                src_format: str, disk_format: str,
-               checksum: bool = True, replace: bool = False,
-               bps_limit: int | None = None) -> records.Result:
-        return pipelines.upload(self.ctx, self.drivers, progress, src, dst,
-                                src_format, disk_format, checksum=checksum,
-                                replace=replace, bps_limit=bps_limit)
+               options: Options = Options(checksum=True)) -> records.Result:
+        return pipelines.upload(self, progress, src, dst, src_format,
+                                disk_format, options)
 
     def download(self, progress: Progress, src: str, dst: str,
                  disk_format: str, dst_format: str,
-                 max_bytes: int | None = None,
-                 checksum: bool = False, replace: bool = False,
-                 bps_limit: int | None = None,
-                 sparse: bool = True) -> records.Result:
-        return pipelines.download(self.ctx, self.drivers, progress, src, dst,
-                                  disk_format, dst_format,
-                                  max_bytes=max_bytes, checksum=checksum,
-                                  replace=replace, bps_limit=bps_limit,
-                                  sparse=sparse)
+                 options: Options = Options()) -> records.Result:
+        return pipelines.download(self, progress, src, dst, disk_format,
+                                  dst_format, options)

@@ -36,6 +36,7 @@ from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
 from accel_daemon.engine import tooluser
 from accel_daemon import exception
+from accel_daemon.options import Options
 from accel_daemon import records
 
 LOG = logging.getLogger(__name__)
@@ -206,35 +207,30 @@ def _failed(result: process.Result) -> exception.ProcessFailed:
 
 # --- convert --------------------------------------------------------------
 def convert(ctx: Context, progress: Progress, src: str, dst: str,
-            src_format: str, dst_format: str, compress: bool = False,
-            target_is_zero: bool = False, max_bytes: int | None = None,
-            checksum: bool = False, replace: bool = False,
-            bps_limit: int | None = None, sparse: bool = True
-            ) -> records.Result:
+            src_format: str, dst_format: str,
+            opts: Options = Options()) -> records.Result:
     """Convert ``src`` into a new file ``dst`` or onto an allowed device.
 
     File outputs are unnamed until they are published (on success only);
     block devices (settings.allowed_block_devices) are written in place
     with -n, plus --target-is-zero when the caller guarantees the device
-    reads as zeros.  ``replace`` publishes over an existing regular file
-    (refused for a device: ``InvalidRequest``).  ``bps_limit`` is
-    qemu-img's -r, ``sparse=False`` its -S 0.
+    reads as zeros.  ``opts.replace`` publishes over an existing regular
+    file (refused for a device: ``InvalidRequest``).  ``opts.bps_limit``
+    is qemu-img's -r, ``opts.sparse=False`` its -S 0.
     """
     dst_fmt = qemu_img.output_format(dst_format, 'convert')
     with ctx.open_source(src) as source, \
-            ctx.output(dst, devices=True, replace=replace) as out:
-        if target_is_zero and not out.is_device:
+            ctx.output(dst, devices=True, replace=opts.replace) as out:
+        if opts.target_is_zero and not out.is_device:
             raise exception.InvalidRequest(
                 reason='target_is_zero is only valid for a block device '
                        'output')
-        if out.is_device and compress:
+        if out.is_device and opts.compress:
             raise exception.InvalidRequest(
                 reason='compressed output is only written to files')
         result = convert_fds(ctx, progress, source, out, src_format, dst_fmt,
-                             compress=compress, target_is_zero=target_is_zero,
-                             limit=image_limit(ctx.settings, max_bytes),
-                             bps_limit=bps_limit, sparse=sparse)
-        if checksum and not out.is_device:
+                             opts)
+        if opts.checksum and not out.is_device:
             result['sha256'] = copy.sha256_fd(out.fd, progress)
         out.commit()
     result['output'] = dst
@@ -242,24 +238,24 @@ def convert(ctx: Context, progress: Progress, src: str, dst: str,
 
 
 def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
-                out: files.Output, src_format: str, dst_format: str, *,
-                compress: bool = False, target_is_zero: bool = False,
-                limit: int | None = None, bps_limit: int | None = None,
-                sparse: bool = True) -> records.Result:
+                out: files.Output, src_format: str, dst_format: str,
+                opts: Options = Options()) -> records.Result:
     """Convert the opened ``src`` into the opened ``out`` (not published).
 
     ``src`` is inspected here whatever the caller did before (milliseconds,
     and it is the safety gate, so callers cannot forget it).  If the source
-    changes while this runs, the output is refused (``_unchanged``).
+    changes while this runs, the output is refused (``_unchanged``).  The
+    largest virtual size accepted is ``opts.max_bytes`` within the host's
+    (``image_limit``).
     """
     dst_fmt = qemu_img.output_format(dst_format, 'convert')
     before = src.identity()
+    limit = image_limit(ctx.settings, opts.max_bytes)
     found, src_info = inspect_source(ctx, src, src_format, limit)
     virtual_size = int(src_info['virtual-size'])
     progress.set_total(virtual_size)
     progress.check()
-    argv = _convert_argv(ctx.settings, src, out, found.format, dst_fmt,
-                         compress, target_is_zero, bps_limit, sparse)
+    argv = _convert_argv(ctx.settings, src, out, found.format, dst_fmt, opts)
     parser = qemu_img.ProgressParser()
     watch = _AllocationWatch(out, limit, progress)
 
@@ -362,11 +358,9 @@ def check_unchanged(src: files.Opened, before: tuple | None) -> None:
 
 
 def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
-                  src_fmt: str, dst_fmt: str, compress: bool,
-                  target_is_zero: bool, bps_limit: int | None = None,
-                  sparse: bool = True) -> list[str]:
-    return qemu_img.convert_cmd(
-        qemu_img.fd_arg(src.fd), qemu_img.fd_arg(out.fd), src_fmt, dst_fmt,
+                  src_fmt: str, dst_fmt: str, opts: Options) -> list[str]:
+    compress = opts.compress
+    flags = qemu_img.ConvertFlags(
         src_cache=source_cache_mode(src),
         dst_cache=target_cache_mode(out.fd, out.is_device),
         coroutines=settings.convert_coroutines,
@@ -380,8 +374,11 @@ def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
         # since 4.2.
         unordered=dst_fmt == 'raw' or out.is_device or compress,
         existing_target=out.is_device,
-        target_is_zero=target_is_zero, compress=compress, sparse=sparse,
-        rate_limit=bps_limit)
+        target_is_zero=opts.target_is_zero, compress=compress,
+        sparse=opts.sparse, rate_limit=opts.bps_limit)
+    return qemu_img.convert_cmd(qemu_img.fd_arg(src.fd),
+                                qemu_img.fd_arg(out.fd), src_fmt, dst_fmt,
+                                flags)
 
 
 def source_cache_mode(src: files.Opened) -> str:

@@ -17,8 +17,10 @@ output is ever published.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
+from typing import Protocol
 
 from accel_daemon.engine import compression
 from accel_daemon.engine.context import Context
@@ -31,18 +33,28 @@ from accel_daemon.engine.progress import Phase
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon import exception
+from accel_daemon.options import Options
 from accel_daemon import records
 
 
-def upload(ctx: Context, drivers: dict[str, base.Compressor],
-           progress: Progress, src: str, dst: str, src_format: str,
-           disk_format: str, checksum: bool = True,
-           replace: bool = False,
-           bps_limit: int | None = None) -> records.Result:
+class Parts(Protocol):
+    """What a pipeline uses of the engine running it (``Engine``)."""
+
+    @property
+    def ctx(self) -> Context: ...
+
+    @property
+    def drivers(self) -> dict[str, base.Compressor]: ...
+
+
+def upload(engine: Parts, progress: Progress, src: str, dst: str,
+           src_format: str, disk_format: str,
+           opts: Options) -> records.Result:
+    ctx = engine.ctx
     disk_format = qemu_img.output_format(disk_format, 'upload')
-    compressor = compression.select(drivers, ctx.settings)
+    compressor = compression.select(engine.drivers, ctx.settings)
     with ctx.open_source(src) as source, \
-            ctx.output(dst, replace=replace) as out:
+            ctx.output(dst, replace=opts.replace) as out:
         before = source.identity()
         found, _ = images.inspect_source(ctx, source, src_format,
                                          ctx.settings.max_image_bytes)
@@ -59,19 +71,15 @@ def upload(ctx: Context, drivers: dict[str, base.Compressor],
             # shared mmap with no trace in its times) is never published.
             _sound(ctx, source, found.format)
             packed = compression.compress_fds(compressor, source.fd, out.fd,
-                                              pack, checksum=checksum,
-                                              bps_limit=bps_limit)
+                                              pack, opts)
             images.check_unchanged(source, before)
             converted = False
         else:
             with out.sibling() as stage:
                 images.convert_fds(ctx, Phase(progress, 0, span), source,
-                                   stage, found.format, disk_format,
-                                   limit=ctx.settings.max_image_bytes,
-                                   bps_limit=bps_limit)
+                                   stage, found.format, disk_format, opts)
                 packed = compression.compress_fds(
-                    compressor, stage.fd, out.fd, pack, checksum=checksum,
-                    bps_limit=bps_limit)
+                    compressor, stage.fd, out.fd, pack, opts)
             converted = True
         out.commit()
     progress.set_done(2 * span)
@@ -91,16 +99,15 @@ def _sound(ctx: Context, source: files.Opened, fmt: str) -> None:
             % report['corruptions'])
 
 
-def download(ctx: Context, drivers: dict[str, base.Compressor],
-             progress: Progress, src: str, dst: str, disk_format: str,
-             dst_format: str, max_bytes: int | None = None,
-             checksum: bool = False, replace: bool = False,
-             bps_limit: int | None = None, sparse: bool = True
-             ) -> records.Result:
+def download(engine: Parts, progress: Progress, src: str, dst: str,
+             disk_format: str, dst_format: str,
+             opts: Options) -> records.Result:
+    ctx = engine.ctx
     disk_format = qemu_img.input_format(disk_format, 'download')
     dst_format = qemu_img.output_format(dst_format, 'download')
     on_device = ctx.confinement.device_name(dst)
-    if on_device and replace:
+    max_bytes, checksum = opts.max_bytes, opts.checksum
+    if on_device and opts.replace:
         # Refused before anything is read or written (see files.Output).
         raise exception.InvalidRequest(
             reason='replace is for file outputs, not block devices')
@@ -108,19 +115,21 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
     # sibling is): both may then replace an existing file.
     with ctx.open_source(src) as source, \
             ctx.output(stage_target(ctx, dst, on_device),
-                       replace=replace) as stage:
+                       replace=opts.replace) as stage:
         size = max(1, source.size)
         progress.set_total(2 * size)
         unpacked = compression.decompress_fds(
-            drivers, source, stage.fd,
+            engine.drivers, source, stage.fd,
             compression.decompress_limit(ctx.settings, max_bytes),
-            Phase(progress, 0, size), sparse_out=sparse,
-            bps_limit=bps_limit)
+            # The output's checksum is taken from what is published.
+            Phase(progress, 0, size), dataclasses.replace(opts,
+                                                          checksum=False))
         # Glance does not inspect 'compressed' containers: what came out
         # is untrusted and must pass inspection as the claimed format.
         inner = stage.as_source('the decompressed image (inside %s)' % src)
-        limit = images.image_limit(ctx.settings, max_bytes)
-        found, _ = images.inspect_source(ctx, inner, disk_format, limit)
+        found, _ = images.inspect_source(
+            ctx, inner, disk_format,
+            images.image_limit(ctx.settings, max_bytes))
         if _same_format(disk_format, dst_format) and not on_device:
             result: records.Result = {
                 'output': dst, 'size': os.fstat(stage.fd).st_size,
@@ -133,8 +142,7 @@ def download(ctx: Context, drivers: dict[str, base.Compressor],
                   else stage.sibling()) as out:
                 result = images.convert_fds(
                     ctx, Phase(progress, size, size), inner, out,
-                    disk_format, dst_format, limit=limit,
-                    bps_limit=bps_limit, sparse=sparse)
+                    disk_format, dst_format, opts)
                 if checksum and not out.is_device:
                     result['sha256'] = copy.sha256_fd(out.fd, progress)
                 out.commit()

@@ -14,6 +14,7 @@ holding a qcow2 header into a host file read, e.g. CVE-2024-32498).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -123,19 +124,34 @@ def measure_cmd(path: str, src_fmt: str, dst_fmt: str) -> list[str]:
             '--output=json', path]
 
 
-def convert_cmd(src: str, dst: str, src_fmt: str, dst_fmt: str, *,
-                src_cache: str, dst_cache: str, coroutines: int,
-                unordered: bool = False, existing_target: bool = False,
-                target_is_zero: bool = False,
-                compress: bool = False, sparse: bool = True,
-                rate_limit: int | None = None) -> list[str]:
-    """argv for ``qemu-img convert`` (always -p, -f, -O, -T, -t, -m, -S).
+@dataclasses.dataclass(frozen=True)
+class ConvertFlags:
+    """The flags of one ``qemu-img convert`` (``convert_cmd``).
 
     ``existing_target`` adds -n (write into a device or pre-created file
     instead of creating it); ``target_is_zero`` adds --target-is-zero, which
     qemu-img only accepts together with -n.  ``sparse=False`` gives -S 0
     (every zero written); ``rate_limit`` adds -r, in bytes per second.
     """
+    src_cache: str
+    dst_cache: str
+    coroutines: int
+    unordered: bool = False
+    existing_target: bool = False
+    target_is_zero: bool = False
+    compress: bool = False
+    sparse: bool = True
+    rate_limit: int | None = None
+
+
+def convert_cmd(src: str, dst: str, src_fmt: str, dst_fmt: str,
+                flags: ConvertFlags) -> list[str]:
+    """argv for ``qemu-img convert`` (always -p, -f, -O, -T, -t, -m, -S)."""
+    src_cache, dst_cache = flags.src_cache, flags.dst_cache
+    coroutines, rate_limit = flags.coroutines, flags.rate_limit
+    target_is_zero, existing_target = (flags.target_is_zero,
+                                       flags.existing_target)
+    compress, sparse = flags.compress, flags.sparse
     src_fmt = input_format(src_fmt, 'convert')
     dst_fmt = output_format(dst_fmt, 'convert')
     for mode in (src_cache, dst_cache):
@@ -160,7 +176,7 @@ def convert_cmd(src: str, dst: str, src_fmt: str, dst_fmt: str, *,
         raise exception.InvalidRequest(reason='-r must be at least 1')
     argv = [QEMU_IMG, 'convert', '-p', '-f', src_fmt, '-O', dst_fmt,
             '-T', src_cache, '-t', dst_cache]
-    if unordered:
+    if flags.unordered:
         argv.append('-W')
     argv += ['-m', str(int(coroutines)),
              '-S', SPARSE_SIZE if sparse else NO_SPARSE]

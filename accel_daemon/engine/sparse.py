@@ -12,6 +12,7 @@ image stays mostly unallocated.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Protocol
@@ -72,38 +73,47 @@ def _write_nonzero(out: directio.BlockWriter, buf: directio.AlignedBuffer,
         out.pwrite(view[run_start:length], offset + run_start, True)
 
 
-def copy_capped(stream: Readable, out_fd: int, *, limit: int,
-                progress: Progress | None = None, name: str = '',
-                sparse: bool = True, hasher: Any = None,
-                block_size: int = BLOCK_SIZE,
-                pacer: throttle.Pacer | None = None) -> int:
+@dataclasses.dataclass(frozen=True)
+class Flow:
+    """How bytes flow from a stream into an output (``copy_capped``):
+    at most ``limit`` bytes (``SizeLimitExceeded`` naming ``name``
+    beyond), cancelled through ``progress``, holes where zeros arrive
+    unless ``sparse`` is False, every byte shown to ``hasher``
+    (hashlib-like), the bytes read paced by ``pacer``."""
+    limit: int
+    name: str = ''
+    progress: Progress | None = None
+    sparse: bool = True
+    hasher: Any = None
+    pacer: throttle.Pacer | None = None
+
+
+def copy_capped(stream: Readable, out_fd: int, flow: Flow) -> int:
     """Copy ``stream`` to ``out_fd`` from offset 0; return the bytes copied.
 
-    Raises SizeLimitExceeded as soon as more than ``limit`` bytes arrive and
-    Cancelled when ``progress`` is cancelled.  With ``sparse`` zero segments
-    become holes (the file must start empty); without it every byte is
-    written (block devices).  ``hasher`` (hashlib-like) sees every byte.
-    ``pacer`` paces the bytes read from the stream (runs of zeros the
-    stream hands over as a count are holes: not paced).
+    Raises SizeLimitExceeded as soon as more than ``flow.limit`` bytes
+    arrive and Cancelled when ``flow.progress`` is cancelled.  With
+    ``flow.sparse`` zero segments become holes (the file must start empty);
+    without it every byte is written (block devices).  Runs of zeros the
+    stream hands over as a count are holes: not paced.
     """
-    buf = directio.AlignedBuffer(block_size)
+    buf = directio.AlignedBuffer(BLOCK_SIZE)
     out = directio.BlockWriter(out_fd)
     try:
-        total = _copy(stream, out, buf, limit, progress, name, sparse, hasher,
-                      pacer)
+        total = _copy(stream, out, buf, flow)
     finally:
         out.close()
         buf.close()
-    if sparse:
+    if flow.sparse:
         # Trailing zeros were skipped: set the length explicitly.
         os.ftruncate(out_fd, total)
     return total
 
 
 def _copy(stream: Readable, out: directio.BlockWriter,
-          buf: directio.AlignedBuffer, limit: int, progress: Progress | None,
-          name: str, sparse: bool, hasher: Any,
-          pacer: throttle.Pacer | None = None) -> int:
+          buf: directio.AlignedBuffer, flow: Flow) -> int:
+    limit, progress, name = flow.limit, flow.progress, flow.name
+    sparse, hasher, pacer = flow.sparse, flow.hasher, flow.pacer
     view = buf.view
     # Streams that know a run of zeros is next (members of zeros) hand it
     # over as a count: a hole, with nothing inflated, compared or written.

@@ -298,11 +298,10 @@ def test_rendered_filters_name_no_device(tmp_path, name):
         (out / entry).write_text(text)
     policy = CommandPolicy([str(out)], ('/usr/bin', '/bin'))
     for existing in (False, True):
-        argv = qemu_img.convert_cmd('/dev/fd/3', '/dev/fd/4', 'qcow2',
-                                    'raw', src_cache='writeback',
-                                    dst_cache='none', coroutines=8,
-                                    unordered=True,
-                                    existing_target=existing)
+        argv = qemu_img.convert_cmd(
+            '/dev/fd/3', '/dev/fd/4', 'qcow2', 'raw', qemu_img.ConvertFlags(
+                src_cache='writeback', dst_cache='none', coroutines=8,
+                unordered=True, existing_target=existing))
         assert policy.allows(argv)
         for i in (-1, -2):
             bad = list(argv)

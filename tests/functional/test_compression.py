@@ -151,7 +151,7 @@ def test_cli_decoder_pipe(env):
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
     try:
         with fdutil.decompressing(drv, packed, Progress()) as stream:
-            sparse.copy_capped(stream, fd, limit=1 << 30)
+            sparse.copy_capped(stream, fd, sparse.Flow(1 << 30))
     finally:
         os.close(fd)
     # The child's CPU is reported on the stream (per run), not the driver.

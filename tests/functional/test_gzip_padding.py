@@ -164,7 +164,7 @@ def test_cli_decoders_accept_zero_padding(env, packed, driver, pad):
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
     try:
         with fdutil.decompressing(drv, src, Progress()) as stream:
-            sparse.copy_capped(stream, fd, limit=1 << 30)
+            sparse.copy_capped(stream, fd, sparse.Flow(1 << 30))
     finally:
         os.close(fd)
     assert subprocess.run(['cmp', packed['raw'], out]).returncode == 0

@@ -13,6 +13,7 @@ from accel_daemon.engine import process
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon import exception
+from accel_daemon.options import Options
 from tests import envfixture
 from tests.functional import imagegen as gen
 
@@ -28,7 +29,7 @@ def qcow2(env):
 
 def convert(env, src, name, src_fmt, dst_fmt, progress=None, **kw):
     return images.convert(env.ctx, progress or Progress(), src,
-                          env.path(name), src_fmt, dst_fmt, **kw)
+                          env.path(name), src_fmt, dst_fmt, Options(**kw))
 
 
 def test_info(env, qcow2):
@@ -82,9 +83,9 @@ def test_unordered_writes_for_raw_and_compressed_qcow2(
     unordered = []
     real = qemu_img.convert_cmd
 
-    def spy(*args, **kwargs):
-        unordered.append(kwargs['unordered'])
-        return real(*args, **kwargs)
+    def spy(src, dst, src_fmt, dst_fmt, flags):
+        unordered.append(flags.unordered)
+        return real(src, dst, src_fmt, dst_fmt, flags)
     monkeypatch.setattr(images.qemu_img, 'convert_cmd', spy)
     convert(env, qcow2, 'o.raw', 'qcow2', 'raw')
     convert(env, qcow2, 'p.qcow2', 'qcow2', 'qcow2')
@@ -231,7 +232,7 @@ def test_convert_onto_zeroed_block_device(env, qcow2, loopdev):
     dev, backing = loopdev
     env = env.with_settings(allowed_block_devices=('/dev/loop*',))
     result = images.convert(env.ctx, Progress(), qcow2, dev, 'qcow2', 'raw',
-                            target_is_zero=True)
+                            Options(target_is_zero=True))
     assert result['output'] == dev and result['size'] == 64 * MiB
     assert gen.compare(qcow2, 'qcow2', backing, 'raw')
     assert os.listdir(env.images) == ['src.qcow2']

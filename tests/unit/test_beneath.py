@@ -82,8 +82,8 @@ def test_outside_existing_or_not_gets_one_answer(tree):
          'Path %s/out/* is a symbolic link or leaves the allowed '
          'directories' % allowed),
         (exception.PathNotAllowed,
-         'Path %s/* is not allowed: outside the allowed directories'
-         % outside)}
+         'Path %s/* is not allowed: outside the allowed directories and '
+         'allowed_block_devices' % outside)}
 
 
 def test_links_to_the_proc_magic_are_refused(tree):

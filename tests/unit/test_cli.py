@@ -27,6 +27,7 @@ from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon.manager.journal import Journal
 from accel_daemon.manager.tasks import TaskManager
+from accel_daemon.options import Options
 from accel_daemon.rpc import endpoint as rpc_endpoint
 from accel_daemon.rpc import rpcapi
 from accel_daemon.rpc import server as rpc_server
@@ -294,8 +295,9 @@ def test_local_compress_shows_the_task(tmp_path, monkeypatch):
     task = json.loads(out)
     assert engine.calls == [('compress', str(tmp_path / 'in.raw'),
                              str(tmp_path.parent / 'out.gz'),
-                             {'level': 3, 'format': 'zstd',
-                              'checksum': True, 'replace': False})]
+                             {'options': Options(level=3, format='zstd',
+                                                 checksum=True,
+                                                 replace=False)})]
     assert task['state'] == 'succeeded'
     assert task['result']['engine'] == 'isal'
     assert task['source'] == str(tmp_path / 'in.raw')

@@ -100,7 +100,7 @@ def test_decompress_stream_reads_foreign_gzip(env, tmp_path):
     out = tmp_path / 'out'
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
     with fdutil.decompressing(drv, src, Progress()) as stream:
-        sparse.copy_capped(stream, fd, limit=len(data))
+        sparse.copy_capped(stream, fd, sparse.Flow(len(data)))
     os.close(fd)
     assert out.read_bytes() == data
 
@@ -196,7 +196,7 @@ def test_bomb_of_zero_members_stops_at_cap_without_inflating(tmp_path):
                 raw, str(path), isal_driver.known_zero_members(chunk)), 'b')
             try:
                 with pytest.raises(exception.SizeLimitExceeded):
-                    sparse.copy_capped(reader, fd, limit=64 * MiB)
+                    sparse.copy_capped(reader, fd, sparse.Flow(64 * MiB))
             finally:
                 reader.close()
     finally:

@@ -45,7 +45,7 @@ _DAEMON_SIDE = ('accel_daemon.rpc', 'accel_daemon.manager',
 # The typed contract between the layers, and what sits above it.
 CONTRACT = ('accel_daemon.operations', 'accel_daemon.states',
             'accel_daemon.exception', 'accel_daemon.wire',
-            'accel_daemon.records')
+            'accel_daemon.records', 'accel_daemon.options')
 ABOVE_CONTRACT = ('accel_daemon.rpc', 'accel_daemon.manager',
                   'accel_daemon.privileged', 'accel_daemon.engine',
                   'accel_daemon.drivers', 'accel_daemon.conf',

@@ -16,6 +16,7 @@ import pytest
 from accel_daemon.engine.engine import Engine
 from accel_daemon import exception
 from accel_daemon.manager import backends
+from accel_daemon.options import Options
 from accel_daemon import privileged
 from accel_daemon.privileged import caps
 from accel_daemon.privileged import ops
@@ -102,10 +103,11 @@ def test_run_passes_checked_params_with_defaults(env, engine, backend):
     assert result.pop('wall_seconds') >= 0
     assert result == {'output': env.path('o'), 'size': 3, 'sha256': None,
                       'extents': [[0, 3]]}
-    # The operation table's defaults are filled in here, once.
+    # The operation table's defaults are filled in here, once, and travel
+    # as one Options value.
     assert engine.calls == [('compress', {
-        'src': src, 'dst': env.path('o'), 'format': 'gzip',
-        'checksum': True, 'replace': False})]
+        'src': src, 'dst': env.path('o'),
+        'options': Options(format='gzip', checksum=True, replace=False)})]
 
 
 @pytest.mark.parametrize('make_params, error', [

@@ -20,7 +20,8 @@ DST = '/dev/fd/6'
 def convert(**kw):
     args = dict(src_cache='writeback', dst_cache='none', coroutines=16)
     args.update(kw)
-    return qemu_img.convert_cmd(SRC, DST, 'qcow2', 'raw', **args)
+    return qemu_img.convert_cmd(
+        SRC, DST, 'qcow2', 'raw', qemu_img.ConvertFlags(**args))
 
 
 # --- formats ---------------------------------------------------------------
@@ -78,9 +79,10 @@ def test_convert_device_zeroed():
 
 
 def test_convert_compressed_qcow2():
-    argv = qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
-                                dst_cache='writeback', coroutines=4,
-                                compress=True)
+    argv = qemu_img.convert_cmd(
+        SRC, DST, 'raw', 'qcow2', qemu_img.ConvertFlags(
+            src_cache='none', dst_cache='writeback', coroutines=4,
+            compress=True))
     assert argv[argv.index('-O') + 1] == 'qcow2'
     assert argv[-3:] == ['-c', SRC, DST]
     assert '-W' not in argv
@@ -97,9 +99,10 @@ def test_convert_rate_limit_and_no_sparse():
                    target_is_zero=True, rate_limit=1)
     assert argv[-9:] == ['-m', '16', '-S', '4k', '-r', '1', '-n',
                          '--target-is-zero', SRC, DST][-9:]
-    argv = qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
-                                dst_cache='none', coroutines=4,
-                                compress=True, rate_limit=10 ** 6)
+    argv = qemu_img.convert_cmd(
+        SRC, DST, 'raw', 'qcow2', qemu_img.ConvertFlags(
+            src_cache='none', dst_cache='none', coroutines=4, compress=True,
+            rate_limit=10 ** 6))
     assert argv[-7:] == ['-S', '4k', '-r', '1000000', '-c', SRC, DST]
     # Neither given: the argv of before.
     assert '-r' not in convert() and convert()[-3:] == ['4k', SRC, DST]
@@ -121,9 +124,10 @@ def test_convert_refuses(kw):
 
 def test_convert_refuses_compressed_without_sparse():
     with pytest.raises(exception.InvalidRequest, match='sparse'):
-        qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
-                             dst_cache='none', coroutines=4, compress=True,
-                             sparse=False)
+        qemu_img.convert_cmd(
+            SRC, DST, 'raw', 'qcow2', qemu_img.ConvertFlags(
+                src_cache='none', dst_cache='none', coroutines=4,
+                compress=True, sparse=False))
 
 
 # --- parsers ---------------------------------------------------------------
@@ -265,43 +269,47 @@ def all_built_commands():
     yield qemu_img.measure_cmd(SRC, 'vmdk', 'qcow2')
     for fmt in qemu_img.OUTPUT_FORMATS:
         yield qemu_img.convert_cmd(
-            SRC, DST, 'vhdx', fmt, src_cache='none', dst_cache='writeback',
-            coroutines=1, unordered=fmt == 'raw')
+            SRC, DST, 'vhdx', fmt, qemu_img.ConvertFlags(
+                src_cache='none', dst_cache='writeback', coroutines=1,
+                unordered=fmt == 'raw'))
     yield convert(compress=False, unordered=True, coroutines=9)
     # Compressed qcow2: with -W, as images.convert builds it.
-    yield qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
-                               dst_cache='none', coroutines=16, compress=True,
-                               unordered=True)
+    yield qemu_img.convert_cmd(
+        SRC, DST, 'raw', 'qcow2', qemu_img.ConvertFlags(
+            src_cache='none', dst_cache='none', coroutines=16, compress=True,
+            unordered=True))
     for zero in (False, True):
         yield qemu_img.convert_cmd(
-            SRC, '/dev/fd/7', 'qcow2', 'raw', src_cache='none',
-            dst_cache='none', coroutines=16, unordered=True,
-            existing_target=True, target_is_zero=zero)
+            SRC, '/dev/fd/7', 'qcow2', 'raw', qemu_img.ConvertFlags(
+                src_cache='none', dst_cache='none', coroutines=16,
+                unordered=True, existing_target=True, target_is_zero=zero))
     # bps_limit (-r) on every shape, sparse=False (-S 0) where it applies.
     for rate in (1, 33554432, 2 ** 62):
         for sparse in (True, False):
             for fmt in ('raw', 'qcow2'):
                 yield qemu_img.convert_cmd(
-                    SRC, DST, 'raw', fmt, src_cache='none',
-                    dst_cache='none', coroutines=16,
-                    unordered=fmt == 'raw', sparse=sparse, rate_limit=rate)
+                    SRC, DST, 'raw', fmt, qemu_img.ConvertFlags(
+                        src_cache='none', dst_cache='none', coroutines=16,
+                        unordered=fmt == 'raw', sparse=sparse,
+                        rate_limit=rate))
             yield qemu_img.convert_cmd(
-                SRC, DST, 'qcow2', 'raw', src_cache='none',
-                dst_cache='none', coroutines=16, unordered=True,
-                existing_target=True, sparse=sparse)
+                SRC, DST, 'qcow2', 'raw', qemu_img.ConvertFlags(
+                    src_cache='none', dst_cache='none', coroutines=16,
+                    unordered=True, existing_target=True, sparse=sparse))
             yield qemu_img.convert_cmd(
-                SRC, DST, 'qcow2', 'raw', src_cache='none',
-                dst_cache='none', coroutines=16, unordered=True,
-                existing_target=True, sparse=sparse, rate_limit=rate)
+                SRC, DST, 'qcow2', 'raw', qemu_img.ConvertFlags(
+                    src_cache='none', dst_cache='none', coroutines=16,
+                    unordered=True, existing_target=True, sparse=sparse,
+                    rate_limit=rate))
         yield qemu_img.convert_cmd(
-            SRC, '/dev/fd/7', 'qcow2', 'vmdk', src_cache='none',
-            dst_cache='none', coroutines=16, unordered=True,
-            existing_target=True, target_is_zero=True, rate_limit=rate)
-        yield qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2',
-                                   src_cache='none', dst_cache='none',
-                                   coroutines=16, compress=True,
-                                   unordered=True,
-                                   rate_limit=rate)
+            SRC, '/dev/fd/7', 'qcow2', 'vmdk', qemu_img.ConvertFlags(
+                src_cache='none', dst_cache='none', coroutines=16,
+                unordered=True, existing_target=True, target_is_zero=True,
+                rate_limit=rate))
+        yield qemu_img.convert_cmd(
+            SRC, DST, 'raw', 'qcow2', qemu_img.ConvertFlags(
+                src_cache='none', dst_cache='none', coroutines=16,
+                compress=True, unordered=True, rate_limit=rate))
     yield convert(unordered=True, sparse=False)
 
 
@@ -348,9 +356,10 @@ def test_filters_allow_every_built_shape(policy):
     convert(unordered=True)[:-3] + ['0', '-r', SRC, DST],
     convert(unordered=True)[:-4] + ['-r', '1', '-S', '4k', SRC, DST],
     convert(unordered=True, rate_limit=5)[:-2] + ['-r', '5', SRC, DST],
-    qemu_img.convert_cmd(SRC, DST, 'raw', 'qcow2', src_cache='none',
-                         dst_cache='none', coroutines=16,
-                         compress=True)[:-4] + ['0', '-c', SRC, DST],
+    qemu_img.convert_cmd(
+        SRC, DST, 'raw', 'qcow2', qemu_img.ConvertFlags(
+            src_cache='none', dst_cache='none', coroutines=16,
+            compress=True))[:-4] + ['0', '-c', SRC, DST],
     convert(unordered=True, existing_target=True,
             target_is_zero=True)[:-5] + ['0', '-n', '--target-is-zero',
                                          SRC, DST],

@@ -40,7 +40,7 @@ def _copy(tmp_path, stream, **kw):
     path = tmp_path / 'out'
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        n = sparse.copy_capped(stream, fd, **kw)
+        n = sparse.copy_capped(stream, fd, sparse.Flow(**kw))
     finally:
         os.close(fd)
     return path, n
@@ -114,8 +114,8 @@ def test_non_sparse_writes_every_byte(tmp_path):
     path.write_bytes(b'\xff' * (2 * MiB))      # stale data, like a device
     fd = os.open(path, os.O_WRONLY)
     try:
-        sparse.copy_capped(io.BytesIO(bytes(2 * MiB)), fd, limit=2 * MiB,
-                           sparse=False)
+        sparse.copy_capped(io.BytesIO(bytes(2 * MiB)), fd,
+                           sparse.Flow(2 * MiB, sparse=False))
     finally:
         os.close(fd)
     assert path.read_bytes() == bytes(2 * MiB)

@@ -14,9 +14,13 @@ argument added to the table (or to one surface) silently goes nowhere:
   wrong argument is answered with InvalidRequest, not a TypeError), so it
   is checked by calling it: all the fields reach the task manager or the
   backend, under the operation's own name, and one more is refused;
-* ``Engine.<engine_method>``: its parameters, less ``progress``, are the
-  fields, and its defaults are the table's (``run()`` fills them in from
-  the table, so a different one in the Engine would be a lie);
+* ``Engine.<engine_method>``: a task operation's method takes what it
+  works on as parameters and how as one ``accel_daemon.options.Options``
+  (``options``): its parameters, less ``progress`` and ``options``, are
+  the fields that are no option, every other field is an ``Options``
+  field, and the defaults of both are the table's (``run()`` fills them in
+  from the table, so a different one in the Engine would be a lie); the
+  quick calls take the fields as parameters;
 * the ``accel-image`` command: the destinations of its parser, less those
   every command of its kind has, are the fields.
 """
@@ -24,6 +28,7 @@ argument added to the table (or to one surface) silently goes nowhere:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from typing import Any
 
@@ -36,6 +41,7 @@ from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon import operations
+from accel_daemon import options
 from accel_daemon.rpc import endpoint as ep
 from accel_daemon.rpc import rpcapi
 
@@ -196,19 +202,63 @@ def _engine_method(op: operations.Operation) -> Any:
     return getattr(Engine, op.engine_method or op.name)
 
 
+def _task_table(name: str) -> dict[str, operations.Operation]:
+    """The operation ``name`` as the Engine method sees it: its fields
+    that are no option."""
+    op = operations.OPERATIONS[name]
+    own = {n: f for n, f in op.fields.items() if n not in options.NAMES}
+    return {name: dataclasses.replace(op, fields=own)}
+
+
 @pytest.mark.parametrize('name', OPERATIONS)
 def test_engine_method_takes_the_fields(name):
     op = operations.OPERATIONS[name]
-    _agrees(_engine_method(op), operations.OPERATIONS, name, 'progress')
+    method = _engine_method(op)
+    if not op.task:
+        _agrees(method, operations.OPERATIONS, name, 'progress')
+        return
+    _agrees(method, _task_table(name), name, 'progress', 'options')
+    assert 'options' in _params(method, 'progress'), name
 
 
 @pytest.mark.parametrize('name', OPERATIONS)
 def test_engine_defaults_are_the_tables(name):
     op = operations.OPERATIONS[name]
     params = _params(_engine_method(op), 'progress')
+    given = params['options'].default if op.task else None
     for field_name, field in op.fields.items():
-        if field.default is not None:
+        if field.default is None:
+            continue
+        if op.task and field_name in options.NAMES:
+            assert getattr(given, field_name) == field.default, field_name
+        else:
             assert params[field_name].default == field.default, field_name
+
+
+def test_every_option_is_a_field_of_an_operation():
+    used = {n for op in operations.OPERATIONS.values() if op.task
+            for n in op.fields}
+    assert options.NAMES <= used
+
+
+def test_run_passes_the_options_as_one_value():
+    seen = {}
+
+    class Recording:
+        def task(self, task_id):
+            import contextlib
+            return contextlib.nullcontext(None)
+
+        def convert(self, progress, src, dst, src_format, dst_format,
+                    options):
+            seen.update(src=src, options=options)
+            return {'output': dst}
+
+    operations.run(Recording(), 't', 'convert', {
+        'src': '/srv/a', 'dst': '/srv/b', 'src_format': 'qcow2',
+        'dst_format': 'raw', 'bps_limit': 1048576, 'sparse': False})
+    assert seen == {'src': '/srv/a', 'options': options.Options(
+        bps_limit=1048576, sparse=False)}
 
 
 def test_every_task_operation_names_an_engine_method():

@@ -223,8 +223,8 @@ def test_copy_capped_paces_the_stream(tmp_path):
     fd = os.open(tmp_path / 'out', os.O_RDWR | os.O_CREAT, 0o600)
     try:
         wall, total = timed(sparse.copy_capped, io.BytesIO(data), fd,
-                            limit=32 * MiB,
-                            pacer=throttle.Pacer(16 * MiB))
+                            sparse.Flow(32 * MiB,
+                                        pacer=throttle.Pacer(16 * MiB)))
     finally:
         os.close(fd)
     assert total == 16 * MiB
@@ -239,9 +239,9 @@ def test_copy_capped_cancel_while_paced(tmp_path):
     started = time.monotonic()
     try:
         with pytest.raises(exception.Cancelled):
-            sparse.copy_capped(io.BytesIO(bytes(64 * MiB)), fd,
-                               limit=128 * MiB, progress=progress,
-                               pacer=throttle.Pacer(MiB, progress))
+            sparse.copy_capped(io.BytesIO(bytes(64 * MiB)), fd, sparse.Flow(
+                128 * MiB, progress=progress,
+                pacer=throttle.Pacer(MiB, progress)))
     finally:
         os.close(fd)
     assert time.monotonic() - started < 1.5   # one 1 MiB block: 1 s max
