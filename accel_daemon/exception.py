@@ -132,6 +132,12 @@ class Cancelled(AccelError):
     msg_fmt = "Operation cancelled"
 
 
+class RateLimitTooLow(InvalidRequest):
+    msg_fmt = ("bps_limit %(bps_limit)s is too low: the transfer cannot "
+               "end within the %(seconds)s seconds a task may take "
+               "([accel_daemon] command_timeout)")
+
+
 class CommandTimeout(AccelError):
     msg_fmt = ("Command %(command)s did not finish within %(timeout)s "
                "seconds and was killed")

@@ -52,8 +52,18 @@ OPTS = [
                     'raise it if you rely on that fallback for very large '
                     'images or write onto very slow storage. In-process '
                     'work (the isal driver) runs no command: [tasks] '
-                    'task_timeout bounds it. Related options: [tasks] '
-                    'task_timeout.'),
+                    'task_timeout bounds it, and a transfer paced by a '
+                    'request\'s bps_limit that could not end within this '
+                    'limit fails at once with RateLimitTooLow. Related '
+                    'options: [tasks] task_timeout, min_bps_limit.'),
+    cfg.IntOpt('min_bps_limit', default=1024 * 1024, min=1,
+               help='The lowest bps_limit (bytes per second) a request may '
+                    'ask for; a lower one is refused with InvalidRequest '
+                    'before any work starts, so a request cannot hold a '
+                    'worker for hours by asking for a trickle. Default 1 '
+                    'MiB/s; lower it if a caller\'s own limit (cinder\'s '
+                    'volume_copy_bps_limit) is lower. Related options: '
+                    'command_timeout.'),
     cfg.StrOpt('tool_user', default='accel-tools',
                help='System user the external tools (qemu-img, gzip, pigz, '
                     'igzip, zstd, qzip) run as. accel-daemon opens every file '

@@ -36,6 +36,7 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         exec_dirs=tuple(a.exec_dirs),
         output_file_mode=int(a.output_file_mode, 8),
         command_timeout=float(a.command_timeout) or None,
+        min_bps_limit=a.min_bps_limit,
         max_image_bytes=a.max_image_gib * 1024 ** 3,
         tool_user=a.tool_user or None,
         confine_tools=a.confine_tools,

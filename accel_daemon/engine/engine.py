@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from accel_daemon.engine import compression
@@ -68,8 +69,11 @@ class Engine:
     # -- control -----------------------------------------------------------
     @contextlib.contextmanager
     def task(self, task_id: str) -> Iterator[Progress]:
-        """The Progress of one run, reachable by task id while it runs."""
-        progress = Progress()
+        """The Progress of one run, reachable by task id while it runs; its
+        deadline is ``command_timeout`` from now (``engine.throttle``)."""
+        limit = self.settings.command_timeout
+        progress = Progress(deadline=(time.monotonic() + limit
+                                      if limit else None))
         with self._lock:
             if task_id in self._running:
                 raise exception.InvalidRequest(
@@ -141,38 +145,56 @@ class Engine:
                         ', '.join(removed))
         return removed
 
+    def admit(self, options: Options) -> Options:
+        """The options of a request, if this host serves them: a
+        ``bps_limit`` below ``min_bps_limit`` is refused before any work
+        starts (a trickle would hold a worker for hours)."""
+        floor = self.settings.min_bps_limit
+        if options.bps_limit is not None and options.bps_limit < floor:
+            raise exception.InvalidRequest(
+                reason='bps_limit %d is below this host\'s floor of %d '
+                       'bytes/s ([accel_daemon] min_bps_limit)'
+                       % (options.bps_limit, floor))
+        return options
+
     # -- operations (see accel_daemon.operations for their arguments) -------
     # Each takes what it works on, and how (``options``, built by
     # ``accel_daemon.operations.run`` with the table's defaults).
     def compress(self, progress: Progress, src: str, dst: str,
                  options: Options = Options(checksum=True)
                  ) -> records.Result:
+        options = self.admit(options)
         return compression.compress(self.ctx, self.drivers, progress, src,
                                     dst, options)
 
     def decompress(self, progress: Progress, src: str, dst: str,
                    options: Options = Options()) -> records.Result:
+        options = self.admit(options)
         return compression.decompress(self.ctx, self.drivers, progress, src,
                                       dst, options)
 
     def convert(self, progress: Progress, src: str, dst: str,
                 src_format: str, dst_format: str,
                 options: Options = Options()) -> records.Result:
+        options = self.admit(options)
         return images.convert(self.ctx, progress, src, dst, src_format,
                               dst_format, options)
 
     def copy(self, progress: Progress, src: str, dst: str,
              options: Options = Options()) -> records.Result:
+        options = self.admit(options)
         return copy.copy_file(self.ctx, progress, src, dst, options)
 
     def upload(self, progress: Progress, src: str, dst: str,
                src_format: str, disk_format: str,
                options: Options = Options(checksum=True)) -> records.Result:
+        options = self.admit(options)
         return pipelines.upload(self, progress, src, dst, src_format,
                                 disk_format, options)
 
     def download(self, progress: Progress, src: str, dst: str,
                  disk_format: str, dst_format: str,
                  options: Options = Options()) -> records.Result:
+        options = self.admit(options)
         return pipelines.download(self, progress, src, dst, disk_format,
                                   dst_format, options)

@@ -16,11 +16,15 @@ class Progress:
     may call ``cancel()``.  Long loops call ``check()`` so a cancel stops them.
     """
 
-    def __init__(self, total: int = 0) -> None:
+    def __init__(self, total: int = 0,
+                 deadline: float | None = None) -> None:
         self._lock = threading.Lock()
         self._done = 0
         self._total = total
         self._cancelled = threading.Event()
+        # time.monotonic() past which the run may not wait (a paced flow
+        # that would sleep beyond it fails instead: engine.throttle).
+        self.deadline = deadline
 
     @property
     def done(self) -> int:
@@ -82,7 +86,7 @@ class Phase(Progress):
     """
 
     def __init__(self, parent: Progress, start: int, span: int) -> None:
-        super().__init__(total=span)
+        super().__init__(total=span, deadline=parent.deadline)
         self._parent = parent
         self._start = start
         self._span = span

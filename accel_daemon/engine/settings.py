@@ -34,6 +34,8 @@ class Settings:
     max_image_bytes: int = 1024 ** 4
     # Wall-clock limit of every external command, seconds (None: none).
     command_timeout: float | None = 3 * 3600.0
+    # The lowest bps_limit a request may ask for (bytes per second).
+    min_bps_limit: int = 1024 * 1024
     # System user the external tools run as (None: as this process).
     tool_user: str | None = None
     # Every tool in a Landlock domain (engine.landlock); refused without it.

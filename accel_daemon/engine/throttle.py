@@ -18,6 +18,7 @@ from collections.abc import Callable
 import time
 
 from accel_daemon.engine.progress import Progress
+from accel_daemon import exception
 
 # How far behind its schedule a flow may fall and still catch up at full
 # speed (a slow disk, a long compression): more would let a stalled flow
@@ -59,7 +60,12 @@ class Pacer:
         self._due: float | None = None
 
     def pace(self, nbytes: int) -> None:
-        """Count ``nbytes`` moved; sleep until the limit allows them."""
+        """Count ``nbytes`` moved; sleep until the limit allows them.
+
+        A sleep that would end past the run's deadline
+        (``Progress.deadline``: the task's ``command_timeout``) raises
+        ``RateLimitTooLow`` at once instead: a limit so low that the
+        transfer cannot end in time holds no worker for hours."""
         if nbytes <= 0:
             return
         now = self._clock()
@@ -67,6 +73,10 @@ class Pacer:
                                                   now - self.burst)
         self._due = start + nbytes / self.bps
         delay = self._due - now
+        deadline = getattr(self._progress, 'deadline', None)
+        if deadline is not None and self._due > deadline:
+            raise exception.RateLimitTooLow(
+                bps_limit=self.bps, seconds=round(deadline - now))
         if delay > 0:
             self._wait(delay)
 

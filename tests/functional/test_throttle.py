@@ -19,6 +19,7 @@ from accel_daemon.engine.engine import Engine
 from accel_daemon.engine import paths
 from accel_daemon import exception
 from accel_daemon import operations
+from tests import envfixture
 from tests.functional import imagegen as gen
 
 MiB = 1024 * 1024
@@ -207,3 +208,38 @@ def test_sparse_false_with_compressed_output_is_refused(env, engine):
             src_format='raw', dst_format='qcow2', compress=True,
             sparse=False)
     assert not os.path.lexists(env.path('c.qcow2'))
+
+
+def test_a_limit_below_the_floor_is_refused_before_any_work(env, engine):
+    src = random_raw(env.path('in.raw'), MiB)
+    for kind, extra in (('compress', {}), ('copy', {}),
+                        ('convert', {'src_format': 'raw',
+                                     'dst_format': 'qcow2'})):
+        with pytest.raises(exception.InvalidRequest) as e:
+            run(engine, kind, src=src, dst=env.path('o'), bps_limit=1,
+                **extra)
+        assert "below this host's floor of 1048576" in e.value.message
+    assert os.listdir(env.images) == ['in.raw']
+
+
+@pytest.mark.parametrize('kind', ['compress', 'copy', 'decompress'])
+def test_a_paced_transfer_never_sleeps_past_its_deadline(tmp_path, kind):
+    """A worker is never held past command_timeout by a slow limit: the
+    paced copy fails as soon as its schedule passes the deadline, without
+    sleeping towards it."""
+    slow = envfixture.make_env(tmp_path, command_timeout=2.0)
+    src = random_raw(slow.path('in.raw'), 16 * MiB)
+    if kind == 'decompress':
+        with open(src, 'rb') as f, gzip.open(slow.path('in.gz'), 'wb') as g:
+            shutil.copyfileobj(f, g)
+        src = slow.path('in.gz')
+    params = {'src': src, 'dst': slow.path('o'), 'bps_limit': MiB}
+    if kind == 'compress':
+        params['driver'] = 'isal'
+    started = time.monotonic()
+    with pytest.raises(exception.RateLimitTooLow) as e:
+        operations.run(Engine(slow.settings, slow.policy), 't', kind, params)
+    assert time.monotonic() - started < 2.5
+    assert e.value.message.startswith('bps_limit 1048576 is too low')
+    assert not os.path.lexists(slow.path('o'))
+    assert paths.stray_temp_files(slow.images) == []

@@ -53,6 +53,19 @@ def test_each_step_waits_for_its_bytes():
     assert pacer.slept == pytest.approx(1.0)
 
 
+def test_no_sleep_reaches_past_the_deadline():
+    clock = FakeClock()
+    progress = Progress(deadline=101.0)         # one second from now
+    pacer = fake_pacer(1000, clock, progress=progress)
+    pacer.pace(500)
+    pacer.pace(400)
+    with pytest.raises(exception.RateLimitTooLow) as e:
+        pacer.pace(200)                         # due at 101.1
+    # Slept for what fits, not towards a deadline it cannot make.
+    assert clock.sleeps == pytest.approx([0.5, 0.4])
+    assert e.value.message.startswith('bps_limit 1000 is too low: ')
+
+
 def test_late_wake_ups_do_not_add_up():
     # Every sleep overshoots by 20 ms: the absolute schedule takes it back
     # from the next sleep, so 100 steps still take 10 s (+ one overshoot),
