@@ -125,3 +125,44 @@ def test_the_engine_confines_its_tools_unless_told_not_to(tmp_path):
     assert confined.policy.sandbox == landlock.Sandbox(('/dev/qat',))
     assert Context.create(Settings(confine_tools=False)).policy.sandbox \
         is None
+
+
+# Two confined children, as two tasks' tools: each in its own domain.
+_PEER = r'''
+import ctypes, errno, os, sys, time
+from accel_daemon.engine import landlock
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(38, 1, 0, 0, 0)
+landlock.confine([])
+if sys.argv[1] == 'wait':
+    print('ready', flush=True)
+    time.sleep(30)
+else:
+    other = int(sys.argv[2])
+    for what, act in (('signal', lambda: os.kill(other, 0)),
+                      ('ptrace', lambda: os.close(os.open(
+                          '/proc/%d/mem' % other, os.O_RDONLY)))):
+        try:
+            act()
+            print(what, 'ok')
+        except OSError as e:
+            print(what, errno.errorcode[e.errno])
+'''
+
+
+@pytest.mark.skipif(landlock.abi() < 6, reason='signal scoping: ABI 6')
+def test_one_tasks_tools_cannot_signal_or_trace_anothers():
+    victim = subprocess.Popen([sys.executable, '-c', _PEER, 'wait'],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert victim.stdout.readline() == 'ready\n'
+        seen = subprocess.run(
+            [sys.executable, '-c', _PEER, 'attack', str(victim.pid)],
+            capture_output=True, text=True, check=True).stdout.split('\n')
+        # Same uid (this test's): only the Landlock domains stand between.
+        assert seen[:2] == ['signal EPERM', 'ptrace EACCES'], seen
+        # Unconfined, the same process could do both.
+        os.kill(victim.pid, 0)
+    finally:
+        victim.kill()
+        victim.wait()
