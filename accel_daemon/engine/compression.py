@@ -194,9 +194,13 @@ def decompress_fds(drivers: dict[str, base.Compressor], src: files.Opened,
     decoder = decoder_for(drivers, fmt)
     hasher = hashlib.sha256() if opts.checksum else None
     with decoder.open_decompressed(src.fd, progress) as stream:
+        # Never more data than the target's file system can hold: a few
+        # MB of zstd inflate to a terabyte of non-zero bytes, which would
+        # fill it for every other user before the size cap is reached.
         total = sparse.copy_capped(stream, out_fd, sparse.Flow(
             limit, src.name, progress, sparse=opts.sparse, hasher=hasher,
-            pacer=throttle.pacer(opts.bps_limit, progress)))
+            pacer=throttle.pacer(opts.bps_limit, progress),
+            room=sparse.room(out_fd)))
     cpu = time.thread_time() - cpu_started + stream.cpu_seconds
     return {'size': total,
             'sha256': hasher.hexdigest() if hasher else None,

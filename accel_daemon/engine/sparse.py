@@ -51,8 +51,9 @@ def _fill(stream: Readable, view: memoryview) -> int:
 
 
 def _write_nonzero(out: directio.BlockWriter, buf: directio.AlignedBuffer,
-                   length: int, offset: int) -> None:
-    """Write the non-zero segments of buf[:length] at ``offset``.
+                   length: int, offset: int) -> int:
+    """Write the non-zero segments of buf[:length] at ``offset``; return
+    how many bytes were written.
 
     Zero segments are found with memcmp on the buffer in place (no copies);
     adjacent data segments are coalesced into one write.  The buffer is
@@ -61,31 +62,46 @@ def _write_nonzero(out: directio.BlockWriter, buf: directio.AlignedBuffer,
     """
     view = buf.view
     run_start = None
+    written = 0
     for pos in range(0, length, SEGMENT_SIZE):
         end = min(length, pos + SEGMENT_SIZE)
         if buf.is_zero(pos, end):
             if run_start is not None:
                 out.pwrite(view[run_start:pos], offset + run_start, True)
+                written += pos - run_start
                 run_start = None
         elif run_start is None:
             run_start = pos
     if run_start is not None:
         out.pwrite(view[run_start:length], offset + run_start, True)
+        written += length - run_start
+    return written
 
 
 @dataclasses.dataclass(frozen=True)
 class Flow:
     """How bytes flow from a stream into an output (``copy_capped``):
     at most ``limit`` bytes (``SizeLimitExceeded`` naming ``name``
-    beyond), cancelled through ``progress``, holes where zeros arrive
-    unless ``sparse`` is False, every byte shown to ``hasher``
-    (hashlib-like), the bytes read paced by ``pacer``."""
+    beyond) of which at most ``room`` written as data, cancelled through
+    ``progress``, holes where zeros arrive unless ``sparse`` is False,
+    every byte shown to ``hasher`` (hashlib-like), the bytes read paced by
+    ``pacer``."""
     limit: int
     name: str = ''
     progress: Progress | None = None
     sparse: bool = True
     hasher: Any = None
     pacer: throttle.Pacer | None = None
+    # Bytes of data (not holes) the output may take: the room its file
+    # system has (``room``); None: no such cap.
+    room: int | None = None
+
+
+def room(fd: int, margin: int = 64 * 1024 * 1024) -> int:
+    """What the file system holding ``fd`` can still take, less a
+    ``margin`` for everything else on it (at least 0)."""
+    st = os.fstatvfs(fd)
+    return max(0, st.f_bavail * st.f_frsize - margin)
 
 
 def copy_capped(stream: Readable, out_fd: int, flow: Flow) -> int:
@@ -114,6 +130,7 @@ def _copy(stream: Readable, out: directio.BlockWriter,
           buf: directio.AlignedBuffer, flow: Flow) -> int:
     limit, progress, name = flow.limit, flow.progress, flow.name
     sparse, hasher, pacer = flow.sparse, flow.hasher, flow.pacer
+    written = 0
     view = buf.view
     # Streams that know a run of zeros is next (members of zeros) hand it
     # over as a count: a hole, with nothing inflated, compared or written.
@@ -140,8 +157,11 @@ def _copy(stream: Readable, out: directio.BlockWriter,
             hasher.update(view[:n])
         if not sparse:
             out.pwrite(view[:n], total, True)
+            written += n
         elif not buf.is_zero(0, n):
-            _write_nonzero(out, buf, n, total)
+            written += _write_nonzero(out, buf, n, total)
+        if flow.room is not None and written > flow.room:
+            raise exception.SizeLimitExceeded(path=name, limit=flow.room)
         total += n
         if progress is not None:
             progress.set_done(total)
