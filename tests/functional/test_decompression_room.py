@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -72,3 +73,28 @@ def test_a_sparse_image_larger_than_the_free_space_fits(small):
                                            'dst': small.path('out.raw')})
     assert result['size'] == 513 * MiB > _free(small.images)
     assert os.stat(result['output']).st_blocks * 512 < 4 * MiB
+
+
+def test_a_cluster_bomb_stops_before_the_file_system_is_full(small):
+    """A qcow2 whose every cluster maps to one host cluster: a few KB
+    that qemu-img writes out as a fully allocated 1 GiB, within the 1 TiB
+    size cap; the output's file system (512 MiB here) stops it first."""
+    from tests.functional.reliability import bombs
+    subprocess.run(['mount', '-o', 'remount,size=512m', small.images],
+                   check=True)
+    src = small.path('bomb.qcow2')
+    with open(src, 'wb') as f:
+        f.write(bombs.qcow2_cluster_bomb(virtual_size=1024 * MiB))
+    free = _free(small.images)
+    with pytest.raises(exception.SizeLimitExceeded):
+        operations.run(Engine(small.settings, small.policy), 't',
+                       'convert', {'src': src, 'dst': small.path('o.raw'),
+                                   'src_format': 'qcow2',
+                                   'dst_format': 'raw'})
+    assert sorted(os.listdir(small.images)) == ['bomb.qcow2']
+    # The killed qemu-img's direct I/O still in flight holds the unnamed
+    # output for a moment after it is reaped.
+    deadline = time.monotonic() + 10
+    while _free(small.images) != free and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _free(small.images) == free
