@@ -308,10 +308,11 @@ class AccelClient:
                    checksum: bool | None = None,
                    replace: bool = False,
                    bps_limit: int | None = None,
+                   container: str | None = None,
                    context: Any = None) -> TaskHandle:
         return self._submit(context, lambda api: api.decompress(
             self.host, src, dst, max_bytes=max_bytes, checksum=checksum,
-            replace=replace, bps_limit=bps_limit))
+            replace=replace, bps_limit=bps_limit, container=container))
 
     def convert(self, src: str, dst: str, src_format: str, dst_format: str,
                 compress: bool = False, target_is_zero: bool = False,
@@ -350,11 +351,12 @@ class AccelClient:
                  replace: bool = False,
                  bps_limit: int | None = None,
                  sparse: bool | None = None,
+                 container: str | None = None,
                  context: Any = None) -> TaskHandle:
         return self._submit(context, lambda api: api.download(
             self.host, src, dst, disk_format, dst_format,
             max_bytes=max_bytes, checksum=checksum, replace=replace,
-            bps_limit=bps_limit, sparse=sparse))
+            bps_limit=bps_limit, sparse=sparse, container=container))
 
     # -- tasks --------------------------------------------------------------
     def task(self, task_id: str, context: Any = None) -> TaskHandle:

@@ -64,10 +64,12 @@ if TYPE_CHECKING:
 # The RPC API version: the endpoint serves it and the RPC client caps its
 # calls at it.  Bump the minor version with every new operation or argument
 # (``accel_daemon.rpc.rpcapi.AccelAPI`` keeps the history).
-API_VERSION = '1.2'
+API_VERSION = '1.3'
 
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 MAX_PATH = 4096
+# What a compressed container may say it holds.
+CONTAINERS = ('gzip', 'zstd')
 MAX_BYTES = 2 ** 62
 # Parameters of the RPC methods themselves: never an argument name.
 RESERVED = frozenset({'self', 'ctxt'})
@@ -88,6 +90,11 @@ def path(name: str, value: Any) -> None:
 def short_name(name: str, value: Any) -> None:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise _bad(name, 'must be a short name of letters, digits, _ . -')
+
+
+def container(name: str, value: Any) -> None:
+    if value not in CONTAINERS:
+        raise _bad(name, 'must be one of %s' % ', '.join(CONTAINERS))
 
 
 def boolean(name: str, value: Any) -> None:
@@ -190,6 +197,11 @@ _REPLACE = Field(boolean, required=False, default=False,
 # 1.2: cinder's volume_copy_bps_limit (per step of upload and download).
 _BPS_LIMIT = Field(integer(1, MAX_BYTES), required=False,
                    help='bandwidth limit, bytes per second')
+# 1.3: what the container says it is; the input's magic must agree (a
+# zstd stream where the image says gzip is refused, not decoded).
+_CONTAINER = Field(container, required=False,
+                   help='the compression the input must be: gzip or zstd '
+                        '(default: whichever its magic bytes show)')
 # 1.2: cinder's disable_sparse is sparse=False.
 _SPARSE = Field(boolean, required=False, default=True,
                 help='leave zeros as holes (default on); off writes every '
@@ -225,7 +237,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'src': _SRC, 'dst': _DST, 'max_bytes': _MAX_BYTES,
         # Off: hashing every zero of a sparse 8 GiB image costs ~5 s.
         'checksum': _checksum(False), 'replace': _REPLACE,
-        'bps_limit': _BPS_LIMIT},
+        'bps_limit': _BPS_LIMIT, 'container': _CONTAINER},
         'decompress, capped, sparse output',
         engine_method='decompress', task=True),
     Operation('convert', {
@@ -263,7 +275,8 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
             _FORMAT, help='claimed format of the image inside'),
         'dst_format': dataclasses.replace(_FORMAT, help='output format'),
         'max_bytes': _MAX_BYTES, 'checksum': _checksum(False),
-        'replace': _REPLACE, 'bps_limit': _BPS_LIMIT, 'sparse': _SPARSE},
+        'replace': _REPLACE, 'bps_limit': _BPS_LIMIT, 'sparse': _SPARSE,
+        'container': _CONTAINER},
         'decompress, inspect, convert (cinder download)',
         engine_method='download', task=True),
 )}

@@ -44,6 +44,9 @@ class Options:
     driver: str | None = None
     level: int | None = None
     format: str = 'gzip'
+    # decompress, download: the compression the input must be (None: as
+    # its magic bytes say).
+    container: str | None = None
 
 
 NAMES = frozenset(f.name for f in dataclasses.fields(Options))

@@ -191,6 +191,11 @@ def decompress_fds(drivers: dict[str, base.Compressor], src: files.Opened,
     started = time.monotonic()
     cpu_started = time.thread_time()
     fmt = detect_format(src)
+    if opts.container is not None and fmt != opts.container:
+        # A zstd stream where the image says gzip: decoded by nobody.
+        raise exception.CorruptInput(
+            path=src.name, reason='%s data where %s was announced'
+            % (fmt, opts.container))
     decoder = decoder_for(drivers, fmt)
     hasher = hashlib.sha256() if opts.checksum else None
     with decoder.open_decompressed(src.fd, progress) as stream:

@@ -117,6 +117,9 @@ class AccelAPI:
       bps_limit (a bandwidth limit, bytes per second) on the same six;
       sparse on convert and download.  Sent as 1.2 only when replace=True
       or bps_limit or sparse is given.
+    * 1.3 - container ('gzip' or 'zstd') on decompress and download: the
+      compression the input must be, refused (CorruptInput) when its magic
+      says otherwise.  Sent as 1.3 only when given.
 
     To add a method or an argument: bump the minor version of
     ``accel_daemon.operations.API_VERSION`` (the one constant the endpoint
@@ -205,9 +208,11 @@ class AccelAPI:
                    max_bytes: int | None = None,
                    checksum: bool | None = None,
                    replace: bool = False,
-                   bps_limit: int | None = None) -> records.Task:
+                   bps_limit: int | None = None,
+                   container: str | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
-                                bps_limit=('1.2', bps_limit))
+                                bps_limit=('1.2', bps_limit),
+                                container=('1.3', container))
         return self.call(host, 'decompress', version=version, src=src,
                          dst=dst, max_bytes=max_bytes, checksum=checksum,
                          **extra)
@@ -252,10 +257,12 @@ class AccelAPI:
                  checksum: bool | None = None,
                  replace: bool = False,
                  bps_limit: int | None = None,
-                 sparse: bool | None = None) -> records.Task:
+                 sparse: bool | None = None,
+                 container: str | None = None) -> records.Task:
         version, extra = _added(replace=('1.2', replace or None),
                                 bps_limit=('1.2', bps_limit),
-                                sparse=('1.2', sparse))
+                                sparse=('1.2', sparse),
+                                container=('1.3', container))
         return self.call(host, 'download', version=version, src=src,
                          dst=dst, disk_format=disk_format,
                          dst_format=dst_format, max_bytes=max_bytes,

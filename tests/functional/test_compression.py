@@ -324,3 +324,33 @@ def test_fallback_disabled_with_hardware(env, tmp_path):
     src, dst = make_image(env.path('vol.raw'), MiB), env.path('vol.gz')
     result = fdutil.engine_compress(src, dst, settings, policy, Progress())
     assert result['hardware'] is True
+
+
+@needs('zstd', 'gzip')
+@pytest.mark.parametrize('tool, container, accepted', [
+    ('zstd', 'gzip', False),     # a zstd stream where the image says gzip
+    ('gzip', 'zstd', False),
+    ('gzip', 'gzip', True),
+    ('zstd', 'zstd', True),
+])
+def test_decompress_takes_only_what_the_container_says(env, tool, container,
+                                                       accepted):
+    from accel_daemon.engine.engine import Engine
+    from accel_daemon import operations
+    image = make_image(env.path('in.raw'), 8 * MiB)
+    packed = env.path('in.packed')
+    with open(image, 'rb') as f, open(packed, 'wb') as g:
+        subprocess.run([tool, '-c'], stdin=f, stdout=g, check=True)
+    out = env.path('out.raw')
+    run = lambda: operations.run(  # noqa: E731
+        Engine(env.settings, env.policy), 't', 'decompress',
+        {'src': packed, 'dst': out, 'container': container})
+    if accepted:
+        run()
+        assert cmp(image, out)
+        return
+    with pytest.raises(exception.CorruptInput) as e:
+        run()
+    assert e.value.message.endswith('%s data where %s was announced'
+                                    % (tool, container))
+    nothing_left(env, out)

@@ -207,6 +207,38 @@ def test_replace_is_sent_as_1_2_only_when_true(client, daemon, src, backend,
     assert 'replace' not in params[off.id]
 
 
+@pytest.mark.parametrize('method, args, new, version', [
+    ('decompress', (), {'container': 'gzip'}, '1.3'),
+    ('download', ('raw', 'qcow2'), {'container': 'zstd'}, '1.3'),
+    ('download', ('raw', 'qcow2'), {'container': 'zstd', 'sparse': False},
+     '1.3'),
+])
+def test_1_3_arguments_are_sent_as_1_3_only_when_given(
+        client, daemon, src, backend, monkeypatch, method, args, new,
+        version):
+    sent = []
+    real = rpcapi.AccelAPI.call
+
+    def spy(self, host, name, version='1.0', **kwargs):
+        if name == method:
+            sent.append((version,
+                         {k: kwargs[k] for k in new if k in kwargs}))
+        return real(self, host, name, version=version, **kwargs)
+
+    monkeypatch.setattr(rpcapi.AccelAPI, 'call', spy)
+    plain = getattr(client, method)(src, out(daemon, 'p'), *args)
+    given = getattr(client, method)(src, out(daemon, 'g'), *args, **new)
+    for handle in (plain, given):
+        try:
+            handle.wait(timeout=10)
+        except exception.AccelError:
+            pass        # the stand-in backend's answer does not matter here
+    assert sent == [('1.0', {}), (version, new)]
+    params = {c[0]: c[2] for c in backend.calls}
+    assert {k: params[given.id][k] for k in new} == new
+    assert not set(new) & set(params[plain.id])
+
+
 @pytest.mark.parametrize('method, args, new', [
     ('compress', (), {'bps_limit': 1 << 20}),
     ('decompress', (), {'bps_limit': 1 << 20}),

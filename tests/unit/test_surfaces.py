@@ -107,7 +107,7 @@ def test_rpcapi_task_call_takes_the_fields(name):
 SAMPLES = {operations.path: '/srv/images/a', operations.short_name: 'raw',
            operations.boolean: False, operations.seconds: 1.0,
            operations.task_id: '9b2e1a3c-0d4f-4e6a-8b7c-1d2e3f4a5b6c',
-           operations.state: 'queued'}
+           operations.state: 'queued', operations.container: 'gzip'}
 
 
 def _sample(field: operations.Field) -> Any:
