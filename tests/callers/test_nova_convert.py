@@ -26,58 +26,28 @@ from nova.virt import images
 from accel_daemon.client import AccelClient
 from accel_daemon import exception
 from accel_daemon.integrations import nova as integration
+import convertcase
 import inprocess
 
-MIB = inprocess.MIB
-qemu_img = inprocess.qemu_img
+MIB = convertcase.MIB
+qemu_img = convertcase.qemu_img
 no_strings = inprocess.no_strings
 
 
-def setUpModule():
-    global DAEMON, HOST, ROOT, IMAGES, CONF, LIVE
-    DAEMON = inprocess.Daemon('nova-convert').start()
-    HOST, ROOT, IMAGES, CONF = (DAEMON.host, DAEMON.root, DAEMON.images,
-                                DAEMON.conf)
-    LIVE = DAEMON.client()
+setUpModule, tearDownModule = convertcase.module_fixture('nova-convert')
 
 
-def tearDownModule():
-    DAEMON.stop()
+class Base(convertcase.ConvertCase):
 
-
-class Base(unittest.TestCase):
-
-    def setUp(self):
-        patcher = mock.patch.object(integration._shared, 'client', LIVE)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        # Every call that falls back lands here, never in qemu-img.
-        self.recorder = mock.Mock(return_value=None)
-        patcher = mock.patch.object(integration, '_original_convert_image',
-                                    self.recorder)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-
-    def raw_image(self):
-        fd, path = tempfile.mkstemp(dir=IMAGES)
-        self.addCleanup(os.unlink, path)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(b'instance disk block\n' * 30000)
-            f.seek(3 * MIB)
-            f.write(b'tail')
-            f.truncate(4 * MIB)
-        return path
+    integration = integration
+    FILL = b'instance disk block\n'
 
     def dest(self, exists=False):
-        path = os.path.join(IMAGES, 'out-%s' % uuid.uuid4().hex[:8])
+        path = os.path.join(self.images, 'out-%s' % uuid.uuid4().hex[:8])
         if exists:
             open(path, 'wb').close()
         self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
         return path
-
-    def assertSameImage(self, a, fa, b, fb):
-        proc = qemu_img('compare', '-f', fa, '-F', fb, a, b)
-        self.assertEqual(0, proc.returncode, proc.stdout + proc.stderr)
 
 
 class Convert(Base):
@@ -100,16 +70,16 @@ class Convert(Base):
     def test_privsep_twin(self):
         raw = self.raw_image()
         qcow2 = self.dest()
-        with mock.patch.object(integration,
-                               '_original_privsep_convert_image') as orig:
+        with mock.patch.object(integration._privsep_convert_image,
+                               'func') as orig:
             integration.privsep_convert_image(raw, qcow2, 'raw', 'qcow2',
-                                              ROOT, True)
+                                              self.root, True)
         orig.assert_not_called()
         self.assertSameImage(raw, 'raw', qcow2, 'qcow2')
 
     def test_backing_file_is_unacceptable_and_writes_nothing(self):
         raw = self.raw_image()
-        qcow2 = os.path.join(IMAGES, 'backed-%s' % uuid.uuid4().hex[:8])
+        qcow2 = os.path.join(self.images, 'backed-%s' % uuid.uuid4().hex[:8])
         self.addCleanup(os.unlink, qcow2)
         proc = qemu_img('create', '-f', 'qcow2', '-b', raw, '-F', 'raw',
                         qcow2)
@@ -155,11 +125,11 @@ class Fallback(Base):
         self.assertFallsBack(raw, self.dest(), None, 'raw')
 
     def test_absent_daemon_goes_to_nova(self):
-        absent = AccelClient(CONF, host=HOST + '-absent')
+        absent = AccelClient(self.conf, host=self.host + '-absent')
         self.addCleanup(absent.close)
-        integration.register_opts(CONF)
-        CONF.set_override('probe_timeout', 0.5, group='accel_daemon_nova')
-        self.addCleanup(CONF.clear_override, 'probe_timeout',
+        integration.register_opts(self.conf)
+        self.conf.set_override('probe_timeout', 0.5, group='accel_daemon_nova')
+        self.addCleanup(self.conf.clear_override, 'probe_timeout',
                         group='accel_daemon_nova')
         raw, out = self.raw_image(), self.dest()
         with mock.patch.object(integration._shared, 'client', absent):
@@ -197,12 +167,28 @@ class Plumbing(unittest.TestCase):
     def test_install_keeps_the_original(self):
         original = images.convert_image
         self.assertIsNot(original, integration.convert_image)
-        with mock.patch.object(integration, '_original_convert_image',
+        with mock.patch.object(integration._convert_image, 'func',
                                None), \
                 mock.patch.object(images, 'convert_image', original):
             integration.install()
             self.assertIs(integration.convert_image, images.convert_image)
             self.assertIs(original, integration.original_convert_image())
+
+    def test_install_refuses_another_signature_and_uninstall_restores(self):
+        original = images.convert_image
+
+        def other(source, dest, in_format, out_format, run_as_root=False):
+            pass
+        with mock.patch.object(integration._convert_image, 'func', None), \
+                mock.patch.object(images, 'convert_image', other):
+            with self.assertRaisesRegex(RuntimeError, 'signature'):
+                integration.install()
+            self.assertIs(other, images.convert_image)
+        with mock.patch.object(integration._convert_image, 'func', None), \
+                mock.patch.object(images, 'convert_image', original):
+            integration.install()
+            integration.uninstall()
+            self.assertIs(original, images.convert_image)
 
     def test_errors_as_nova_wraps_qemu_img(self):
         args = {'src': '/a', 'dst': '/b', 'src_format': 'raw',
