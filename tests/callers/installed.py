@@ -166,3 +166,64 @@ def assert_used(case: unittest.TestCase, fallbacks: set[str]) -> None:
     case.assertNotIn(NO_ANSWER, fallbacks)
     sys.stderr.write('\nconvert_image fell back for: %s\n'
                      % '; '.join(sorted(fallbacks)))
+
+
+class Service:
+    """What differs between the ``installed_*`` targets: the caller's test
+    package, the integration, the command module whose ``install()`` the
+    console script runs, and the caller's function the integration
+    replaces (``module``, ``attribute``)."""
+
+    def __init__(self, prefix: str, test_package: str, integration: str,
+                 command: str, replaced: tuple[str, str],
+                 check: Callable[[unittest.TestCase, Any], None] = (
+                     lambda case, integration: None)) -> None:
+        self.prefix = prefix
+        self.test_package = test_package
+        self.integration = integration
+        self.command = command
+        self.replaced = replaced
+        self.check = check
+        self.daemon: inprocess.Daemon | None = None
+
+    def setup(self) -> None:
+        integration = importlib.import_module(self.integration)
+        self.daemon = start_daemon(self.prefix)
+        # The daemon is on oslo.messaging's fake transport: only a client
+        # built on it reaches it.
+        integration._shared.client = self.daemon.client()
+        importlib.import_module(self.command).install()
+
+    def live_cases(self) -> tuple[type[unittest.TestCase],
+                                  type[unittest.TestCase]]:
+        """The first and last checks around the caller's tests."""
+        service = self
+
+        class IntegrationIsLive(unittest.TestCase):
+            """The integration is in place and its daemon answers."""
+
+            def test_installed_and_answering(self) -> None:
+                integration = importlib.import_module(service.integration)
+                module, name = service.replaced
+                self.assertIs(getattr(importlib.import_module(module), name),
+                              integration.convert_image)
+                service.check(self, integration)
+                caps = integration.shared_client().capabilities()
+                assert service.daemon is not None
+                self.assertEqual(caps['allowed_dirs'],
+                                 [service.daemon.images])
+
+        class IntegrationWasUsed(IntegrationIsLive):
+            """Last: still live, and the caller's tests went through it."""
+
+            def test_used_and_never_without_an_answer(self) -> None:
+                integration = importlib.import_module(service.integration)
+                assert_used(self, integration._fallbacks_logged)
+
+        return IntegrationIsLive, IntegrationWasUsed
+
+    def suite(self, targets: tuple[str, ...],
+              expected: dict[str, tuple[str, str]]) -> unittest.TestSuite:
+        first, last = self.live_cases()
+        return suite(self.test_package, targets, expected, first, last,
+                     self.setup)
