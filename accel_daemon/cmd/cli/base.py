@@ -21,6 +21,7 @@ from cliff import lister
 from cliff import show
 
 from accel_daemon.cmd.cli import progress
+from accel_daemon.cmd.cli import usage
 from accel_daemon import exception
 from accel_daemon import operations
 from accel_daemon import records
@@ -360,8 +361,7 @@ class _GlobalOutput(display.DisplayCommandBase):
 
 
 def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from accel_daemon.cmd.cli import app
-    app.one_line_errors(parser)
+    usage.one_line_errors(parser)
     return parser
 
 
