@@ -83,16 +83,11 @@ _shared = common.SharedClient()
 _caps_cache = common.CapsCache(LOG)
 
 
-def shared_client() -> AccelClient:
-    """The client every call built without one uses: on cinder's global
-    configuration, made on first use."""
-    return _shared.get()
-
-
-def reset() -> None:
-    """Close and forget the shared client: the next call builds a new one
-    from cinder's configuration as it is then."""
-    _shared.reset()
+# The client every call built without one uses (on cinder's global
+# configuration, made on first use), and how to close and forget it so that
+# the next call builds a new one from the configuration as it is then.
+shared_client = _shared.get
+reset = _shared.reset
 
 
 def _cinder_error(action: str, src: str, dest: str,

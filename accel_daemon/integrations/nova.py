@@ -67,16 +67,11 @@ _fallback_log = common.FallbackLog(LOG, 'nova')
 _fallbacks_logged: set[str] = _fallback_log.logged
 
 
-def shared_client() -> AccelClient:
-    """The client every call built without one uses: on nova's global
-    configuration, made on first use."""
-    return _shared.get()
-
-
-def reset() -> None:
-    """Close and forget the shared client: the next call builds a new one
-    from nova's configuration as it is then."""
-    _shared.reset()
+# The client every call built without one uses (on nova's global
+# configuration, made on first use), and how to close and forget it so that
+# the next call builds a new one from the configuration as it is then.
+shared_client = _shared.get
+reset = _shared.reset
 
 
 def original_convert_image() -> Callable[..., None]:
