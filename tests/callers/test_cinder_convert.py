@@ -1,11 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """accel_daemon.integrations.cinder.convert_image, cinder 29's
-image_utils.convert_image on accel-daemon, against an in-process daemon.
-
-Runs in the cinder caller venv (tools/run-caller-tests.sh).  The daemon is
-the real RPC endpoint, TaskManager, LocalBackend and Engine on
-oslo.messaging's fake:// transport, with the shipped filters (qemu-img
-included) rewritten to its temporary allowed directory.
+image_utils.convert_image on accel-daemon, against an in-process daemon
+(see convertcase.py for the daemon).
 """
 
 import inspect
@@ -20,16 +16,12 @@ import uuid
 from cinder import exception as cinder_exception
 from cinder.image import image_utils
 
-from accel_daemon.client import AccelClient
 from accel_daemon.integrations import cinder as integration
 from accel_daemon.integrations import common
 import convertcase
-import inprocess
-
-MIB = convertcase.MIB
-qemu_img = convertcase.qemu_img
-no_strings = inprocess.no_strings
-
+from convertcase import MIB
+from convertcase import no_strings
+from convertcase import qemu_img
 
 setUpModule, tearDownModule = convertcase.module_fixture('cinder-convert')
 
@@ -107,19 +99,10 @@ class Convert(Base):
         self.assertEqual(0, os.path.getsize(out))
 
 
-class Fallback(Base):
+class Fallback(convertcase.FallbackCase, Base):
 
-    def assertFallsBack(self, *args, **kwargs):
-        integration.convert_image(*args, **kwargs)
-        self.recorder.assert_called_once()
-        call = self.recorder.call_args
-        got = inspect.signature(image_utils.convert_image).bind(
-            *call.args, **call.kwargs).arguments
-        want = inspect.signature(image_utils.convert_image).bind(
-            *args, **kwargs)
-        want.apply_defaults()
-        self.assertEqual(dict(want.arguments), dict(got))
-        self.recorder.reset_mock()
+    caller = image_utils
+    group = 'accel_daemon_cinder'
 
     def test_encryption_goes_to_cinder(self):
         raw, out = self.raw_image(), self.dest()
@@ -149,32 +132,14 @@ class Fallback(Base):
                              src_format='raw')
 
     def test_absent_daemon_goes_to_cinder(self):
-        self.conf.set_override('timeout', 1, group='accel_daemon_client')
-        absent = AccelClient(self.conf, host=self.host + '-absent')
-        self.conf.clear_override('timeout', group='accel_daemon_client')
-        self.addCleanup(absent.close)
-        integration.register_opts(self.conf)
-        self.conf.set_override('probe_timeout', 0.5,
-                               group='accel_daemon_cinder')
-        self.addCleanup(self.conf.clear_override, 'probe_timeout',
-                        group='accel_daemon_cinder')
         raw, out = self.raw_image(), self.dest()
-        with mock.patch.object(integration._shared, 'client', absent):
-            self.assertFallsBack(raw, out, 'qcow2', src_format='raw')
-            # Cached: the second call does not wait for the daemon again.
-            with mock.patch.object(absent, 'capabilities') as caps:
-                self.assertFallsBack(raw, out, 'qcow2', src_format='raw')
-            caps.assert_not_called()
+        self.assertAbsentDaemonFallsBack(raw, out, 'qcow2', src_format='raw')
 
     def test_each_reason_logged_once(self):
         raw, out = self.raw_image(), self.dest()
-        integration._fallbacks_logged.discard('out_subformat')
-        with self.assertLogs(integration.LOG, 'INFO') as logs:
-            for _ in range(3):
-                integration.convert_image(raw, out, 'vmdk', src_format='raw',
-                                          out_subformat='streamOptimized')
-        self.assertEqual(1, len(logs.records))
-        self.assertIn('out_subformat', logs.output[0])
+        self.assertLoggedOnce('out_subformat', raw, out, 'vmdk',
+                              src_format='raw',
+                              out_subformat='streamOptimized')
 
 
 class Plumbing(unittest.TestCase):
@@ -185,15 +150,7 @@ class Plumbing(unittest.TestCase):
             no_strings(inspect.signature(integration.convert_image)))
 
     def test_original_is_cinders_and_install_keeps_it(self):
-        original = image_utils.convert_image
-        self.assertIsNot(original, integration.convert_image)
-        with mock.patch.object(integration._convert_image, 'func',
-                               None), \
-                mock.patch.object(image_utils, 'convert_image', original):
-            integration.install()
-            self.assertIs(integration.convert_image,
-                          image_utils.convert_image)
-            self.assertIs(original, integration.original_convert_image())
+        convertcase.install_kept(self, integration, image_utils)
 
     def test_install_refuses_another_signature_and_changes_nothing(self):
         from cinder.image import accelerator
@@ -201,11 +158,7 @@ class Plumbing(unittest.TestCase):
         def other(source, dest, out_format, run_as_root=True):
             pass
         engines = list(accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST)
-        with mock.patch.object(integration._convert_image, 'func', None), \
-                mock.patch.object(image_utils, 'convert_image', other):
-            with self.assertRaisesRegex(RuntimeError, 'signature'):
-                integration.install()
-            self.assertIs(other, image_utils.convert_image)
+        convertcase.install_refused(self, integration, image_utils, other)
         self.assertEqual(engines,
                          accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST)
 

@@ -1,12 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """accel_daemon.integrations.nova.convert_image, nova 34's
 nova.virt.images.convert_image on accel-daemon, against an in-process
-daemon.
-
-Runs in the nova caller venv (tools/run-caller-tests.sh).  The daemon is
-the real RPC endpoint, TaskManager, LocalBackend and Engine on
-oslo.messaging's fake:// transport, with the shipped filters (qemu-img
-included) rewritten to its temporary allowed directory.
+daemon (see convertcase.py for the daemon).
 """
 
 import inspect
@@ -23,16 +18,11 @@ from nova import exception as nova_exception
 import nova.privsep.qemu
 from nova.virt import images
 
-from accel_daemon.client import AccelClient
 from accel_daemon import exception
 from accel_daemon.integrations import nova as integration
 import convertcase
-import inprocess
-
-MIB = convertcase.MIB
-qemu_img = convertcase.qemu_img
-no_strings = inprocess.no_strings
-
+from convertcase import no_strings
+from convertcase import qemu_img
 
 setUpModule, tearDownModule = convertcase.module_fixture('nova-convert')
 
@@ -94,19 +84,10 @@ class Convert(Base):
         self.recorder.assert_not_called()
 
 
-class Fallback(Base):
+class Fallback(convertcase.FallbackCase, Base):
 
-    def assertFallsBack(self, *args, **kwargs):
-        integration.convert_image(*args, **kwargs)
-        self.recorder.assert_called_once()
-        call = self.recorder.call_args
-        sig = inspect.signature(images.convert_image)
-        got = sig.bind(*call.args, **call.kwargs)
-        got.apply_defaults()
-        want = sig.bind(*args, **kwargs)
-        want.apply_defaults()
-        self.assertEqual(dict(want.arguments), dict(got.arguments))
-        self.recorder.reset_mock()
+    caller = images
+    group = 'accel_daemon_nova'
 
     def test_encryption_goes_to_nova(self):
         raw, out = self.raw_image(), self.dest()
@@ -125,29 +106,14 @@ class Fallback(Base):
         self.assertFallsBack(raw, self.dest(), None, 'raw')
 
     def test_absent_daemon_goes_to_nova(self):
-        absent = AccelClient(self.conf, host=self.host + '-absent')
-        self.addCleanup(absent.close)
-        integration.register_opts(self.conf)
-        self.conf.set_override('probe_timeout', 0.5, group='accel_daemon_nova')
-        self.addCleanup(self.conf.clear_override, 'probe_timeout',
-                        group='accel_daemon_nova')
         raw, out = self.raw_image(), self.dest()
-        with mock.patch.object(integration._shared, 'client', absent):
-            self.assertFallsBack(raw, out, 'raw', 'qcow2')
-            with mock.patch.object(absent, 'capabilities') as caps:
-                self.assertFallsBack(raw, out, 'raw', 'qcow2')
-            caps.assert_not_called()
+        self.assertAbsentDaemonFallsBack(raw, out, 'raw', 'qcow2')
 
     def test_each_reason_logged_once(self):
         raw, out = self.raw_image(), self.dest()
         enc = {'secret': 'pw', 'format': 'luks'}
-        integration._fallbacks_logged.clear()
-        with self.assertLogs(integration.LOG, 'INFO') as logs:
-            for _ in range(3):
-                integration.convert_image(raw, out, 'raw', 'luks',
-                                          dest_encryption=enc)
-        self.assertEqual(1, len(logs.records))
-        self.assertIn('encryption', logs.output[0])
+        self.assertLoggedOnce('encryption', raw, out, 'raw', 'luks',
+                              dest_encryption=enc)
 
 
 class Plumbing(unittest.TestCase):
@@ -165,25 +131,14 @@ class Plumbing(unittest.TestCase):
                 integration.privsep_convert_image)))
 
     def test_install_keeps_the_original(self):
-        original = images.convert_image
-        self.assertIsNot(original, integration.convert_image)
-        with mock.patch.object(integration._convert_image, 'func',
-                               None), \
-                mock.patch.object(images, 'convert_image', original):
-            integration.install()
-            self.assertIs(integration.convert_image, images.convert_image)
-            self.assertIs(original, integration.original_convert_image())
+        convertcase.install_kept(self, integration, images)
 
     def test_install_refuses_another_signature_and_uninstall_restores(self):
         original = images.convert_image
 
         def other(source, dest, in_format, out_format, run_as_root=False):
             pass
-        with mock.patch.object(integration._convert_image, 'func', None), \
-                mock.patch.object(images, 'convert_image', other):
-            with self.assertRaisesRegex(RuntimeError, 'signature'):
-                integration.install()
-            self.assertIs(other, images.convert_image)
+        convertcase.install_refused(self, integration, images, other)
         with mock.patch.object(integration._convert_image, 'func', None), \
                 mock.patch.object(images, 'convert_image', original):
             integration.install()
