@@ -35,12 +35,13 @@ an entry that names no test fails too.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import importlib
 import shutil
 import sys
 import tempfile
 import unittest
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import inprocess
 import run
@@ -168,23 +169,25 @@ def assert_used(case: unittest.TestCase, fallbacks: set[str]) -> None:
                      % '; '.join(sorted(fallbacks)))
 
 
+def _no_check(case: unittest.TestCase, integration: Any) -> None:
+    pass
+
+
+@dataclasses.dataclass
 class Service:
     """What differs between the ``installed_*`` targets: the caller's test
     package, the integration, the command module whose ``install()`` the
-    console script runs, and the caller's function the integration
-    replaces (``module``, ``attribute``)."""
+    console script runs, the caller's function the integration replaces
+    (``module``, ``attribute``), and a check of its own that the
+    integration is live."""
 
-    def __init__(self, prefix: str, test_package: str, integration: str,
-                 command: str, replaced: tuple[str, str],
-                 check: Callable[[unittest.TestCase, Any], None] = (
-                     lambda case, integration: None)) -> None:
-        self.prefix = prefix
-        self.test_package = test_package
-        self.integration = integration
-        self.command = command
-        self.replaced = replaced
-        self.check = check
-        self.daemon: inprocess.Daemon | None = None
+    prefix: str
+    test_package: str
+    integration: str
+    command: str
+    replaced: tuple[str, str]
+    check: Callable[[unittest.TestCase, Any], None] = _no_check
+    daemon: Optional[inprocess.Daemon] = None
 
     def setup(self) -> None:
         integration = importlib.import_module(self.integration)
