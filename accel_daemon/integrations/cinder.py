@@ -42,10 +42,7 @@ unchanged, to cinder's original function (see its docstring).
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
-import weakref
 from typing import Any, Callable, Optional
 
 from oslo_config import cfg
@@ -54,7 +51,6 @@ from accel_daemon.client import AccelClient
 from accel_daemon.conf import integrations as integrations_conf
 from accel_daemon import exception
 from accel_daemon.integrations import common
-from accel_daemon.integrations.common import is_device as _is_device
 
 LOG = logging.getLogger(__name__)
 
@@ -82,21 +78,16 @@ _AccelBase: Any = _accel_base()
 
 _lock = threading.Lock()
 _shared = common.SharedClient()
-# client -> (monotonic time of the answer, answer)
-_exist_cache: weakref.WeakKeyDictionary[AccelClient, tuple[float, bool]] = (
-    weakref.WeakKeyDictionary())
+# The daemon's capabilities, shared by DaemonAccel's probes and
+# convert_image (both ask with [accel_daemon_cinder]'s ttl and timeout).
+_caps_cache = common.CapsCache(LOG)
 
 
-def shared_client() -> AccelClient:
-    """The client every call built without one uses: on cinder's global
-    configuration, made on first use."""
-    return _shared.get()
-
-
-def reset() -> None:
-    """Close and forget the shared client: the next call builds a new one
-    from cinder's configuration as it is then."""
-    _shared.reset()
+# The client every call built without one uses (on cinder's global
+# configuration, made on first use), and how to close and forget it so that
+# the next call builds a new one from the configuration as it is then.
+shared_client = _shared.get
+reset = _shared.reset
 
 
 def _cinder_error(action: str, src: str, dest: str,
@@ -173,64 +164,42 @@ class DaemonAccel(_AccelBase):
     # -- helpers -------------------------------------------------------------
     def _probe(self) -> bool:
         client = self.client
-        now = time.monotonic()
-        with _lock:
-            cached = _exist_cache.get(client)
-        if cached is not None and now - cached[0] < self.exist_ttl:
-            return cached[1]
-        try:
-            caps = client.capabilities(timeout=self.probe_timeout)
-            exists = caps.get('default_driver') is not None
-            if not exists:
-                LOG.info('accel-daemon on %s has no compression driver',
-                         client.host)
-        except exception.AccelError as e:
-            LOG.info('accel-daemon on %s is not there: %s', client.host, e)
-            exists = False
-        with _lock:
-            _exist_cache[client] = (time.monotonic(), exists)
-        return exists
+        caps = _caps_cache.get(client, self.exist_ttl, self.probe_timeout)
+        if caps is None:
+            return False
+        if caps.get('default_driver') is None:
+            LOG.info('accel-daemon on %s has no compression driver',
+                     client.host)
+            return False
+        return True
 
     def _run(self, action: str, src: str, dest: str, submit: Any) -> None:
-        try:
-            submit().wait(timeout=self.task_timeout)
-        except exception.AccelError as e:
-            raise _cinder_error(action, src, dest, e) from e
-        except Exception as e:
-            # Not typed (a transport error oslo.messaging let through):
-            # still a failure of the daemon call, never a silent no-op.
-            err = exception.InternalError(
-                reason='%s: %s' % (type(e).__name__, e))
-            raise _cinder_error(action, src, dest, err) from e
+        common.run_task(
+            submit, lambda err: _cinder_error(action, src, dest, err),
+            timeout=self.task_timeout)
 
 
 # -- convert_image -----------------------------------------------------------
 
-# cinder's own image_utils.convert_image, kept before anything replaces it
-# (``install()``); resolved on first use otherwise.
-_original_convert_image: Optional[Callable[..., None]] = None
-_caps_cache = common.CapsCache(LOG)
 _fallback_log = common.FallbackLog(LOG, 'cinder')
 _fallbacks_logged: set[str] = _fallback_log.logged
-
-
-class _Fallback(Exception):
-    """Why a call goes to cinder's own convert_image."""
+_fallback = _fallback_log.fallback
 
 
 def original_convert_image() -> Callable[..., None]:
     """cinder's own ``image_utils.convert_image`` (never ours)."""
-    global _original_convert_image
-    with _lock:
-        if _original_convert_image is None:
-            from cinder.image import image_utils
-            func = image_utils.convert_image
-            if func is convert_image:
-                raise RuntimeError('cinder.image.image_utils.convert_image '
-                                   'was replaced before its original was '
-                                   'kept: use install()')
-            _original_convert_image = func
-        return _original_convert_image
+    return _convert_image.get()
+
+
+def _engines() -> list[str]:
+    """cinder's accelerator list, which ``ImageAccel`` reads each time it
+    is built (so it is changed in place)."""
+    from cinder.image import accelerator
+    engines = accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST
+    if not isinstance(engines, list):
+        raise RuntimeError('cinder.image.accelerator.'
+                           '_ACCEL_PATH_PREFERENCE_ORDER_LIST is not a list')
+    return engines
 
 
 def install() -> None:
@@ -238,13 +207,10 @@ def install() -> None:
     ``convert_image`` (keeping the original for the fallbacks) and put
     ``DaemonAccel`` first in cinder's accelerator list, before its QAT and
     gzip engines (which ``ImageAccel`` still picks when the daemon does not
-    answer).  Calling it again changes nothing."""
-    from cinder.image import accelerator
-    from cinder.image import image_utils
-    original_convert_image()
-    image_utils.convert_image = convert_image
-    # In place: ImageAccel reads the module's list each time it is built.
-    engines = accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST
+    answer).  Calling it again changes nothing; refused, changing
+    nothing, when cinder's function or list is not what it replaces."""
+    engines = _engines()
+    common.install(_convert_image)
     with _lock:
         if PATH not in engines:
             engines.insert(0, PATH)
@@ -252,19 +218,11 @@ def install() -> None:
 
 def uninstall() -> None:
     """Undo ``install()``: cinder's own convert_image and engine list."""
-    from cinder.image import accelerator
-    from cinder.image import image_utils
-    if image_utils.convert_image is convert_image:
-        image_utils.convert_image = original_convert_image()
-    engines = accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST
+    common.uninstall(_convert_image)
+    engines = _engines()
     with _lock:
         while PATH in engines:
             engines.remove(PATH)
-
-
-def _fallback(reason: str) -> _Fallback:
-    _fallback_log(reason)
-    return _Fallback(reason)
 
 
 def _capabilities(client: AccelClient) -> common.Caps:
@@ -322,7 +280,7 @@ def _plan(source: str, dest: str, out_format: str,
           src_passphrase_file: Optional[str], disable_sparse: bool,
           skip_create: bool,
           data: Any = None) -> tuple[AccelClient, dict[str, Any]]:
-    """The client and convert() arguments, or raise _Fallback."""
+    """The client and convert() arguments, or raise common.Fallback."""
     if cipher_spec or passphrase_file or src_passphrase_file:
         raise _fallback('encryption (cipher_spec, passphrase_file, '
                         'src_passphrase_file)')
@@ -342,55 +300,33 @@ def _plan(source: str, dest: str, out_format: str,
         if not src_format:
             raise _fallback('an unnamed source format (accel-daemon never '
                             'guesses)')
-    for path in (source, dest):
-        if not common.is_local_path(path):
-            raise _fallback('a path that is not a local absolute path '
-                            '(rbd: and other URIs)')
-    bps_limit = _bps_limit(throttle)
-    client = shared_client()
-    caps = _capabilities(client)
-    if caps is None:
-        raise _fallback('a daemon that does not answer')
-    refusal = common.device_refusal(caps, source, dest)
+    refusal = common.local_refusal('rbd: and other URIs', source, dest)
     if refusal:
         raise _fallback(refusal)
-    if not common.formats_known(caps, src_format, out_format):
-        raise _fallback('a format accel-daemon does not convert')
-    if not common.paths_allowed(caps, source, dest):
-        raise _fallback("paths outside the daemon's allowed directories")
-    args: dict[str, Any] = {
-        'src': source, 'dst': dest,
-        'src_format': src_format.lower(),
-        'dst_format': out_format.lower(),
-        # As cinder: compress only when image_compress_on_upload allows.
-        'compress': (bool(compress) and out_format.lower() == 'qcow2'
-                     and _compress_on_upload()),
-        # cinder pre-creates its file outputs (mkstemp); a device is
-        # written in place.
-        'replace': os.path.lexists(dest) and not _is_device(dest),
-        'bps_limit': bps_limit,
-        'sparse': False if disable_sparse else None,
-    }
+    bps_limit = _bps_limit(throttle)
+    client = shared_client()
+    refusal = common.daemon_refusal(_capabilities(client), source, dest,
+                                    src_format, out_format)
+    if refusal:
+        raise _fallback(refusal)
+    # As cinder: compress only when image_compress_on_upload allows.
+    args = common.convert_args(source, dest, src_format, out_format,
+                               bool(compress) and _compress_on_upload())
+    args.update(bps_limit=bps_limit,
+                sparse=False if disable_sparse else None)
     return client, args
 
 
 def _convert_error(err: exception.AccelError, args: dict[str, Any],
                    image_id: Optional[str]) -> Exception:
     from cinder import exception as cinder_exception
-    from oslo_concurrency import processutils
     error: Exception
     if isinstance(err, common.REFUSALS):
         error = cinder_exception.ImageUnacceptable(
             image_id=image_id or 'internal image', reason=str(err))
     else:
         # cinder's callers look for "No space left" in stderr.
-        error = processutils.ProcessExecutionError(
-            stderr=str(err),
-            cmd='accel-daemon convert %s (%s) -> %s (%s)' % (
-                args['src'], args['src_format'], args['dst'],
-                args['dst_format']),
-            description='accel-daemon error %s: %s' % (
-                type(err).__name__, err))
+        error = common.process_error(err, args)
     error.accel_error = err     # type: ignore[attr-defined]
     return error
 
@@ -442,7 +378,7 @@ def convert_image(source: str,
                              src_format, throttle, cipher_spec,
                              passphrase_file, compress, src_passphrase_file,
                              disable_sparse, skip_create, data)
-    except _Fallback:
+    except common.Fallback:
         return original_convert_image()(
             source, dest, out_format, out_subformat=out_subformat,
             src_format=src_format, run_as_root=run_as_root,
@@ -451,10 +387,11 @@ def convert_image(source: str,
             src_passphrase_file=src_passphrase_file, image_id=image_id,
             data=data, disable_sparse=disable_sparse,
             skip_create=skip_create)
-    try:
-        client.convert(**args).wait()
-    except exception.AccelError as e:
-        raise _convert_error(e, args, image_id) from e
-    except Exception as e:
-        err = exception.InternalError(reason='%s: %s' % (type(e).__name__, e))
-        raise _convert_error(err, args, image_id) from e
+    common.run_task(lambda: client.convert(**args),
+                    lambda err: _convert_error(err, args, image_id))
+
+
+# cinder's own image_utils.convert_image, kept before anything replaces it
+# (``install()``); resolved on first use otherwise.
+_convert_image = common.Original('cinder.image.image_utils', 'convert_image',
+                                 convert_image)

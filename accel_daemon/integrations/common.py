@@ -1,10 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Caller-independent helpers of the convert_image integrations.
 
-Used by ``accel_daemon.integrations.cinder`` and
-``accel_daemon.integrations.nova``: the daemon's capabilities with a
-cached answer, fallback reasons logged once, and the routing checks on
-paths (allowed directories, block devices).
+The skeleton ``accel_daemon.integrations.cinder`` and
+``accel_daemon.integrations.nova`` share, so that each keeps only its
+policy (which calls it sends, and the caller's errors): the caller's
+original functions, kept before they are replaced (``Original``), with a
+guarded install and an uninstall that restores them; the daemon's
+capabilities with a cached answer; fallback reasons logged once; the
+routing checks (local paths, allowed directories, block devices, formats);
+and the run of a task with its errors mapped to the caller's.
 
 Block devices (a volume attached over iSCSI or FC: ``/dev/sdX``,
 ``/dev/disk/by-path/...``, ``/dev/mapper/...``) go to the daemon when the
@@ -19,13 +23,15 @@ caller's own code.
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import inspect
 import logging
 import os
 import stat
 import threading
 import time
 import weakref
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from oslo_config import cfg
 
@@ -95,6 +101,10 @@ class CapsCache:
         return caps
 
 
+class Fallback(Exception):
+    """Why a call goes to the caller's own function."""
+
+
 class FallbackLog:
     """Logs each fallback reason once, at info."""
 
@@ -112,6 +122,84 @@ class FallbackLog:
             self._log.info("accel-daemon: convert_image falls back to %s's "
                            "qemu-img for %s (logged once)", self._caller,
                            reason)
+
+    def fallback(self, reason: str) -> Fallback:
+        """Log ``reason`` (once) and return the exception that sends the
+        call to the caller's own function."""
+        self(reason)
+        return Fallback(reason)
+
+
+def _shape(func: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    """Names, kinds and defaults of ``func``'s parameters (annotations
+    left out: a caller's may be strings or absent)."""
+    return [(p.name, p.kind, p.default)
+            for p in inspect.signature(func).parameters.values()]
+
+
+class Original:
+    """A function of the caller's (``module.name``) that ``replacement``
+    stands in for, kept before it is replaced so that the fallbacks and
+    ``uninstall()`` can reach it."""
+
+    def __init__(self, module: str, name: str,
+                 replacement: Callable[..., Any]) -> None:
+        self.module = module
+        self.name = name
+        self.replacement = replacement
+        self.func: Optional[Callable[..., Any]] = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return '%s.%s' % (self.module, self.name)
+
+    def _where(self) -> Any:
+        return importlib.import_module(self.module)
+
+    def get(self) -> Callable[..., Any]:
+        """The caller's own function (never the replacement)."""
+        with self._lock:
+            if self.func is None:
+                func = getattr(self._where(), self.name)
+                if func is self.replacement:
+                    raise RuntimeError('%r was replaced before its original '
+                                       'was kept: use install()' % self)
+                self.func = func
+            return self.func
+
+    def check(self) -> None:
+        """Refuse to replace a function whose parameters are not the
+        replacement's: another release of the caller would pass its
+        arguments to the wrong parameters, silently."""
+        func = self.get()
+        if _shape(func) != _shape(self.replacement):
+            raise RuntimeError('%r has the signature %s, not the %s this '
+                               'integration replaces' % (
+                                   self, inspect.signature(func),
+                                   inspect.signature(self.replacement)))
+
+    def replace(self) -> None:
+        setattr(self._where(), self.name, self.replacement)
+
+    def restore(self) -> None:
+        where = self._where()
+        if getattr(where, self.name) is self.replacement:
+            setattr(where, self.name, self.get())
+
+
+def install(*originals: Original) -> None:
+    """Check every function first, then replace them all: a caller whose
+    functions are not what we expect is left as it was."""
+    for original in originals:
+        original.check()
+    for original in originals:
+        original.replace()
+
+
+def uninstall(*originals: Original) -> None:
+    """Undo ``install()``: the caller's own functions again."""
+    for original in originals:
+        original.restore()
 
 
 def under(path: str, dirs: list[str]) -> bool:
@@ -182,3 +270,72 @@ def paths_allowed(caps: records.Capabilities, source: str, dest: str) -> bool:
     return (device_allowed(caps, source) or under(source, dirs)) and \
         (device_allowed(caps, dest) or
          under(os.path.dirname(dest) or '/', dirs))
+
+
+def local_refusal(uris: str, *paths: Any) -> Optional[str]:
+    """Why one of ``paths`` cannot go to the daemon as a local path
+    (``uris`` names the caller's usual ones), or None."""
+    for path in paths:
+        if not is_local_path(path):
+            return 'a path that is not a local absolute path (%s)' % uris
+    return None
+
+
+def daemon_refusal(caps: Caps, source: str, dest: str, src_format: str,
+                   dst_format: str) -> Optional[str]:
+    """Why the daemon that answered ``caps`` cannot take this conversion,
+    or None: the checks both callers make, in the same order."""
+    if caps is None:
+        return 'a daemon that does not answer'
+    refusal = device_refusal(caps, source, dest)
+    if refusal:
+        return refusal
+    if not formats_known(caps, src_format, dst_format):
+        return 'a format accel-daemon does not convert'
+    if not paths_allowed(caps, source, dest):
+        return "paths outside the daemon's allowed directories"
+    return None
+
+
+def convert_args(source: str, dest: str, src_format: str, dst_format: str,
+                 compress: bool) -> dict[str, Any]:
+    """The ``AccelClient.convert()`` arguments both callers send:
+    ``compress`` applies to qcow2 outputs only, and an existing file
+    ``dest`` (the callers pre-create theirs) is replaced, while a device
+    is written in place."""
+    return {
+        'src': source, 'dst': dest,
+        'src_format': src_format.lower(),
+        'dst_format': dst_format.lower(),
+        'compress': bool(compress) and dst_format.lower() == 'qcow2',
+        'replace': os.path.lexists(dest) and not is_device(dest),
+    }
+
+
+def process_error(err: exception.AccelError,
+                  args: dict[str, Any]) -> Exception:
+    """``err`` as the ``ProcessExecutionError`` of a failed qemu-img run:
+    the callers look for texts such as "No space left" in its stderr."""
+    from oslo_concurrency import processutils
+    return processutils.ProcessExecutionError(
+        stderr=str(err),
+        cmd='accel-daemon convert %s (%s) -> %s (%s)' % (
+            args['src'], args['src_format'], args['dst'],
+            args['dst_format']),
+        description='accel-daemon error %s: %s' % (type(err).__name__, err))
+
+
+def run_task(submit: Callable[[], Any],
+             error: Callable[[exception.AccelError], Exception],
+             timeout: Optional[float] = None) -> None:
+    """Submit a task and wait for it; any failure raises ``error()`` of
+    the typed accel-daemon error, never a silent no-op."""
+    try:
+        submit().wait(timeout=timeout)
+    except exception.AccelError as e:
+        raise error(e) from e
+    except Exception as e:
+        # Not typed (a transport error oslo.messaging let through): still
+        # a failure of the daemon call.
+        err = exception.InternalError(reason='%s: %s' % (type(e).__name__, e))
+        raise error(err) from e

@@ -42,8 +42,6 @@ The typed accel-daemon error stays reachable as ``accel_error`` and
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any, Callable, Optional
 
 from oslo_config import cfg
@@ -63,80 +61,39 @@ register_opts = integrations_conf.register_nova_opts
 list_opts = integrations_conf.list_nova_opts
 
 
-_lock = threading.Lock()
 _shared = common.SharedClient()
-# nova's own functions, kept before anything replaces them; resolved on
-# first use otherwise.
-_original_convert_image: Optional[Callable[..., None]] = None
-_original_privsep_convert_image: Optional[Callable[..., None]] = None
 _caps_cache = common.CapsCache(LOG)
 _fallback_log = common.FallbackLog(LOG, 'nova')
 _fallbacks_logged: set[str] = _fallback_log.logged
 
 
-class _Fallback(Exception):
-    """Why a call goes to nova's own function."""
-
-
-def shared_client() -> AccelClient:
-    """The client every call built without one uses: on nova's global
-    configuration, made on first use."""
-    return _shared.get()
-
-
-def reset() -> None:
-    """Close and forget the shared client: the next call builds a new one
-    from nova's configuration as it is then."""
-    _shared.reset()
+# The client every call built without one uses (on nova's global
+# configuration, made on first use), and how to close and forget it so that
+# the next call builds a new one from the configuration as it is then.
+shared_client = _shared.get
+reset = _shared.reset
 
 
 def original_convert_image() -> Callable[..., None]:
     """nova's own ``nova.virt.images.convert_image`` (never ours)."""
-    global _original_convert_image
-    with _lock:
-        if _original_convert_image is None:
-            from nova.virt import images
-            func = images.convert_image
-            if func is convert_image:
-                raise RuntimeError('nova.virt.images.convert_image was '
-                                   'replaced before its original was kept: '
-                                   'use install()')
-            _original_convert_image = func
-        return _original_convert_image
+    return _convert_image.get()
 
 
 def original_privsep_convert_image() -> Callable[..., None]:
     """nova's own ``nova.privsep.qemu.convert_image`` (never ours)."""
-    global _original_privsep_convert_image
-    with _lock:
-        if _original_privsep_convert_image is None:
-            import nova.privsep.qemu
-            func = nova.privsep.qemu.convert_image
-            if func is privsep_convert_image:
-                raise RuntimeError('nova.privsep.qemu.convert_image was '
-                                   'replaced before its original was kept')
-            _original_privsep_convert_image = func
-        return _original_privsep_convert_image
+    return _privsep_convert_image.get()
 
 
 def install() -> None:
     """Replace nova's ``nova.virt.images.convert_image`` with
-    ``convert_image``, keeping the original for the fallbacks."""
-    from nova.virt import images
-    original_convert_image()
-    images.convert_image = convert_image
+    ``convert_image``, keeping the original for the fallbacks; refused,
+    changing nothing, when nova's has other parameters."""
+    common.install(_convert_image)
 
 
 def uninstall() -> None:
     """Undo ``install()``: nova's own ``convert_image`` again."""
-    from nova.virt import images
-    if images.convert_image is convert_image:
-        images.convert_image = original_convert_image()
-
-
-def _fallback(reason: str) -> _Fallback:
-    _fallback_log(reason)
-    return _Fallback(reason)
+    common.uninstall(_convert_image)
 
 
 def _capabilities(client: AccelClient) -> common.Caps:
@@ -145,48 +102,32 @@ def _capabilities(client: AccelClient) -> common.Caps:
     return _caps_cache.get(client, opts.caps_cache_ttl, opts.probe_timeout)
 
 
+def _refusal(source: str, dest: str, in_format: Optional[str],
+             src_encryption: Any, dest_encryption: Any) -> Optional[str]:
+    """nova's own reasons to keep a call, before the daemon is asked."""
+    if in_format is None:
+        return "no input format (nova's own refusal)"
+    if src_encryption or dest_encryption:
+        return 'encryption (src_encryption, dest_encryption)'
+    return common.local_refusal('URIs', source, dest)
+
+
 def _plan(source: str, dest: str, in_format: Optional[str],
           out_format: str, compress: bool, src_encryption: Any,
           dest_encryption: Any) -> tuple[AccelClient, dict[str, Any]]:
-    """The client and convert() arguments, or raise _Fallback."""
-    if in_format is None:
-        raise _fallback("no input format (nova's own refusal)")
-    if src_encryption or dest_encryption:
-        raise _fallback('encryption (src_encryption, dest_encryption)')
-    for path in (source, dest):
-        if not common.is_local_path(path):
-            raise _fallback('a path that is not a local absolute path '
-                            '(URIs)')
-    client = shared_client()
-    caps = _capabilities(client)
-    if caps is None:
-        raise _fallback('a daemon that does not answer')
-    refusal = common.device_refusal(caps, source, dest)
+    """The client and convert() arguments, or raise common.Fallback."""
+    refusal = _refusal(source, dest, in_format, src_encryption,
+                       dest_encryption)
     if refusal:
-        raise _fallback(refusal)
-    if not common.formats_known(caps, in_format, out_format):
-        raise _fallback('a format accel-daemon does not convert')
-    if not common.paths_allowed(caps, source, dest):
-        raise _fallback("paths outside the daemon's allowed directories")
-    args: dict[str, Any] = {
-        'src': source, 'dst': dest,
-        'src_format': in_format.lower(),
-        'dst_format': out_format.lower(),
-        'compress': bool(compress) and out_format.lower() == 'qcow2',
-        'replace': os.path.lexists(dest) and not common.is_device(dest),
-    }
-    return client, args
-
-
-def _process_error(err: exception.AccelError,
-                   args: dict[str, Any]) -> Exception:
-    from oslo_concurrency import processutils
-    return processutils.ProcessExecutionError(
-        stderr=str(err),
-        cmd='accel-daemon convert %s (%s) -> %s (%s)' % (
-            args['src'], args['src_format'], args['dst'],
-            args['dst_format']),
-        description='accel-daemon error %s: %s' % (type(err).__name__, err))
+        raise _fallback_log.fallback(refusal)
+    assert in_format is not None
+    client = shared_client()
+    refusal = common.daemon_refusal(_capabilities(client), source, dest,
+                                    in_format, out_format)
+    if refusal:
+        raise _fallback_log.fallback(refusal)
+    return client, common.convert_args(source, dest, in_format, out_format,
+                                       compress)
 
 
 def _convert_error(err: exception.AccelError, args: dict[str, Any],
@@ -201,23 +142,19 @@ def _convert_error(err: exception.AccelError, args: dict[str, Any],
                                                  reason=str(err))
     elif wrap:
         msg = 'Unable to convert image to %(format)s: %(exp)s' % {
-            'format': args['dst_format'], 'exp': _process_error(err, args)}
+            'format': args['dst_format'],
+            'exp': common.process_error(err, args)}
         error = nova_exception.ImageUnacceptable(image_id=args['src'],
                                                  reason=msg)
     else:
-        error = _process_error(err, args)
+        error = common.process_error(err, args)
     error.accel_error = err     # type: ignore[attr-defined]
     return error
 
 
 def _run(client: AccelClient, args: dict[str, Any], wrap: bool) -> None:
-    try:
-        client.convert(**args).wait()
-    except exception.AccelError as e:
-        raise _convert_error(e, args, wrap) from e
-    except Exception as e:
-        err = exception.InternalError(reason='%s: %s' % (type(e).__name__, e))
-        raise _convert_error(err, args, wrap) from e
+    common.run_task(lambda: client.convert(**args),
+                    lambda err: _convert_error(err, args, wrap))
 
 
 def convert_image(source: str, dest: str, in_format: Optional[str],
@@ -233,7 +170,7 @@ def convert_image(source: str, dest: str, in_format: Optional[str],
     try:
         client, args = _plan(source, dest, in_format, out_format, compress,
                              src_encryption, dest_encryption)
-    except _Fallback:
+    except common.Fallback:
         return original_convert_image()(
             source, dest, in_format, out_format, run_as_root=run_as_root,
             compress=compress, src_encryption=src_encryption,
@@ -253,8 +190,16 @@ def privsep_convert_image(source: str, dest: str, in_format: Optional[str],
     try:
         client, args = _plan(source, dest, in_format, out_format, compress,
                              src_encryption, dest_encryption)
-    except _Fallback:
+    except common.Fallback:
         return original_privsep_convert_image()(
             source, dest, in_format, out_format, instances_path, compress,
             src_encryption=src_encryption, dest_encryption=dest_encryption)
     _run(client, args, wrap=False)
+
+
+# nova's own functions, kept before anything replaces them; resolved on
+# first use otherwise.
+_convert_image = common.Original('nova.virt.images', 'convert_image',
+                                 convert_image)
+_privsep_convert_image = common.Original(
+    'nova.privsep.qemu', 'convert_image', privsep_convert_image)

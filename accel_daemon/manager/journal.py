@@ -73,12 +73,20 @@ class JournalVersionError(RuntimeError):
     """The file was written by a newer accel-daemon (a newer schema)."""
 
 
+# The path of a journal kept in memory (sqlite's name for it): the tasks of
+# a process that runs them itself (``accel-image --local``) and ends with
+# them, so nothing is written to disk.
+MEMORY = ':memory:'
+
+
 class Journal:
-    """Tasks stored by id; ``accel_daemon.records.Task`` is their shape."""
+    """Tasks stored by id; ``accel_daemon.records.Task`` is their shape.
+    ``path`` is the sqlite file, or ``MEMORY``."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        _create_private(path)
+        if path != MEMORY:
+            _create_private(path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None)

@@ -35,12 +35,13 @@ an entry that names no test fails too.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import importlib
 import shutil
 import sys
 import tempfile
 import unittest
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import inprocess
 import run
@@ -166,3 +167,66 @@ def assert_used(case: unittest.TestCase, fallbacks: set[str]) -> None:
     case.assertNotIn(NO_ANSWER, fallbacks)
     sys.stderr.write('\nconvert_image fell back for: %s\n'
                      % '; '.join(sorted(fallbacks)))
+
+
+def _no_check(case: unittest.TestCase, integration: Any) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class Service:
+    """What differs between the ``installed_*`` targets: the caller's test
+    package, the integration, the command module whose ``install()`` the
+    console script runs, the caller's function the integration replaces
+    (``module``, ``attribute``), and a check of its own that the
+    integration is live."""
+
+    prefix: str
+    test_package: str
+    integration: str
+    command: str
+    replaced: tuple[str, str]
+    check: Callable[[unittest.TestCase, Any], None] = _no_check
+    daemon: Optional[inprocess.Daemon] = None
+
+    def setup(self) -> None:
+        integration = importlib.import_module(self.integration)
+        self.daemon = start_daemon(self.prefix)
+        # The daemon is on oslo.messaging's fake transport: only a client
+        # built on it reaches it.
+        integration._shared.client = self.daemon.client()
+        importlib.import_module(self.command).install()
+
+    def live_cases(self) -> tuple[type[unittest.TestCase],
+                                  type[unittest.TestCase]]:
+        """The first and last checks around the caller's tests."""
+        service = self
+
+        class IntegrationIsLive(unittest.TestCase):
+            """The integration is in place and its daemon answers."""
+
+            def test_installed_and_answering(self) -> None:
+                integration = importlib.import_module(service.integration)
+                module, name = service.replaced
+                self.assertIs(getattr(importlib.import_module(module), name),
+                              integration.convert_image)
+                service.check(self, integration)
+                caps = integration.shared_client().capabilities()
+                assert service.daemon is not None
+                self.assertEqual(caps['allowed_dirs'],
+                                 [service.daemon.images])
+
+        class IntegrationWasUsed(IntegrationIsLive):
+            """Last: still live, and the caller's tests went through it."""
+
+            def test_used_and_never_without_an_answer(self) -> None:
+                integration = importlib.import_module(service.integration)
+                assert_used(self, integration._fallbacks_logged)
+
+        return IntegrationIsLive, IntegrationWasUsed
+
+    def suite(self, targets: tuple[str, ...],
+              expected: dict[str, tuple[str, str]]) -> unittest.TestSuite:
+        first, last = self.live_cases()
+        return suite(self.test_package, targets, expected, first, last,
+                     self.setup)

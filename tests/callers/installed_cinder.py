@@ -4,8 +4,6 @@ accel-daemon's integration installed as ``accel-cinder-volume`` installs
 it, and a daemon answering (suite ``cinder-installed``; see installed.py).
 """
 
-import unittest
-
 import installed
 
 TARGETS = ('cinder.tests.unit.image', 'cinder.tests.unit.test_image_utils')
@@ -43,47 +41,20 @@ EXPECTED_FAILURES = {
     )
 }
 
-DAEMON = None
+
+def _accelerator_first(case, integration):
+    """DaemonAccel is cinder's first engine, and available."""
+    from cinder.image import accelerator
+    case.assertEqual(accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST[0],
+                     integration.PATH)
+    case.assertTrue(integration.DaemonAccel().is_accel_exist())
 
 
-def setup():
-    global DAEMON
-    from accel_daemon.cmd import cinder_volume
-    from accel_daemon.integrations import cinder as integration
-
-    DAEMON = installed.start_daemon('cinder-installed')
-    # The daemon is on oslo.messaging's fake transport: only a client
-    # built on it reaches it.
-    integration._shared.client = DAEMON.client()
-    cinder_volume.install()
-
-
-class IntegrationIsLive(unittest.TestCase):
-    """The integration is in place and its daemon answers."""
-
-    def test_installed_and_answering(self):
-        from cinder.image import accelerator
-        from cinder.image import image_utils
-
-        from accel_daemon.integrations import cinder as integration
-
-        self.assertIs(image_utils.convert_image, integration.convert_image)
-        self.assertEqual(accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST[0],
-                         integration.PATH)
-        self.assertTrue(integration.DaemonAccel().is_accel_exist())
-        caps = integration.shared_client().capabilities()
-        self.assertEqual(caps['allowed_dirs'], [DAEMON.images])
-
-
-class IntegrationWasUsed(IntegrationIsLive):
-    """Last: still live, and cinder's tests went through it."""
-
-    def test_used_and_never_without_an_answer(self):
-        from accel_daemon.integrations import cinder as integration
-
-        installed.assert_used(self, integration._fallbacks_logged)
+SERVICE = installed.Service(
+    'cinder-installed', 'cinder.tests.unit',
+    'accel_daemon.integrations.cinder', 'accel_daemon.cmd.cinder_volume',
+    ('cinder.image.image_utils', 'convert_image'), _accelerator_first)
 
 
 def load_tests(loader, tests, pattern):
-    return installed.suite('cinder.tests.unit', TARGETS, EXPECTED_FAILURES,
-                           IntegrationIsLive, IntegrationWasUsed, setup)
+    return SERVICE.suite(TARGETS, EXPECTED_FAILURES)

@@ -5,8 +5,6 @@ as ``accel-nova-compute`` installs it, and a daemon answering (suite
 ``nova-installed``; see installed.py).
 """
 
-import unittest
-
 import installed
 
 TARGETS = ('nova.tests.unit.virt.test_images',
@@ -17,43 +15,10 @@ TARGETS = ('nova.tests.unit.virt.test_images',
 # its error must contain).  None: every test passes.
 EXPECTED_FAILURES: dict = {}
 
-DAEMON = None
-
-
-def setup():
-    global DAEMON
-    from accel_daemon.cmd import nova_compute
-    from accel_daemon.integrations import nova as integration
-
-    DAEMON = installed.start_daemon('nova-installed')
-    # The daemon is on oslo.messaging's fake transport: only a client
-    # built on it reaches it.
-    integration._shared.client = DAEMON.client()
-    nova_compute.install()
-
-
-class IntegrationIsLive(unittest.TestCase):
-    """The integration is in place and its daemon answers."""
-
-    def test_installed_and_answering(self):
-        from nova.virt import images
-
-        from accel_daemon.integrations import nova as integration
-
-        self.assertIs(images.convert_image, integration.convert_image)
-        caps = integration.shared_client().capabilities()
-        self.assertEqual(caps['allowed_dirs'], [DAEMON.images])
-
-
-class IntegrationWasUsed(IntegrationIsLive):
-    """Last: still live, and nova's tests went through it."""
-
-    def test_used_and_never_without_an_answer(self):
-        from accel_daemon.integrations import nova as integration
-
-        installed.assert_used(self, integration._fallbacks_logged)
+SERVICE = installed.Service(
+    'nova-installed', 'nova.tests.unit', 'accel_daemon.integrations.nova',
+    'accel_daemon.cmd.nova_compute', ('nova.virt.images', 'convert_image'))
 
 
 def load_tests(loader, tests, pattern):
-    return installed.suite('nova.tests.unit', TARGETS, EXPECTED_FAILURES,
-                           IntegrationIsLive, IntegrationWasUsed, setup)
+    return SERVICE.suite(TARGETS, EXPECTED_FAILURES)

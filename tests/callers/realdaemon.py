@@ -3,7 +3,9 @@
 tests that run inside the cinder and nova venvs.
 
 ``Daemon(...).start()`` runs the venv's installed ``accel-daemon`` console
-script (``sys.prefix/bin``) as its own process group, with its privsep
+script (``sys.prefix/bin``) as its own process group (the process, its
+layout and configuration are ``tests/daemonproc.py``'s, which the
+functional tests and the benchmarks start too), with its privsep
 backend: the daemon starts ``accel-privsep-helper`` from the same bin directory
 itself (``accel_daemon.privileged.start``; as root, without sudo), and the
 tools run as the tool user (``[accel_daemon] tool_user``, default
@@ -27,8 +29,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,55 +42,30 @@ from accel_daemon.client import AccelClient
 from accel_daemon.conf import client as client_conf
 from accel_daemon import exception
 
-BROKER = ('127.0.0.1', 5672)
-TRANSPORT_URL = 'rabbit://guest:guest@127.0.0.1:5672/'
 CHECKOUT = os.path.realpath(os.path.join(os.path.dirname(
     os.path.abspath(__file__)), os.pardir, os.pardir))
-SHIPPED_FILTERS = os.path.join(CHECKOUT, 'filters')
-BIN = os.path.join(sys.prefix, 'bin')
-MIB = 1024 * 1024
-
-CONFIG = """[DEFAULT]
-transport_url = %(url)s
-debug = %(debug)s
-
-[accel_daemon]
-allowed_dirs = %(images)s
-allowed_block_devices = %(devices)s
-filters_path = %(filters)s
-state_dir = %(state)s
-
-[accel_daemon_rpc]
-host = %(host)s
-topic = %(topic)s
-max_task_wait = 1
-
-[tasks]
-workers = 2
-stop_timeout = 5
-"""
 
 
-def _render_filters() -> Any:
-    """tools/render_filters.py of this checkout, as a module (it is not
-    part of the installed package)."""
-    path = os.path.join(CHECKOUT, 'tools', 'render_filters.py')
-    spec = importlib.util.spec_from_file_location('render_filters', path)
+def _daemonproc() -> Any:
+    """tests/daemonproc.py, by its path: the checkout is not on this venv's
+    sys.path (it would hide the accel_daemon installed here)."""
+    path = os.path.join(CHECKOUT, 'tests', 'daemonproc.py')
+    spec = importlib.util.spec_from_file_location('daemonproc', path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def broker_up() -> bool:
-    try:
-        socket.create_connection(BROKER, timeout=2).close()
-        return True
-    except OSError:
-        return False
+daemonproc = _daemonproc()
+BROKER = daemonproc.BROKER
+TRANSPORT_URL = daemonproc.TRANSPORT_URL
+BIN = os.path.join(sys.prefix, 'bin')
+MIB = 1024 * 1024
+broker_up = daemonproc.broker_up
 
 
-class Daemon:
+class Daemon(daemonproc.DaemonProcess):
     """One accel-daemon process; ``images`` is its allowed directory."""
 
     def __init__(self, prefix: str,
@@ -99,106 +74,47 @@ class Daemon:
         if not broker_up():
             raise RuntimeError('RabbitMQ is not listening on %s:%d: the '
                                'flow tests need it' % BROKER)
-        executable = os.path.join(BIN, 'accel-daemon')
-        if not os.access(executable, os.X_OK):
-            raise RuntimeError('no accel-daemon console script in %s' % BIN)
-        self.executable = executable
         tag = uuid.uuid4().hex[:10]
-        self.host = '%s-%s' % (prefix, tag)
         self.topic = 'accel_daemon_test_%s' % tag
-        self.root = os.path.realpath(
-            root or tempfile.mkdtemp(prefix=prefix + '-'))
-        self.images = os.path.join(self.root, 'images')
-        self.state = os.path.join(self.root, 'state')
-        self.filters = os.path.join(self.root, 'filters')
-        self.config = os.path.join(self.root, 'accel-daemon.conf')
-        self.log_path = os.path.join(self.root, 'daemon.log')
         self.block_devices = tuple(block_devices)
-        os.makedirs(self.images, exist_ok=True)
-        self._write_filters()
-        with open(self.config, 'w') as f:
-            f.write(CONFIG % {
-                'url': TRANSPORT_URL, 'images': self.images,
-                'devices': ','.join(self.block_devices),
-                'filters': self.filters, 'state': self.state,
-                'host': self.host, 'topic': self.topic,
-                'debug': 'true' if os.environ.get('ACCEL_DEBUG') else
-                         'false'})
-        self.proc: Optional[subprocess.Popen] = None
-
-    def _write_filters(self) -> None:
-        render = _render_filters()
-        os.makedirs(self.filters, exist_ok=True)
-        for name in sorted(os.listdir(SHIPPED_FILTERS)):
-            if not name.endswith('.filters'):
-                continue
-            with open(os.path.join(SHIPPED_FILTERS, name)) as f:
-                text = render.render(f.read(), [self.images])
-            with open(os.path.join(self.filters, name), 'w') as f:
-                f.write(text)
+        super().__init__(
+            root or tempfile.mkdtemp(prefix=prefix + '-'),
+            '%s-%s' % (prefix, tag), sections={
+                'DEFAULT': {'debug': 'true' if os.environ.get('ACCEL_DEBUG')
+                            else 'false'},
+                'accel_daemon': {
+                    'allowed_block_devices': ','.join(self.block_devices)},
+                'accel_daemon_rpc': {'topic': self.topic,
+                                     'max_task_wait': 1},
+                'tasks': {'workers': 2, 'stop_timeout': 5}})
+        if not os.access(self.executable, os.X_OK):
+            raise RuntimeError('no accel-daemon console script in %s' % BIN)
 
     # -- the process -------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Daemon:
-        with open(self.log_path, 'ab') as log:
-            self.proc = subprocess.Popen(
-                [self.executable, '--config-file', self.config],
-                stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.spawn()
         try:
-            self._wait_ready(timeout)
+            with self.client(timeout=2) as client:
+                self.wait_ready(client, timeout)
         except BaseException:
             self.kill()
             raise
         return self
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self.client(timeout=2) as client:
-            while True:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise RuntimeError('accel-daemon exited with %s:\n%s' % (
-                        self.proc.returncode, self.log_tail()))
-                try:
-                    client.tasks(limit=1)
-                    return
-                except exception.ServiceUnavailable:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError('accel-daemon does not answer '
-                                           'after %d s:\n%s'
-                                           % (timeout, self.log_tail()))
-
     def kill(self) -> None:
         """SIGKILL the daemon's process group (privsep helper and tools
         too): a crash, mid-task if one runs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
+        if self.running:
+            self.kill_group()
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         """SIGTERM, as a service manager stops it; SIGKILL after
         ``timeout``.  Returns the exit status."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.terminate(timeout)
         # The helper and tools leave with it; make sure of it.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self.kill_group()
         return self.proc.returncode
 
     def cleanup(self) -> None:
@@ -227,13 +143,6 @@ class Daemon:
             pass
         finally:
             conn.collect()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            with open(self.log_path, errors='replace') as f:
-                return ''.join(f.readlines()[-lines:])
-        except OSError:
-            return ''
 
     # -- callers -------------------------------------------------------------
     def client(self, timeout: int = 10) -> AccelClient:

@@ -58,6 +58,11 @@ class SwitchTestCase(unittest.TestCase):
     SCRIPT = ''           # accel-cinder-volume or accel-nova-compute
     STOP = None           # ACCEL_PROBE_STOP for the observer
     BASE = ''             # settings every configuration file starts with
+    COMMAND = ''          # the service's command module (cinder.cmd.volume)
+
+    def assertReached(self, run: Run) -> None:
+        """The service's main() ran to its known stopping point."""
+        raise NotImplementedError
 
     def setUp(self) -> None:
         self.tmp = os.path.realpath(tempfile.mkdtemp(prefix='switch-'))
@@ -119,6 +124,46 @@ class SwitchTestCase(unittest.TestCase):
                       integration['modules'])
         self.assertNotIn('accel_daemon.client', integration['modules'])
 
+    # -- the runs both services check alike -------------------------------
+
+    def run_config_dir(self) -> Run:
+        """A later --config-dir overrides an earlier --config-file, as in
+        the service's own parsing."""
+        conf = self.conf('%s.conf' % self.SERVICE, 'false')
+        self.conf('%s.conf.d/accel.conf' % self.SERVICE, 'true')
+        confd = os.path.join(self.tmp, '%s.conf.d' % self.SERVICE)
+        argv = ['--config-file', conf, '--config-dir', confd]
+        run = self.run_script(*argv)
+        self.assertReached(run)
+        self.assertServiceMainRan(run, argv)
+        self.assertInstalled(run)
+        return run
+
+    def run_default_files(self) -> Run:
+        """No --config-file: oslo.config's default files for the service's
+        project (here ~/.SERVICE/SERVICE.conf), found for the switch as the
+        service finds them."""
+        conf = self.conf('home/.{0}/{0}.conf'.format(self.SERVICE), 'true')
+        run = self.run_script()
+        self.assertReached(run)
+        self.assertInstalled(run)
+        self.assertIn(conf, run.report['conf']['config_file'])
+        return run
+
+    def assertRefusedBeforeService(self, value: str) -> str:
+        """An invalid ``enabled`` stops the script, with one line, before
+        the service's command module is imported; that line."""
+        run = self.run_script('--config-file', self.conf(
+            '%s.conf' % self.SERVICE, value))
+        self.assertEqual(run.status, 1, run)
+        lines = run.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, run.stderr)
+        self.assertTrue(lines[0].startswith(
+            '%s: [accel_daemon_client] enabled: ' % self.SCRIPT), lines)
+        self.assertIsNone(run.event('main'), run)
+        self.assertNotIn(self.COMMAND, run.report['final']['modules'])
+        return lines[0]
+
     def assertNotInstalled(self, run: Run) -> None:
         main = run.event('main')
         self.assertNotEqual(main['convert_image'],
@@ -152,3 +197,16 @@ def generate_sample(*namespaces: str) -> str:
 
 def sample_groups(sample: str) -> list[str]:
     return [line for line in sample.splitlines() if line.startswith('[')]
+
+
+def assert_sample(case: unittest.TestCase, sample: str, service: str,
+                  other: str) -> None:
+    """The sample holds the switch and ``service``'s integration options,
+    nothing of ``other``'s integration, nothing of the daemon."""
+    groups = sample_groups(sample)
+    case.assertIn('[accel_daemon_client]', groups)
+    case.assertIn('[accel_daemon_%s]' % service, groups)
+    case.assertNotIn('[accel_daemon_%s]' % other, groups)
+    for group in DAEMON_GROUPS:
+        case.assertNotIn(group, groups)
+    case.assertIn('#enabled = false', sample)

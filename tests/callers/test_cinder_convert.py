@@ -1,11 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """accel_daemon.integrations.cinder.convert_image, cinder 29's
-image_utils.convert_image on accel-daemon, against an in-process daemon.
-
-Runs in the cinder caller venv (tools/run-caller-tests.sh).  The daemon is
-the real RPC endpoint, TaskManager, LocalBackend and Engine on
-oslo.messaging's fake:// transport, with the shipped filters (qemu-img
-included) rewritten to its temporary allowed directory.
+image_utils.convert_image on accel-daemon, against an in-process daemon
+(see convertcase.py for the daemon).
 """
 
 import inspect
@@ -20,61 +16,27 @@ import uuid
 from cinder import exception as cinder_exception
 from cinder.image import image_utils
 
-from accel_daemon.client import AccelClient
 from accel_daemon.integrations import cinder as integration
-import inprocess
+from accel_daemon.integrations import common
+import convertcase
+from convertcase import MIB
+from convertcase import no_strings
+from convertcase import qemu_img
 
-MIB = inprocess.MIB
-qemu_img = inprocess.qemu_img
-no_strings = inprocess.no_strings
-
-
-def setUpModule():
-    global DAEMON, HOST, ROOT, IMAGES, CONF, LIVE
-    DAEMON = inprocess.Daemon('cinder-convert').start()
-    HOST, ROOT, IMAGES, CONF = (DAEMON.host, DAEMON.root, DAEMON.images,
-                                DAEMON.conf)
-    LIVE = DAEMON.client()
+setUpModule, tearDownModule = convertcase.module_fixture('cinder-convert')
 
 
-def tearDownModule():
-    DAEMON.stop()
+class Base(convertcase.ConvertCase):
 
-
-class Base(unittest.TestCase):
-
-    def setUp(self):
-        patcher = mock.patch.object(integration._shared, 'client', LIVE)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        # Every call that falls back lands here, never in qemu-img.
-        self.recorder = mock.Mock(return_value=None)
-        patcher = mock.patch.object(integration, '_original_convert_image',
-                                    self.recorder)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-
-    def raw_image(self):
-        """A raw image with data and a hole, as cinder would have it."""
-        fd, path = tempfile.mkstemp(dir=IMAGES)
-        self.addCleanup(os.unlink, path)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(b'volume data block\n' * 30000)
-            f.seek(3 * MIB)
-            f.write(b'tail')
-            f.truncate(4 * MIB)
-        return path
+    integration = integration
+    FILL = b'volume data block\n'
 
     def dest(self):
         """A pre-created destination (cinder's create_temporary_file)."""
-        fd, path = tempfile.mkstemp(dir=IMAGES)
+        fd, path = tempfile.mkstemp(dir=self.images)
         os.close(fd)
         self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
         return path
-
-    def assertSameImage(self, a, fa, b, fb):
-        proc = qemu_img('compare', '-f', fa, '-F', fb, a, b)
-        self.assertEqual(0, proc.returncode, proc.stdout + proc.stderr)
 
 
 class Convert(Base):
@@ -116,7 +78,7 @@ class Convert(Base):
 
     def test_backing_file_is_unacceptable_and_writes_nothing(self):
         raw = self.raw_image()
-        qcow2 = os.path.join(IMAGES, 'backed-%s' % uuid.uuid4().hex[:8])
+        qcow2 = os.path.join(self.images, 'backed-%s' % uuid.uuid4().hex[:8])
         self.addCleanup(os.unlink, qcow2)
         proc = qemu_img('create', '-f', 'qcow2', '-b', raw, '-F', 'raw',
                         qcow2)
@@ -137,19 +99,10 @@ class Convert(Base):
         self.assertEqual(0, os.path.getsize(out))
 
 
-class Fallback(Base):
+class Fallback(convertcase.FallbackCase, Base):
 
-    def assertFallsBack(self, *args, **kwargs):
-        integration.convert_image(*args, **kwargs)
-        self.recorder.assert_called_once()
-        call = self.recorder.call_args
-        got = inspect.signature(image_utils.convert_image).bind(
-            *call.args, **call.kwargs).arguments
-        want = inspect.signature(image_utils.convert_image).bind(
-            *args, **kwargs)
-        want.apply_defaults()
-        self.assertEqual(dict(want.arguments), dict(got))
-        self.recorder.reset_mock()
+    caller = image_utils
+    group = 'accel_daemon_cinder'
 
     def test_encryption_goes_to_cinder(self):
         raw, out = self.raw_image(), self.dest()
@@ -179,31 +132,14 @@ class Fallback(Base):
                              src_format='raw')
 
     def test_absent_daemon_goes_to_cinder(self):
-        CONF.set_override('timeout', 1, group='accel_daemon_client')
-        absent = AccelClient(CONF, host=HOST + '-absent')
-        CONF.clear_override('timeout', group='accel_daemon_client')
-        self.addCleanup(absent.close)
-        integration.register_opts(CONF)
-        CONF.set_override('probe_timeout', 0.5, group='accel_daemon_cinder')
-        self.addCleanup(CONF.clear_override, 'probe_timeout',
-                        group='accel_daemon_cinder')
         raw, out = self.raw_image(), self.dest()
-        with mock.patch.object(integration._shared, 'client', absent):
-            self.assertFallsBack(raw, out, 'qcow2', src_format='raw')
-            # Cached: the second call does not wait for the daemon again.
-            with mock.patch.object(absent, 'capabilities') as caps:
-                self.assertFallsBack(raw, out, 'qcow2', src_format='raw')
-            caps.assert_not_called()
+        self.assertAbsentDaemonFallsBack(raw, out, 'qcow2', src_format='raw')
 
     def test_each_reason_logged_once(self):
         raw, out = self.raw_image(), self.dest()
-        integration._fallbacks_logged.discard('out_subformat')
-        with self.assertLogs(integration.LOG, 'INFO') as logs:
-            for _ in range(3):
-                integration.convert_image(raw, out, 'vmdk', src_format='raw',
-                                          out_subformat='streamOptimized')
-        self.assertEqual(1, len(logs.records))
-        self.assertIn('out_subformat', logs.output[0])
+        self.assertLoggedOnce('out_subformat', raw, out, 'vmdk',
+                              src_format='raw',
+                              out_subformat='streamOptimized')
 
 
 class Plumbing(unittest.TestCase):
@@ -214,15 +150,17 @@ class Plumbing(unittest.TestCase):
             no_strings(inspect.signature(integration.convert_image)))
 
     def test_original_is_cinders_and_install_keeps_it(self):
-        original = image_utils.convert_image
-        self.assertIsNot(original, integration.convert_image)
-        with mock.patch.object(integration, '_original_convert_image',
-                               None), \
-                mock.patch.object(image_utils, 'convert_image', original):
-            integration.install()
-            self.assertIs(integration.convert_image,
-                          image_utils.convert_image)
-            self.assertIs(original, integration.original_convert_image())
+        convertcase.install_kept(self, integration, image_utils)
+
+    def test_install_refuses_another_signature_and_changes_nothing(self):
+        from cinder.image import accelerator
+
+        def other(source, dest, out_format, run_as_root=True):
+            pass
+        engines = list(accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST)
+        convertcase.install_refused(self, integration, image_utils, other)
+        self.assertEqual(engines,
+                         accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST)
 
     def test_throttle_bps_limit(self):
         from cinder.volume import throttling
@@ -232,7 +170,7 @@ class Plumbing(unittest.TestCase):
         self.assertIsNone(integration._bps_limit(throttling.Throttle()))
         with mock.patch.object(throttling.Throttle, 'DEFAULT', blkio):
             self.assertEqual(5 * MIB, integration._bps_limit(None))
-        with self.assertRaises(integration._Fallback):
+        with self.assertRaises(common.Fallback):
             integration._bps_limit(throttling.Throttle(prefix=['nice']))
 
     def test_other_errors_are_process_execution_errors(self):

@@ -1,12 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """accel_daemon.integrations.nova.convert_image, nova 34's
 nova.virt.images.convert_image on accel-daemon, against an in-process
-daemon.
-
-Runs in the nova caller venv (tools/run-caller-tests.sh).  The daemon is
-the real RPC endpoint, TaskManager, LocalBackend and Engine on
-oslo.messaging's fake:// transport, with the shipped filters (qemu-img
-included) rewritten to its temporary allowed directory.
+daemon (see convertcase.py for the daemon).
 """
 
 import inspect
@@ -23,61 +18,26 @@ from nova import exception as nova_exception
 import nova.privsep.qemu
 from nova.virt import images
 
-from accel_daemon.client import AccelClient
 from accel_daemon import exception
 from accel_daemon.integrations import nova as integration
-import inprocess
+import convertcase
+from convertcase import no_strings
+from convertcase import qemu_img
 
-MIB = inprocess.MIB
-qemu_img = inprocess.qemu_img
-no_strings = inprocess.no_strings
-
-
-def setUpModule():
-    global DAEMON, HOST, ROOT, IMAGES, CONF, LIVE
-    DAEMON = inprocess.Daemon('nova-convert').start()
-    HOST, ROOT, IMAGES, CONF = (DAEMON.host, DAEMON.root, DAEMON.images,
-                                DAEMON.conf)
-    LIVE = DAEMON.client()
+setUpModule, tearDownModule = convertcase.module_fixture('nova-convert')
 
 
-def tearDownModule():
-    DAEMON.stop()
+class Base(convertcase.ConvertCase):
 
-
-class Base(unittest.TestCase):
-
-    def setUp(self):
-        patcher = mock.patch.object(integration._shared, 'client', LIVE)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        # Every call that falls back lands here, never in qemu-img.
-        self.recorder = mock.Mock(return_value=None)
-        patcher = mock.patch.object(integration, '_original_convert_image',
-                                    self.recorder)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-
-    def raw_image(self):
-        fd, path = tempfile.mkstemp(dir=IMAGES)
-        self.addCleanup(os.unlink, path)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(b'instance disk block\n' * 30000)
-            f.seek(3 * MIB)
-            f.write(b'tail')
-            f.truncate(4 * MIB)
-        return path
+    integration = integration
+    FILL = b'instance disk block\n'
 
     def dest(self, exists=False):
-        path = os.path.join(IMAGES, 'out-%s' % uuid.uuid4().hex[:8])
+        path = os.path.join(self.images, 'out-%s' % uuid.uuid4().hex[:8])
         if exists:
             open(path, 'wb').close()
         self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
         return path
-
-    def assertSameImage(self, a, fa, b, fb):
-        proc = qemu_img('compare', '-f', fa, '-F', fb, a, b)
-        self.assertEqual(0, proc.returncode, proc.stdout + proc.stderr)
 
 
 class Convert(Base):
@@ -100,16 +60,16 @@ class Convert(Base):
     def test_privsep_twin(self):
         raw = self.raw_image()
         qcow2 = self.dest()
-        with mock.patch.object(integration,
-                               '_original_privsep_convert_image') as orig:
+        with mock.patch.object(integration._privsep_convert_image,
+                               'func') as orig:
             integration.privsep_convert_image(raw, qcow2, 'raw', 'qcow2',
-                                              ROOT, True)
+                                              self.root, True)
         orig.assert_not_called()
         self.assertSameImage(raw, 'raw', qcow2, 'qcow2')
 
     def test_backing_file_is_unacceptable_and_writes_nothing(self):
         raw = self.raw_image()
-        qcow2 = os.path.join(IMAGES, 'backed-%s' % uuid.uuid4().hex[:8])
+        qcow2 = os.path.join(self.images, 'backed-%s' % uuid.uuid4().hex[:8])
         self.addCleanup(os.unlink, qcow2)
         proc = qemu_img('create', '-f', 'qcow2', '-b', raw, '-F', 'raw',
                         qcow2)
@@ -124,19 +84,10 @@ class Convert(Base):
         self.recorder.assert_not_called()
 
 
-class Fallback(Base):
+class Fallback(convertcase.FallbackCase, Base):
 
-    def assertFallsBack(self, *args, **kwargs):
-        integration.convert_image(*args, **kwargs)
-        self.recorder.assert_called_once()
-        call = self.recorder.call_args
-        sig = inspect.signature(images.convert_image)
-        got = sig.bind(*call.args, **call.kwargs)
-        got.apply_defaults()
-        want = sig.bind(*args, **kwargs)
-        want.apply_defaults()
-        self.assertEqual(dict(want.arguments), dict(got.arguments))
-        self.recorder.reset_mock()
+    caller = images
+    group = 'accel_daemon_nova'
 
     def test_encryption_goes_to_nova(self):
         raw, out = self.raw_image(), self.dest()
@@ -155,29 +106,14 @@ class Fallback(Base):
         self.assertFallsBack(raw, self.dest(), None, 'raw')
 
     def test_absent_daemon_goes_to_nova(self):
-        absent = AccelClient(CONF, host=HOST + '-absent')
-        self.addCleanup(absent.close)
-        integration.register_opts(CONF)
-        CONF.set_override('probe_timeout', 0.5, group='accel_daemon_nova')
-        self.addCleanup(CONF.clear_override, 'probe_timeout',
-                        group='accel_daemon_nova')
         raw, out = self.raw_image(), self.dest()
-        with mock.patch.object(integration._shared, 'client', absent):
-            self.assertFallsBack(raw, out, 'raw', 'qcow2')
-            with mock.patch.object(absent, 'capabilities') as caps:
-                self.assertFallsBack(raw, out, 'raw', 'qcow2')
-            caps.assert_not_called()
+        self.assertAbsentDaemonFallsBack(raw, out, 'raw', 'qcow2')
 
     def test_each_reason_logged_once(self):
         raw, out = self.raw_image(), self.dest()
         enc = {'secret': 'pw', 'format': 'luks'}
-        integration._fallbacks_logged.clear()
-        with self.assertLogs(integration.LOG, 'INFO') as logs:
-            for _ in range(3):
-                integration.convert_image(raw, out, 'raw', 'luks',
-                                          dest_encryption=enc)
-        self.assertEqual(1, len(logs.records))
-        self.assertIn('encryption', logs.output[0])
+        self.assertLoggedOnce('encryption', raw, out, 'raw', 'luks',
+                              dest_encryption=enc)
 
 
 class Plumbing(unittest.TestCase):
@@ -195,14 +131,19 @@ class Plumbing(unittest.TestCase):
                 integration.privsep_convert_image)))
 
     def test_install_keeps_the_original(self):
+        convertcase.install_kept(self, integration, images)
+
+    def test_install_refuses_another_signature_and_uninstall_restores(self):
         original = images.convert_image
-        self.assertIsNot(original, integration.convert_image)
-        with mock.patch.object(integration, '_original_convert_image',
-                               None), \
+
+        def other(source, dest, in_format, out_format, run_as_root=False):
+            pass
+        convertcase.install_refused(self, integration, images, other)
+        with mock.patch.object(integration._convert_image, 'func', None), \
                 mock.patch.object(images, 'convert_image', original):
             integration.install()
-            self.assertIs(integration.convert_image, images.convert_image)
-            self.assertIs(original, integration.original_convert_image())
+            integration.uninstall()
+            self.assertIs(original, images.convert_image)
 
     def test_errors_as_nova_wraps_qemu_img(self):
         args = {'src': '/a', 'dst': '/b', 'src_format': 'raw',

@@ -26,10 +26,11 @@ class AccelCinderVolumeTest(switchtest.SwitchTestCase):
 
     SERVICE = 'cinder'
     SCRIPT = 'accel-cinder-volume'
+    COMMAND = 'cinder.cmd.volume'
     BASE = ('[DEFAULT]\ntransport_url = fake:/\nstate_path = %(tmp)s\n'
             'lock_path = %(tmp)s\n')
 
-    def assertCinderStopped(self, run):
+    def assertReached(self, run):
         """cinder's main() ran to its enabled_backends check."""
         self.assertEqual(run.status, 1, run)
         self.assertIn(NO_BACKENDS, run.output)
@@ -38,7 +39,7 @@ class AccelCinderVolumeTest(switchtest.SwitchTestCase):
         conf = self.conf('cinder.conf', 'true')
         argv = ['--config-file', conf]
         run = self.run_script(*argv)
-        self.assertCinderStopped(run)
+        self.assertReached(run)
         main = self.assertServiceMainRan(run, argv)
         self.assertInstalled(run)
         # DaemonAccel is cinder's first engine, before main() runs.
@@ -52,7 +53,7 @@ class AccelCinderVolumeTest(switchtest.SwitchTestCase):
         conf = self.conf('cinder.conf', 'false')
         argv = ['--config-file', conf, '--debug']
         run = self.run_script(*argv)
-        self.assertCinderStopped(run)
+        self.assertReached(run)
         main = self.assertServiceMainRan(run, argv)
         self.assertNotInstalled(run)
         self.assertEqual(main['accelerators'], CINDER_ENGINES)
@@ -60,57 +61,32 @@ class AccelCinderVolumeTest(switchtest.SwitchTestCase):
     def test_unset_is_disabled(self):
         conf = self.conf('cinder.conf', None)
         run = self.run_script('--config-file', conf)
-        self.assertCinderStopped(run)
+        self.assertReached(run)
         self.assertNotInstalled(run)
 
     def test_config_dir_read_like_cinder(self):
-        """A later --config-dir overrides an earlier --config-file, as in
-        cinder's own parsing."""
-        conf = self.conf('cinder.conf', 'false')
-        self.conf('cinder.conf.d/accel.conf', 'true', extra='')
-        confd = os.path.join(self.tmp, 'cinder.conf.d')
-        argv = ['--config-file', conf, '--config-dir', confd]
-        run = self.run_script(*argv)
-        self.assertCinderStopped(run)
-        self.assertServiceMainRan(run, argv)
-        self.assertInstalled(run)
+        self.run_config_dir()
 
     def test_later_file_wins(self):
         on = self.conf('on.conf', 'true')
         off = self.conf('off.conf', 'false')
         run = self.run_script('--config-file', on, '--config-file', off)
-        self.assertCinderStopped(run)
+        self.assertReached(run)
         self.assertNotInstalled(run)
 
     def test_default_files_read_like_cinder(self):
-        """No --config-file: oslo.config's default files for project
-        cinder (here ~/.cinder/cinder.conf), found for the switch as cinder
-        finds them."""
-        conf = self.conf('home/.cinder/cinder.conf', 'true')
-        run = self.run_script()
-        self.assertCinderStopped(run)
-        self.assertServiceMainRan(run, [])
-        self.assertInstalled(run)
-        self.assertIn(conf, run.report['conf']['config_file'])
+        self.assertServiceMainRan(self.run_default_files(), [])
 
     def test_environment_variable(self):
         conf = self.conf('cinder.conf', None)
         run = self.run_script('--config-file', conf,
                               env={'OS_ACCEL_DAEMON_CLIENT__ENABLED': 'true'})
-        self.assertCinderStopped(run)
+        self.assertReached(run)
         self.assertInstalled(run)
 
     def test_invalid_value_is_refused_before_cinder(self):
-        conf = self.conf('cinder.conf', 'maybe')
-        run = self.run_script('--config-file', conf)
-        self.assertEqual(run.status, 1, run)
-        lines = run.stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, run.stderr)
-        self.assertTrue(lines[0].startswith(
-            'accel-cinder-volume: [accel_daemon_client] enabled: '), lines)
-        self.assertIn("'maybe'", lines[0])
-        self.assertIsNone(run.event('main'), run)
-        self.assertNotIn('cinder.cmd.volume', run.report['final']['modules'])
+        line = self.assertRefusedBeforeService('maybe')
+        self.assertIn("'maybe'", line)
 
     def test_missing_file_is_cinders_error(self):
         missing = os.path.join(self.tmp, 'missing.conf')
@@ -134,13 +110,8 @@ class SampleConfigTest(unittest.TestCase):
             'oslo.messaging', 'oslo.log', 'oslo.concurrency',
             'keystonemiddleware.auth_token', 'accel_daemon.client',
             'accel_daemon.cinder')
+        switchtest.assert_sample(self, sample, 'cinder', 'nova')
         groups = switchtest.sample_groups(sample)
-        self.assertIn('[accel_daemon_client]', groups)
-        self.assertIn('[accel_daemon_cinder]', groups)
-        self.assertNotIn('[accel_daemon_nova]', groups)
-        for group in switchtest.DAEMON_GROUPS:
-            self.assertNotIn(group, groups)
-        self.assertIn('#enabled = false', sample)
         # The other namespaces' options are there too.
         self.assertIn('#transport_url', sample)
         self.assertIn('[keystone_authtoken]', groups)

@@ -12,7 +12,6 @@ of the real start-up, after everything main() does with the
 configuration.  Nothing of nova is patched.
 """
 
-import os
 import unittest
 
 import switchtest
@@ -22,11 +21,12 @@ class AccelNovaComputeTest(switchtest.SwitchTestCase):
 
     SERVICE = 'nova'
     SCRIPT = 'accel-nova-compute'
+    COMMAND = 'nova.cmd.compute'
     STOP = 'nova/service.py:__init__'
     BASE = ('[DEFAULT]\ntransport_url = fake:/\nstate_path = %(tmp)s\n'
             '[oslo_concurrency]\nlock_path = %(tmp)s\n')
 
-    def assertNovaReachedService(self, run):
+    def assertReached(self, run):
         self.assertEqual(run.status, switchtest.STOP_STATUS, run)
         self.assertIsNotNone(run.event('stop'), run)
 
@@ -34,7 +34,7 @@ class AccelNovaComputeTest(switchtest.SwitchTestCase):
         conf = self.conf('nova.conf', 'true')
         argv = ['--config-file', conf]
         run = self.run_script(*argv)
-        self.assertNovaReachedService(run)
+        self.assertReached(run)
         self.assertServiceMainRan(run, argv)
         self.assertInstalled(run)
         # nova 34 chose native threads before the integration (and so
@@ -50,7 +50,7 @@ class AccelNovaComputeTest(switchtest.SwitchTestCase):
         conf = self.conf('nova.conf', 'false')
         argv = ['--config-file', conf, '--debug']
         run = self.run_script(*argv)
-        self.assertNovaReachedService(run)
+        self.assertReached(run)
         self.assertServiceMainRan(run, argv)
         self.assertNotInstalled(run)
 
@@ -61,37 +61,18 @@ class AccelNovaComputeTest(switchtest.SwitchTestCase):
         run = self.run_script(
             '--config-file', conf,
             env={'OS_NOVA_DISABLE_EVENTLET_PATCHING': 'false'})
-        self.assertNovaReachedService(run)
+        self.assertReached(run)
         self.assertInstalled(run)
         self.assertTrue(run.event('integration')['eventlet_patched'])
 
     def test_config_dir_read_like_nova(self):
-        conf = self.conf('nova.conf', 'false')
-        self.conf('nova.conf.d/accel.conf', 'true')
-        confd = os.path.join(self.tmp, 'nova.conf.d')
-        argv = ['--config-file', conf, '--config-dir', confd]
-        run = self.run_script(*argv)
-        self.assertNovaReachedService(run)
-        self.assertServiceMainRan(run, argv)
-        self.assertInstalled(run)
+        self.run_config_dir()
 
     def test_default_files_read_like_nova(self):
-        conf = self.conf('home/.nova/nova.conf', 'true')
-        run = self.run_script()
-        self.assertNovaReachedService(run)
-        self.assertInstalled(run)
-        self.assertIn(conf, run.report['conf']['config_file'])
+        self.run_default_files()
 
     def test_invalid_value_is_refused_before_nova(self):
-        conf = self.conf('nova.conf', 'yes please')
-        run = self.run_script('--config-file', conf)
-        self.assertEqual(run.status, 1, run)
-        lines = run.stderr.strip().splitlines()
-        self.assertEqual(len(lines), 1, run.stderr)
-        self.assertTrue(lines[0].startswith(
-            'accel-nova-compute: [accel_daemon_client] enabled: '), lines)
-        self.assertIsNone(run.event('main'), run)
-        self.assertNotIn('nova.cmd.compute', run.report['final']['modules'])
+        self.assertRefusedBeforeService('yes please')
 
 
 class SampleConfigTest(unittest.TestCase):
@@ -103,12 +84,6 @@ class SampleConfigTest(unittest.TestCase):
     def test_namespaces_beside_novas(self):
         sample = switchtest.generate_sample(
             'nova.conf', 'accel_daemon.client', 'accel_daemon.nova')
-        groups = switchtest.sample_groups(sample)
-        self.assertIn('[accel_daemon_client]', groups)
-        self.assertIn('[accel_daemon_nova]', groups)
-        self.assertNotIn('[accel_daemon_cinder]', groups)
-        for group in switchtest.DAEMON_GROUPS:
-            self.assertNotIn(group, groups)
-        self.assertIn('#enabled = false', sample)
+        switchtest.assert_sample(self, sample, 'nova', 'cinder')
         # nova's own options are there too.
         self.assertIn('#compute_driver', sample)

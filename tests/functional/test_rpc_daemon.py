@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,21 +30,14 @@ from accel_daemon.conf import client as client_opts
 from accel_daemon.engine import paths
 from accel_daemon import exception
 from accel_daemon import request_ids
-from tests import envfixture
+from tests import daemonproc
 from tests.functional import imagegen
 
-BROKER = ('127.0.0.1', 5672)
-TRANSPORT_URL = 'rabbit://guest:guest@127.0.0.1:5672/'
+BROKER = daemonproc.BROKER
+TRANSPORT_URL = daemonproc.TRANSPORT_URL
 DAEMON = os.path.join(os.path.dirname(sys.executable), 'accel-daemon')
 MiB = 1024 * 1024
-
-
-def broker_up() -> bool:
-    try:
-        socket.create_connection(BROKER, timeout=2).close()
-        return True
-    except OSError:
-        return False
+broker_up = daemonproc.broker_up
 
 
 def require_broker() -> None:
@@ -60,28 +52,20 @@ def require_broker() -> None:
 pytestmark = [pytest.mark.functional, pytest.mark.rpc, pytest.mark.privsep]
 
 
-class DaemonProcess:
-    """An accel-daemon subprocess with its own config, dirs and names."""
+class DaemonProcess(daemonproc.DaemonProcess):
+    """An accel-daemon subprocess with its own config, dirs and names
+    (``tests/daemonproc.py``), an exchange of its own on the broker, and
+    the filters of the ``filters_without`` tools removed."""
 
     def __init__(self, root: str, filters_without: tuple[str, ...] = (),
                  extra: str = '') -> None:
-        self.root = os.path.realpath(root)
-        self.images = os.path.join(self.root, 'images')
-        self.filters = os.path.join(self.root, 'filters')
-        self.state = os.path.join(self.root, 'state')
-        self.log_path = os.path.join(self.root, 'daemon.log')
-        os.makedirs(self.images)
-        envfixture.install_filters(self.filters, self.images)
-        self._strip_filters(filters_without)
         tag = uuid.uuid4().hex[:10]
-        self.host = 'accel-test-%s' % tag
-        self.config = os.path.join(self.root, 'accel-daemon.conf')
-        with open(self.config, 'w') as f:
-            f.write(CONFIG % {'url': TRANSPORT_URL, 'tag': tag,
-                              'host': self.host, 'images': self.images,
-                              'filters': self.filters, 'state': self.state,
-                              'extra': extra})
-        self.proc: subprocess.Popen | None = None
+        super().__init__(root, 'accel-test-%s' % tag, extra=extra, sections={
+            'DEFAULT': {'control_exchange': 'accel-test-%s' % tag},
+            'accel_daemon_rpc': {'max_task_wait': 2},
+            'accel_daemon_client': {'timeout': 30, 'wait_interval': 1},
+            'tasks': {'workers': 4, 'stop_timeout': 5}})
+        self._strip_filters(filters_without)
 
     def _strip_filters(self, tools: tuple[str, ...]) -> None:
         for tool in tools:
@@ -116,36 +100,14 @@ class DaemonProcess:
         return path
 
     def start(self, timeout: float = 60.0) -> None:
-        log = open(self.log_path, 'ab')
-        # Own session: the crash test kills the whole group at once.
-        self.proc = subprocess.Popen(
-            [DAEMON, '--config-file', self.config], stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        log.close()
+        self.spawn()
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         conf = self.client_conf()
         conf.set_override('timeout', 2, group='accel_daemon_client')
-        deadline = time.monotonic() + timeout
         with AccelClient(conf, host=self.host) as c:
-            while True:
-                if self.proc.poll() is not None:
-                    raise AssertionError('accel-daemon exited with %s:\n%s'
-                                         % (self.proc.returncode,
-                                            self.log_tail()))
-                try:
-                    c.tasks(limit=1)
-                    return
-                except exception.ServiceUnavailable:
-                    if time.monotonic() > deadline:
-                        raise AssertionError('accel-daemon not ready:\n%s'
-                                             % self.log_tail())
-
-    def log_tail(self, lines: int = 40) -> str:
-        with open(self.log_path, errors='replace') as f:
-            return ''.join(f.readlines()[-lines:])
+            self.wait_ready(c, timeout, gone=AssertionError)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -158,38 +120,11 @@ class DaemonProcess:
     def stop(self, timeout: float = 60.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        rc = self.terminate(timeout)
+        if rc is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            raise
-
-
-CONFIG = """
-[DEFAULT]
-transport_url = %(url)s
-control_exchange = accel-test-%(tag)s
-debug = false
-
-[accel_daemon]
-allowed_dirs = %(images)s
-filters_path = %(filters)s
-state_dir = %(state)s
-
-[accel_daemon_rpc]
-host = %(host)s
-max_task_wait = 2
-
-[accel_daemon_client]
-timeout = 30
-wait_interval = 1
-
-[tasks]
-workers = 4
-stop_timeout = 5
-%(extra)s
-"""
+            raise subprocess.TimeoutExpired(self.proc.args, timeout)
+        return rc
 
 
 @pytest.fixture(scope='module')

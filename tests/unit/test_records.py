@@ -13,6 +13,7 @@ import pytest
 from stevedore import extension
 
 from accel_daemon.cmd.cli import base
+from accel_daemon.cmd.cli import progress
 from accel_daemon.engine import compression
 from accel_daemon.engine import driver
 from accel_daemon.engine.engine import Engine
@@ -67,7 +68,12 @@ def test_the_command_lines_local_task_has_the_keys_of_task():
     class Idle:
         def task(self, task_id):
             raise exception.Cancelled()
-    task = base.LocalTask(Idle(), 'copy', {}).task
+    local = base.Local(Idle())
+    try:
+        task = local.wait(local.submit('copy', {}),
+                          progress.Bar('copy', enabled=False), None)
+    finally:
+        local.close()
     assert set(task) == _keys(records.Task)
 
 

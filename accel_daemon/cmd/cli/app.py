@@ -25,12 +25,13 @@ from oslo_config import cfg
 
 from accel_daemon.cmd.cli import broker
 from accel_daemon.cmd.cli import process_started
+from accel_daemon.cmd.cli import usage
 from accel_daemon.cmd import privsep_helper
 from accel_daemon import exception
 
 # The clock of --timeout starts when the process started.
 STARTED = process_started()
-NAME = 'accel-image'
+NAME = usage.NAME
 NAMESPACE = 'accel_daemon.cli'
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -48,26 +49,11 @@ def version() -> str:
         return 'unknown'
 
 
-class UsageError(Exception):
-    """A bad command line: one line, exit 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line (no usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make a parser that cliff built raise UsageError instead of printing
-    its usage and exiting 2."""
-    command = parser.prog[len(NAME):].strip()
-
-    def error(message: str) -> NoReturn:
-        raise UsageError('%s: %s' % (command, message) if command
-                         else message)
-    setattr(parser, 'error', error)
+# Defined in ``usage`` (which ``base`` uses too); here for the callers that
+# know them as the application's.
+UsageError = usage.UsageError
+OneLineParser = usage.OneLineParser
+one_line_errors = usage.one_line_errors
 
 
 def say(stream: TextIO, message: str) -> None:

@@ -10,9 +10,7 @@ import argparse
 import datetime
 import json
 import os
-import threading
 import time
-import uuid
 from typing import Any, Callable, Iterable, Mapping
 
 from cliff import columns as cliff_columns
@@ -21,9 +19,11 @@ from cliff import lister
 from cliff import show
 
 from accel_daemon.cmd.cli import progress
+from accel_daemon.cmd.cli import usage
 from accel_daemon import exception
 from accel_daemon import operations
 from accel_daemon import records
+from accel_daemon.states import ACTIVE_STATES
 
 
 # --- values ---------------------------------------------------------------
@@ -223,76 +223,34 @@ class Remote:
         self.client.close()
 
 
-class LocalTask:
-    """One operation run by the in-process engine, on a thread; ``task``
-    has the shape of the daemon's (``accel_daemon.records.Task``), so the
-    commands show both alike."""
-
-    def __init__(self, engine: Any, operation: str,
-                 params: dict[str, Any]) -> None:
-        self.engine = engine
-        self.id = str(uuid.uuid4())
-        self.task: records.Task = {
-            'id': self.id, 'kind': operation, 'state': 'running',
-            'params': params, 'progress': {'done': 0, 'total': 0},
-            'result': None, 'error': None, 'created_at': time.time(),
-            'started_at': time.time(), 'finished_at': None,
-            'request_id': None, 'global_request_id': None}
-        self.exc: BaseException | None = None
-        self._thread = threading.Thread(target=self._run,
-                                        args=(operation, params), daemon=True)
-        self._thread.start()
-
-    def _run(self, operation: str, params: dict[str, Any]) -> None:
-        try:
-            self.task['result'] = operations.run(self.engine, self.id,
-                                                 operation, params)
-            self.task['state'] = 'succeeded'
-        except exception.AccelError as e:
-            self.task['error'] = e.to_dict()
-            self.task['state'] = ('cancelled' if isinstance(
-                e, exception.Cancelled) else 'failed')
-        except BaseException as e:      # re-raised in the main thread
-            self.exc = e
-            self.task['state'] = 'failed'
-        self.task['finished_at'] = time.time()
-
-    def wait(self, bar: progress.Bar,
-             timeout: float | None) -> records.Task:
-        deadline = time.monotonic() + timeout if timeout else None
-        ok = False
-        try:
-            while self._thread.is_alive():
-                prog = self.engine.progress(self.id)
-                if prog:
-                    self.task['progress'] = prog.copy()
-                bar.update(prog)
-                self._thread.join(0.2)
-                if deadline and time.monotonic() > deadline:
-                    self.engine.cancel(self.id)
-                    self._thread.join()
-            if self.task['state'] == 'succeeded':
-                res = self.task['result'] or {}
-                total = res.get('size') or self.task['progress']['total']
-                if total:
-                    self.task['progress'] = {'done': total, 'total': total}
-            ok = self.task['state'] == 'succeeded'
-        except KeyboardInterrupt:
-            self.engine.cancel(self.id)
-            self._thread.join()
-            raise
-        finally:
-            bar.close(ok=ok)
-        if self.exc is not None:
-            raise self.exc
-        return self.task
-
-
 class Local:
-    """The engine in this process (``--local``): no daemon, no tasks."""
+    """The engine in this process (``--local``): the daemon's own task
+    manager over a ``LocalBackend``, with its journal in memory, so a task
+    runs, reports progress, times out and is cancelled as in the daemon;
+    the tasks end with this process (``tasks`` commands need the daemon).
+    """
+
+    # How often the progress bar is updated, in seconds.
+    STEP = 0.2
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
+        self._manager: Any = None
+
+    def _tasks(self) -> Any:
+        """The task manager, started on the first task: the other commands
+        need no worker.  Imported here: the manager brings the engine and
+        oslo.privsep, which the quick commands must not load
+        (tests/unit/test_cli_imports.py)."""
+        if self._manager is None:
+            from accel_daemon.manager import backends
+            from accel_daemon.manager import journal
+            from accel_daemon.manager import tasks
+            self._manager = tasks.TaskManager(
+                backends.LocalBackend(self.engine),
+                journal.Journal(journal.MEMORY), workers=1)
+            self._manager.start()
+        return self._manager
 
     def capabilities(self) -> records.Capabilities:
         return self.engine.capabilities()
@@ -300,8 +258,9 @@ class Local:
     def image_info(self, path: str, format: str) -> dict[str, Any]:
         return self.engine.image_info(path, format)
 
-    def submit(self, operation: str, params: dict[str, Any]) -> LocalTask:
-        return LocalTask(self.engine, operation, params)
+    def submit(self, operation: str, params: dict[str, Any]) -> str:
+        """The new task's id."""
+        return self._tasks().submit(operation, params)['id']
 
     def _no_tasks(self) -> exception.AccelError:
         return exception.InvalidRequest(
@@ -314,12 +273,37 @@ class Local:
               limit: int) -> list[records.Task]:
         raise self._no_tasks()
 
-    def wait(self, handle: LocalTask, bar: progress.Bar,
+    def wait(self, task_id: str, bar: progress.Bar,
              timeout: float | None) -> records.Task:
-        return handle.wait(bar, timeout)
+        """Wait for the task, showing its progress; cancel it after
+        ``timeout`` (or on Ctrl-C) and wait for it to end."""
+        manager = self._tasks()
+        deadline = time.monotonic() + timeout if timeout else None
+        ok = False
+        try:
+            task = manager.wait(task_id, self.STEP)
+            while task['state'] in ACTIVE_STATES:
+                bar.update(task['progress'])
+                if deadline and time.monotonic() > deadline:
+                    task = self._cancel(task_id)
+                else:
+                    task = manager.wait(task_id, self.STEP)
+            ok = task['state'] == 'succeeded'
+        except KeyboardInterrupt:
+            self._cancel(task_id)
+            raise
+        finally:
+            bar.close(ok=ok)
+        return task
+
+    def _cancel(self, task_id: str) -> records.Task:
+        self._manager.cancel(task_id)
+        return self._manager.wait(task_id, None)
 
     def close(self) -> None:
-        pass
+        if self._manager is not None:
+            self._manager.stop()
+            self._manager = None
 
 
 # --- commands ---------------------------------------------------------------
@@ -360,8 +344,7 @@ class _GlobalOutput(display.DisplayCommandBase):
 
 
 def _parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from accel_daemon.cmd.cli import app
-    app.one_line_errors(parser)
+    usage.one_line_errors(parser)
     return parser
 
 

@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The skeleton both integrations share (accel_daemon.integrations.common):
+the guarded install and uninstall, the fallback log, the routing checks.
+The caller is a module of this test's own, put in sys.modules."""
+
+import logging
+import sys
+import types
+
+import pytest
+
+from accel_daemon.integrations import common
+
+
+def callers_convert(source, dest, fmt, compress=False):
+    return 'caller'
+
+
+def our_convert(source, dest, fmt, compress=False):
+    return 'ours'
+
+
+def other_convert(source, dest, fmt, run_as_root=True):
+    return 'another release'
+
+
+@pytest.fixture
+def caller(monkeypatch):
+    module = types.ModuleType('fake_caller_images')
+    module.convert = callers_convert
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return module
+
+
+def test_install_replaces_and_uninstall_restores(caller):
+    original = common.Original(caller.__name__, 'convert', our_convert)
+    common.install(original)
+    assert caller.convert is our_convert
+    assert original.get() is callers_convert
+    common.install(original)                # again: the original stays
+    assert original.get() is callers_convert
+    common.uninstall(original)
+    assert caller.convert is callers_convert
+
+
+def test_install_checks_every_signature_before_replacing(caller):
+    caller.other = other_convert
+    good = common.Original(caller.__name__, 'convert', our_convert)
+    bad = common.Original(caller.__name__, 'other', our_convert)
+    with pytest.raises(RuntimeError, match='signature'):
+        common.install(good, bad)
+    assert caller.convert is callers_convert
+    assert caller.other is other_convert
+
+
+def test_install_refuses_what_is_missing(caller):
+    missing = common.Original(caller.__name__, 'gone', our_convert)
+    with pytest.raises(AttributeError):
+        common.install(missing)
+
+
+def test_original_replaced_before_it_was_kept(caller):
+    caller.convert = our_convert
+    original = common.Original(caller.__name__, 'convert', our_convert)
+    with pytest.raises(RuntimeError, match='use install'):
+        original.get()
+
+
+def test_each_fallback_reason_logged_once(caplog):
+    log = common.FallbackLog(logging.getLogger('test.fallback'), 'nova')
+    with caplog.at_level(logging.INFO, 'test.fallback'):
+        for _ in range(3):
+            assert isinstance(log.fallback('encryption'), common.Fallback)
+        log.fallback('URIs')
+    assert [r.getMessage() for r in caplog.records] == [
+        "accel-daemon: convert_image falls back to nova's qemu-img for "
+        "encryption (logged once)",
+        "accel-daemon: convert_image falls back to nova's qemu-img for "
+        "URIs (logged once)"]
+
+
+CAPS = {'allowed_dirs': ['/srv/images'],
+        'formats': {'input': ['raw', 'qcow2'], 'output': ['raw', 'qcow2']}}
+
+
+@pytest.mark.parametrize('caps, source, dest, fmt, reason', [
+    (None, '/srv/images/a', '/srv/images/b', 'raw',
+     'a daemon that does not answer'),
+    (CAPS, '/srv/images/a', '/srv/images/b', 'vmdk',
+     'a format accel-daemon does not convert'),
+    (CAPS, '/srv/images/a', '/elsewhere/b', 'raw',
+     "paths outside the daemon's allowed directories"),
+    (CAPS, '/srv/images/a', '/srv/images/b', 'QCOW2', None),
+])
+def test_daemon_refusal(caps, source, dest, fmt, reason):
+    assert common.daemon_refusal(caps, source, dest, 'raw', fmt) == reason
+
+
+def test_local_refusal():
+    assert common.local_refusal('URIs', '/a', '/b') is None
+    assert common.local_refusal('URIs', '/a', 'rbd:pool/v') == (
+        'a path that is not a local absolute path (URIs)')
+
+
+def test_convert_args_compress_qcow2_only(tmp_path):
+    dest = tmp_path / 'out'
+    args = common.convert_args('/a', str(dest), 'RAW', 'raw', True)
+    assert args == {'src': '/a', 'dst': str(dest), 'src_format': 'raw',
+                    'dst_format': 'raw', 'compress': False,
+                    'replace': False}
+    dest.touch()
+    args = common.convert_args('/a', str(dest), 'raw', 'qcow2', True)
+    assert args['compress'] and args['replace']
