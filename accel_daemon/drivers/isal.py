@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -136,9 +137,10 @@ class IsalCompressor(base.Compressor):
             os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         chunk = max(64 * 1024, int(self.settings.chunk_size))
         plan = chunk_plan(data_extents(src_fd, size), size, chunk)
-        job = _Job(src_fd, dst_fd, chunk, clamp_level(self.level(level)),
-                   max(1, int(self.settings.compression_threads)), progress,
-                   hashlib.sha256() if digest else None,
+        job = _Job(src_fd, dst_fd,
+                   _Shape(chunk, clamp_level(self.level(level)),
+                          max(1, int(self.settings.compression_threads))),
+                   progress, hashlib.sha256() if digest else None,
                    throttle.pacer(bps_limit, progress))
         main_cpu = time.thread_time()
         job.run(plan)
@@ -164,15 +166,23 @@ class IsalCompressor(base.Compressor):
                 reader.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """How one compression run is cut: chunk size, level, threads."""
+    chunk: int
+    level: int
+    threads: int
+
+
 class _Job:
     """One compression run: ordered writes over a bounded pool of chunks."""
 
-    def __init__(self, src_fd: int, dst_fd: int, chunk: int, level: int,
-                 threads: int, progress: Progress,
-                 hasher: Any = None,
+    def __init__(self, src_fd: int, dst_fd: int, shape: _Shape,
+                 progress: Progress, hasher: Any = None,
                  pacer: throttle.Pacer | None = None) -> None:
         self.src_fd, self.dst_fd = src_fd, dst_fd
-        self.chunk, self.level, self.threads = chunk, level, threads
+        chunk, threads = shape.chunk, shape.threads
+        self.chunk, self.level, self.threads = chunk, shape.level, threads
         self.progress = progress
         self.hasher = hasher
         # Paces the chunk reads (holes are not read, so not paced).

@@ -28,6 +28,7 @@ the privsep daemon.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -61,21 +62,31 @@ _PRUNE_INTERVAL = 60.0
 TIMEOUT_GRACE = 30.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a TaskManager holds its tasks to ([tasks] in the daemon's
+    configuration): queued tasks at most (0: no cap), how long and how many
+    finished tasks the journal keeps, a running task's time limit (0: none)
+    and the grace before a task that ignores its cancel is abandoned."""
+    max_queued: int = 0
+    retention_hours: float = 168.0
+    max_tasks_kept: int = 10000
+    task_timeout: float = 0.0
+    timeout_grace: float = TIMEOUT_GRACE
+
+
 class TaskManager:
     def __init__(self, backend: Backend, journal: Journal, workers: int = 4,
-                 max_queued: int = 0, retention_hours: float = 168.0,
-                 max_tasks_kept: int = 10000,
-                 clock: Callable[[], float] = time.time,
-                 task_timeout: float = 0.0,
-                 timeout_grace: float = TIMEOUT_GRACE) -> None:
+                 limits: Limits = Limits(),
+                 clock: Callable[[], float] = time.time) -> None:
         if workers < 1:
             raise ValueError('workers must be at least 1')
         self.backend = backend
         self.journal = journal
         self.workers = workers
-        self.max_queued = max_queued
-        self.retention_seconds = retention_hours * 3600.0
-        self.max_tasks_kept = max_tasks_kept
+        self.max_queued = limits.max_queued
+        self.retention_seconds = limits.retention_hours * 3600.0
+        self.max_tasks_kept = limits.max_tasks_kept
         self._clock = clock
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)     # workers wait here
@@ -87,8 +98,8 @@ class TaskManager:
         self._accepting = False
         self._stopping = False
         self._last_prune = 0.0
-        self.task_timeout = task_timeout
-        self._watchdog = (Watchdog(task_timeout, timeout_grace,
+        self.task_timeout = task_timeout = limits.task_timeout
+        self._watchdog = (Watchdog(task_timeout, limits.timeout_grace,
                                    self._expire, self._abandon)
                           if task_timeout > 0 else None)
         self._owners: dict[str, threading.Thread] = {}
@@ -102,10 +113,10 @@ class TaskManager:
         t = conf.tasks
         path = os.path.join(conf.accel_daemon.state_dir, 'tasks.sqlite')
         return cls(backend, Journal(path), workers=t.workers,
-                   max_queued=t.max_queued,
-                   retention_hours=t.task_retention_hours,
-                   max_tasks_kept=t.max_tasks_kept,
-                   task_timeout=t.task_timeout)
+                   limits=Limits(max_queued=t.max_queued,
+                                 retention_hours=t.task_retention_hours,
+                                 max_tasks_kept=t.max_tasks_kept,
+                                 task_timeout=t.task_timeout))
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:

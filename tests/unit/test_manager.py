@@ -8,6 +8,7 @@ import pytest
 from accel_daemon import exception
 from accel_daemon.manager.backends import Backend
 from accel_daemon.manager.journal import Journal
+from accel_daemon.manager.tasks import Limits
 from accel_daemon.manager.tasks import TaskManager
 from tests.fakes.backend import FakeBackend
 
@@ -23,9 +24,10 @@ def db(tmp_path):
 def make(db):
     managers = []
 
-    def factory(backend=None, workers=2, **kw):
+    def factory(backend=None, workers=2, clock=time.time, **limits):
         backend = backend or FakeBackend()
-        mgr = TaskManager(backend, Journal(db), workers=workers, **kw)
+        mgr = TaskManager(backend, Journal(db), workers=workers,
+                          limits=Limits(**limits), clock=clock)
         mgr.start()
         managers.append((mgr, backend))
         return mgr, backend
