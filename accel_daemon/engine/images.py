@@ -284,14 +284,13 @@ def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
                                  pass_fds=(src.fd, out.fd), caps=caps)
     except exception.Cancelled:
         if watch.exceeded:
-            raise exception.SizeLimitExceeded(path=src.name,
-                                              limit=watch.allowed)
+            raise watch.error(src)
         raise
     except exception.ProcessFailed as e:
         raise refused_reference(src, before, e) from e
     watch.check()
     if watch.exceeded:
-        raise exception.SizeLimitExceeded(path=src.name, limit=watch.allowed)
+        raise watch.error(src)
     check_unchanged(src, before)
     progress.set_done(virtual_size)
     return _convert_result(out, dst_fmt, virtual_size, argv, result)
@@ -320,9 +319,12 @@ class _AllocationWatch:
                  progress: Progress) -> None:
         self.fd = -1 if out.is_device or limit is None else out.fd
         self.allowed = (limit or 0) + (limit or 0) // 64 + 16 * 1024 ** 2
+        # Whether the file system, not the size cap, set the bound.
+        self.by_room = False
         if self.fd >= 0:
-            self.allowed = min(self.allowed,
-                               sparse.room(self.fd, self.MARGIN))
+            room = sparse.room(self.fd, self.MARGIN)
+            self.by_room = room < self.allowed
+            self.allowed = min(self.allowed, room)
         self.progress = progress
         self.exceeded = False
         self._stop = threading.Event()
@@ -345,6 +347,13 @@ class _AllocationWatch:
     def _poll(self) -> None:
         while not self._stop.wait(self.POLL):
             self.check()
+
+    def error(self, src: files.Opened) -> Exception:
+        """Past the size cap: ``SizeLimitExceeded``; past what the file
+        system can spare: ENOSPC (``NoSpace``, naming the output)."""
+        if self.by_room:
+            return sparse.out_of_room(self.allowed)
+        return exception.SizeLimitExceeded(path=src.name, limit=self.allowed)
 
     def check(self) -> None:
         if self.fd < 0 or self.exceeded:

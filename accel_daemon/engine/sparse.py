@@ -13,6 +13,7 @@ image stays mostly unallocated.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 from typing import Any, Protocol
@@ -98,10 +99,20 @@ class Flow:
 
 
 def room(fd: int, margin: int = 64 * 1024 * 1024) -> int:
-    """What the file system holding ``fd`` can still take, less a
-    ``margin`` for everything else on it (at least 0)."""
+    """What the file system holding ``fd`` can still take, less a margin
+    for everything else on it: ``margin``, or a twentieth of the file
+    system where that is less (a small one must still be usable)."""
     st = os.fstatvfs(fd)
+    margin = min(margin, st.f_blocks * st.f_frsize // 20)
     return max(0, st.f_bavail * st.f_frsize - margin)
+
+
+def out_of_room(room: int) -> OSError:
+    """The error of an output that would leave its file system without
+    its margin: ENOSPC, which ``accel_daemon.operations.run`` reports as
+    ``NoSpace`` naming the output."""
+    return OSError(errno.ENOSPC, 'the output would take more than the %d '
+                   'bytes its file system can spare' % room)
 
 
 def copy_capped(stream: Readable, out_fd: int, flow: Flow) -> int:
@@ -161,7 +172,7 @@ def _copy(stream: Readable, out: directio.BlockWriter,
         elif not buf.is_zero(0, n):
             written += _write_nonzero(out, buf, n, total)
         if flow.room is not None and written > flow.room:
-            raise exception.SizeLimitExceeded(path=name, limit=flow.room)
+            raise out_of_room(flow.room)
         total += n
         if progress is not None:
             progress.set_done(total)
