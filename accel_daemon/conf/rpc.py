@@ -18,15 +18,6 @@ from accel_daemon.conf import client
 SERVER_GROUP = cfg.OptGroup('accel_daemon_rpc',
                             title='accel-daemon RPC server')
 
-# The client's names, where code written against earlier releases looks
-# for them (they were defined here).
-CLIENT_GROUP = client.CLIENT_GROUP
-CLIENT_OPTS = client.CLIENT_OPTS
-DEFAULT_TOPIC = client.DEFAULT_TOPIC
-QUEUE_RETRY_FIRST = client.QUEUE_RETRY_FIRST
-QUEUE_RETRY_MAX = client.QUEUE_RETRY_MAX
-register_client_opts = client.register_opts
-
 SERVER_OPTS = [
     cfg.StrOpt('host', default=socket.gethostname(),
                sample_default='<this host name>',

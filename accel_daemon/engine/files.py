@@ -192,7 +192,9 @@ def _check_links(conf: paths.Confinement, path: str, real: str,
     warns at start), would otherwise be read with the helper's rights."""
     if st.st_nlink < 2:
         return
-    owner = os.lstat(conf.dir_of(real)).st_uid
+    directory = conf.dir_of(real)
+    assert directory is not None  # nosec B101: open_source checked it
+    owner = os.lstat(directory).st_uid
     if st.st_uid != owner:
         raise exception.PathNotAllowed(
             path=path, reason='a hard link to a file the owner of its '

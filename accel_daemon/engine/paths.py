@@ -89,13 +89,12 @@ class Confinement:
 
     def contains(self, real: str) -> bool:
         """True if the resolved path ``real`` is inside an allowed dir."""
-        return any(real == d or real.startswith(d.rstrip(os.sep) + os.sep)
-                   for d in self.dirs)
+        return self.dir_of(real) is not None
 
-    def dir_of(self, real: str) -> str:
+    def dir_of(self, real: str) -> str | None:
         """The allowed directory holding the resolved path ``real``."""
-        return next(d for d in self.dirs
-                    if real == d or real.startswith(d.rstrip(os.sep) + os.sep))
+        return next((d for d in self.dirs if real == d
+                     or real.startswith(d.rstrip(os.sep) + os.sep)), None)
 
     def device_name(self, path: str) -> bool:
         """True if ``path`` is a name the block-device patterns allow."""
