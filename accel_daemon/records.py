@@ -31,6 +31,10 @@ The shape of a task (``Task``)::
     global_request_id  task (``accel_daemon.request_ids``); a daemon
                        older than request ids sends neither key, so a
                        client reads them with ``.get()``
+    caller             str | None: the name of the caller that made the
+                       task (``[caller:NAME]`` of the daemon), None on a
+                       daemon that serves one caller; an older daemon
+                       sends no key
 """
 
 from __future__ import annotations
@@ -139,3 +143,4 @@ class Task(TypedDict):
     finished_at: float | None
     request_id: str | None
     global_request_id: str | None
+    caller: str | None

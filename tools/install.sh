@@ -2,14 +2,24 @@
 # Deploy accel-daemon on this host from this checkout. Idempotent; run as
 # root:
 #
-#   bash tools/install.sh
+#   bash tools/install.sh [--caller NAME:DIR[,DIR...][:DEVICE_PATTERN[,...]]]...
+#
+# --caller (repeatable) gives one calling service (cinder, nova...) its own
+# broker account and virtual host, accel-NAME, and its own directories and
+# block devices (doc/source/security.rst); its client settings go to
+# /etc/accel-daemon/callers/NAME.conf, to copy into the service's own
+# configuration. An "operator" caller, for accel-image as root, is always
+# made, with ACCEL_ALLOWED_DIRS. This needs a RabbitMQ on this host
+# (rabbitmqctl); the guest account is never used.
 #
 # Environment (all optional):
 #   ACCEL_USER           service user                   (accel-daemon)
 #   ACCEL_PREFIX         where the venv goes             (/opt/accel-daemon)
 #   ACCEL_ALLOWED_DIRS   comma-separated allowed dirs    (/var/lib/accel-daemon/images)
-#   ACCEL_TRANSPORT_URL  oslo.messaging transport URL
-#                        (rabbit://guest:guest@127.0.0.1:5672/)
+#   ACCEL_TRANSPORT_URL  a broker this host does not run: the daemon's
+#                        own account there (never guest); no callers are
+#                        then set up, the daemon serves one caller
+#                        (default: accounts on the local RabbitMQ)
 #   ACCEL_TOOL_USER      the user the tools run as       (accel-tools)
 #   ACCEL_SYSTEMD_UNIT_DIR  where the systemd unit goes  (/etc/systemd/system)
 #   ACCEL_SYSTEMD_RUN_DIR   present when systemd runs    (/run/systemd/system)
@@ -37,7 +47,8 @@ USER_NAME=${ACCEL_USER:-accel-daemon}
 PREFIX=${ACCEL_PREFIX:-/opt/accel-daemon}
 VENV=$PREFIX/venv
 ALLOWED_DIRS=${ACCEL_ALLOWED_DIRS:-/var/lib/accel-daemon/images}
-TRANSPORT_URL=${ACCEL_TRANSPORT_URL:-rabbit://guest:guest@127.0.0.1:5672/}
+TRANSPORT_URL=${ACCEL_TRANSPORT_URL:-}
+CALLERS=()
 STATE=/var/lib/accel-daemon
 ETC=/etc/accel-daemon
 UNIT_DIR=${ACCEL_SYSTEMD_UNIT_DIR:-/etc/systemd/system}
@@ -54,6 +65,9 @@ log() { echo "install: $*" >&2; }
 source "$ROOT/tools/bindep.sh"
 # shellcheck source=tools/tool-user.sh
 source "$ROOT/tools/tool-user.sh"
+BROKER_SECRETS=$ETC/broker
+# shellcheck source=tools/broker.sh
+source "$ROOT/tools/broker.sh"
 
 make_user() {
     if ! getent passwd "$USER_NAME" >/dev/null; then
@@ -102,12 +116,16 @@ write_config() {
     local conf=$ETC/accel-daemon.conf
     [ -e "$conf" ] && return 0
     log "writing $conf"
+    local url=$TRANSPORT_URL
+    # The operator's virtual host (configure_callers): the transport of
+    # accel-image run as root with this file.
+    [ -n "$url" ] || url=$(broker_caller operator)
     install -m 0640 -o root -g "$USER_NAME" /dev/null "$conf"
     cat >"$conf" <<EOF
 # accel-daemon configuration; every option is described in
 # $ETC/accel-daemon.conf.sample.
 [DEFAULT]
-transport_url = $TRANSPORT_URL
+transport_url = $url
 
 [accel_daemon]
 allowed_dirs = $ALLOWED_DIRS
@@ -117,12 +135,78 @@ tool_user = ${ACCEL_TOOL_USER:-accel-tools}
 EOF
 }
 
+# A transport URL that logs in as guest: any local user could be the
+# daemon's caller.
+is_guest_url() {
+    case "$1" in
+        *://guest:* | *://guest@* | *,guest:* | *,guest@*) return 0 ;;
+    esac
+    return 1
+}
+
+# The broker accounts and the [caller:NAME] sections: the operator's, then
+# each --caller's; the callers' client settings in $ETC/callers/.
+configure_callers() {
+    local conf=$ETC/accel-daemon.conf spec name rest dirs devices url
+    if [ -n "$TRANSPORT_URL" ]; then
+        if [ ${#CALLERS[@]} -gt 0 ]; then
+            log "--caller needs the broker's accounts made here (rabbitmqctl);"
+            log "with ACCEL_TRANSPORT_URL, make them on the broker and add"
+            log "[caller:NAME] sections by hand (doc/source/security.rst)"
+            return 1
+        fi
+        return 0
+    fi
+    url=$(broker_caller operator)
+    python3 "$ROOT/tools/caller_conf.py" "$conf" operator "$url" \
+        "$ALLOWED_DIRS" "" --operator
+    # A configuration an older install.sh wrote logs in as guest.
+    if is_guest_url "$(python3 "$ROOT/tools/inifile.py" get "$conf" DEFAULT \
+        transport_url)"; then
+        python3 "$ROOT/tools/inifile.py" set "$conf" DEFAULT transport_url \
+            "$url"
+        log "$conf: [DEFAULT] transport_url no longer logs in as guest"
+    fi
+    install -d -m 0755 -o root -g root "$ETC/callers"
+    for spec in "${CALLERS[@]}"; do
+        name=${spec%%:*}
+        rest=${spec#*:}
+        dirs=${rest%%:*}
+        devices=
+        [ "$rest" = "$dirs" ] || devices=${rest#*:}
+        url=$(broker_caller "$name")
+        python3 "$ROOT/tools/caller_conf.py" "$conf" "$name" "$url" \
+            "$dirs" "$devices"
+        write_client_conf "$name"
+    done
+}
+
+# $ETC/callers/NAME.conf: what the caller's service sets, readable by the
+# group NAME when there is one (cinder, nova), else by root only.
+write_client_conf() {
+    local name=$1 file=$ETC/callers/$1.conf group=root mode=0600
+    if getent group "$name" >/dev/null; then
+        group=$name
+        mode=0640
+    fi
+    install -m "$mode" -o root -g "$group" /dev/null "$file.new"
+    {
+        echo "# accel-daemon client settings of caller $name: copy into the"
+        echo "# service's own configuration (for example /etc/$name/$name.conf)."
+        echo "[accel_daemon_client]"
+        echo "transport_url = $(broker_url "accel-$name" "accel-$name")"
+    } >"$file.new"
+    mv -f "$file.new" "$file"
+    log "caller $name: client settings in $file"
+}
+
 install_etc() {
     install -d -m 0755 -o root -g root "$ETC" "$ETC/rootwrap.d"
     install_file 0644 "$ROOT/etc/accel-daemon/rootwrap.conf" "$ETC/rootwrap.conf"
     install_file 0644 "$ROOT/etc/accel-daemon/accel-daemon.conf.sample" \
         "$ETC/accel-daemon.conf.sample"
     write_config
+    configure_callers
     # The filters are the command boundary: owned by root, not writable by
     # the service user (tools/render_filters.py rewrites any path pattern
     # for the allowed directories; the shipped filters have none left).
@@ -192,6 +276,28 @@ how_to_start() {
 main() {
     if [ "$(id -u)" -ne 0 ]; then
         log "run as root"
+        exit 1
+    fi
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --caller)
+                if ! [[ "${2:-}" =~ ^[a-z][a-z0-9_-]{0,31}:/ ]]; then
+                    log "--caller NAME:DIR[,DIR...][:PATTERN,...], got '${2:-}'"
+                    exit 2
+                fi
+                CALLERS+=("$2")
+                shift 2 ;;
+            *) log "unknown argument $1"; exit 2 ;;
+        esac
+    done
+    if [ -n "$TRANSPORT_URL" ] && is_guest_url "$TRANSPORT_URL"; then
+        log "refusing to deploy on the broker's guest account: any local"
+        log "user may log in as guest and would be the daemon's caller"
+        exit 1
+    fi
+    if [ -z "$TRANSPORT_URL" ] && ! command -v rabbitmqctl >/dev/null; then
+        log "no rabbitmqctl here: run a RabbitMQ on this host"
+        log "(bash tools/rabbitmq.sh), or give ACCEL_TRANSPORT_URL"
         exit 1
     fi
     # shellcheck disable=SC2046  # one package name per word

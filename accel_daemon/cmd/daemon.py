@@ -70,6 +70,7 @@ from oslo_log import log as oslo_log  # noqa: E402
 from oslo_service import service as oslo_service  # noqa: E402
 
 from accel_daemon import conf as accel_conf  # noqa: E402
+from accel_daemon.conf import callers as callers_conf  # noqa: E402
 from accel_daemon.engine import paths  # noqa: E402
 from accel_daemon.engine.tooluser import ToolUser  # noqa: E402
 from accel_daemon.manager import lock as state_lock  # noqa: E402
@@ -228,46 +229,110 @@ def lock_state_dir(conf: cfg.ConfigOpts) -> state_lock.StateLock:
                          'state_dir %s: %s' % (state_dir, e)) from None
 
 
+def callers_of(conf: cfg.ConfigOpts) -> list[rpc_endpoint.Caller]:
+    """Whom this daemon serves, each on its own transport: the
+    ``[caller:NAME]`` sections, or the one caller of ``[DEFAULT]
+    transport_url`` (``accel_daemon.conf.callers``)."""
+    scopes = callers_conf.scopes(conf)
+    if not scopes:
+        return [rpc_endpoint.Caller.only(accel_conf.settings(conf))]
+    found = []
+    for scope in scopes:
+        opts = conf[callers_conf.group_name(scope.name)]
+        found.append(rpc_endpoint.Caller(
+            scope.name, scope.allowed_dirs, scope.allowed_block_devices,
+            max_queued=opts.max_queued, operator=opts.operator,
+            transport_url=opts.transport_url))
+    return found
+
+
+def broker_user(conf: cfg.ConfigOpts, url: str | None) -> str | None:
+    """The user name in a transport URL (None: [DEFAULT] transport_url)."""
+    import oslo_messaging
+    rpcapi.register_messaging_opts(conf)
+    try:
+        parsed = oslo_messaging.TransportURL.parse(conf, url)
+    except Exception:
+        # oslo.messaging refuses it properly when the transport is built.
+        return None
+    return next((h.username for h in parsed.hosts if h.username), None)
+
+
+def check_callers(conf: cfg.ConfigOpts) -> list[rpc_endpoint.Caller]:
+    """The callers, or exit with the configuration's mistake; warn about
+    what lets one local user act as another (doc/source/security.rst)."""
+    try:
+        callers = callers_of(conf)
+    except callers_conf.CallerConfigError as e:
+        raise SystemExit('accel-daemon: refusing to start: %s' % e) from None
+    if callers[0].name is None:
+        LOG.warning('No [accel_daemon_rpc] callers configured: whoever holds '
+                    'the credentials of [DEFAULT] transport_url may use every '
+                    'allowed directory and see every task (tools/install.sh '
+                    '--caller gives each service its own)')
+    for d, a, b in callers_conf.shared_dirs(
+            tuple(accel_conf.settings(conf).callers)):
+        LOG.warning('Callers %s and %s share the directory %s: each can '
+                    'plant or replace files the other uses', a, b, d)
+    for caller in callers:
+        if broker_user(conf, caller.transport_url) == 'guest':
+            LOG.warning('The transport of %s logs in as guest, which any '
+                        'local user may use: give it an account of its own',
+                        'caller %s' % caller.name if caller.name
+                        else '[DEFAULT] transport_url')
+    return callers
+
+
+def _transports(conf: cfg.ConfigOpts) -> list[Any]:
+    return [rpcapi.get_transport(conf, url=c.transport_url)
+            for c in callers_of(conf)]
+
+
 def check_server_name(conf: cfg.ConfigOpts) -> None:
-    """Exit if another daemon already answers on our server name."""
+    """Exit if another daemon already answers on our server name, on any
+    caller's transport."""
     opts = conf.accel_daemon_rpc
     if not opts.presence_timeout:
         return
-    transport = rpcapi.get_transport(conf)
-    try:
-        taken = presence.someone_answers(transport, opts.topic, opts.host,
-                                         opts.presence_timeout)
-    finally:
-        transport.cleanup()
-    if taken:
-        raise SystemExit(
-            'accel-daemon: refusing to start: another accel-daemon already '
-            'answers as server %s on topic %s (same transport and exchange); '
-            'stop it or give this one another [accel_daemon_rpc] host'
-            % (opts.host, opts.topic))
+    for transport in _transports(conf):
+        try:
+            taken = presence.someone_answers(transport, opts.topic,
+                                             opts.host, opts.presence_timeout)
+        finally:
+            transport.cleanup()
+        if taken:
+            raise SystemExit(
+                'accel-daemon: refusing to start: another accel-daemon '
+                'already answers as server %s on topic %s (same transport '
+                'and exchange); stop it or give this one another '
+                '[accel_daemon_rpc] host' % (opts.host, opts.topic))
 
 
 def wait_until_answering(conf: cfg.ConfigOpts, timeout: float,
                          stopping: Callable[[], bool] = lambda: False
                          ) -> bool:
-    """Call this daemon's own server name until it answers: then the RPC
-    server consumes its queue and dispatches.  False after ``timeout``
-    seconds, or as soon as ``stopping()`` says the wait is pointless."""
+    """Call this daemon's own server name, on every caller's transport,
+    until it answers there: then its RPC servers consume their queues and
+    dispatch.  False after ``timeout`` seconds, or as soon as
+    ``stopping()`` says the wait is pointless."""
     opts = conf.accel_daemon_rpc
     deadline = time.monotonic() + timeout
-    transport = rpcapi.get_transport(conf)
+    transports = _transports(conf)
     try:
-        while not stopping():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if presence.someone_answers(transport, opts.topic, opts.host,
-                                        min(2.0, max(left, 0.1))):
-                return True
-            time.sleep(0.05)
-        return False
+        for transport in transports:
+            while True:
+                left = deadline - time.monotonic()
+                if stopping() or left <= 0:
+                    return False
+                if presence.someone_answers(transport, opts.topic,
+                                            opts.host,
+                                            min(2.0, max(left, 0.1))):
+                    break
+                time.sleep(0.05)
+        return True
     finally:
-        transport.cleanup()
+        for transport in transports:
+            transport.cleanup()
 
 
 def make_manager(conf: cfg.ConfigOpts, backend: Any) -> TaskManager:
@@ -290,34 +355,48 @@ class Service(oslo_service.ServiceBase):
         self.backend = backend
         self.close_backend = close_backend
         self.manager = make_manager(conf, backend)
-        self.transport = rpcapi.get_transport(conf)
         opts = conf.accel_daemon_rpc
-        self.endpoint = rpc_endpoint.AccelEndpoint(
-            self.manager, backend, accel_conf.settings(conf),
-            max_wait=opts.max_task_wait)
-        self.server = rpc_server.build(self.transport, opts.topic, opts.host,
-                                       [self.endpoint])
+        settings = accel_conf.settings(conf)
+        # One transport, endpoint and server per caller: a request's
+        # caller is the transport (broker login) it arrived on.
+        self.transports = []
+        self.endpoints = []
+        self.servers = []
+        for caller in callers_of(conf):
+            transport = rpcapi.get_transport(conf, url=caller.transport_url)
+            endpoint = rpc_endpoint.AccelEndpoint(
+                self.manager, backend, settings, max_wait=opts.max_task_wait,
+                caller=caller)
+            self.transports.append(transport)
+            self.endpoints.append(endpoint)
+            self.servers.append(rpc_server.build(transport, opts.topic,
+                                                 opts.host, [endpoint]))
         # Set when start() has returned or raised; start_error holds what
         # it raised.
         self.started = threading.Event()
         self.start_error: BaseException | None = None
         self._stopped = threading.Event()
-        self._managing = self._serving = False
+        self._managing = False
+        # The servers whose start() returned: only those may be stopped.
+        self._started: list[Any] = []
 
     def start(self) -> None:
         try:
             self.manager.start()
             self._managing = True
-            self.server.start()
-            self._serving = True
+            for server in self.servers:
+                server.start()
+                self._started.append(server)
         except BaseException as e:
             self.start_error = e
             raise
         finally:
             self.started.set()
-        LOG.info('accel-daemon serving topic %s as %s',
+        LOG.info('accel-daemon serving topic %s as %s for %s',
                  self.conf.accel_daemon_rpc.topic,
-                 self.conf.accel_daemon_rpc.host)
+                 self.conf.accel_daemon_rpc.host,
+                 ', '.join(e.caller.name or 'its one caller'
+                           for e in self.endpoints))
 
     def reload(self) -> None:
         try:
@@ -339,19 +418,29 @@ class Service(oslo_service.ServiceBase):
         # task_wait calls still in flight), then wait for those calls.
         # Only what start() got to: stopping a server that never started
         # would wait for it forever.
-        if self._serving:
-            self.server.stop()
+        for server in self._started:
+            _quietly(server.stop)
         if self._managing:
             self.manager.stop(self.conf.tasks.stop_timeout)
-        if self._serving:
-            self.server.wait()
-        self.transport.cleanup()
+        for server in self._started:
+            _quietly(server.wait)
+        for transport in self.transports:
+            transport.cleanup()
         self.close_backend()
         self._stopped.set()
         LOG.info('accel-daemon stopped')
 
     def wait(self) -> None:
         self._stopped.wait()
+
+
+def _quietly(step: Callable[[], None]) -> None:
+    """One server's stop or wait: a failing one must not keep the others
+    from stopping."""
+    try:
+        step()
+    except Exception:
+        LOG.exception('Stopping an RPC server failed')
 
 
 class Notifier:
@@ -462,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                          'import accel_daemon.cmd.daemon first')
     parse_args(sys.argv[1:] if argv is None else argv)
     check_state_dir(CONF)
+    check_callers(CONF)
     check_tool_user(CONF)
     check_hardlinks()
     lock = lock_state_dir(CONF)

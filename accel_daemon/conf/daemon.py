@@ -13,6 +13,7 @@ from __future__ import annotations
 from oslo_config import cfg
 
 from accel_daemon.conf import accel
+from accel_daemon.conf import callers
 from accel_daemon.conf import compression
 from accel_daemon.conf import manager
 from accel_daemon.conf import qemu_img
@@ -51,4 +52,5 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         info_cpu_seconds=q.info_cpu_seconds,
         info_address_space=q.info_address_space_mib * 1024 * 1024,
         convert_coroutines=q.convert_coroutines,
+        callers=callers.scopes(conf),
     )

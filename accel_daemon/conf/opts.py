@@ -2,6 +2,7 @@
 """Entry point for oslo-config-generator (``oslo.config.opts``)."""
 
 from accel_daemon.conf import accel
+from accel_daemon.conf import callers
 from accel_daemon.conf import client
 from accel_daemon.conf import compression
 from accel_daemon.conf import integrations
@@ -13,7 +14,8 @@ from accel_daemon.conf import rpc
 
 def list_opts():
     result = []
-    for module in (accel, compression, qemu_img, manager, rpc, privsep):
+    for module in (accel, compression, qemu_img, manager, rpc, callers,
+                   privsep):
         result.extend(module.list_opts().items())
     return result
 

@@ -13,6 +13,7 @@ import socket
 
 from oslo_config import cfg
 
+from accel_daemon.conf import callers
 from accel_daemon.conf import client
 
 SERVER_GROUP = cfg.OptGroup('accel_daemon_rpc',
@@ -48,6 +49,7 @@ SERVER_OPTS = [
                       '(executor_thread_pool_size of them, each up to '
                       'max_task_wait) answers later, so raise this on such '
                       'hosts. 0 disables the check.'),
+    callers.CALLERS_OPT,
 ]
 
 

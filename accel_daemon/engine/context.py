@@ -12,8 +12,10 @@ from accel_daemon.engine import files
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import landlock
 from accel_daemon.engine import paths
+from accel_daemon.engine.settings import Scope
 from accel_daemon.engine.settings import Settings
 from accel_daemon.engine.tooluser import ToolUser
+from accel_daemon import exception
 
 
 def make_policy(settings: Settings,
@@ -25,6 +27,10 @@ def make_policy(settings: Settings,
     return CommandPolicy(settings.filters_path, settings.exec_dirs,
                          timeout=settings.command_timeout,
                          tool_user=tool_user, sandbox=sandbox)
+
+
+def _confinement(scope: Scope) -> paths.Confinement:
+    return paths.Confinement(scope.allowed_dirs, scope.allowed_block_devices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,16 @@ class Context:
             policy = make_policy(settings, user)
         return cls(settings, policy, paths.Confinement(
             settings.allowed_dirs, settings.allowed_block_devices))
+
+    def scoped(self, caller: str) -> Context:
+        """This context confined to what ``caller`` may name; an unknown
+        caller is refused (the privileged layer never falls back to the
+        host's envelope for a name it does not know)."""
+        scope = self.settings.scope(caller)
+        if scope is None:
+            raise exception.InvalidRequest(reason='unknown caller %r'
+                                           % (caller,))
+        return dataclasses.replace(self, confinement=_confinement(scope))
 
     def open_source(self, path: str) -> files.Opened:
         """Open an input once (see ``engine.files``)."""

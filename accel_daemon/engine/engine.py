@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
+import copy as _copy
 import logging
 import os
 import threading
@@ -48,7 +49,19 @@ class Engine:
         self.ctx = Context.create(settings, policy)
         self._lock = threading.Lock()
         self._running: dict[str, Progress] = {}
-        self._drivers = drivers
+        # One box, shared with every for_caller() view: drivers load once.
+        self._drivers_box: list[dict[str, base.Compressor] | None] = [drivers]
+
+    def for_caller(self, caller: str | None) -> Engine:
+        """This engine as ``caller`` sees it: the same drivers, tasks and
+        policy, and the directories and devices of that caller only
+        (``Settings.callers``); ``None``: the host's whole envelope.  An
+        unknown caller is refused with InvalidRequest."""
+        if caller is None:
+            return self
+        view = _copy.copy(self)
+        view.ctx = self.ctx.scoped(caller)
+        return view
 
     @property
     def settings(self) -> Settings:
@@ -61,10 +74,13 @@ class Engine:
     @property
     def drivers(self) -> dict[str, base.Compressor]:
         """This engine's driver registry (loaded once, on first use)."""
-        if self._drivers is None:
-            self._drivers = compression.load_drivers(self.settings,
-                                                     self.policy)
-        return self._drivers
+        box = self._drivers_box
+        with self._lock:
+            drivers = box[0]
+            if drivers is None:
+                drivers = box[0] = compression.load_drivers(self.settings,
+                                                            self.policy)
+            return drivers
 
     # -- control -----------------------------------------------------------
     @contextlib.contextmanager
@@ -119,10 +135,11 @@ class Engine:
             'tools': tools,
             'formats': {'input': list(qemu_img.INPUT_FORMATS),
                         'output': list(qemu_img.OUTPUT_FORMATS)},
-            'allowed_dirs': list(self.settings.allowed_dirs),
+            # What this caller may name (for_caller()).
+            'allowed_dirs': list(self.ctx.confinement.configured),
             # Callers route a /dev path here only when it matches one.
             'allowed_block_devices': list(
-                self.settings.allowed_block_devices),
+                self.ctx.confinement.block_patterns),
         }
 
     def image_info(self, path: str, format: str) -> dict[str, Any]:
@@ -137,7 +154,7 @@ class Engine:
             removed = paths.temp_files_for(os.path.join(directory, 'stage'))
         else:
             removed = paths.temp_files_for(
-                paths.check_output_dir(dst, self.settings.allowed_dirs))
+                paths.check_output_dir(dst, self.ctx.confinement.dirs))
         for path in removed:
             os.unlink(path)
         if removed:

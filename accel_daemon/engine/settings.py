@@ -10,6 +10,16 @@ DEFAULT_DRIVERS = ('qat', 'isal', 'igzip', 'pigz', 'gzip')
 
 
 @dataclasses.dataclass(frozen=True)
+class Scope:
+    """What one caller (``[caller:NAME]`` of the daemon's configuration)
+    may name: its own directories and block-device patterns, each inside
+    the host's ``allowed_dirs`` / ``allowed_block_devices``."""
+    name: str
+    allowed_dirs: tuple[str, ...]
+    allowed_block_devices: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     # Directories every input and output must resolve under.
     allowed_dirs: tuple[str, ...] = ('/var/lib/accel-daemon/images',)
@@ -51,3 +61,13 @@ class Settings:
     sysfs_root: str = '/sys'
     # Mode of every file accel-daemon creates.
     output_file_mode: int = 0o640
+    # The callers and what each may name; empty: one caller, the host's
+    # allowed_dirs and allowed_block_devices.
+    callers: tuple[Scope, ...] = ()
+
+    def scope(self, caller: str | None) -> Scope | None:
+        """What ``caller`` may name (None: the host's whole envelope);
+        None when no caller of that name is configured."""
+        if caller is None:
+            return Scope('', self.allowed_dirs, self.allowed_block_devices)
+        return next((s for s in self.callers if s.name == caller), None)

@@ -34,14 +34,17 @@ class Backend(Protocol):
     """Operations the task manager delegates; all arguments and results are
     plain types so they can cross the privsep channel."""
 
-    def run(self, task_id: str, operation: str,
-            params: dict[str, Any]) -> records.Result:
-        """Run one operation to the end; raise an AccelError on failure
-        (``Cancelled`` when ``cancel(task_id)`` stopped it)."""
+    def run(self, task_id: str, operation: str, params: dict[str, Any],
+            caller: str | None = None) -> records.Result:
+        """Run one operation to the end, confined to what ``caller`` may
+        name (None: the host's allowed directories and devices); raise an
+        AccelError on failure (``Cancelled`` when ``cancel(task_id)``
+        stopped it)."""
 
     def capabilities(self) -> records.Capabilities: ...
 
-    def info(self, path: str, fmt: str) -> dict[str, Any]: ...
+    def info(self, path: str, fmt: str,
+             caller: str | None = None) -> dict[str, Any]: ...
 
     def progress(self, task_id: str) -> records.TaskProgress | None:
         """``{'done', 'total'}`` of a running task, None when not running."""
@@ -49,7 +52,8 @@ class Backend(Protocol):
     def cancel(self, task_id: str) -> bool:
         """Ask a running task to stop; False when it is not running."""
 
-    def discard_partial(self, dst: str) -> list[str]:
+    def discard_partial(self, dst: str,
+                        caller: str | None = None) -> list[str]:
         """Remove temporary outputs left for ``dst``; return what was
         removed."""
 
@@ -64,15 +68,16 @@ class LocalBackend:
             engine = Engine(engine)
         self.engine = engine
 
-    def run(self, task_id: str, operation: str,
-            params: dict[str, Any]) -> records.Result:
-        return ops.do_run(self.engine, task_id, operation, params)
+    def run(self, task_id: str, operation: str, params: dict[str, Any],
+            caller: str | None = None) -> records.Result:
+        return ops.do_run(self.engine, task_id, operation, params, caller)
 
     def capabilities(self) -> records.Capabilities:
         return wire.to_plain(self.engine.capabilities())
 
-    def info(self, path: str, fmt: str) -> dict[str, Any]:
-        return ops.do_info(self.engine, path, fmt)
+    def info(self, path: str, fmt: str,
+             caller: str | None = None) -> dict[str, Any]:
+        return ops.do_info(self.engine, path, fmt, caller)
 
     def progress(self, task_id: str) -> records.TaskProgress | None:
         return wire.to_plain(self.engine.progress(task_id))
@@ -80,8 +85,9 @@ class LocalBackend:
     def cancel(self, task_id: str) -> bool:
         return bool(self.engine.cancel(task_id))
 
-    def discard_partial(self, dst: str) -> list[str]:
-        return ops.do_discard_partial(self.engine, dst)
+    def discard_partial(self, dst: str,
+                        caller: str | None = None) -> list[str]:
+        return ops.do_discard_partial(self.engine, dst, caller)
 
     def reload_filters(self) -> int:
         return int(self.engine.reload_filters())
@@ -104,15 +110,16 @@ class PrivsepBackend:
     """Each method is one privsep entrypoint call (after
     ``privileged.start.init()``)."""
 
-    def run(self, task_id: str, operation: str,
-            params: dict[str, Any]) -> records.Result:
-        return call_entrypoint(ops.run, task_id, operation, params)
+    def run(self, task_id: str, operation: str, params: dict[str, Any],
+            caller: str | None = None) -> records.Result:
+        return call_entrypoint(ops.run, task_id, operation, params, caller)
 
     def capabilities(self) -> records.Capabilities:
         return call_entrypoint(ops.capabilities)
 
-    def info(self, path: str, fmt: str) -> dict[str, Any]:
-        return call_entrypoint(ops.info, path, fmt)
+    def info(self, path: str, fmt: str,
+             caller: str | None = None) -> dict[str, Any]:
+        return call_entrypoint(ops.info, path, fmt, caller)
 
     def progress(self, task_id: str) -> records.TaskProgress | None:
         return call_entrypoint(ops.progress, task_id)
@@ -120,8 +127,9 @@ class PrivsepBackend:
     def cancel(self, task_id: str) -> bool:
         return call_entrypoint(ops.cancel, task_id)
 
-    def discard_partial(self, dst: str) -> list[str]:
-        return call_entrypoint(ops.discard_partial, dst)
+    def discard_partial(self, dst: str,
+                        caller: str | None = None) -> list[str]:
+        return call_entrypoint(ops.discard_partial, dst, caller)
 
     def reload_filters(self) -> int:
         return call_entrypoint(ops.reload_filters)

@@ -35,15 +35,18 @@ TaskRows = list[records.Task]
 # Schema versions (``PRAGMA user_version``):
 #   1 - the tasks table.
 #   2 - request_id and global_request_id columns (NULL for older rows).
+#   3 - caller column: the name of the caller that made the task (NULL
+#       for older rows and for a daemon serving one caller).
 # A file of an older version is migrated when opened (``_migrate``); one of
 # a newer version is refused, since this code cannot know what it holds.
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _JSON_COLUMNS = ('params', 'progress', 'result', 'error')
 _COLUMNS = ('id', 'kind', 'state', 'params', 'progress', 'result', 'error',
             'created_at', 'started_at', 'finished_at', 'request_id',
-            'global_request_id')
+            'global_request_id', 'caller')
 # Columns added after version 1, with their type, oldest first.
-_ADDED_COLUMNS = (('request_id', 'TEXT'), ('global_request_id', 'TEXT'))
+_ADDED_COLUMNS = (('request_id', 'TEXT'), ('global_request_id', 'TEXT'),
+                  ('caller', 'TEXT'))
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -57,7 +60,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at REAL,
     finished_at REAL,
     request_id TEXT,
-    global_request_id TEXT
+    global_request_id TEXT,
+    caller TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
@@ -177,12 +181,15 @@ class Journal:
         rows = self._select('WHERE id = ?', (task_id,))
         return rows[0] if rows else None
 
-    def list(self, state: str | None = None,
-             limit: int = 100) -> TaskRows:
-        """Newest first."""
-        where, args = ('WHERE state = ?', (state,)) if state else ('', ())
+    def list(self, state: str | None = None, limit: int = 100,
+             caller: str | None = None) -> TaskRows:
+        """Newest first; of one state, of one caller's, when given."""
+        terms = [(c, v) for c, v in (('state', state), ('caller', caller))
+                 if v is not None]
+        where = ('WHERE ' + ' AND '.join('%s = ?' % c for c, _ in terms)
+                 if terms else '')
         return self._select(where + ' ORDER BY created_at DESC LIMIT ?',
-                            (*args, limit))
+                            (*(v for _, v in terms), limit))
 
     def unfinished(self) -> TaskRows:
         """Queued and running tasks, oldest first."""

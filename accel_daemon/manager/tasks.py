@@ -161,7 +161,8 @@ class TaskManager:
         if not dst:
             return []
         try:
-            return list(self.backend.discard_partial(dst))
+            return list(self.backend.discard_partial(dst,
+                                                     task.get('caller')))
         except Exception:
             LOG.exception('Could not remove partial output of %s', dst)
             return []
@@ -210,9 +211,15 @@ class TaskManager:
 
     # -- API ---------------------------------------------------------------
     def submit(self, operation: str, params: dict[str, Any],
-               request_ids: dict[str, Any] | None = None) -> records.Task:
+               request_ids: dict[str, Any] | None = None,
+               caller: str | None = None,
+               caller_max_queued: int = 0) -> records.Task:
         """Queue a task; ``request_ids`` are the checked ids of the call
-        (``accel_daemon.request_ids.from_ctxt``)."""
+        (``accel_daemon.request_ids.from_ctxt``).  ``caller`` owns it: the
+        task runs confined to that caller's directories and only that
+        caller sees it (``owner`` of the other calls); no more than
+        ``caller_max_queued`` of its tasks wait at once (0: no cap of its
+        own, only ``max_queued``)."""
         _validate(operation, params)
         ids = req_ids.from_ctxt(request_ids)
         task: records.Task = {
@@ -221,13 +228,19 @@ class TaskManager:
             'result': None, 'error': None, 'created_at': self._clock(),
             'started_at': None, 'finished_at': None,
             'request_id': ids['request_id'],
-            'global_request_id': ids['global_request_id']}
+            'global_request_id': ids['global_request_id'],
+            'caller': caller}
         with self._lock:
             if not self._accepting:
                 raise exception.ServiceUnavailable(
                     reason='the task manager is not running')
             if self.max_queued and len(self._queue) >= self.max_queued:
                 raise exception.QueueFull(limit=self.max_queued)
+            if caller_max_queued and sum(
+                    1 for i in self._queue
+                    if self._active[i].get('caller') == caller
+            ) >= caller_max_queued:
+                raise exception.QueueFull(limit=caller_max_queued)
             # Journal before the task can start, so a crash never loses it;
             # under the lock, so the queue order is the journal order.
             self.journal.save(task)
@@ -237,34 +250,39 @@ class TaskManager:
             LOG.info('Task %s queued: %s', task['id'], operation)
             return wire.copy_plain(task)
 
-    def get(self, task_id: str) -> records.Task:
+    def get(self, task_id: str, owner: str | None = None) -> records.Task:
+        """The task ``task_id``; with ``owner``, only if that caller made
+        it: another caller's task is not found, exactly like a task that
+        does not exist."""
         with self._lock:
             task = self._active.get(task_id)
             task = wire.copy_plain(task) if task else None
         if task is None:
             task = self.journal.get(task_id)
-            if task is None:
-                raise exception.TaskNotFound(task_id=task_id)
-            return task
+        if task is None or not _visible(task, owner):
+            raise exception.TaskNotFound(task_id=task_id)
         return self._with_live_progress(task)
 
-    def list(self, state: str | None = None,
-             limit: int = 100) -> list[records.Task]:
-        """Tasks, newest first, optionally of one state."""
+    def list(self, state: str | None = None, limit: int = 100,
+             owner: str | None = None) -> list[records.Task]:
+        """Tasks, newest first, optionally of one state and (``owner``)
+        of one caller."""
         if state is not None and state not in STATES:
             raise exception.InvalidRequest(reason='unknown state %r' % state)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
             raise exception.InvalidRequest(
                 reason='limit must be an integer from 1 to %d' % MAX_LIST)
-        rows = self.journal.list(state, limit)
+        rows = self.journal.list(state, limit, caller=owner)
         with self._lock:
             live = {i: wire.copy_plain(t) for i, t in self._active.items()}
         return [self._with_live_progress(live[r['id']])
                 if r['id'] in live else r for r in rows]
 
-    def wait(self, task_id: str, timeout: float | None) -> records.Task:
+    def wait(self, task_id: str, timeout: float | None,
+             owner: str | None = None) -> records.Task:
         """Return the task once finished or after ``timeout`` seconds,
         whichever is first; a timeout is not an error."""
+        self.get(task_id, owner)
         if timeout is not None and timeout < 0:
             timeout = 0
         with self._lock:
@@ -274,9 +292,11 @@ class TaskManager:
                     not in ACTIVE_STATES, timeout)
         return self.get(task_id)
 
-    def cancel(self, task_id: str) -> records.Task:
+    def cancel(self, task_id: str, owner: str | None = None) -> records.Task:
         """Cancel a queued task at once, or ask the backend to stop a running
-        one and wait briefly for it to end.  Finished tasks are unchanged."""
+        one and wait briefly for it to end.  Finished tasks are unchanged.
+        With ``owner``, only that caller's tasks (``get``)."""
+        self.get(task_id, owner)
         final = None
         with self._lock:
             task = self._active.get(task_id)
@@ -397,7 +417,8 @@ class TaskManager:
         task_id = task['id']
         LOG.info('Task %s started: %s', task_id, task['kind'])
         try:
-            result = self.backend.run(task_id, task['kind'], task['params'])
+            result = self.backend.run(task_id, task['kind'], task['params'],
+                                      task.get('caller'))
         except exception.AccelError as e:
             self._end_with_error(task, e)
         except Exception as e:
@@ -551,6 +572,10 @@ def _validate(operation: Any, params: Any) -> None:
         json.dumps(params)
     except (TypeError, ValueError):
         raise exception.InvalidRequest(reason='params must be plain JSON')
+
+
+def _visible(task: records.Task, owner: str | None) -> bool:
+    return owner is None or task.get('caller') == owner
 
 
 def _final_progress(task: records.Task) -> records.TaskProgress:

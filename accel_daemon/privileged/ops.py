@@ -76,38 +76,58 @@ def engine() -> Engine:
 
 
 # -- the unprivileged twins ---------------------------------------------------
-def check_dst_dir(settings: Settings, dst: Any) -> str:
-    """Confine ``dst`` whether or not it exists (crash recovery: the final
-    output may already have been published)."""
-    return paths.check_output_dir(dst, settings.allowed_dirs)
-
-
 def _check_id(task_id: Any) -> str:
     if not isinstance(task_id, str) or not task_id:
         raise exception.InvalidRequest(reason='task_id must be a string')
     return task_id
 
 
-def do_run(eng: Engine, task_id: str, name: str,
-           params: Any) -> records.Result:
+def as_caller(eng: Engine, caller: Any) -> Engine:
+    """``eng`` confined to ``caller``'s directories and devices, judged
+    here from this process's own configuration (the caller's name is all
+    that crosses the channel); None: the host's whole envelope."""
+    if caller is None:
+        return eng
+    if not isinstance(caller, str):
+        raise exception.InvalidRequest(reason='caller must be a string')
+    return eng.for_caller(caller)
+
+
+def do_run(eng: Engine, task_id: str, name: str, params: Any,
+           caller: str | None = None) -> records.Result:
     """Validate (again: the RPC layer ran in another process) and run.
 
     Paths are not judged here by name: the engine opens each one once and
-    judges the opened file (``engine.files``), in this process.
+    judges the opened file (``engine.files``), in this process, against
+    what ``caller`` may name.
     """
-    result = operations.run(eng, _check_id(task_id), name,
-                            wire.to_plain(params))
+    result = operations.run(as_caller(eng, caller), _check_id(task_id),
+                            name, wire.to_plain(params))
     return wire.to_plain(result)
 
 
-def do_info(eng: Engine, path: str, fmt: str) -> dict[str, Any]:
+def do_info(eng: Engine, path: str, fmt: str,
+            caller: str | None = None) -> dict[str, Any]:
     args = operations.validate('image_info', {'path': path, 'format': fmt})
-    return wire.to_plain(eng.image_info(args['path'], args['format']))
+    return wire.to_plain(as_caller(eng, caller).image_info(args['path'],
+                                                           args['format']))
 
 
-def do_discard_partial(eng: Engine, dst: str) -> list[str]:
-    check_dst_dir(eng.settings, dst)
-    return wire.to_plain(eng.discard_partial(dst))
+def check_dst_dir(settings: Settings, dst: Any,
+                  caller: str | None = None) -> str:
+    """Confine ``dst`` to ``caller``'s directories whether or not it exists
+    (crash recovery: the final output may already have been published)."""
+    scope = settings.scope(caller)
+    if scope is None:
+        raise exception.InvalidRequest(reason='unknown caller %r'
+                                       % (caller,))
+    return paths.check_output_dir(dst, scope.allowed_dirs)
+
+
+def do_discard_partial(eng: Engine, dst: str,
+                       caller: str | None = None) -> list[str]:
+    check_dst_dir(eng.settings, dst, caller)
+    return wire.to_plain(as_caller(eng, caller).discard_partial(dst))
 
 
 # -- entrypoints -----------------------------------------------------------
@@ -132,9 +152,9 @@ def _privileged(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_privileged
-def run(task_id: str, operation: str,
-        params: dict[str, Any]) -> records.Result:
-    return do_run(engine(), task_id, operation, params)
+def run(task_id: str, operation: str, params: dict[str, Any],
+        caller: str | None = None) -> records.Result:
+    return do_run(engine(), task_id, operation, params, caller)
 
 
 @_privileged
@@ -143,8 +163,8 @@ def capabilities() -> records.Capabilities:
 
 
 @_privileged
-def info(path: str, fmt: str) -> dict[str, Any]:
-    return do_info(engine(), path, fmt)
+def info(path: str, fmt: str, caller: str | None = None) -> dict[str, Any]:
+    return do_info(engine(), path, fmt, caller)
 
 
 @_privileged
@@ -158,8 +178,8 @@ def cancel(task_id: str) -> bool:
 
 
 @_privileged
-def discard_partial(dst: str) -> list[str]:
-    return do_discard_partial(engine(), dst)
+def discard_partial(dst: str, caller: str | None = None) -> list[str]:
+    return do_discard_partial(engine(), dst, caller)
 
 
 @_privileged

@@ -28,6 +28,7 @@ here: see ``accel_daemon.rpc.server``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any, Callable, Mapping
@@ -131,6 +132,39 @@ def rpc_method(func: Callable) -> Callable:
     return wrapper
 
 
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who an endpoint serves (``accel_daemon.conf.callers``): the daemon
+    runs one RPC server per caller, on that caller's own transport, so the
+    caller of a request is the endpoint that received it, never anything
+    the message says.
+
+    ``name`` None: the daemon's only caller (no ``[caller:NAME]``
+    configured), which owns every task.  ``operator``: sees and cancels
+    every caller's tasks.  ``max_queued``: this caller's own queue cap (0:
+    none)."""
+    name: str | None
+    allowed_dirs: tuple[str, ...]
+    allowed_block_devices: tuple[str, ...] = ()
+    max_queued: int = 0
+    operator: bool = False
+    # Where the daemon serves this caller (None: [DEFAULT] transport_url);
+    # it holds the daemon's password, so it is never shown.
+    transport_url: str | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def only(cls, settings: Settings) -> Caller:
+        """The one caller of a daemon without ``[caller:NAME]``: the host's
+        whole envelope."""
+        return cls(None, tuple(settings.allowed_dirs),
+                   tuple(settings.allowed_block_devices))
+
+    @property
+    def owner(self) -> str | None:
+        """Whose tasks this caller sees (None: every caller's)."""
+        return None if self.operator else self.name
+
+
 def call_ids(ctxt: Any) -> request_ids.RequestIds:
     """The request ids of one call: the caller's well-formed ones
     (``accel_daemon.request_ids``); without a request id of the caller's,
@@ -150,23 +184,32 @@ class AccelEndpoint:
 
     def __init__(self, manager: Any, backend: Any, settings: Settings,
                  max_wait: float = 10.0,
-                 path_checks: dict[str, Callable] | None = None) -> None:
+                 path_checks: dict[str, Callable] | None = None,
+                 caller: Caller | None = None) -> None:
         self._manager = manager
         self._backend = backend
         self._settings = settings
         self._max_wait = max_wait
         self._path_checks = path_checks or PATH_CHECKS
+        self.caller = caller or Caller.only(settings)
 
     # -- quick calls --------------------------------------------------------
     @rpc_method
     def capabilities(self, ctxt, **kwargs):
         validate('capabilities', kwargs)
-        return self._backend.capabilities()
+        caps = dict(self._backend.capabilities())
+        # What this caller may name, not the host's envelope: the
+        # integrations route a path here only when it is inside.
+        caps['allowed_dirs'] = list(self.caller.allowed_dirs)
+        caps['allowed_block_devices'] = list(
+            self.caller.allowed_block_devices)
+        return caps
 
     @rpc_method
     def image_info(self, ctxt, **kwargs):
         args = self._checked('image_info', kwargs)
-        return self._backend.info(args['path'], args['format'])
+        return self._backend.info(args['path'], args['format'],
+                                  self.caller.name)
 
     # -- tasks --------------------------------------------------------------
     @rpc_method
@@ -195,14 +238,16 @@ class AccelEndpoint:
 
     @rpc_method
     def task_get(self, ctxt, **kwargs):
-        return self._manager.get(validate('task_get', kwargs)['task_id'])
+        return self._manager.get(validate('task_get', kwargs)['task_id'],
+                                 owner=self.caller.owner)
 
     @rpc_method
     def task_list(self, ctxt, **kwargs):
         args = validate('task_list', kwargs)
         args = METHODS['task_list'].bind(args)
         return self._manager.list(state=args.get('state'),
-                                  limit=args['limit'])
+                                  limit=args['limit'],
+                                  owner=self.caller.owner)
 
     @rpc_method
     def task_wait(self, ctxt, **kwargs):
@@ -210,17 +255,22 @@ class AccelEndpoint:
         # Bounded so one call never outlives the caller's RPC timeout nor
         # holds a server thread for long; callers loop to wait longer.
         timeout = min(float(args['timeout']), self._max_wait)
-        return self._manager.wait(args['task_id'], timeout)
+        return self._manager.wait(args['task_id'], timeout,
+                                  owner=self.caller.owner)
 
     @rpc_method
     def task_cancel(self, ctxt, **kwargs):
-        return self._manager.cancel(validate('task_cancel', kwargs)['task_id'])
+        return self._manager.cancel(
+            validate('task_cancel', kwargs)['task_id'],
+            owner=self.caller.owner)
 
     # -- helpers ------------------------------------------------------------
     def _submit(self, operation: str, kwargs: dict[str, Any],
                 ids: request_ids.RequestIds) -> records.Task:
         params = self._checked(operation, kwargs)
-        task = self._manager.submit(operation, params, request_ids=ids)
+        task = self._manager.submit(operation, params, request_ids=ids,
+                                    caller=self.caller.name,
+                                    caller_max_queued=self.caller.max_queued)
         LOG.debug('Task %s queued: %s %s', task['id'], operation, params)
         return task
 
@@ -235,12 +285,12 @@ class AccelEndpoint:
 
     def _check_path(self, role: str, path: str,
                     replace: bool = False) -> None:
-        s = self._settings
+        c = self.caller
         # replace (1.2) only changes what an existing output may be.
         extra = {'replace': True} if replace and role == 'output' else {}
         try:
-            self._path_checks[role](path, s.allowed_dirs,
-                                    s.allowed_block_devices, **extra)
+            self._path_checks[role](path, c.allowed_dirs,
+                                    c.allowed_block_devices, **extra)
         except OSError as e:
             # The daemon's main process is unprivileged and may not see
             # into every directory; the privileged layer checks again with

@@ -46,6 +46,8 @@ class FakeBackend:
         self.calls: list[tuple[str, str, dict]] = []
         self.cancelled: list[str] = []
         self.discarded: list[str] = []
+        # task id -> the caller run() was given (None: the host's envelope)
+        self.callers: dict[str, str | None] = {}
         self.max_running = 0
         self.filters_reloaded = 0
         self._gate = threading.Event()
@@ -75,8 +77,10 @@ class FakeBackend:
                 lambda: any(c[0] == task_id for c in self.calls), timeout)
 
     # -- Backend -----------------------------------------------------------
-    def run(self, task_id: str, kind: str,
-            params: dict[str, Any]) -> dict[str, Any]:
+    def run(self, task_id: str, kind: str, params: dict[str, Any],
+            caller: str | None = None) -> dict[str, Any]:
+        with self._cond:
+            self.callers[task_id] = caller
         progress = self._enter(task_id, kind, params)
         started = time.monotonic()
         try:
@@ -136,7 +140,8 @@ class FakeBackend:
         return {'drivers': ['fake'], 'default_driver': 'fake',
                 'hardware': False, 'tools': {}, 'formats': {}}
 
-    def info(self, path: str, fmt: str) -> dict[str, Any]:
+    def info(self, path: str, fmt: str,
+             caller: str | None = None) -> dict[str, Any]:
         return {'filename': path, 'format': fmt, 'virtual-size': self.total}
 
     def progress(self, task_id: str) -> dict[str, int] | None:
@@ -155,7 +160,8 @@ class FakeBackend:
         prog.cancel()
         return True
 
-    def discard_partial(self, dst: str) -> list[str]:
+    def discard_partial(self, dst: str,
+                        caller: str | None = None) -> list[str]:
         with self._cond:
             self.discarded.append(dst)
         return []

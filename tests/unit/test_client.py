@@ -453,11 +453,11 @@ def run_contexts(backend, monkeypatch):
     seen = {}
     real = backend.run
 
-    def run(task_id, kind, params):
+    def run(task_id, kind, params, caller=None):
         ctx = oslo_context.get_current()
         seen[task_id] = (ctx.request_id, ctx.global_request_id) \
             if ctx else None
-        return real(task_id, kind, params)
+        return real(task_id, kind, params, caller)
     monkeypatch.setattr(backend, 'run', run)
     return seen
 

@@ -129,7 +129,7 @@ def test_serve_failed_start_sends_no_ready(conf, listener):
 
     def broken():
         raise RuntimeError('no broker')
-    service.server.start = broken
+    service.servers[0].start = broken
     status = daemon.serve(service, queue.SimpleQueue(),
                           daemon.Notifier(path))
     assert status == 1

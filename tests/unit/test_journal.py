@@ -16,7 +16,7 @@ def _task(task_id, state='succeeded', created=1.0, finished=2.0, **extra):
             'progress': {'done': 5, 'total': 10}, 'result': None,
             'error': None, 'created_at': created, 'started_at': None,
             'finished_at': finished, 'request_id': None,
-            'global_request_id': None}
+            'global_request_id': None, 'caller': None}
     task.update(extra)
     return task
 
@@ -155,16 +155,17 @@ def test_version_1_file_is_migrated(tmp_path):
     try:
         old = j.get('old')
         assert old['request_id'] is None and old['global_request_id'] is None
+        assert old['caller'] is None
         assert old['result'] == {'size': 3} and old['state'] == 'succeeded'
         rid = 'req-0123abcd-4567-89ab-cdef-0123456789ab'
         j.save(_task('new', request_id=rid, global_request_id=None))
         assert j.get('new')['request_id'] == rid
     finally:
         j.close()
-    assert _user_version(path) == journal_mod._SCHEMA_VERSION == 2
+    assert _user_version(path) == journal_mod._SCHEMA_VERSION == 3
     # Opening it again is a no-op.
     Journal(str(path)).close()
-    assert _user_version(path) == 2
+    assert _user_version(path) == 3
 
 
 def test_file_an_older_daemon_reopened_is_not_migrated_twice(tmp_path):
@@ -179,7 +180,19 @@ def test_file_an_older_daemon_reopened_is_not_migrated_twice(tmp_path):
     j.save(_task('a'))
     assert j.get('a')['request_id'] is None
     j.close()
-    assert _user_version(path) == 2
+    assert _user_version(path) == 3
+
+
+def test_tasks_listed_by_caller(journal):
+    journal.save(_task('a', caller='cinder', created=1.0))
+    journal.save(_task('b', caller='nova', created=2.0))
+    journal.save(_task('c', caller='cinder', state='queued', created=3.0,
+                       finished=None))
+    assert [t['id'] for t in journal.list(caller='cinder')] == ['c', 'a']
+    assert [t['id'] for t in journal.list('succeeded', caller='cinder')] \
+        == ['a']
+    assert [t['id'] for t in journal.list()] == ['c', 'b', 'a']
+    assert journal.get('b')['caller'] == 'nova'
 
 
 def test_newer_schema_is_refused(tmp_path):

@@ -55,7 +55,9 @@ def test_submit_returns_queued_plain_task(make):
     assert task['result'] is None and task['error'] is None
     assert set(task) == {'id', 'kind', 'state', 'params', 'progress',
                          'result', 'error', 'created_at', 'started_at',
-                         'finished_at', 'request_id', 'global_request_id'}
+                         'finished_at', 'request_id', 'global_request_id',
+                         'caller'}
+    assert task['caller'] is None
     assert task['request_id'] is None and task['global_request_id'] is None
     backend.release()
     done = mgr.wait(task['id'], 5)
@@ -146,10 +148,10 @@ class SlowStartBackend(FakeBackend):
         self.entered = threading.Event()
         self.gate = threading.Event()
 
-    def run(self, task_id, kind, params):
+    def run(self, task_id, kind, params, caller=None):
         self.entered.set()
         self.gate.wait(5)
-        return super().run(task_id, kind, params)
+        return super().run(task_id, kind, params, caller)
 
 
 def test_cancel_in_start_window_is_retried(make):
@@ -249,6 +251,49 @@ def test_queue_full(make):
     with pytest.raises(exception.QueueFull):
         _submit(mgr)
     assert len(mgr.list()) == 2
+
+
+def test_a_callers_tasks_are_its_own(make):
+    mgr, backend = make(FakeBackend(hold=True), workers=1)
+    mine = mgr.submit('copy', dict(PARAMS), caller='cinder')
+    theirs = mgr.submit('copy', dict(PARAMS), caller='nova')
+    assert mine['caller'] == 'cinder' and theirs['caller'] == 'nova'
+    assert backend.wait_running(1)
+    # Another caller's task answers exactly like one that does not exist.
+    for call in (lambda t: mgr.get(t, owner='cinder'),
+                 lambda t: mgr.wait(t, 0.01, owner='cinder'),
+                 lambda t: mgr.cancel(t, owner='cinder')):
+        with pytest.raises(exception.TaskNotFound) as seen:
+            call(theirs['id'])
+        with pytest.raises(exception.TaskNotFound) as missing:
+            call('00000000-0000-4000-8000-000000000000')
+        assert type(seen.value) is type(missing.value)
+    assert [t['id'] for t in mgr.list(owner='cinder')] == [mine['id']]
+    assert {t['id'] for t in mgr.list()} == {mine['id'], theirs['id']}
+    # Nothing of nova's was touched by cinder's cancel.
+    assert mgr.get(theirs['id'])['state'] in ('queued', 'running')
+    assert mgr.cancel(mine['id'], owner='cinder')['state'] == 'cancelled'
+    backend.release()
+    done = mgr.wait(theirs['id'], 5, owner='nova')
+    assert done['state'] == 'succeeded'
+    # The backend ran each task confined to the caller that made it.
+    assert backend.callers[theirs['id']] == 'nova'
+
+
+def test_per_caller_queue_cap(make):
+    mgr, backend = make(FakeBackend(hold=True), workers=1, max_queued=10)
+    mgr.submit('copy', dict(PARAMS), caller='nova')
+    assert backend.wait_running(1)
+    for _ in range(2):
+        mgr.submit('copy', dict(PARAMS), caller='cinder',
+                   caller_max_queued=2)
+    with pytest.raises(exception.QueueFull) as err:
+        mgr.submit('copy', dict(PARAMS), caller='cinder',
+                   caller_max_queued=2)
+    assert err.value.fields['limit'] == 2
+    # A full caller does not keep another from queueing.
+    mgr.submit('copy', dict(PARAMS), caller='nova', caller_max_queued=2)
+    assert len(mgr.list(state='queued')) == 3
 
 
 def test_restart_recovery(db, make):

@@ -379,3 +379,68 @@ def test_bounding_drops_everything_but_kept():
 def test_test_process_is_not_a_privsep_daemon():
     # The guard that keeps in-process callers from being hardened.
     assert not caps.in_privsep_daemon(privileged.CAPABILITIES)
+
+
+# -- callers: each confined to its own directories ---------------------------
+@pytest.fixture(params=['privsep-in-process', 'local'])
+def callers_backend(request, env):
+    """A real Engine whose settings name two callers, cinder and nova, each
+    with a directory of its own inside the host's allowed directory."""
+    import dataclasses
+
+    from accel_daemon.engine.settings import Scope
+    dirs = {}
+    for name in ('cinder', 'nova'):
+        dirs[name] = env.path(name)
+        os.mkdir(dirs[name])
+    settings = dataclasses.replace(env.settings, callers=(
+        Scope('cinder', (dirs['cinder'],)), Scope('nova', (dirs['nova'],))))
+    eng = Engine(settings)
+    previous = ops.use_engine(eng)
+    privileged.context.set_client_mode(False)
+    yield (backends.LocalBackend(eng) if request.param == 'local'
+           else backends.PrivsepBackend()), dirs
+    privileged.context.set_client_mode(True)
+    ops.use_engine(previous)
+
+
+def test_a_caller_reaches_only_its_own_directories(callers_backend):
+    backend, dirs = callers_backend
+    cinder_src = os.path.join(dirs['cinder'], 'in.img')
+    nova_src = os.path.join(dirs['nova'], 'in.img')
+    for path in (cinder_src, nova_src):
+        with open(path, 'wb') as f:
+            f.write(b'abc' * 100)
+    # Its own: works.
+    result = backend.run('t1', 'copy', {
+        'src': cinder_src, 'dst': os.path.join(dirs['cinder'], 'out.img')},
+        'cinder')
+    assert result['size'] == 300
+    # Another caller's file as input, or its directory as output: refused
+    # in the privileged process, whatever the RPC layer let through.
+    with pytest.raises(exception.PathNotAllowed):
+        backend.run('t2', 'copy', {
+            'src': nova_src, 'dst': os.path.join(dirs['cinder'], 'o2')},
+            'cinder')
+    with pytest.raises(exception.PathNotAllowed):
+        backend.run('t3', 'copy', {
+            'src': cinder_src, 'dst': os.path.join(dirs['nova'], 'o3')},
+            'cinder')
+    with pytest.raises(exception.PathNotAllowed):
+        backend.run('t4', 'copy', {
+            'src': cinder_src, 'dst': nova_src, 'replace': True}, 'cinder')
+    with pytest.raises(exception.PathNotAllowed):
+        backend.info(nova_src, 'raw', 'cinder')
+    with pytest.raises(exception.PathNotAllowed):
+        backend.discard_partial(os.path.join(dirs['nova'], 'x'), 'cinder')
+    assert sorted(os.listdir(dirs['nova'])) == ['in.img']
+    assert sorted(os.listdir(dirs['cinder'])) == ['in.img', 'out.img']
+    with open(nova_src, 'rb') as f:
+        assert f.read() == b'abc' * 100
+    # A name the configuration does not know is no one: refused, not
+    # served with the host's envelope.
+    with pytest.raises(exception.InvalidRequest):
+        backend.run('t5', 'copy', {
+            'src': cinder_src, 'dst': os.path.join(dirs['cinder'], 'o5')},
+            'glance')
+    assert backend.info(cinder_src, 'raw', 'cinder')['format'] == 'raw'

@@ -221,6 +221,64 @@ def test_quick_calls_go_to_the_backend(service, images):
     assert info['format'] == 'raw'
 
 
+@pytest.fixture
+def two_callers(tmp_path, images):
+    """Two endpoints on one task manager, as the daemon builds them: one
+    per caller, each with a directory of its own."""
+    backend = FakeBackend(hold=True)
+    manager = TaskManager(backend, Journal(str(tmp_path / 'tasks.sqlite')),
+                          workers=1)
+    manager.start()
+    settings = Settings(allowed_dirs=(images,))
+    endpoints = {}
+    for name in ('cinder', 'nova'):
+        own = os.path.join(images, name)
+        os.mkdir(own)
+        with open(os.path.join(own, 'in.raw'), 'wb') as f:
+            f.write(b'x' * 100)
+        endpoints[name] = ep.AccelEndpoint(
+            manager, backend, settings, max_wait=0.2,
+            caller=ep.Caller(name, (own,), max_queued=1))
+    yield endpoints, manager, backend
+    backend.release()
+    manager.stop(1.0)
+
+
+def test_each_caller_sees_and_names_only_its_own(two_callers, images):
+    endpoints, manager, backend = two_callers
+    cinder, nova = endpoints['cinder'], endpoints['nova']
+    cdir, ndir = (os.path.join(images, n) for n in ('cinder', 'nova'))
+    caps = call(cinder, 'capabilities')
+    assert caps['allowed_dirs'] == [cdir]
+    assert caps['allowed_block_devices'] == []
+    # Another caller's directory, although inside the host's: refused
+    # before anything is queued.
+    with pytest.raises(exception.PathNotAllowed):
+        call(cinder, 'copy', src=os.path.join(ndir, 'in.raw'),
+             dst=os.path.join(cdir, 'o'))
+    with pytest.raises(exception.PathNotAllowed):
+        call(cinder, 'copy', src=os.path.join(cdir, 'in.raw'),
+             dst=os.path.join(ndir, 'in.raw'), replace=True)
+    assert manager.list() == []
+    theirs = call(nova, 'copy', src=os.path.join(ndir, 'in.raw'),
+                  dst=os.path.join(ndir, 'o'))
+    assert theirs['caller'] == 'nova'
+    assert backend.wait_running(1)
+    for method, extra in (('task_get', {}), ('task_wait', {'timeout': 0}),
+                          ('task_cancel', {})):
+        with pytest.raises(exception.TaskNotFound):
+            call(cinder, method, task_id=theirs['id'], **extra)
+    assert call(cinder, 'task_list') == []
+    assert [t['id'] for t in call(nova, 'task_list')] == [theirs['id']]
+    assert call(nova, 'task_get', task_id=theirs['id'])['state'] == 'running'
+    # Each caller's own queue cap: nova's running task is not cinder's.
+    call(cinder, 'copy', src=os.path.join(cdir, 'in.raw'),
+         dst=os.path.join(cdir, 'o1'))
+    with pytest.raises(exception.QueueFull):
+        call(cinder, 'copy', src=os.path.join(cdir, 'in.raw'),
+             dst=os.path.join(cdir, 'o2'))
+
+
 def test_task_wait_is_capped_by_max_wait(service, images):
     endpoint, _, backend = service
     backend.hold = True

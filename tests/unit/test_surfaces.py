@@ -124,7 +124,8 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def submit(self, operation, params, request_ids=None):
+    def submit(self, operation, params, request_ids=None, caller=None,
+               caller_max_queued=0):
         self.calls.append((operation, dict(params)))
         return {'id': 'task'}
 
@@ -132,21 +133,21 @@ class Recorder:
         self.calls.append(('capabilities', {}))
         return {}
 
-    def info(self, path, fmt):
+    def info(self, path, fmt, caller=None):
         self.calls.append(('image_info', {'path': path, 'format': fmt}))
         return {}
 
-    def get(self, task_id):
+    def get(self, task_id, owner=None):
         self.calls.append(('task_get', {'task_id': task_id}))
 
-    def list(self, state=None, limit=100):
+    def list(self, state=None, limit=100, owner=None):
         self.calls.append(('task_list', {'state': state, 'limit': limit}))
 
-    def wait(self, task_id, timeout):
+    def wait(self, task_id, timeout, owner=None):
         self.calls.append(('task_wait', {'task_id': task_id,
                                          'timeout': timeout}))
 
-    def cancel(self, task_id):
+    def cancel(self, task_id, owner=None):
         self.calls.append(('task_cancel', {'task_id': task_id}))
 
 
