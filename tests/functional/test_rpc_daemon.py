@@ -58,13 +58,16 @@ class DaemonProcess(daemonproc.DaemonProcess):
     the filters of the ``filters_without`` tools removed."""
 
     def __init__(self, root: str, filters_without: tuple[str, ...] = (),
-                 extra: str = '') -> None:
+                 extra: str = '',
+                 transport_url: str = TRANSPORT_URL) -> None:
         tag = uuid.uuid4().hex[:10]
-        super().__init__(root, 'accel-test-%s' % tag, extra=extra, sections={
+        sections = {
             'DEFAULT': {'control_exchange': 'accel-test-%s' % tag},
             'accel_daemon_rpc': {'max_task_wait': 2},
             'accel_daemon_client': {'timeout': 30, 'wait_interval': 1},
-            'tasks': {'workers': 4, 'stop_timeout': 5}})
+            'tasks': {'workers': 4, 'stop_timeout': 5}}
+        super().__init__(root, 'accel-test-%s' % tag, extra=extra,
+                         transport_url=transport_url, sections=sections)
         self._strip_filters(filters_without)
 
     def _strip_filters(self, tools: tuple[str, ...]) -> None:

@@ -20,12 +20,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 
 import pytest
 
 from accel_daemon import exception
-from tests.envfixture import ROOT
+from tests import brokeraccounts
 from tests.functional.reliability import arena
 from tests.functional.reliability import common
 from tests.functional.test_rpc_daemon import DaemonProcess
@@ -35,65 +34,45 @@ pytestmark = common.marks(300) + [
                        reason='needs rabbitmqctl (a RabbitMQ on this host)')]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BROKER = os.path.join(ROOT, 'tools', 'broker.sh')
 MiB = common.MiB
 
 
-def broker(secrets: str, daemon_account: str, *script: str) -> str:
-    """Run ``script`` (lines of bash) with tools/broker.sh sourced."""
-    env = dict(os.environ, BROKER_SECRETS=secrets,
-               BROKER_DAEMON_ACCOUNT=daemon_account)
-    return subprocess.run(
-        ['bash', '-c', 'set -euo pipefail; source "$0"; ' + '; '.join(script),
-         BROKER], env=env, check=True, capture_output=True, text=True,
-        timeout=120).stdout.strip()
-
-
 class Deployment:
-    """The broker accounts and the daemon; ``names`` maps each role
-    (cinder, nova) to its caller name."""
+    """The broker accounts (``tests/brokeraccounts.py``) and the daemon;
+    ``names`` maps each role (cinder, nova) to its caller name."""
 
-    def __init__(self, root: str) -> None:
-        tag = 't%s' % uuid.uuid4().hex[:6]
-        self.names = {role: '%s-%s' % (tag, role) for role in
+    def __init__(self, root: str, accounts) -> None:
+        self.accounts = accounts
+        self.names = {role: accounts.name(role) for role in
                       ('cinder', 'nova')}
-        self.daemon_account = 'accel-%s-daemon' % tag
-        self.secrets = os.path.join(root, 'broker')
         self.root = root
         self.daemon: DaemonProcess | None = None
         self.dirs: dict[str, str] = {}
         self.client_confs: dict[str, str] = {}
-        self.urls = {role: broker(self.secrets, self.daemon_account,
-                                  'broker_caller %s' % name)
-                     for role, name in self.names.items()}
+        self.urls = {role: accounts.caller(role) for role in self.names}
 
     def account(self, role: str) -> tuple[str, str]:
-        name = 'accel-%s' % self.names[role]
-        with open(os.path.join(self.secrets, name)) as f:
-            return name, f.read().strip()
+        return self.accounts.account(role)
 
     def start(self) -> None:
         root = os.path.join(self.root, 'daemon')
         os.makedirs(root)
         images = os.path.join(os.path.realpath(root), 'images')
-        extra = ['[accel_daemon_rpc]',
-                 'callers = %s' % ','.join(self.names.values())]
+        callers = {}
         for role, name in self.names.items():
             self.dirs[role] = os.path.join(images, role)
-            extra += ['[caller:%s]' % name,
-                      'transport_url = %s' % self.urls[role],
-                      'allowed_dirs = %s' % self.dirs[role],
-                      'max_queued = 2']
-        self.daemon = DaemonProcess(root, extra='\n'.join(extra) + '\n')
+            callers[name] = {'transport_url': self.urls[role],
+                             'allowed_dirs': self.dirs[role],
+                             'max_queued': 2}
+        self.daemon = DaemonProcess(
+            root, extra=brokeraccounts.caller_sections(callers))
         for path in self.dirs.values():
             os.makedirs(path)
-        for role, name in self.names.items():
-            user, password = self.account(role)
+        for role in self.names:
             path = os.path.join(self.root, '%s.conf' % role)
             with open(path, 'w') as f:
-                f.write('[accel_daemon_client]\ntransport_url = '
-                        'rabbit://%s:%s@127.0.0.1:5672/accel-%s\n'
-                        'timeout = 30\n' % (user, password, name))
+                f.write('[accel_daemon_client]\ntransport_url = %s\n'
+                        'timeout = 30\n' % self.accounts.client_url(role))
             self.client_confs[role] = path
         self.daemon.spawn()
         with self.client('cinder') as c:
@@ -106,24 +85,19 @@ class Deployment:
     def stop(self) -> None:
         if self.daemon is not None:
             common.stop_daemon(self.daemon)
-        script = ['rabbitmqctl -q delete_vhost accel-%s || true' % n
-                  for n in self.names.values()]
-        script += ['rabbitmqctl -q delete_user accel-%s || true' % n
-                   for n in self.names.values()]
-        script.append('rabbitmqctl -q delete_user %s || true'
-                      % self.daemon_account)
-        broker(self.secrets, self.daemon_account, *script)
 
 
 @pytest.fixture(scope='module')
 def deployment(tmp_path_factory):
     common.require_broker()
-    d = Deployment(str(tmp_path_factory.mktemp('callers')))
-    try:
-        d.start()
-        yield d
-    finally:
-        d.stop()
+    root = str(tmp_path_factory.mktemp('callers'))
+    with brokeraccounts.accounts(os.path.join(root, 'broker')) as accounts:
+        d = Deployment(root, accounts)
+        try:
+            d.start()
+            yield d
+        finally:
+            d.stop()
 
 
 def probe_as(user, script_dir: str, vhost: str, login: str,
