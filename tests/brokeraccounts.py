@@ -8,8 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 import contextlib
 import os
+import shutil
 import subprocess
 import uuid
+
+import pytest
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER = os.path.join(CHECKOUT, 'tools', 'broker.sh')
@@ -21,6 +24,7 @@ class Accounts:
         self.secrets = secrets
         self.daemon_account = 'accel-%s-daemon' % self.tag
         self.callers: list[str] = []
+        self.plain_accounts: list[str] = []
 
     def run(self, *script: str) -> str:
         """``script`` (lines of bash) with tools/broker.sh sourced."""
@@ -42,6 +46,16 @@ class Accounts:
         self.callers.append(name)
         return self.run('broker_caller %s' % name)
 
+    def plain(self, role: str) -> str:
+        """An account of ``role``'s own on the default virtual host, as
+        devstack makes its RABBIT_USERID; its transport URL there."""
+        user = 'accel-%s' % self.name(role)
+        self.plain_accounts.append(user)
+        self.run('broker_account %s' % user,
+                 'rabbitmqctl -q set_permissions -p / %s ".*" ".*" ".*"'
+                 % user)
+        return 'rabbit://%s:%s@127.0.0.1:5672/' % self.account(role)
+
     def account(self, role: str) -> tuple[str, str]:
         """(user, password) of ``role``'s own account."""
         user = 'accel-%s' % self.name(role)
@@ -58,6 +72,8 @@ class Accounts:
         for name in self.callers:
             script += ['rabbitmqctl -q delete_vhost accel-%s || true' % name,
                        'rabbitmqctl -q delete_user accel-%s || true' % name]
+        script += ['rabbitmqctl -q delete_user %s || true' % user
+                   for user in self.plain_accounts]
         script.append('rabbitmqctl -q delete_user %s || true'
                       % self.daemon_account)
         self.run(*script)
@@ -65,6 +81,10 @@ class Accounts:
 
 @contextlib.contextmanager
 def accounts(secrets: str) -> Iterator[Accounts]:
+    """Accounts made under ``secrets`` and removed at the end; the test is
+    skipped where no RabbitMQ runs on this host (no rabbitmqctl)."""
+    if shutil.which('rabbitmqctl') is None:
+        pytest.skip('needs rabbitmqctl (a RabbitMQ on this host)')
     made = Accounts(secrets)
     try:
         yield made

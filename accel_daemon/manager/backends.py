@@ -22,6 +22,7 @@ from oslo_privsep import daemon as privsep_daemon
 from accel_daemon.engine.engine import Engine
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
+from accel_daemon import privileged
 from accel_daemon.privileged import ops
 from accel_daemon import records
 from accel_daemon import wire
@@ -93,6 +94,31 @@ class LocalBackend:
         return int(self.engine.reload_filters())
 
 
+def reset_dead_channel(context: Any = None) -> bool:
+    """Drop a privsep channel whose reader thread died of an error.
+
+    oslo.privsep marks a channel stopped, and so restarts the helper on the
+    next call, only when its reader sees a clean end of file.  A helper
+    killed while a request was still unread in its socket resets the
+    connection instead: the reader thread dies of ConnectionResetError,
+    the channel still says it runs, and every later call fails with
+    BrokenPipeError.  Stopping such a channel lets the next call start a
+    new helper.  True when it did."""
+    context = context or privileged.context
+    channel = getattr(context, 'channel', None)
+    reader = getattr(channel, 'reader_thread', None)
+    if channel is None or reader is None or reader.is_alive():
+        return False
+    LOG.warning('The privsep channel lost its reader; the helper is '
+                'started again on the next call')
+    try:
+        context.stop()
+    except OSError:
+        # Closing a reset socket may fail; the channel is dropped anyway.
+        context.channel = None
+    return True
+
+
 def call_entrypoint(call: Callable[..., Any], *args: Any) -> Any:
     """Call an entrypoint; rebuild typed errors; normalise tuples."""
     try:
@@ -103,6 +129,7 @@ def call_entrypoint(call: Callable[..., Any], *args: Any) -> Any:
         # The channel broke (privsep daemon killed or crashed) or the helper
         # could not start; privsep restarts it on the next call.
         LOG.error('privsep call %s failed: %s', call, e)
+        reset_dead_channel()
         raise exception.HelperUnavailable(reason=str(e)) from None
 
 

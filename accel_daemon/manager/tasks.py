@@ -254,6 +254,11 @@ class TaskManager:
         """The task ``task_id``; with ``owner``, only if that caller made
         it: another caller's task is not found, exactly like a task that
         does not exist."""
+        return self._with_live_progress(self._stored(task_id, owner))
+
+    def _stored(self, task_id: str, owner: str | None) -> records.Task:
+        """The task as this manager holds it (no live progress: no call to
+        the backend), or TaskNotFound (``get``)."""
         with self._lock:
             task = self._active.get(task_id)
             task = wire.copy_plain(task) if task else None
@@ -261,7 +266,7 @@ class TaskManager:
             task = self.journal.get(task_id)
         if task is None or not _visible(task, owner):
             raise exception.TaskNotFound(task_id=task_id)
-        return self._with_live_progress(task)
+        return task
 
     def list(self, state: str | None = None, limit: int = 100,
              owner: str | None = None) -> list[records.Task]:
@@ -282,7 +287,7 @@ class TaskManager:
              owner: str | None = None) -> records.Task:
         """Return the task once finished or after ``timeout`` seconds,
         whichever is first; a timeout is not an error."""
-        self.get(task_id, owner)
+        self._stored(task_id, owner)
         if timeout is not None and timeout < 0:
             timeout = 0
         with self._lock:
@@ -296,7 +301,7 @@ class TaskManager:
         """Cancel a queued task at once, or ask the backend to stop a running
         one and wait briefly for it to end.  Finished tasks are unchanged.
         With ``owner``, only that caller's tasks (``get``)."""
-        self.get(task_id, owner)
+        self._stored(task_id, owner)
         final = None
         with self._lock:
             task = self._active.get(task_id)

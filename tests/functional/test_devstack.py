@@ -27,10 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 
 import pytest
 
+from tests import brokeraccounts
 from tests.functional.test_rpc_daemon import require_broker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -147,9 +149,12 @@ def stack():
     tmp = tempfile.mkdtemp(prefix='accel-devstack-', dir='/tmp')
     os.chmod(tmp, 0o755)
     ns = Namespace(tmp)
+    accounts = brokeraccounts.Accounts(os.path.join(tmp, 'broker'))
     try:
-        yield _Stack(ns, tmp)
+        # devstack's RABBIT_USERID: an account of its own, never guest.
+        yield _Stack(ns, tmp, accounts.plain('stack'))
     finally:
+        accounts.remove()
         # A failed test must not leave its daemon running.
         pidfile = os.path.join(tmp, 'status', 'accel-daemon.pid')
         if os.path.exists(pidfile):
@@ -162,7 +167,7 @@ def stack():
 
 
 class _Stack:
-    def __init__(self, ns: Namespace, tmp: str) -> None:
+    def __init__(self, ns: Namespace, tmp: str, url: str) -> None:
         self.ns = ns
         self.tmp = tmp
         self.venv = _devstack_venv()
@@ -176,7 +181,6 @@ class _Stack:
         self.cinder_conf = d('etc/cinder/cinder.conf')
         self.nova_conf = d('etc/nova/nova.conf')
         self.nova_cpu_conf = d('etc/nova/nova-cpu.conf')
-        url = 'rabbit://guest:guest@127.0.0.1:5672/'
         # nova-compute's as devstack's default cells v2 "superconductor"
         # writes it: the cell's virtual host, where no daemon listens.
         for conf, vhost in ((self.cinder_conf, ''),
@@ -209,7 +213,8 @@ class _Stack:
             'PIP_VIRTUAL_ENV': self.venv,
             'REQUIREMENTS_DIR': reqs,
             'SERVICE_DIR': d('status'), 'LOGDIR': d('logs'),
-            'RABBIT_USERID': 'guest', 'RABBIT_PASSWORD': 'guest',
+            'RABBIT_USERID': urllib.parse.urlsplit(url).username,
+            'RABBIT_PASSWORD': urllib.parse.urlsplit(url).password,
             'RABBIT_HOST': '127.0.0.1',
             'ENABLE_DEBUG_LOG_LEVEL': 'True',
             # nova-compute on devstack's default virtual host, as the

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 import uuid
 
 from oslo_config import cfg
@@ -30,6 +31,7 @@ from accel_daemon.conf import client as client_opts
 from accel_daemon.engine import paths
 from accel_daemon import exception
 from accel_daemon import request_ids
+from tests import brokeraccounts
 from tests import daemonproc
 from tests.functional import imagegen
 
@@ -58,8 +60,20 @@ class DaemonProcess(daemonproc.DaemonProcess):
     the filters of the ``filters_without`` tools removed."""
 
     def __init__(self, root: str, filters_without: tuple[str, ...] = (),
-                 extra: str = '',
-                 transport_url: str = TRANSPORT_URL) -> None:
+                 extra: str = '', accounts: Any = None) -> None:
+        """``accounts`` (``tests/brokeraccounts.Accounts``): deployed as
+        tools/install.sh deploys, with an ``operator`` caller on a broker
+        account and virtual host of its own, which is also its ``[DEFAULT]
+        transport_url`` (how ``accel-image`` as root reaches it); without,
+        one caller on guest's default virtual host."""
+        transport_url = TRANSPORT_URL
+        if accounts is not None:
+            transport_url = accounts.caller('operator')
+            images = os.path.join(os.path.realpath(root), 'images')
+            extra += brokeraccounts.caller_sections({
+                accounts.name('operator'): {
+                    'transport_url': transport_url, 'allowed_dirs': images,
+                    'operator': 'true'}})
         tag = uuid.uuid4().hex[:10]
         sections = {
             'DEFAULT': {'control_exchange': 'accel-test-%s' % tag},

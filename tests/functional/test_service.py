@@ -90,22 +90,7 @@ def notify():
 
 class Service(DaemonProcess):
     """DaemonProcess started with an environment and, optionally, a
-    command in front (setpriv for the service user).
-
-    Deployed as tools/install.sh deploys: ``accounts``
-    (``tests/brokeraccounts.py``) give it an ``operator`` caller on a
-    broker account and virtual host of its own, which is also its
-    ``[DEFAULT] transport_url`` (how ``accel-image`` as root reaches it);
-    guest is never used."""
-
-    def __init__(self, root: str, accounts: brokeraccounts.Accounts,
-                 extra: str = '') -> None:
-        url = accounts.caller('operator')
-        images = os.path.join(os.path.realpath(root), 'images')
-        super().__init__(root, transport_url=url, extra=extra + (
-            brokeraccounts.caller_sections({accounts.name('operator'): {
-                'transport_url': url, 'allowed_dirs': images,
-                'operator': 'true'}})))
+    command in front (setpriv for the service user)."""
 
     def launch(self, env: dict[str, str], prefix: list[str] = ()) -> None:
         with open(self.log_path, 'ab') as log:
@@ -221,21 +206,19 @@ def check_cycle(seen: dict, d: Service) -> None:
 @pytest.fixture
 def accounts(tmp_path):
     require_broker()
-    if shutil.which('rabbitmqctl') is None:
-        pytest.skip('needs rabbitmqctl (a RabbitMQ on this host)')
     with brokeraccounts.accounts(str(tmp_path / 'broker')) as made:
         yield made
 
 
 def test_root_daemon_is_quiet_ready_when_answering(tmp_path, notify,
                                                    accounts):
-    d = Service(str(tmp_path / 'root'), accounts)
+    d = Service(str(tmp_path / 'root'), accounts=accounts)
     seen = run_cycle(d, notify, base_env(notify))
     check_cycle(seen, d)
 
 
 def test_no_ready_when_the_helper_cannot_start(tmp_path, notify, accounts):
-    d = Service(str(tmp_path / 'nohelper'), accounts,
+    d = Service(str(tmp_path / 'nohelper'), accounts=accounts,
                 extra='[privsep_accel]\nhelper_command = /bin/false\n')
     d.launch(base_env(notify))
     try:
@@ -281,7 +264,7 @@ def test_service_user_through_sudo_is_quiet_and_ready(notify, accounts):
     sudoers = None
     try:
         os.chmod(root, 0o755)
-        d = Service(os.path.join(root, 'd'), accounts)
+        d = Service(os.path.join(root, 'd'), accounts=accounts)
         # The layout install.sh makes, with the state directory as older
         # releases made it (0750): the daemon makes it 0700.
         os.chmod(d.root, 0o755)

@@ -21,6 +21,7 @@ import uuid
 import pytest
 
 from accel_daemon.manager import lock
+from tests import brokeraccounts
 from tests.functional.test_rpc_daemon import check_result
 from tests.functional.test_rpc_daemon import DAEMON
 from tests.functional.test_rpc_daemon import DaemonProcess
@@ -36,11 +37,16 @@ REFUSED = 'accel-daemon: refusing to start: '
 
 @pytest.fixture(scope='module')
 def first(tmp_path_factory):
+    # Deployed as tools/install.sh deploys (an operator caller on broker
+    # accounts of its own): a refused second daemon has nothing to warn
+    # about, so its one line is all of stderr.
     require_broker()
-    d = DaemonProcess(str(tmp_path_factory.mktemp('single')))
-    d.start()
-    yield d
-    d.stop()
+    root = str(tmp_path_factory.mktemp('single'))
+    with brokeraccounts.accounts(os.path.join(root, 'broker')) as accounts:
+        d = DaemonProcess(os.path.join(root, 'd'), accounts=accounts)
+        d.start()
+        yield d
+        d.stop()
 
 
 def second_config(first: DaemonProcess, tmp_path, **changes: str) -> str:

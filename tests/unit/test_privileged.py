@@ -444,3 +444,45 @@ def test_a_caller_reaches_only_its_own_directories(callers_backend):
             'src': cinder_src, 'dst': os.path.join(dirs['cinder'], 'o5')},
             'glance')
     assert backend.info(cinder_src, 'raw', 'cinder')['format'] == 'raw'
+
+
+def test_a_channel_whose_reader_died_is_dropped():
+    import threading
+
+    class Context:
+        def __init__(self, reader):
+            self.channel = type('Channel', (), {'reader_thread': reader,
+                                                'running': True})()
+            self.stopped = 0
+
+        def stop(self):
+            self.stopped += 1
+            self.channel = None
+
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    ctx = Context(dead)
+    # A reset connection killed the reader: the channel still says it
+    # runs, and only dropping it lets the next call start a helper.
+    assert backends.reset_dead_channel(ctx) is True
+    assert ctx.stopped == 1 and ctx.channel is None
+    assert backends.reset_dead_channel(ctx) is False
+
+    class ResetSocket(Context):
+        def stop(self):
+            raise OSError(107, 'Transport endpoint is not connected')
+
+    reset = ResetSocket(dead)
+    assert backends.reset_dead_channel(reset) is True
+    assert reset.channel is None
+    gate = threading.Event()
+    alive = threading.Thread(target=gate.wait)
+    alive.start()
+    try:
+        live = Context(alive)
+        assert backends.reset_dead_channel(live) is False
+        assert live.stopped == 0
+    finally:
+        gate.set()
+        alive.join()

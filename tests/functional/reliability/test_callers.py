@@ -29,9 +29,7 @@ from tests.functional.reliability import arena
 from tests.functional.reliability import common
 from tests.functional.test_rpc_daemon import DaemonProcess
 
-pytestmark = common.marks(300) + [
-    pytest.mark.skipif(shutil.which('rabbitmqctl') is None,
-                       reason='needs rabbitmqctl (a RabbitMQ on this host)')]
+pytestmark = common.marks(300)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MiB = common.MiB
