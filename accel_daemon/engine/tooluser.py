@@ -37,12 +37,14 @@ from collections.abc import Callable, Sequence
 CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_KEEPCAPS = 8
-_PR_CAPBSET_DROP = 24
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_RAISE = 2
+# prctl(2) options (the privileged layer's caps module uses them too).
+PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 _CAP_VERSION_3 = 0x20080522
 _LAST_CAP = 63
 
@@ -77,12 +79,14 @@ class ToolUser:
         return cls(name, entry.pw_uid, entry.pw_gid, groups)
 
 
-def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
+def prctl(option: int, arg2: int = 0, arg3: int = 0,
+          error: type[OSError] = OSError) -> None:
+    """prctl(2) of this thread; ``error`` (an OSError class) on failure."""
     if _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                    ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, 'prctl(%d, %d): %s' % (option, arg2,
-                                                  os.strerror(err)))
+        raise error(err, 'prctl(%d, %d): %s' % (option, arg2,
+                                                os.strerror(err)))
 
 
 def _capset(caps: Sequence[int]) -> None:
@@ -103,7 +107,7 @@ def _narrow_bounding_set(keep: Sequence[int]) -> None:
         if cap in keep:
             continue
         try:
-            _prctl(_PR_CAPBSET_DROP, cap)
+            prctl(PR_CAPBSET_DROP, cap)
         except OSError:
             return
 
@@ -115,13 +119,13 @@ def become(user: ToolUser, caps: Sequence[int] = ()) -> None:
     os.setresgid(user.gid, user.gid, user.gid)
     if caps:
         # Keep the permitted set across the uid change to pick from it.
-        _prctl(_PR_SET_KEEPCAPS, 1)
+        prctl(PR_SET_KEEPCAPS, 1)
     os.setresuid(user.uid, user.uid, user.uid)
     # Also clears the inheritable set the uid change leaves alone.
     _capset(caps)
     for cap in caps:
         # Ambient: the capability survives exec of a plain binary.
-        _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap)
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
 
 
 def child_setup(user: ToolUser | None, caps: Sequence[int] = (),
@@ -140,10 +144,10 @@ def child_setup(user: ToolUser | None, caps: Sequence[int] = (),
             become(user, caps)
         # After the uid change, which clears it; the parent's pid is
         # checked again for a parent that died before this took effect.
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
         if os.getppid() != parent:
             os._exit(127)
-        _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
         if confine is not None:
             confine()
     return setup

@@ -17,24 +17,24 @@ dropped to it): an in-process caller (tests, ``--local``) is never touched.
 from __future__ import annotations
 
 from collections.abc import Iterable
-import ctypes
 import logging
 import threading
 
 from oslo_privsep import capabilities as c
 
+from accel_daemon.engine import tooluser
+from accel_daemon.engine.tooluser import PR_CAP_AMBIENT
+from accel_daemon.engine.tooluser import PR_CAP_AMBIENT_RAISE
+from accel_daemon.engine.tooluser import PR_CAPBSET_DROP
+from accel_daemon.engine.tooluser import PR_SET_NO_NEW_PRIVS
+from accel_daemon.engine.tooluser import PR_SET_SECUREBITS
+
 LOG = logging.getLogger(__name__)
 
-PR_CAPBSET_DROP = 24
-PR_SET_SECUREBITS = 28
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_RAISE = 2
 SECBIT_NOROOT = 1 << 0
 SECBIT_NOROOT_LOCKED = 1 << 1
 LAST_CAP_FILE = '/proc/sys/kernel/cap_last_cap'
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _local = threading.local()
 
 
@@ -43,10 +43,7 @@ class HardeningError(OSError):
 
 
 def _prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
-    if _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
-                   ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
-        errno = ctypes.get_errno()
-        raise HardeningError(errno, 'prctl(%d, %d) failed' % (option, arg2))
+    tooluser.prctl(option, arg2, arg3, error=HardeningError)
 
 
 def last_cap() -> int:
