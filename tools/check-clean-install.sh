@@ -30,9 +30,23 @@ fail() { log "FAILED: $*"; exit 1; }
 
 WORK=$(mktemp -d /tmp/accel-clean-install.XXXXXX)
 DAEMON_PID=
+CALLER=
+# Broker accounts of this check's own, as tools/install.sh makes them
+# (never guest), removed at the end.
+TAG=$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
+BROKER_SECRETS=$WORK/broker
+BROKER_DAEMON_ACCOUNT=accel-c$TAG-daemon
+# shellcheck source=tools/broker.sh
+source "$ROOT/tools/broker.sh"
 cleanup() {
     if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
         kill -KILL -- "-$DAEMON_PID" 2>/dev/null || true
+    fi
+    if [ -n "$CALLER" ]; then
+        rabbitmqctl -q delete_vhost "accel-$CALLER" >/dev/null 2>&1 || true
+        rabbitmqctl -q delete_user "accel-$CALLER" >/dev/null 2>&1 || true
+        rabbitmqctl -q delete_user "$BROKER_DAEMON_ACCOUNT" >/dev/null 2>&1 ||
+            true
     fi
     rm -rf "$WORK"
 }
@@ -73,9 +87,13 @@ write_config() {
     mkdir -p "$WORK/images" "$WORK/filters"
     /usr/bin/python3 "$ROOT/tools/render_filters.py" "$ROOT/filters" \
         "$WORK/filters" "$WORK/images" >/dev/null
+    # One operator caller, as install.sh makes it.
+    CALLER=c$TAG-operator
+    local url
+    url=$(broker_caller "$CALLER")
     cat >"$WORK/accel-daemon.conf" <<EOF
 [DEFAULT]
-transport_url = rabbit://guest:guest@127.0.0.1:5672/
+transport_url = $url
 log_file = $WORK/daemon.log
 
 [accel_daemon]
@@ -85,6 +103,12 @@ state_dir = $WORK/state
 
 [accel_daemon_rpc]
 host = $HOST
+callers = $CALLER
+
+[caller:$CALLER]
+transport_url = $url
+allowed_dirs = $WORK/images
+operator = true
 EOF
 }
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import unittest
 
 from oslo_concurrency import processutils
@@ -170,8 +171,11 @@ class UploadEncryptedVolume(Base):
         # A short key derivation: the key protects nothing.  qemu-img
         # times PBKDF2 with the thread's CPU clock and gives up when a
         # round measured 0 ms ("Unable to get accurate CPU usage"), which
-        # a coarse clock on a VM does now and then: try again.
-        for attempt in range(5):
+        # a coarse clock on a VM does now and then, several times in a row
+        # on a loaded host: try again, a moment apart.
+        for attempt in range(20):
+            if attempt:
+                time.sleep(0.2)
             made = realdaemon.run(
                 'qemu-img', 'create', '--object',
                 'secret,id=sec0,data=not-a-real-key', '-f', 'luks',
