@@ -19,10 +19,10 @@ GROUP = cfg.OptGroup(
          'module documentation).')
 
 _DEFAULTS = {
-    'capabilities': ('[CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, '
-                     'CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP]',
-                     ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH',
-                      'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID', 'CAP_SETPCAP']),
+    'capabilities': ('[CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_KILL, CAP_SETGID, '
+                     'CAP_SETUID, CAP_SETPCAP]',
+                     ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_KILL',
+                      'CAP_SETGID', 'CAP_SETUID', 'CAP_SETPCAP']),
     'thread_pool_size': ('[tasks] workers + 4', None),
     'helper_command': ('<sudo -n when not root> '
                        '<venv>/bin/accel-privsep-helper '

@@ -4,20 +4,25 @@
 Every input is opened once (``Context.open_source``) and inspected through
 that descriptor (format_inspector + safety check + claimed == detected,
 ``inspection.inspect_fd``); only then does qemu-img see it, always with the
-format forced and always as ``/dev/fd/N`` of that descriptor, never a path:
-a path would be resolved again, and the owner of an allowed directory can
-swap it for a symlink to any host file in between.
+format forced, and never by a path (a path would be resolved again, and
+the owner of an allowed directory can swap it for a symlink to any host
+file in between): each input, and a block device written in place, is
+served to qemu-img over NBD on a socket pair from the very descriptor that
+was checked (``engine.nbd``), with the format pinned and backing files
+switched off (``backing: null``).  qemu-img opens no file of ours and needs
+no capability; a new output file is lent to the tool user and handed over
+as ``/dev/fd/N``.
 
 Cache modes chosen for convert (measured on this machine; qcow2 -> raw of
 1 GiB of data):
 - target: 'none' where O_DIRECT works on the actual destination (the temp
-  file itself, or the device), else 'writeback'.  Never 'writethrough': it
-  flushes after every write and buys nothing, because the output is fsynced
-  before it is published.
-- source: 'none' for block devices where O_DIRECT works (a volume is read
-  once; going through the page cache would evict the host's useful cache),
-  'writeback' for files (they are usually warm: we just downloaded or
-  decompressed them, and the page cache gives qcow2 metadata readahead).
+  file itself), else 'writeback'.  Never 'writethrough': it flushes after
+  every write and buys nothing, because the output is fsynced before it is
+  published.  A device is written by the NBD server, flushed when qemu-img
+  flushes.
+- source: served by the NBD server through the page cache; for a block
+  device it drops what it read (a volume is read once and must not evict
+  the host's useful cache), which is what 'none' reports.
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ from accel_daemon.engine import copy
 from accel_daemon.engine import files
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import inspection
+from accel_daemon.engine import nbd
 from accel_daemon.engine import process
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
 from accel_daemon.engine import sparse
-from accel_daemon.engine import tooluser
 from accel_daemon import exception
 from accel_daemon.options import Options
 from accel_daemon import records
@@ -59,14 +64,6 @@ def _metadata_limits(settings: Settings) -> process.Limits:
     return process.Limits(address_space=settings.info_address_space)
 
 
-def read_caps(ctx: Context) -> tuple[int, ...]:
-    """What qemu-img keeps as the tool user: it reopens ``/dev/fd/N`` and
-    the kernel checks that open against the file's mode, so reading an
-    input another user owns (cinder's 0600 volume files) needs
-    CAP_DAC_READ_SEARCH.  Nothing else."""
-    return (tooluser.CAP_DAC_READ_SEARCH,) if ctx.policy.tool_user else ()
-
-
 def image_limit(settings: Settings, max_bytes: int | None) -> int:
     """The largest virtual size a request may produce: the caller's
     ``max_bytes`` within the host's ``max_image_bytes``."""
@@ -84,18 +81,21 @@ def inspected_info(ctx: Context, src: files.Opened, fmt: str) -> dict:
     qemu-img spin or allocate without bound) and re-checks qemu-img's own
     view (format, backing file, data file, extents) as defence in depth.
     """
-    arg = qemu_img.fd_arg(src.fd)
-    try:
-        result = process.run(qemu_img.info_cmd(arg, fmt), ctx.policy,
-                             limits=_info_limits(ctx.settings),
-                             pass_fds=(src.fd,), caps=read_caps(ctx))
-    except exception.ProcessFailed as e:
-        # qemu-img cannot open it (e.g. "Active L1 table too large") or
-        # hit the limits: the image is refused, not our failure.
-        raise exception.ImageInspectionError(
-            path=src.name, reason='qemu-img info failed: %s'
-            % (e.fields.get('stderr') or 'exit code %s'
-               % e.fields.get('exit_code')))
+    with nbd.Serving() as serving:
+        arg = serving.image(src.fd, qemu_img.input_format(fmt, 'info'))
+        try:
+            result = process.run(qemu_img.info_cmd(arg, fmt), ctx.policy,
+                                 limits=_info_limits(ctx.settings),
+                                 pass_fds=serving.fds)
+        except exception.ProcessFailed as e:
+            refuse_shrunk(src, serving)
+            # qemu-img cannot open it (e.g. "Active L1 table too large")
+            # or hit the limits: the image is refused, not our failure.
+            raise exception.ImageInspectionError(
+                path=src.name, reason='qemu-img info failed: %s'
+                % (e.fields.get('stderr') or 'exit code %s'
+                   % e.fields.get('exit_code')))
+    refuse_shrunk(src, serving)
     data = qemu_img.parse_info(result.stdout, src.name)
     qemu_img.validate_info(data, src.name, fmt, opened_as=arg)
     data['filename'] = src.name
@@ -153,10 +153,12 @@ def version(policy: CommandPolicy) -> str | None:
 def check_fd(ctx: Context, src: files.Opened, fmt: str) -> dict:
     """``qemu-img check`` of an inspected input; adds 'supported' and
     'clean' to its report."""
-    arg = qemu_img.fd_arg(src.fd)
-    result = process.run(qemu_img.check_cmd(arg, fmt), ctx.policy,
-                         limits=_metadata_limits(ctx.settings), check=False,
-                         pass_fds=(src.fd,), caps=read_caps(ctx))
+    with nbd.Serving() as serving:
+        arg = serving.image(src.fd, qemu_img.input_format(fmt, 'check'))
+        result = process.run(qemu_img.check_cmd(arg, fmt), ctx.policy,
+                             limits=_metadata_limits(ctx.settings),
+                             check=False, pass_fds=serving.fds)
+    refuse_shrunk(src, serving)
     if result.returncode == qemu_img.CHECK_UNSUPPORTED:
         return {'filename': src.name, 'format': fmt, 'supported': False,
                 'clean': True}
@@ -180,11 +182,13 @@ def compare(ctx: Context, path1: str, fmt1: str, path2: str, fmt2: str,
     with ctx.open_source(path1) as a, ctx.open_source(path2) as b:
         found1 = inspection.inspect_fd(a.fd, a.name, fmt1)
         found2 = inspection.inspect_fd(b.fd, b.name, fmt2)
-        argv = qemu_img.compare_cmd(qemu_img.fd_arg(a.fd), found1.format,
-                                    qemu_img.fd_arg(b.fd), found2.format)
-        result = process.run(argv, ctx.policy, progress=progress,
-                             check=False, pass_fds=(a.fd, b.fd),
-                             caps=read_caps(ctx))
+        with nbd.Serving() as serving:
+            argv = qemu_img.compare_cmd(
+                serving.image(a.fd, found1.format), found1.format,
+                serving.image(b.fd, found2.format), found2.format)
+            result = process.run(argv, ctx.policy, progress=progress,
+                                 check=False, pass_fds=serving.fds)
+        refuse_shrunk(a, serving)
     identical = qemu_img.compare_result(result.returncode)
     if identical is None:
         raise _failed(result)
@@ -195,11 +199,13 @@ def measure(ctx: Context, path: str, src_fmt: str, dst_fmt: str) -> dict:
     """``qemu-img measure``: bytes needed to convert ``path`` to dst_fmt."""
     with ctx.open_source(path) as src:
         found = inspection.inspect_fd(src.fd, src.name, src_fmt)
-        argv = qemu_img.measure_cmd(qemu_img.fd_arg(src.fd), found.format,
-                                    dst_fmt)
-        result = process.run(argv, ctx.policy,
-                             limits=_metadata_limits(ctx.settings),
-                             pass_fds=(src.fd,), caps=read_caps(ctx))
+        with nbd.Serving() as serving:
+            argv = qemu_img.measure_cmd(serving.image(src.fd, found.format),
+                                        found.format, dst_fmt)
+            result = process.run(argv, ctx.policy,
+                                 limits=_metadata_limits(ctx.settings),
+                                 pass_fds=serving.fds)
+        refuse_shrunk(src, serving)
     return qemu_img.parse_measure(result.stdout, src.name)
 
 
@@ -259,7 +265,6 @@ def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
     virtual_size = int(src_info['virtual-size'])
     progress.set_total(virtual_size)
     progress.check()
-    argv = _convert_argv(ctx.settings, src, out, found.format, dst_fmt, opts)
     parser = qemu_img.ProgressParser()
     watch = _AllocationWatch(out, limit, progress)
 
@@ -269,29 +274,36 @@ def convert_fds(ctx: Context, progress: Progress, src: files.Opened,
             progress.set_fraction(fraction)
             watch.check()
 
-    caps = read_caps(ctx)
     user = ctx.policy.tool_user
-    if out.is_device and user is not None:
-        # Writing a device node in place: the only write qemu-img cannot
-        # do on a file it was lent.
-        caps += (tooluser.CAP_DAC_OVERRIDE,)
-    elif user is not None:
+    if user is not None and not out.is_device:
         out.lend(user.uid, user.gid)
-    try:
-        with watch.running():
-            result = process.run(argv, ctx.policy, progress=progress,
-                                 on_output=on_output,
-                                 pass_fds=(src.fd, out.fd), caps=caps)
-    except exception.Cancelled:
-        if watch.exceeded:
-            raise watch.error(src)
-        raise
-    except exception.ProcessFailed as e:
-        raise refused_reference(src, before, e) from e
+    with nbd.Serving() as serving:
+        src_arg = serving.image(src.fd, found.format)
+        out_fds: tuple[int, ...] = ()
+        if out.is_device:
+            # The device is written by the server, never reopened.
+            dst_arg = serving.image(out.fd, dst_fmt, True)
+        else:
+            dst_arg, out_fds = qemu_img.fd_arg(out.fd), (out.fd,)
+        argv = _convert_argv(ctx.settings, src, out, src_arg, dst_arg,
+                             found.format, dst_fmt, opts)
+        try:
+            with watch.running():
+                result = process.run(argv, ctx.policy, progress=progress,
+                                     on_output=on_output,
+                                     pass_fds=serving.fds + out_fds)
+        except exception.Cancelled:
+            if watch.exceeded:
+                raise watch.error(src)
+            raise
+        except exception.ProcessFailed as e:
+            refuse_shrunk(src, serving)
+            raise refused_reference(src, before, e) from e
+    refuse_shrunk(src, serving)
     watch.check()
     if watch.exceeded:
         raise watch.error(src)
-    check_unchanged(src, before)
+    check_unchanged(src, before, found.format)
     progress.set_done(virtual_size)
     return _convert_result(out, dst_fmt, virtual_size, argv, result)
 
@@ -384,27 +396,54 @@ def refused_reference(src: files.Opened, before: tuple | None,
     return err
 
 
-def check_unchanged(src: files.Opened, before: tuple | None) -> None:
-    """Refuse the output if the source visibly changed after it was
-    inspected.
+def refuse_shrunk(src: files.Opened, serving: nbd.Serving) -> None:
+    """Refuse the result when a served file shrank while qemu-img read it
+    (the server padded what was missing with zeros); ends the serving."""
+    serving.close()
+    if serving.short:
+        raise exception.UnsafeImage(
+            path=src.name, reason='the image was truncated while it was '
+                                  'being read')
+
+
+def check_unchanged(src: files.Opened, before: tuple | None,
+                    fmt: str | None = None) -> None:
+    """Refuse the output if the source changed after it was inspected.
 
     The owner of an allowed directory owns the images in it and may rewrite
     one between inspection and the end of the conversion, e.g. add a
     backing file or data-file to a qcow2 header (CVE-2024-32498 class).
-    A ``write()`` moves ctime, which only root can set back, so comparing
-    fstat before inspection and after qemu-img exits catches it.  Stores
-    through a shared ``mmap`` into a page that is already dirty move
-    nothing, so this is a hint, not the boundary: qemu-img runs confined
-    (``engine.landlock``) and can open no file the image names.
+    That is harmless by construction: qemu-img opened the image with
+    ``backing: null`` over NBD (``engine.nbd``) and runs confined
+    (``engine.landlock``), so it read no file the image names.  This check
+    only makes such an attempt fail loudly instead of publishing an output
+    of an image that is no longer the one inspected:
+
+    * a ``write()`` moves ctime, which only root can set back, so fstat
+      before inspection and now differ;
+    * stores through a shared ``mmap`` into a page that is already dirty
+      move nothing, so an image with metadata (``fmt`` other than raw) is
+      inspected again through its descriptor: a header that now names a
+      backing file, a data file or an extent is refused.
     """
     if before is not None and src.identity() != before:
         raise exception.UnsafeImage(
             path=src.name, reason='the image was modified while it was '
                                   'being inspected or converted')
+    if fmt is None or fmt == 'raw':
+        return
+    try:
+        inspection.inspect_fd(src.fd, src.name, fmt)
+    except (exception.UnsafeImage, exception.ImageInspectionError) as e:
+        raise exception.UnsafeImage(
+            path=src.name, reason='it changed after it was inspected (%s); '
+            'nothing it names was read, and no output is published'
+            % e.fields.get('reason', e.message)) from e
 
 
 def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
-                  src_fmt: str, dst_fmt: str, opts: Options) -> list[str]:
+                  src_arg: str, dst_arg: str, src_fmt: str, dst_fmt: str,
+                  opts: Options) -> list[str]:
     compress = opts.compress
     flags = qemu_img.ConvertFlags(
         src_cache=source_cache_mode(src),
@@ -422,15 +461,13 @@ def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
         existing_target=out.is_device,
         target_is_zero=opts.target_is_zero, compress=compress,
         sparse=opts.sparse, rate_limit=opts.bps_limit)
-    return qemu_img.convert_cmd(qemu_img.fd_arg(src.fd),
-                                qemu_img.fd_arg(out.fd), src_fmt, dst_fmt,
-                                flags)
+    return qemu_img.convert_cmd(src_arg, dst_arg, src_fmt, dst_fmt, flags)
 
 
 def source_cache_mode(src: files.Opened) -> str:
-    if src.is_device and qemu_img.probe_direct_io(src.fd, False):
-        return qemu_img.CACHE_NONE
-    return qemu_img.CACHE_WRITEBACK
+    """What the NBD server does with the page cache: a device's pages are
+    dropped as they are read ('none'), a file's kept ('writeback')."""
+    return qemu_img.CACHE_NONE if src.is_device else qemu_img.CACHE_WRITEBACK
 
 
 def target_cache_mode(fd: int, existing_target: bool = False) -> str:

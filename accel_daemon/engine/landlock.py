@@ -15,8 +15,9 @@ in the child between fork and exec) in which it may:
   ``/dev/zero`` and ``/dev/urandom``;
 * read, and where the descriptor was opened for writing write, exactly the
   files it inherited as descriptors (``fds``): ``qemu-img`` reopens
-  ``/dev/fd/N``, which Landlock checks against the inode behind it, so it
-  reaches its source and its output and no other file;
+  ``/dev/fd/N`` of a file output, which Landlock checks against the inode
+  behind it, so it reaches that output and no other file (its images come
+  over NBD sockets, which need no rule: ``engine.nbd``);
 * read and write beneath ``extra_paths`` (an operator's setting, for a
   hardware driver's device nodes).
 
@@ -151,6 +152,13 @@ def fd_rights(fd: int, handled: int) -> int:
     return rights & handled
 
 
+def _is_file(fd: int) -> bool:
+    """Sockets and pipes are used through the descriptor itself; only a
+    file or device can be reopened, so only those get a rule."""
+    mode = os.fstat(fd).st_mode
+    return not (stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode))
+
+
 def _add_rule(ruleset: int, fd: int, rights: int) -> None:
     attr = _PathBeneathAttr(rights, fd)
     _syscall(_ADD_RULE, ctypes.c_int(ruleset),
@@ -198,7 +206,8 @@ def confine(fds: Iterable[int], extra_paths: Iterable[str] = (),
             _add_path(ruleset, path, (READ_FILE | EXECUTE) & handled
                       if path == executable else handled)
         for fd in fds:
-            _add_rule(ruleset, fd, fd_rights(fd, handled))
+            if _is_file(fd):
+                _add_rule(ruleset, fd, fd_rights(fd, handled))
         _syscall(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)

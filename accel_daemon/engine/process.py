@@ -81,7 +81,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _start(cmd: list[str], policy: CommandPolicy, stdin: int | None,
-           stdout: int | None, pass_fds: Sequence[int], caps: Sequence[int],
+           stdout: int | None, pass_fds: Sequence[int],
            limits: Limits | None) -> subprocess.Popen:
     confine = None
     if policy.sandbox is not None:
@@ -95,7 +95,7 @@ def _start(cmd: list[str], policy: CommandPolicy, stdin: int | None,
         stderr=subprocess.PIPE, close_fds=True, pass_fds=tuple(pass_fds),
         start_new_session=True,
         preexec_fn=tooluser.child_setup(
-            policy.tool_user, caps, limits.apply if limits else None,
+            policy.tool_user, limits.apply if limits else None,
             confine=confine),
         env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C'})
 
@@ -107,8 +107,7 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
         limits: Limits | None = None,
         pass_fds: Sequence[int] = (),
         check: bool = True,
-        timeout: float | None = None,
-        caps: Sequence[int] = ()) -> Result:
+        timeout: float | None = None) -> Result:
     """Run ``argv`` after the filter check; raise on failure or cancel.
 
     ``stdin``/``stdout`` may be file descriptors to connect; otherwise stdout
@@ -120,8 +119,7 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
     its own limit but cannot lift the policy's by passing None.
 
     The child runs as the policy's tool user (``tooluser.child_setup``)
-    with no capabilities but ``caps``, and dies with the thread that
-    started it.
+    with no capability, and dies with the thread that started it.
     """
     cmd = policy.check(argv)
     if timeout is None:
@@ -131,7 +129,7 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
     deadline = started + timeout if timeout is not None else None
     # argv list (never a shell), already matched against the filters.
     try:
-        proc = _start(cmd, policy, stdin, stdout, pass_fds, caps, limits)
+        proc = _start(cmd, policy, stdin, stdout, pass_fds, limits)
     except exception.AccelError:
         raise
     except (OSError, subprocess.SubprocessError) as e:

@@ -228,8 +228,9 @@ def validate_info(info: dict, path: str, fmt: str,
     format_inspector is the gate (it runs before qemu-img touches the file);
     this repeats the important checks on qemu-img's own reading, so a parser
     difference between the two cannot open a backing or data file.
-    ``opened_as`` is the name qemu-img was given (fd_arg) when not ``path``:
-    an extent may only name the image itself.
+    ``opened_as`` is the name qemu-img was given (an NBD ``json:`` spec or
+    fd_arg) when not ``path``: an extent may only name the image itself
+    (``same_image``).
     """
     fmt = input_format(fmt, 'info')
     if info.get('format') != fmt:
@@ -249,7 +250,7 @@ def validate_info(info: dict, path: str, fmt: str,
         # CVE-2022-47951: VMDK extents naming other files.
         name = extent.get('filename')
         if opened_as is not None:
-            other = bool(name) and name != opened_as
+            other = bool(name) and not same_image(name, opened_as)
         else:
             other = bool(name) and (os.path.realpath(name)
                                     != os.path.realpath(path))
@@ -259,6 +260,41 @@ def validate_info(info: dict, path: str, fmt: str,
     if not isinstance(info.get('virtual-size'), int):
         raise exception.ImageInspectionError(path=path,
                                              reason='no virtual size')
+
+
+def _flat(spec: Any, prefix: str = '') -> dict:
+    """QEMU's dotted form of a nested option dict."""
+    if not isinstance(spec, dict):
+        return {prefix[:-1]: spec}
+    out: dict = {}
+    for key, value in spec.items():
+        out.update(_flat(value, '%s%s.' % (prefix, key)))
+    return out
+
+
+def _spec(name: str) -> dict | None:
+    if not name.startswith('json:'):
+        return None
+    try:
+        value = json.loads(name[len('json:'):])
+    except ValueError:
+        return None
+    return _flat(value) if isinstance(value, dict) else None
+
+
+def same_image(name: str, opened_as: str) -> bool:
+    """Whether the file ``name`` qemu-img reports (a VMDK extent) is the
+    one it was given as ``opened_as``: the same string, or, for an image
+    served over NBD, the same ``file`` node (qemu-img reports it as its
+    own flattened ``json:`` spec)."""
+    if name == opened_as:
+        return True
+    given, seen = _spec(opened_as), _spec(name)
+    if given is None or seen is None:
+        return False
+    node = {k[len('file.'):]: v for k, v in given.items()
+            if k.startswith('file.')}
+    return bool(node) and seen == node
 
 
 def compare_result(returncode: int) -> bool | None:

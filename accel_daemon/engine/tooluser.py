@@ -2,20 +2,16 @@
 """Who the external tools run as: an unprivileged user, no capabilities.
 
 Every file a tool touches was opened by the engine and is inherited as a
-descriptor (stdin/stdout, or ``/dev/fd/N`` for qemu-img), so the tools need
-no privilege of their own.  ``child_setup()`` returns what runs in the
-child between fork and exec:
+descriptor: stdin/stdout, an NBD socket the engine serves an image on
+(``engine.nbd``), or ``/dev/fd/N`` of an output lent to the tool user
+(``files.Output.lend``).  So the tools need no privilege of their own.
+``child_setup()`` returns what runs in the child between fork and exec:
 
 * supplementary groups: the tool user's own (``/etc/group``), so an
   operator grants device access the usual way, e.g. QATlib's ``qat`` group
   for the QAT device nodes ``qzip`` opens;
 * gid, then uid, of the tool user (real, effective and saved);
-* capabilities: none, except the ones a command needs and asks for
-  (``caps``): ``qemu-img`` reopens ``/dev/fd/N``, which the kernel checks
-  against the file's mode, so it keeps ``CAP_DAC_READ_SEARCH`` to read
-  inputs other users own (its outputs are lent to the tool user while they
-  are written, see ``files.Output.lend``), and ``CAP_DAC_OVERRIDE`` only
-  when it writes a block device in place;
+* capabilities: none, in any set, the bounding set included;
 * ``no_new_privs`` and a parent-death signal (SIGKILL), so no tool
   outlives the privileged process that started it;
 * last, a Landlock domain (``engine.landlock``): the tool can open nothing
@@ -27,19 +23,15 @@ of running with more privilege than intended.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import ctypes
 import dataclasses
 import os
 import pwd
 import signal
-from collections.abc import Callable, Sequence
-
-CAP_DAC_OVERRIDE = 1
-CAP_DAC_READ_SEARCH = 2
 
 # prctl(2) options (the privileged layer's caps module uses them too).
 PR_SET_PDEATHSIG = 1
-PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
 PR_SET_NO_NEW_PRIVS = 38
@@ -89,46 +81,35 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0,
                                                 os.strerror(err)))
 
 
-def _capset(caps: Sequence[int]) -> None:
-    mask = 0
-    for cap in caps:
-        mask |= 1 << cap
+def _drop_all_caps() -> None:
     data = (_Data * 2)()
-    data[0].effective = data[0].permitted = data[0].inheritable = mask
     if _libc.capset(ctypes.byref(_Header(_CAP_VERSION_3, 0)), data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, 'capset: %s' % os.strerror(err))
 
 
-def _narrow_bounding_set(keep: Sequence[int]) -> None:
+def _empty_bounding_set() -> None:
     # Needs CAP_SETPCAP, which hardened privsep threads no longer hold:
-    # they already narrowed the bounding set for their children.
+    # they already emptied the bounding set for their children.
     for cap in range(_LAST_CAP + 1):
-        if cap in keep:
-            continue
         try:
             prctl(PR_CAPBSET_DROP, cap)
         except OSError:
             return
 
 
-def become(user: ToolUser, caps: Sequence[int] = ()) -> None:
-    """Switch the calling (child) process to ``user`` with ``caps``."""
-    _narrow_bounding_set(caps)
+def become(user: ToolUser) -> None:
+    """Switch the calling (child) process to ``user``, with no
+    capability."""
+    _empty_bounding_set()
     os.setgroups(list(user.groups))
     os.setresgid(user.gid, user.gid, user.gid)
-    if caps:
-        # Keep the permitted set across the uid change to pick from it.
-        prctl(PR_SET_KEEPCAPS, 1)
     os.setresuid(user.uid, user.uid, user.uid)
     # Also clears the inheritable set the uid change leaves alone.
-    _capset(caps)
-    for cap in caps:
-        # Ambient: the capability survives exec of a plain binary.
-        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+    _drop_all_caps()
 
 
-def child_setup(user: ToolUser | None, caps: Sequence[int] = (),
+def child_setup(user: ToolUser | None,
                 limits: Callable[[], None] | None = None,
                 parent: int | None = None,
                 confine: Callable[[], None] | None = None
@@ -141,7 +122,7 @@ def child_setup(user: ToolUser | None, caps: Sequence[int] = (),
         if limits is not None:
             limits()
         if user is not None:
-            become(user, caps)
+            become(user)
         # After the uid change, which clears it; the parent's pid is
         # checked again for a parent that died before this took effect.
         prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))

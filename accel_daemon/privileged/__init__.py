@@ -19,10 +19,6 @@ accel-daemon already runs as root) and keeps only these capabilities:
     mode 0600 as ``cinder``) and outputs go into their directories (mode
     0750): opening them, creating the unnamed output in such a directory
     and linking it there need it.
-``CAP_DAC_READ_SEARCH``
-    Not for this process (DAC_OVERRIDE covers it) but for qemu-img, which
-    reopens ``/dev/fd/N`` of inputs other users own; a child can only keep
-    what this process holds (see ``engine.tooluser``).
 ``CAP_CHOWN``
     Outputs are given the owner and group of their destination directory
     (``engine.files.Output``) so that the caller can read them, and are
@@ -38,6 +34,11 @@ accel-daemon already runs as root) and keeps only these capabilities:
     inherit (see below); then dropped from every thread that runs work.
 
 Deliberately not kept:
+
+``CAP_DAC_READ_SEARCH``
+    ``CAP_DAC_OVERRIDE`` covers what this process opens, and no tool
+    reopens anything: qemu-img reads inputs (and writes block devices)
+    over NBD from descriptors this process holds (``engine.nbd``).
 
 ``CAP_FOWNER``
     ``fchmod`` happens while we own the file (``Output.commit`` takes it
@@ -58,10 +59,12 @@ The tools hold nothing
 ----------------------
 Every file is opened once by the engine in this process and handed to the
 tools as a descriptor (``engine.files``), so the tools need no access of
-their own: they run as the tool user, with no capability (compressors) or
-only ``CAP_DAC_READ_SEARCH`` (qemu-img; plus ``CAP_DAC_OVERRIDE`` while it
-writes a block device in place), ``no_new_privs``, and die with the thread
-that started them (``engine.tooluser``).
+their own: they run as the tool user with no capability at all,
+``no_new_privs``, in a Landlock domain of their own, and die with the
+thread that started them (``engine.tooluser``).  qemu-img gets its inputs,
+and a block device it writes in place, as NBD exports on a socket pair
+served from this process's descriptors (``engine.nbd``); a new output file
+is lent to the tool user while it is written.
 
 Children of a uid-0 process get every capability back
 -----------------------------------------------------
@@ -71,12 +74,10 @@ empty (tools then run as this process).  ``caps.harden_thread()``
 therefore, in each privsep worker thread before its first operation
 (capabilities are per thread):
 
-* drops every capability but ``CHILD_CAPABILITIES`` from the bounding set
-  (the most any tool can ever hold, whoever it runs as);
+* drops every capability from the bounding set (``CHILD_CAPABILITIES`` is
+  empty: no tool can ever hold one, whoever it runs as);
 * sets ``SECBIT_NOROOT`` (locked), so uid 0 no longer implies capabilities
   on exec;
-* raises the child capabilities as *ambient* ones, for root children only
-  (a switch to the tool user clears them);
 * sets ``no_new_privs``, so no set-uid or file-capability binary a filter
   might allow by mistake can gain more;
 * drops ``CAP_SETPCAP`` from the thread.
@@ -97,11 +98,11 @@ LOG = logging.getLogger(__name__)
 SECTION = 'privsep_accel'
 CONTEXT_PYPATH = 'accel_daemon.privileged.context'
 
-CAPABILITIES = (c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH,
-                c.CAP_KILL, c.CAP_SETGID, c.CAP_SETUID, c.CAP_SETPCAP)
-# The bounding set of the tools the privsep daemon execs: the most any
-# child may keep (see the module docstring and engine.tooluser).
-CHILD_CAPABILITIES = (c.CAP_DAC_OVERRIDE, c.CAP_DAC_READ_SEARCH)
+CAPABILITIES = (c.CAP_CHOWN, c.CAP_DAC_OVERRIDE, c.CAP_KILL, c.CAP_SETGID,
+                c.CAP_SETUID, c.CAP_SETPCAP)
+# The bounding set of the tools the privsep daemon execs: none (see the
+# module docstring, engine.tooluser and engine.nbd).
+CHILD_CAPABILITIES: tuple[int, ...] = ()
 
 # privsep threads beyond the task workers, for calls that must never wait
 # behind a running task: progress, cancel, capabilities, info, reload.

@@ -8,11 +8,13 @@ skips them would send them.
 Two loop devices: ``allowed`` matches the daemon's pattern, ``other`` does
 not.  Every refusal leaves the device's bytes as they were.  The command
 filters (rendered by tools/render_filters.py, as tools/install.sh does)
-name no device at all: devices reach qemu-img as /dev/fd/N only, after the
-privileged open judged them.
+name no device at all: qemu-img reads and writes a device only over NBD,
+served from the descriptor the privileged open judged, with no capability
+of its own.
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +24,7 @@ from oslo_config import cfg
 import pytest
 
 from accel_daemon.engine.filters import CommandPolicy
+from accel_daemon.engine import nbd
 from accel_daemon.engine import paths
 from accel_daemon.engine import qemu_img
 from accel_daemon import exception
@@ -29,6 +32,8 @@ from accel_daemon.manager import backends
 from accel_daemon import privileged
 from accel_daemon.privileged import start as privileged_start
 from tests import envfixture
+from tests.functional import procwatch
+from tests.functional.test_privsep import assert_bare
 
 pytestmark = [
     pytest.mark.functional, pytest.mark.privsep,
@@ -141,6 +146,35 @@ def test_convert_onto_the_allowed_device(env, devices, backend):
     assert data[:MiB] == b'\x33' * MiB
     assert data[MiB:4 * MiB] == bytes(3 * MiB)
     assert data[4 * MiB:] == OLD * (SIZE - 4 * MiB)
+
+
+@pytest.mark.parametrize('direction', ['read', 'write'])
+def test_qemu_img_is_bare_on_a_device(env, devices, backend, direction):
+    """The device node is root's (0660 root:disk): qemu-img reads it, or
+    writes it in place, as the tool user with no capability at all."""
+    (pid,) = procwatch.daemon_pids(os.path.join(env.root,
+                                                'accel-daemon.conf'))
+    if direction == 'read':
+        args = {'src': devices['allowed'], 'dst': env.path('vol.qcow2'),
+                'src_format': 'raw', 'dst_format': 'qcow2'}
+    else:
+        args = {'src': qcow2(env), 'dst': devices['allowed'],
+                'src_format': 'qcow2', 'dst_format': 'raw'}
+    # Paced (2 s or more) so that the watcher sees the tool at work.
+    args['bps_limit'] = 2 * MiB
+    with procwatch.watching(pid, b'convert') as seen:
+        result = backend.run('bare-' + direction, 'convert', args)
+    assert_bare(seen, 'qemu-img convert (%s a device)' % direction)
+    if direction == 'read':
+        assert subprocess.run(['qemu-img', 'compare', '-f', 'raw', '-F',
+                               'qcow2', devices['allowed'],
+                               result['output']],
+                              capture_output=True).returncode == 0
+    else:
+        data = _content(devices['allowed'])
+        assert data[:MiB] == b'\x33' * MiB
+        assert data[MiB:4 * MiB] == bytes(3 * MiB)
+        assert data[4 * MiB:] == OLD * (SIZE - 4 * MiB)
 
 
 def test_device_outside_the_patterns_is_refused_as_output(env, devices,
@@ -286,8 +320,9 @@ DEVICE_NAMES = ['/dev/sda', '/dev/loop0', '/dev/mapper/vg-volume--1',
 @pytest.mark.parametrize('name', DEVICE_NAMES)
 def test_rendered_filters_name_no_device(tmp_path, name):
     """Whatever the allowed directories, the rendered filters let a tool
-    see a device only as /dev/fd/N: every convert shape is refused with a
-    device name in place of a descriptor."""
+    see an image only as an NBD export on an inherited socket (or a new
+    output file as /dev/fd/N): every convert shape is refused with a
+    device name, or a json: spec naming a file, in place of those."""
     render = _render_filters()
     out = tmp_path / 'filters'
     out.mkdir()
@@ -297,16 +332,22 @@ def test_rendered_filters_name_no_device(tmp_path, name):
         assert '/dev/' not in text.replace('/dev/fd/', '')
         (out / entry).write_text(text)
     policy = CommandPolicy([str(out)], ('/usr/bin', '/bin'))
+    as_file = 'json:' + json.dumps(
+        {'driver': 'raw', 'file': {'driver': 'file', 'filename': name}},
+        separators=(',', ':'), sort_keys=True)
     for existing in (False, True):
+        dst = nbd.image_spec('raw', 4) if existing else '/dev/fd/4'
         argv = qemu_img.convert_cmd(
-            '/dev/fd/3', '/dev/fd/4', 'qcow2', 'raw', qemu_img.ConvertFlags(
+            nbd.image_spec('qcow2', 3), dst, 'qcow2', 'raw',
+            qemu_img.ConvertFlags(
                 src_cache='writeback', dst_cache='none', coroutines=8,
                 unordered=True, existing_target=existing))
         assert policy.allows(argv)
         for i in (-1, -2):
-            bad = list(argv)
-            bad[i] = name
-            assert not policy.allows(bad), bad
+            for bad_name in (name, as_file):
+                bad = list(argv)
+                bad[i] = bad_name
+                assert not policy.allows(bad), bad
 
 
 def test_over_rpc_only_the_allowed_device(tmp_path, setup):

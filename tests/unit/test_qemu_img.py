@@ -8,11 +8,13 @@ import pytest
 
 from accel_daemon.engine.filters import CommandPolicy
 from accel_daemon.engine import images
+from accel_daemon.engine import nbd
 from accel_daemon.engine import qemu_img
 from accel_daemon import exception
 from tests import envfixture
 
-# qemu-img is only ever given descriptors the engine opened.
+# qemu-img is only ever given descriptors the engine opened: ``served()``
+# turns these into what images.py passes (NBD specs for inputs).
 SRC = '/dev/fd/5'
 DST = '/dev/fd/6'
 
@@ -313,9 +315,54 @@ def all_built_commands():
     yield convert(unordered=True, sparse=False)
 
 
+def served(argv):
+    """``argv`` as images.py builds it: each input, and a device target
+    (-n), served over NBD on a socket (a json: spec of the -f/-F/-O
+    format), a new output file as /dev/fd/N."""
+    argv = list(argv)
+
+    def fmt_of(flag):
+        # A format-less argv (denied anyway) gets a raw spec.
+        return argv[argv.index(flag) + 1] if flag in argv else 'raw'
+    sources = [a for a in argv if a == SRC or (a == DST and '-F' in argv)]
+    for i, arg in enumerate(argv):
+        if arg == SRC:
+            argv[i] = nbd.image_spec(fmt_of('-f'), 5)
+        elif arg == DST and '-F' in argv:
+            argv[i] = nbd.image_spec(fmt_of('-F'), 6)
+        elif i == len(argv) - 1 and '-n' in argv and arg not in sources:
+            argv[i] = nbd.image_spec(fmt_of('-O'), 7)
+    return argv
+
+
 def test_filters_allow_every_built_shape(policy):
     for argv in all_built_commands():
-        assert policy.allows(argv), argv
+        assert policy.allows(served(argv)), argv
+
+
+@pytest.mark.parametrize('bad', [
+    # An input not served: qemu-img would reopen the file.
+    lambda a: [SRC if x.startswith('json:') else x for x in a],
+    # A served qcow2 without "backing":null.
+    lambda a: [x.replace('"backing":null,', '') for x in a],
+    # A file node instead of the socket.
+    lambda a: [x.replace('"driver":"nbd","server":{"str":"5","type":"fd"}',
+                         '"driver":"file","filename":"/etc/shadow"')
+               for x in a],
+    # A unix socket path instead of an inherited descriptor.
+    lambda a: [x.replace('{"str":"5","type":"fd"}',
+                         '{"path":"/run/x.sock","type":"unix"}')
+               for x in a],
+    # The format of the spec is not pinned (driver missing).
+    lambda a: [x.replace('"driver":"qcow2",', '') for x in a],
+])
+def test_filters_deny_unserved_or_unpinned_inputs(policy, bad):
+    for argv in (qemu_img.info_cmd(SRC, 'qcow2'), convert(unordered=True)):
+        good = served(argv)
+        assert policy.allows(good)
+        assert bad(good) != good
+        with pytest.raises(exception.CommandDenied):
+            policy.check(bad(good))
 
 
 @pytest.mark.parametrize('argv', [
@@ -366,7 +413,7 @@ def test_filters_allow_every_built_shape(policy):
 ])
 def test_filters_deny(policy, argv):
     with pytest.raises(exception.CommandDenied):
-        policy.check(argv)
+        policy.check(served(argv))
 
 
 def test_filter_file_has_comments_for_each_group():
