@@ -465,8 +465,9 @@ def _convert_argv(settings: Settings, src: files.Opened, out: files.Output,
 
 
 def source_cache_mode(src: files.Opened) -> str:
-    """What the NBD server does with the page cache: a device's pages are
-    dropped as they are read ('none'), a file's kept ('writeback')."""
+    """How the NBD server reads the source: a device with ``O_DIRECT``
+    ('none': a volume read once does not evict the host's page cache), a
+    file through the page cache ('writeback')."""
     return qemu_img.CACHE_NONE if src.is_device else qemu_img.CACHE_WRITEBACK
 
 

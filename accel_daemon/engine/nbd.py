@@ -21,12 +21,17 @@ does not read them.  It is deliberately small:
 * one export, one connection; options it does not know are answered
   ``NBD_REP_ERR_UNSUP``; option data above ``MAX_OPTION`` closes the
   connection;
-* reads go out with ``sendfile`` (no copy through Python); a read past the
-  end of a file that shrank since it was opened is padded with zeros and
-  recorded (``Server.short``), so the task refuses the output;
+* requests are read in order by one thread and served by ``WORKERS``
+  threads, so reads (and a device's writes) run in parallel as qemu-img's
+  coroutines issue them, as they did when qemu-img opened the file
+  itself; each reply goes out whole under one lock;
+* a read past the end of a file that shrank since it was opened is padded
+  with zeros and recorded (``Server.short``), so the task refuses the
+  output;
 * a writable export (block devices) takes ``WRITE``, ``WRITE_ZEROES``
-  and ``FLUSH``; every request is checked against the export's size and
-  the largest block (``MAX_BLOCK``) before anything is done;
+  and ``FLUSH`` (which waits for the writes before it); every request is
+  checked against the export's size and the largest block
+  (``MAX_BLOCK``) before anything is done;
 * whatever the peer sends, the server only ever answers, reads or writes
   the one descriptor it was given, then ends when the socket closes.
 
@@ -36,13 +41,18 @@ a real ``qemu-img``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import mmap
 import os
+import queue
 import socket
 import stat
 import struct
@@ -70,6 +80,7 @@ REP_INFO = 3
 REP_META_CONTEXT = 4
 REP_ERR_UNSUP = (1 << 31) + 1
 REP_ERR_INVALID = (1 << 31) + 3
+REP_ERR_BLOCK_SIZE_REQD = (1 << 31) + 8
 INFO_EXPORT = 0
 INFO_BLOCK_SIZE = 3
 # Transmission flags.
@@ -107,6 +118,11 @@ MAX_BLOCK = 32 * 1024 ** 2
 PREFERRED_BLOCK = 2 * 1024 ** 2
 # Extents reported per BLOCK_STATUS reply at most (qemu asks for one).
 MAX_EXTENTS = 1024
+# Threads serving the requests of one connection, and requests in flight
+# (each holds at most one buffer of up to MAX_BLOCK, touched only as far
+# as it is used).
+WORKERS = 4
+IN_FLIGHT = 2 * WORKERS
 
 _REQUEST = struct.Struct('>IHHQQI')
 _OPTION = struct.Struct('>QII')
@@ -128,21 +144,25 @@ class Export:
     """What is served: ``size`` bytes of ``fd`` from offset 0.
 
     ``writable`` only for an output the privileged layer opened for
-    writing (a block device written in place); ``discard_cache`` drops
-    what was read from the page cache (a volume read once should not
-    evict the host's useful cache, as ``cache=none`` did before).
+    writing (a block device written in place).  ``block`` is the smallest
+    unit a request may address: a block device is served with
+    ``O_DIRECT`` (set on the descriptor while it is served, as qemu-img's
+    ``cache=none`` did when it opened the device itself), so its requests
+    must be aligned to its logical block size, which the client is told.
     """
     fd: int
     size: int
     writable: bool = False
-    discard_cache: bool = False
+    direct: bool = False
+    block: int = 1
 
     @classmethod
     def of(cls, fd: int, writable: bool = False) -> Export:
         st = os.fstat(fd)
         if stat.S_ISBLK(st.st_mode):
             size = os.lseek(fd, 0, os.SEEK_END)
-            return cls(fd, size, writable, discard_cache=True)
+            return cls(fd, size, writable, direct=True,
+                       block=_logical_block(fd))
         return cls(fd, st.st_size, writable)
 
     @property
@@ -169,7 +189,14 @@ class Server:
         self.requests = 0
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name='nbd-%d' % export.fd)
-        self._buffer: mmap.mmap | None = None
+        self._send_lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self._writes = 0
+        self._writes_done = threading.Condition()
+        self._buffers: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        self._made: list[mmap.mmap] = []
+        self._local = threading.local()
 
     # --- life cycle ------------------------------------------------------
     def start(self) -> Server:
@@ -185,8 +212,9 @@ class Server:
             pass
         self._thread.join(timeout)
         self.sock.close()
-        if self._buffer is not None:
-            self._buffer.close()
+        if not self._thread.is_alive():
+            for buf in self._made:
+                buf.close()
 
     def _run(self) -> None:
         try:
@@ -203,10 +231,15 @@ class Server:
         finally:
             # The peer sees the end at once (a tool waiting for a reply
             # fails instead of hanging); finish() closes the socket.
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._hang_up()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def _hang_up(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # --- socket helpers --------------------------------------------------
     def _recv(self, n: int) -> bytes:
@@ -226,8 +259,43 @@ class Server:
                 raise EOFError('peer closed the connection')
             got += n
 
-    def _send(self, *parts: bytes) -> None:
-        self.sock.sendall(b''.join(parts))
+    def _send(self, *parts: bytes | memoryview) -> None:
+        """One whole reply: replies from several workers never mix."""
+        with self._send_lock:
+            for part in parts:
+                self.sock.sendall(part)
+
+    def _buffer(self) -> mmap.mmap:
+        """A buffer of MAX_BLOCK for one request (never more than
+        IN_FLIGHT exist: each request in flight holds at most one)."""
+        try:
+            return self._buffers.get_nowait()
+        except queue.Empty:
+            buf = mmap.mmap(-1, MAX_BLOCK)
+            self._made.append(buf)
+            return buf
+
+    def _submit(self, work: Callable[..., None], *args: object) -> None:
+        """Run ``work(*args)`` in a worker; at most IN_FLIGHT at once.
+        A worker that fails ends the connection."""
+        assert self._pool is not None  # nosec B101: set by _transmission
+        self._slots.acquire()
+
+        def run() -> None:
+            try:
+                work(*args)
+            except (ConnectionError, OSError) as e:
+                if self.error is None:
+                    self.error = e
+                self._hang_up()
+            except Exception as e:     # a bug must not pass silently
+                LOG.exception('NBD server failed')
+                self.error = e
+                self._hang_up()
+            finally:
+                self._slots.release()
+
+        self._pool.submit(run)
 
     # --- handshake -------------------------------------------------------
     def _handshake(self) -> bool:
@@ -246,6 +314,11 @@ class Server:
                                     % (option, length))
             data = self._recv(length)
             if option == OPT_EXPORT_NAME:
+                if self.export.block > 1:
+                    # No way to tell this client the block size, nor to
+                    # answer with an error: the connection ends.
+                    raise ProtocolError('EXPORT_NAME for an export with '
+                                        'a minimum block size')
                 pad = b'' if self.no_zeroes else bytes(124)
                 self._send(struct.pack('>QH', self.export.size,
                                        self._flags()), pad)
@@ -290,11 +363,17 @@ class Server:
         if 6 + name_len + 2 * count != len(data):
             self._reply(option, REP_ERR_INVALID)
             return False
+        if self.export.block > 1 and INFO_BLOCK_SIZE not in wanted:
+            # A client that cannot honour a minimum block size is refused
+            # (the protocol's NBD_REP_ERR_BLOCK_SIZE_REQD).
+            self._reply(option, REP_ERR_BLOCK_SIZE_REQD)
+            return False
         self._reply(option, REP_INFO, struct.pack(
             '>HQH', INFO_EXPORT, self.export.size, self._flags()))
         if INFO_BLOCK_SIZE in wanted:
             self._reply(option, REP_INFO, struct.pack(
-                '>HIII', INFO_BLOCK_SIZE, 1, PREFERRED_BLOCK, MAX_BLOCK))
+                '>HIII', INFO_BLOCK_SIZE, self.export.block,
+                PREFERRED_BLOCK, MAX_BLOCK))
         self._reply(option, REP_ACK)
         return True
 
@@ -329,6 +408,12 @@ class Server:
 
     # --- transmission ----------------------------------------------------
     def _transmission(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            WORKERS, thread_name_prefix='nbd-%d' % self.export.fd)
+        with _direct_io(self.export):
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             magic, flags, kind, handle, offset, length = _REQUEST.unpack(
                 self._recv(_REQUEST.size))
@@ -336,6 +421,9 @@ class Server:
                 raise ProtocolError('bad request magic %#x' % magic)
             self.requests += 1
             if kind == CMD_DISC:
+                # Every reply first: then the connection ends.
+                assert self._pool is not None  # nosec B101: _transmission
+                self._pool.shutdown(wait=True)
                 return
             if kind == CMD_WRITE:
                 # The payload follows whatever we answer.
@@ -345,17 +433,33 @@ class Server:
             if err:
                 self._error(handle, err)
             elif kind == CMD_READ:
-                self._read(handle, offset, length)
+                self._submit(self._read, handle, offset, length)
             elif kind == CMD_BLOCK_STATUS and self.contexts:
                 self._block_status(flags, handle, offset, length)
             elif kind == CMD_FLUSH and self.export.writable:
+                self._wait_for_writes()
                 os.fdatasync(self.export.fd)
                 self._done(handle)
             elif kind == CMD_WRITE_ZEROES and self.export.writable:
-                self._write_zeroes(flags, offset, length)
-                self._done(handle)
+                self._writing()
+                self._submit(self._write_zeroes, flags, handle, offset,
+                             length)
             else:
                 self._error(handle, errno.EINVAL)
+
+    def _writing(self) -> None:
+        with self._writes_done:
+            self._writes += 1
+
+    def _written(self) -> None:
+        with self._writes_done:
+            self._writes -= 1
+            self._writes_done.notify_all()
+
+    def _wait_for_writes(self) -> None:
+        """FLUSH covers every write received before it."""
+        with self._writes_done:
+            self._writes_done.wait_for(lambda: self._writes == 0)
 
     def _bounds(self, kind: int, offset: int, length: int) -> int:
         if kind == CMD_FLUSH:
@@ -364,6 +468,8 @@ class Server:
             return errno.EINVAL
         if kind in (CMD_READ, CMD_WRITE) and length > MAX_BLOCK:
             return errno.EOVERFLOW
+        if (offset | length) % self.export.block:
+            return errno.EINVAL
         return 0
 
     def _done(self, handle: int) -> None:
@@ -382,27 +488,63 @@ class Server:
             self._send(_SIMPLE.pack(SIMPLE_REPLY_MAGIC, err, handle))
 
     def _read(self, handle: int, offset: int, length: int) -> None:
+        if not self.export.direct:
+            self._sendfile(handle, offset, length)
+            return
+        buf = getattr(self._local, 'buffer', None)
+        if buf is None:
+            # One per worker thread, kept: a read's buffer is free again
+            # once its reply is sent, by this same thread.
+            buf = self._local.buffer = self._buffer()
+        view = memoryview(buf)[:length]
+        try:
+            got = 0
+            while got < length:
+                n = os.preadv(self.export.fd, [view[got:]], offset + got)
+                if n == 0:
+                    # The file shrank under us: the reply is promised, so
+                    # finish it with zeros and let the task refuse the
+                    # output.
+                    self.short = True
+                    view[got:] = bytes(length - got)
+                    break
+                got += n
+            if self.structured:
+                self._send(_CHUNK.pack(STRUCTURED_REPLY_MAGIC,
+                                       REPLY_FLAG_DONE,
+                                       REPLY_TYPE_OFFSET_DATA, handle,
+                                       8 + length),
+                           struct.pack('>Q', offset), view)
+            else:
+                self._send(_SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, handle),
+                           view)
+        finally:
+            view.release()
+
+    def _sendfile(self, handle: int, offset: int, length: int) -> None:
+        """A file's read, from the page cache to the socket with no copy
+        through Python; the reply is one, so it holds the send lock."""
         if self.structured:
-            self._send(_CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
-                                   REPLY_TYPE_OFFSET_DATA, handle,
-                                   8 + length), struct.pack('>Q', offset))
+            head = _CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
+                               REPLY_TYPE_OFFSET_DATA, handle,
+                               8 + length) + struct.pack('>Q', offset)
         else:
-            self._send(_SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, handle))
-        sent = 0
+            head = _SIMPLE.pack(SIMPLE_REPLY_MAGIC, 0, handle)
         out = self.sock.fileno()
-        while sent < length:
-            n = os.sendfile(out, self.export.fd, offset + sent,
-                            length - sent)
-            if n == 0:
-                # The file shrank under us: the reply is promised, so
-                # finish it with zeros and let the task refuse the output.
-                self.short = True
-                self._send(bytes(length - sent))
-                break
-            sent += n
-        if self.export.discard_cache:
-            os.posix_fadvise(self.export.fd, offset, length,
-                             os.POSIX_FADV_DONTNEED)
+        with self._send_lock:
+            self.sock.sendall(head)
+            sent = 0
+            while sent < length:
+                n = os.sendfile(out, self.export.fd, offset + sent,
+                                length - sent)
+                if n == 0:
+                    # The file shrank under us: the reply is promised, so
+                    # finish it with zeros and let the task refuse the
+                    # output.
+                    self.short = True
+                    self.sock.sendall(bytes(length - sent))
+                    break
+                sent += n
 
     def _block_status(self, flags: int, handle: int, offset: int,
                       length: int) -> None:
@@ -416,44 +558,63 @@ class Server:
 
     def _write(self, flags: int, handle: int, offset: int,
                length: int) -> None:
+        """Read a WRITE's payload here, in order; write it in a worker."""
         if length > MAX_BLOCK:
             # Reading the payload would mean buffering any amount the
             # peer names: the connection ends instead.
             raise ProtocolError('write of %d bytes' % length)
-        if self._buffer is None:
-            self._buffer = mmap.mmap(-1, MAX_BLOCK)
-        view = memoryview(self._buffer)[:length]
+        buf = self._buffer()
+        view = memoryview(buf)[:length]
         try:
             self._recv_into(view)
-            if not self.export.writable:
-                self._error(handle, errno.EPERM)
-                return
-            err = self._bounds(CMD_WRITE, offset, length)
-            if err:
-                self._error(handle, err)
-                return
+        except BaseException:
+            view.release()
+            self._buffers.put(buf)
+            raise
+        err = errno.EPERM if not self.export.writable else \
+            self._bounds(CMD_WRITE, offset, length)
+        if err:
+            view.release()
+            self._buffers.put(buf)
+            self._error(handle, err)
+            return
+        self._writing()
+        self._submit(self._pwrite, flags, handle, offset, buf, view)
+
+    def _pwrite(self, flags: int, handle: int, offset: int,
+                buf: mmap.mmap, view: memoryview) -> None:
+        try:
             done = 0
-            while done < length:
+            while done < len(view):
                 done += os.pwrite(self.export.fd, view[done:],
                                   offset + done)
+            if flags & CMDF_FUA:
+                os.fdatasync(self.export.fd)
         finally:
             view.release()
-        if flags & CMDF_FUA:
-            os.fdatasync(self.export.fd)
+            self._buffers.put(buf)
+            self._written()
         self._done(handle)
 
-    def _write_zeroes(self, flags: int, offset: int, length: int) -> None:
-        mode = FALLOC_FL_ZERO_RANGE if flags & CMDF_NO_HOLE else (
-            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
-        if length and _fallocate(self.export.fd, mode, offset, length):
-            return
-        zeros = bytes(min(length, PREFERRED_BLOCK))
-        done = 0
-        while done < length:
-            n = min(len(zeros), length - done)
-            done += os.pwrite(self.export.fd, zeros[:n], offset + done)
-        if flags & CMDF_FUA:
-            os.fdatasync(self.export.fd)
+    def _write_zeroes(self, flags: int, handle: int, offset: int,
+                      length: int) -> None:
+        try:
+            mode = FALLOC_FL_ZERO_RANGE if flags & CMDF_NO_HOLE else (
+                FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+            if not (length and _fallocate(self.export.fd, mode, offset,
+                                          length)):
+                # Page-aligned, so an O_DIRECT descriptor takes it too.
+                zeros = memoryview(_zeros())
+                done = 0
+                while done < length:
+                    n = min(len(zeros), length - done)
+                    done += os.pwrite(self.export.fd, zeros[:n],
+                                      offset + done)
+            if flags & CMDF_FUA:
+                os.fdatasync(self.export.fd)
+        finally:
+            self._written()
+        self._done(handle)
 
 
 def allocation(fd: int, offset: int, length: int,
@@ -491,6 +652,48 @@ def allocation(fd: int, offset: int, length: int,
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_BLKSSZGET = 0x1268
+_ZEROS: list[mmap.mmap] = []
+
+
+def _zeros() -> mmap.mmap:
+    """PREFERRED_BLOCK zero bytes, page-aligned (made once)."""
+    if not _ZEROS:
+        _ZEROS.append(mmap.mmap(-1, PREFERRED_BLOCK,
+                                prot=mmap.PROT_READ))
+    return _ZEROS[0]
+
+
+def _logical_block(fd: int) -> int:
+    """The logical block size of a block device (512 if it will not
+    say): the alignment O_DIRECT needs."""
+    out = ctypes.c_int(0)
+    if _libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(_BLKSSZGET),
+                   ctypes.byref(out)) != 0 or out.value <= 0:
+        return 512
+    return int(out.value)
+
+
+@contextlib.contextmanager
+def _direct_io(export: Export) -> Iterator[None]:
+    """``O_DIRECT`` on the export's descriptor while it is served, if it
+    asks for it and the device takes it; the flags are restored after,
+    for whatever reads the descriptor next."""
+    if not export.direct:
+        yield
+        return
+    flags = fcntl.fcntl(export.fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(export.fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError as e:
+        LOG.debug('No O_DIRECT on %d (%s): served through the page cache',
+                  export.fd, e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.fcntl(export.fd, fcntl.F_SETFL, flags)
 
 
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:

@@ -61,8 +61,8 @@ class Client:
 
     def option(self, option: int, data: bytes = b'',
                magic: int = nbd.IHAVEOPT) -> None:
-        self.sock.sendall(struct.pack('>QII', magic, option, len(data)))
-        self.sock.sendall(data)
+        self.sock.sendall(struct.pack('>QII', magic, option, len(data)) +
+                          data)
 
     def replies(self, option: int) -> list[tuple[int, bytes]]:
         out = []
@@ -73,7 +73,8 @@ class Client:
             if kind != nbd.REP_INFO and kind != nbd.REP_META_CONTEXT:
                 return out
 
-    def go(self, contexts: bool = True) -> tuple[int, int]:
+    def go(self, contexts: bool = True,
+           block_size: bool = True) -> tuple[int, int]:
         """Negotiate structured replies (+ base:allocation); return the
         export's (size, flags)."""
         self.greeting()
@@ -84,7 +85,11 @@ class Client:
             self.option(nbd.OPT_SET_META_CONTEXT, struct.pack(
                 '>II', 0, 1) + struct.pack('>I', len(query)) + query)
             self.replies(nbd.OPT_SET_META_CONTEXT)
-        self.option(nbd.OPT_GO, struct.pack('>IH', 0, 0))
+        if block_size:
+            self.option(nbd.OPT_GO, struct.pack('>IHH', 0, 1,
+                                                nbd.INFO_BLOCK_SIZE))
+        else:
+            self.option(nbd.OPT_GO, struct.pack('>IH', 0, 0))
         replies = self.replies(nbd.OPT_GO)
         assert replies[-1][0] == nbd.REP_ACK
         info = [d for k, d in replies if k == nbd.REP_INFO
@@ -100,14 +105,18 @@ class Client:
     def reply(self) -> tuple[int, bytes]:
         """One structured reply chunk: (type, payload); an error type
         becomes (type, errno)."""
+        return self.reply_to()[1:]
+
+    def reply_to(self) -> tuple[int, int, bytes]:
+        """(handle, type, payload) of one structured reply chunk."""
         magic, flags, kind, handle, length = struct.unpack(
             '>IHHQI', self.recv(20))
         assert magic == nbd.STRUCTURED_REPLY_MAGIC
         assert flags & nbd.REPLY_FLAG_DONE
         payload = self.recv(length)
         if kind == nbd.REPLY_TYPE_ERROR:
-            return kind, struct.unpack_from('>I', payload)[0]
-        return kind, payload
+            return handle, kind, struct.unpack_from('>I', payload)[0]
+        return handle, kind, payload
 
     def read(self, offset: int, length: int) -> bytes | int:
         self.request(nbd.CMD_READ, offset, length)
@@ -463,3 +472,69 @@ def test_allocation_of_a_range_and_a_limit(tmp_path):
         assert nbd.allocation(fd, 8 * MiB, MiB) == [(MiB, hole)]
     finally:
         os.close(fd)
+
+
+def test_requests_in_flight_are_each_answered_once(serve):
+    data = os.urandom(64 * 4096)
+    client = serve(data)
+    client.go()
+    wanted = {handle: (handle * 4096, 4096 + handle)
+              for handle in range(1, 41)}
+    for handle, (offset, length) in wanted.items():
+        client.request(nbd.CMD_READ, offset, length, handle=handle)
+    seen = {}
+    for _ in wanted:
+        handle, kind, payload = client.reply_to()
+        assert kind == nbd.REPLY_TYPE_OFFSET_DATA and handle not in seen
+        seen[handle] = payload[8:]
+    assert seen == {h: data[o:o + n] for h, (o, n) in wanted.items()}
+
+
+def test_writes_in_flight_land_before_the_flush_is_answered(serve,
+                                                            tmp_path):
+    client = serve(bytes(1024 * 1024), writable=True)
+    client.go()
+    for i in range(16):
+        client.request(nbd.CMD_WRITE, i * 65536, 65536, handle=i + 1)
+        client.sock.sendall(bytes([i + 1]) * 65536)
+    client.request(nbd.CMD_FLUSH, 0, 0, handle=99)
+    order = [client.reply_to()[:2] for _ in range(17)]
+    assert order[-1] == (99, nbd.REPLY_TYPE_NONE)
+    assert sorted(h for h, _ in order[:-1]) == list(range(1, 17))
+    data = (tmp_path / 'export0').read_bytes()
+    assert all(data[i * 65536:(i + 1) * 65536] == bytes([i + 1]) * 65536
+               for i in range(16))
+
+
+def aligned(tmp_path, block: int) -> Client:
+    path = tmp_path / 'aligned'
+    path.write_bytes(bytes(range(256)) * 64)
+    fd = os.open(path, os.O_RDONLY)
+    client = Client(nbd.Export(fd, 16384, block=block))
+    client.fd = fd
+    return client
+
+
+def test_a_misaligned_request_is_einval_where_a_block_size_is_set(
+        tmp_path):
+    client = aligned(tmp_path, 512)
+    try:
+        client.go()
+        assert client.read(1, 512) == errno.EINVAL
+        assert client.read(512, 100) == errno.EINVAL
+        assert client.read(512, 512) == (bytes(range(256)) * 2)
+    finally:
+        client.close()
+        os.close(client.fd)
+
+
+def test_a_client_that_asks_no_block_size_is_refused_one(tmp_path):
+    client = aligned(tmp_path, 512)
+    try:
+        client.greeting()
+        client.option(nbd.OPT_GO, struct.pack('>IH', 0, 0))
+        assert client.replies(nbd.OPT_GO) == [
+            (nbd.REP_ERR_BLOCK_SIZE_REQD, b'')]
+    finally:
+        client.close()
+        os.close(client.fd)
