@@ -6,10 +6,18 @@ against the command policy first (and the executable resolved from the
 filter), the child gets its own process group so a cancel kills the whole
 tree, optional resource limits are applied in the child (like prlimit), and
 the child's CPU time is read back with wait4(2).
+
+A tool that forks, and whose child leaves the process group (``setsid``),
+escapes that kill.  In the privileged helper, which is made a child
+subreaper (``adopt_orphans()``), such a process becomes the helper's own
+child once its parent has exited, and every child of the helper that
+``run()`` did not start is such an orphan: ``sweep_orphans()`` kills and
+reaps them, as soon as a tool has exited and whenever one was killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -34,6 +42,16 @@ _STDERR_TAIL = 2000
 # How long a killed child may take to die, and its pipes to close.
 _KILL_GRACE = 5.0
 _PIPE_GRACE = 1.0
+
+PR_SET_CHILD_SUBREAPER = 36
+# The children run() started and has not reaped; held while one starts, so
+# a sweep never takes a tool being started for an orphan.
+_spawn_lock = threading.Lock()
+_running: set[int] = set()
+_adopting = False
+# Rounds of sweeping: an orphan killed may leave children of its own,
+# which come to us in turn.
+_SWEEP_ROUNDS = 64
 
 
 @dataclasses.dataclass
@@ -89,15 +107,65 @@ def _start(cmd: list[str], policy: CommandPolicy, stdin: int | None,
             raise exception.ConfinementUnavailable(
                 command=' '.join(cmd), reason='no Landlock')
         confine = policy.sandbox.child_step(cmd[0], pass_fds)
-    return subprocess.Popen(  # nosec B603
-        cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-        stdout=stdout if stdout is not None else subprocess.PIPE,
-        stderr=subprocess.PIPE, close_fds=True, pass_fds=tuple(pass_fds),
-        start_new_session=True,
-        preexec_fn=tooluser.child_setup(
-            policy.tool_user, limits.apply if limits else None,
-            confine=confine),
-        env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C'})
+    with _spawn_lock:
+        proc = subprocess.Popen(  # nosec B603
+            cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE, close_fds=True,
+            pass_fds=tuple(pass_fds), start_new_session=True,
+            preexec_fn=tooluser.child_setup(
+                policy.tool_user, limits.apply if limits else None,
+                confine=confine),
+            env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C'})
+        _running.add(proc.pid)
+    return proc
+
+
+def adopt_orphans() -> None:
+    """Make this process a child subreaper (prctl(2)), once: what a tool
+    leaves behind comes to us when the tool exits, not to init, so
+    ``sweep_orphans()`` can kill it.  Only the privileged helper does this
+    (``privileged.ops``): it starts no process but its tools."""
+    global _adopting
+    if not _adopting:
+        tooluser.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        _adopting = True
+
+
+def _children() -> list[int]:
+    """This process's children, from every thread (a child belongs to
+    the thread that forked it, or to the one an orphan was given to)."""
+    found = []
+    for tid in os.listdir('/proc/self/task'):
+        with contextlib.suppress(OSError), \
+                open('/proc/self/task/%s/children' % tid) as f:
+            found += [int(pid) for pid in f.read().split()]
+    return found
+
+
+def sweep_orphans() -> int:
+    """Kill and reap every child of this process that ``run()`` did not
+    start: processes tools left behind, adopted (``adopt_orphans()``).
+    Does nothing in a process that does not adopt orphans.  Returns how
+    many were swept."""
+    if not _adopting:
+        return 0
+    swept = 0
+    for _ in range(_SWEEP_ROUNDS):
+        with _spawn_lock:
+            strays = [pid for pid in _children() if pid not in _running]
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if not strays:
+            break
+        for pid in strays:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        swept += len(strays)
+    if swept:
+        LOG.warning('Killed %d process(es) that tools left running', swept)
+    return swept
 
 
 def run(argv: Sequence[str], policy: CommandPolicy, *,
@@ -148,18 +216,23 @@ def run(argv: Sequence[str], policy: CommandPolicy, *,
     for t in readers:
         t.start()
     try:
-        finished = (_wait_exit(proc, progress, deadline)
-                    and _join(readers, proc, progress, deadline))
+        exited = _wait_exit(proc, progress, deadline)
+        if exited:
+            # What the tool left running is an orphan by now: ours.
+            sweep_orphans()
+        finished = exited and _join(readers, proc, progress, deadline)
     except BaseException:
         # KeyboardInterrupt, SystemExit, a failing progress callback: the
         # caller is about to remove the output, so the child (possibly
         # writing a device in place) must not outlive this call.
         _kill_group(proc)
         _reap(proc, _KILL_GRACE)
+        sweep_orphans()
         raise
     if not finished:
         _kill_group(proc)
         _reap(proc, _KILL_GRACE)
+        sweep_orphans()
         _join(readers, proc, None, time.monotonic() + _PIPE_GRACE)
         if progress is not None and progress.cancelled:
             raise exception.Cancelled()
@@ -281,4 +354,8 @@ def _reap(proc: subprocess.Popen, grace: float | None
             time.sleep(0.01)
     # Set, so Popen never waits for this pid again (it may be reused).
     proc.returncode = os.waitstatus_to_exitcode(status)
+    with _spawn_lock:
+        # Reaped first: a sweep meanwhile still knows it, and no new child
+        # can have its pid before pid numbers wrap around.
+        _running.discard(proc.pid)
     return status, usage

@@ -32,6 +32,7 @@ from oslo_config import cfg
 from accel_daemon import conf as accel_conf
 from accel_daemon.engine.engine import Engine
 from accel_daemon.engine import paths
+from accel_daemon.engine import process
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon import operations
@@ -136,8 +137,11 @@ def _privileged(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def inner(*args: Any, **kwargs: Any) -> Any:
         ctx = privileged.context
-        caps.harden_thread(ctx.conf.capabilities,
-                           privileged.CHILD_CAPABILITIES)
+        if caps.harden_thread(ctx.conf.capabilities,
+                              privileged.CHILD_CAPABILITIES):
+            # In the helper: what a tool leaves behind comes back to us,
+            # to be killed (engine.process.sweep_orphans).
+            process.adopt_orphans()
         try:
             return func(*args, **kwargs)
         except exception.AccelError as e:

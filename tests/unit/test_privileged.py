@@ -14,6 +14,7 @@ from oslo_utils import importutils
 import pytest
 
 from accel_daemon.engine.engine import Engine
+from accel_daemon.engine import process
 from accel_daemon import exception
 from accel_daemon.manager import backends
 from accel_daemon.options import Options
@@ -250,6 +251,19 @@ def test_every_accel_error_survives_privsep_native_rebuild():
             rebuilt = _over_privsep_wire(err)
             assert type(rebuilt) is cls
             assert str(rebuilt) == 'message for %s' % name
+
+
+@pytest.mark.parametrize('hardened', [True, False])
+def test_only_the_helper_adopts_the_orphans_of_tools(
+        env, engine, monkeypatch, hardened):
+    # A child subreaper kills what is not a tool of its own: right in the
+    # helper, wrong in a process that has other children (tests, --local).
+    adopted = []
+    monkeypatch.setattr(caps, 'harden_thread', lambda *a: hardened)
+    monkeypatch.setattr(process, 'adopt_orphans',
+                        lambda: adopted.append(True))
+    ops.run('t1', 'compress', {'src': _src(env), 'dst': env.path('o')})
+    assert adopted == ([True] if hardened else [])
 
 
 def test_entrypoints_are_registered_with_our_context():
