@@ -137,10 +137,10 @@ class CliCompressor(base.Compressor):
 
     @contextlib.contextmanager
     def open_decompressed(self, src_fd: int,
-                          progress: Progress) -> Iterator[_Child]:
+                          progress: Progress) -> Iterator[DecodingChild]:
         os.lseek(src_fd, 0, os.SEEK_SET)
-        child = _Child(self.decompress_argv(), self.policy, src_fd,
-                       paths.fd_path(src_fd))
+        child = DecodingChild(self.decompress_argv(), self.policy, src_fd,
+                              paths.fd_path(src_fd))
         try:
             yield child
         finally:
@@ -233,11 +233,12 @@ def _widen_pipe(fd: int) -> None:
         pass     # above /proc/sys/fs/pipe-max-size: keep the default
 
 
-class _Child:
-    """A decompressing child whose stdout is read through a pipe."""
+class DecodingChild:
+    """A decompressing child whose stdout is read through a pipe; its
+    stdin is ``src_fd``, and it inherits ``pass_fds`` besides."""
 
     def __init__(self, argv: list[str], policy: CommandPolicy, src_fd: int,
-                 src: str) -> None:
+                 src: str, pass_fds: tuple[int, ...] = ()) -> None:
         self.src = src
         self.cpu_seconds = 0.0
         self._control = Progress()     # cancelling it kills the child
@@ -247,16 +248,16 @@ class _Child:
         self._r, self._w = os.pipe2(os.O_CLOEXEC)
         _widen_pipe(self._r)
         self._thread = threading.Thread(
-            target=self._run, args=(argv, policy, src_fd), daemon=True,
-            name='decompress-child')
+            target=self._run, args=(argv, policy, src_fd, pass_fds),
+            daemon=True, name='decompress-child')
         self._thread.start()
 
     def _run(self, argv: list[str], policy: CommandPolicy,
-             src_fd: int) -> None:
+             src_fd: int, pass_fds: tuple[int, ...]) -> None:
         try:
             self._result = process.run(argv, policy, progress=self._control,
                                        stdin=src_fd, stdout=self._w,
-                                       check=False)
+                                       pass_fds=pass_fds, check=False)
         except BaseException as e:  # re-raised in the reading thread
             self._error = e
         finally:
@@ -285,13 +286,18 @@ class _Child:
                     'utf-8', 'replace').strip()[-500:] or
                 'exit code %d' % res.returncode)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Kill the child if it still runs and wait until it is reaped:
+        a reader blocked on the pipe then sees its end."""
         if self._thread.is_alive():
             self._control.cancel()
-        os.close(self._r)
         self._thread.join()
         if self._result is not None:
             self.cpu_seconds = self._result.cpu_seconds
+
+    def close(self) -> None:
+        self.stop()
+        os.close(self._r)
 
 
 class IgzipCompressor(CliCompressor):

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ISA-L in-process gzip: the fastest software path.
+"""ISA-L gzip: the fastest software path.
 
 The source is cut into fixed chunks (``settings.chunk_size``), each chunk is
 compressed into an independent gzip member by a pool of threads (ISA-L
@@ -12,6 +12,11 @@ never read; a hole chunk (or a read chunk that is all zeros) is written as a
 precomputed member of zeros, computed once per length and level.  At most
 ``2 * threads`` chunks are in flight, so memory stays bounded (a few tens of
 MB) whatever the image size.
+
+Compression runs in this process: its input is a disk image, read as
+bytes, never parsed.  Decompression parses a caller's deflate stream, so
+it runs in an unprivileged child (``isal_child``, through the filters, as
+the tool user), which sends back what it decoded (``isal_decode``).
 """
 
 from __future__ import annotations
@@ -23,14 +28,20 @@ import dataclasses
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from types import MappingProxyType
 from typing import Any
 
+import accel_daemon
+from accel_daemon.drivers.cli import DecodingChild
 from accel_daemon.drivers.isal_decode import BackgroundReader
-from accel_daemon.drivers.isal_decode import inflate_members
+from accel_daemon.drivers.isal_decode import GZIP_WBITS
+from accel_daemon.drivers.isal_decode import MAX_LEVEL
+from accel_daemon.drivers.isal_decode import read_frames
+from accel_daemon.drivers.isal_decode import zero_member
 from accel_daemon.engine import directio
 from accel_daemon.engine import driver as base
 from accel_daemon.engine.extents import data_extents
@@ -49,9 +60,6 @@ except ImportError:  # pragma: no cover - exercised only on broken installs
     isal = igzip = isal_zlib = None  # type: ignore[assignment]
 
 LOG = logging.getLogger(__name__)
-
-MAX_LEVEL = 3          # ISA-L supports levels 0..3; higher requests clamp.
-GZIP_WBITS = 31        # zlib convention: 16 + 15 = gzip wrapper, 32 KiB window
 
 
 def clamp_level(level: int) -> int:
@@ -77,21 +85,6 @@ def chunk_plan(extents: Iterable[tuple[int, int]], size: int,
     while pos < size:
         yield pos, min(chunk, size - pos), False
         pos += chunk
-
-
-_ZERO_MEMBERS: dict[tuple[int, int], bytes] = {}
-_ZERO_LOCK = threading.Lock()
-
-
-def zero_member(length: int, level: int) -> bytes:
-    """The gzip member for ``length`` zero bytes (cached per length/level)."""
-    key = (length, level)
-    with _ZERO_LOCK:
-        member = _ZERO_MEMBERS.get(key)
-        if member is None:
-            member = isal_zlib.compress(bytes(length), level, wbits=GZIP_WBITS)
-            _ZERO_MEMBERS[key] = member
-        return member
 
 
 # --- I/O helpers ------------------------------------------------------------
@@ -149,21 +142,79 @@ class IsalCompressor(base.Compressor):
             cpu_seconds=job.worker_cpu + (time.thread_time() - main_cpu),
             sha256=job.hasher.hexdigest() if job.hasher else None)
 
+    def decoder_availability(self) -> base.Availability:
+        avail = self.availability()
+        if not avail.available:
+            return avail
+        try:
+            resolved = self.policy.check(inflate_argv(0, 0, 1))
+        except exception.CommandDenied as e:
+            return base.Availability(False, e.message)
+        ours = os.path.realpath(sys.executable)
+        if os.path.realpath(resolved[0]) != ours:
+            # The child imports isal's extension built for our interpreter.
+            return base.Availability(
+                False, '%s is not the interpreter accel-daemon runs on (%s)'
+                % (resolved[0], ours))
+        return avail
+
     @contextlib.contextmanager
     def open_decompressed(self, src_fd: int,
                           progress: Progress) -> Iterator[BackgroundReader]:
+        """The caller's gzip is inflated by ``isal_child`` in a child that
+        runs as a tool (tool user, no capability, Landlock), never in this
+        process; it reads ``src_fd`` from offset 0 as its stdin."""
         name = paths.fd_path(src_fd)
-        # A duplicate, so closing the reader leaves the caller's descriptor
-        # open (they share the offset: nothing else reads it meanwhile).
-        with os.fdopen(os.dup(src_fd), 'rb', buffering=0) as raw:
-            raw.seek(0)
-            chunks = inflate_members(
-                raw, name, known_zero_members(self.settings.chunk_size))
-            reader = BackgroundReader(chunks, name)
+        os.lseek(src_fd, 0, os.SEEK_SET)
+        dirs = [os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                for d in package_dirs()]
+        try:
+            child = DecodingChild(
+                inflate_argv(dirs[0], dirs[1], self.settings.chunk_size),
+                self.policy, src_fd, name, tuple(dirs))
+            reader = _ChildReader(child, name)
             try:
                 yield reader
             finally:
                 reader.close()
+        finally:
+            for fd in dirs:
+                os.close(fd)
+
+
+def package_dirs() -> tuple[str, str]:
+    """The directories that hold the ``accel_daemon`` and ``isal``
+    packages: the decoding child's whole import path."""
+    def parent(module: Any) -> str:
+        return os.path.dirname(os.path.dirname(os.path.abspath(
+            module.__file__)))
+    return parent(accel_daemon), parent(isal)
+
+
+def inflate_argv(code_fd: int, lib_fd: int, chunk: int) -> list[str]:
+    """``isal_child`` run by the system's python3 (the interpreter of our
+    venv), reading its code through the directories ``code_fd`` and
+    ``lib_fd`` (``package_dirs``)."""
+    return ['python3', '-I', '-S',
+            '/proc/self/fd/%d/accel_daemon/drivers/isal_child.py' % code_fd,
+            '/proc/self/fd/%d' % code_fd, '/proc/self/fd/%d' % lib_fd,
+            str(int(chunk))]
+
+
+class _ChildReader(BackgroundReader):
+    """``read_frames`` of a ``DecodingChild``, read ahead in a thread."""
+
+    def __init__(self, child: DecodingChild, path: str) -> None:
+        self._child = child
+        super().__init__(read_frames(child, path), path)
+
+    def close(self) -> None:
+        # The child first: a reading thread blocked on its pipe then sees
+        # the end, and the thread can be joined.
+        self._child.stop()
+        super().close()
+        self._child.close()
+        self.cpu_seconds += self._child.cpu_seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +307,3 @@ class _Job:
         if self.hasher is not None:
             self.hasher.update(data)
         self.progress.set_done(end)
-
-
-def known_zero_members(chunk: int) -> dict[bytes, int]:
-    """The zero members our compressor writes for ``chunk``, by level."""
-    return {zero_member(chunk, level): chunk for level in range(MAX_LEVEL + 1)}

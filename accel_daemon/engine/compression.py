@@ -151,7 +151,7 @@ def decoder_for(drivers: dict[str, base.Compressor],
     reasons = []
     for name in decoders(drivers, fmt):
         comp = drivers[name]
-        avail = comp.availability()
+        avail = comp.decoder_availability()
         if avail.available:
             return comp
         reasons.append('%s: %s' % (name, avail.reason))

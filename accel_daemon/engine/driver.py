@@ -88,6 +88,12 @@ class Compressor(abc.ABC):
     def availability(self) -> Availability:
         """Whether this engine can run here, and if not, why."""
 
+    def decoder_availability(self) -> Availability:
+        """Whether ``open_decompressed`` can run here; by default the same
+        as ``availability()``.  A driver whose decoding runs another
+        command than its compression says so here."""
+        return self.availability()
+
     @abc.abstractmethod
     def compress(self, src_fd: int, dst_fd: int, progress: Progress, *,
                  level: int | None = None, digest: bool = False,

@@ -142,8 +142,13 @@ def handled_fs(version: int) -> int:
 def fd_rights(fd: int, handled: int) -> int:
     """What a tool may do with the file behind its inherited ``fd``: read
     it, and write and truncate it when the descriptor was opened for
-    writing; ioctls on a block device (its size, discard)."""
+    writing; ioctls on a block device (its size, discard); read beneath a
+    directory."""
     st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        # A directory handed down to read code from (isal_child): list
+        # and read beneath it, never write.
+        return (READ_FILE | READ_DIR) & handled
     rights = READ_FILE
     if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
         rights |= WRITE_FILE | TRUNCATE

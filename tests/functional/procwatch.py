@@ -87,11 +87,13 @@ def children(pid):
 
 
 def watch_children(pid, want, stop, seen):
-    """Record /proc status of exec'ed children whose argv has ``want``."""
+    """Record /proc status of exec'ed children whose argv has ``want``
+    (an argument, or a test of the whole argv)."""
+    match = want if callable(want) else (lambda argv: want in argv)
     while not stop.is_set():
         for kid in children(pid):
             argv = cmdline(kid)
-            if want in argv and kid not in seen:
+            if match(argv) and kid not in seen:
                 try:
                     seen[kid] = status(kid)
                 except OSError:
@@ -102,8 +104,9 @@ def watch_children(pid, want, stop, seen):
 @contextlib.contextmanager
 def watching(pid, want):
     """Record, while the block runs, the /proc status of every exec'ed
-    child of ``pid`` whose argv contains ``want`` (bytes): yields the dict
-    {child pid: status}, complete when the block ends."""
+    child of ``pid`` whose argv contains ``want`` (bytes, or a test of the
+    argv): yields the dict {child pid: status}, complete when the block
+    ends."""
     stop, seen = threading.Event(), {}
     watcher = threading.Thread(target=watch_children,
                                args=(pid, want, stop, seen))

@@ -346,6 +346,32 @@ def test_qemu_img_is_bare(daemon, env, backend, op):
                           capture_output=True).returncode == 0
 
 
+def test_gzip_is_inflated_by_a_bare_child(daemon, env, backend):
+    """The caller's deflate stream is parsed by isal_child, run as the
+    tool user with no capability, not in the root helper; it reads its
+    code through directories the helper handed down."""
+    data = b''.join(bytes([i % 251 + 1]) * MiB for i in range(64))
+    src = env.path('in.raw.gz')
+    with open(src, 'wb') as f:
+        f.write(gzip.compress(data, 1))
+    os.chown(src, OWNER, OWNER)
+    os.chmod(src, 0o600)
+    (pid,) = daemon_pids(daemon[1])
+
+    def isal_child(argv):
+        return any(a.endswith(b'/accel_daemon/drivers/isal_child.py')
+                   for a in argv)
+
+    with procwatch.watching(pid, isal_child) as seen:
+        result = backend.run('inflate', 'decompress', {
+            'src': src, 'dst': env.path('out.raw')})
+    assert_bare(seen, 'isal_child')
+    assert result['engine'] == 'isal'
+    with open(result['output'], 'rb') as f:
+        assert hashlib.sha256(f.read()).digest() == \
+            hashlib.sha256(data).digest()
+
+
 def _slow_compress(backend, task_id, src, dst, errors):
     try:
         backend.run(task_id, 'compress', {'src': src, 'dst': dst,

@@ -8,6 +8,7 @@ import zlib
 import pytest
 
 from accel_daemon.drivers import isal as isal_driver
+from accel_daemon.drivers import isal_decode
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import sparse
 from accel_daemon import exception
@@ -155,8 +156,8 @@ def test_zero_members_come_out_as_counts_not_bytes(tmp_path):
     path = tmp_path / 'z.gz'
     path.write_bytes(_members(zero, data, zero, zero))
     with open(path, 'rb') as raw:
-        items = list(isal_driver.inflate_members(
-            raw, str(path), isal_driver.known_zero_members(chunk)))
+        items = list(isal_decode.inflate_members(
+            raw, str(path), isal_decode.known_zero_members(chunk)))
     assert items[0] == chunk
     assert b''.join(i for i in items if isinstance(i, bytes)) == \
         b'abc' * 1000
@@ -171,8 +172,8 @@ def test_zero_run_reader_without_take_zeros_gets_bytes(tmp_path):
     path = tmp_path / 'z.gz'
     path.write_bytes(isal_driver.zero_member(chunk, 1) * 2)
     with open(path, 'rb') as raw:
-        reader = isal_driver.BackgroundReader(isal_driver.inflate_members(
-            raw, str(path), isal_driver.known_zero_members(chunk)), 'z')
+        reader = isal_decode.BackgroundReader(isal_decode.inflate_members(
+            raw, str(path), isal_decode.known_zero_members(chunk)), 'z')
         try:
             got = bytearray()
             buf = bytearray(300 * 1024)
@@ -192,8 +193,8 @@ def test_bomb_of_zero_members_stops_at_cap_without_inflating(tmp_path):
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
     try:
         with open(path, 'rb') as raw:
-            reader = isal_driver.BackgroundReader(isal_driver.inflate_members(
-                raw, str(path), isal_driver.known_zero_members(chunk)), 'b')
+            reader = isal_decode.BackgroundReader(isal_decode.inflate_members(
+                raw, str(path), isal_decode.known_zero_members(chunk)), 'b')
             try:
                 with pytest.raises(exception.SizeLimitExceeded):
                     sparse.copy_capped(reader, fd, sparse.Flow(64 * MiB))
@@ -213,7 +214,7 @@ def test_near_zero_member_is_inflated_not_trusted(tmp_path):
     path.write_bytes(other)
     assert other != zero
     with open(path, 'rb') as raw:
-        items = list(isal_driver.inflate_members(
-            raw, str(path), isal_driver.known_zero_members(chunk)))
+        items = list(isal_decode.inflate_members(
+            raw, str(path), isal_decode.known_zero_members(chunk)))
     assert all(isinstance(i, bytes) for i in items)
     assert b''.join(items)[-1:] == b'\x01'
