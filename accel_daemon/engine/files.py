@@ -31,6 +31,12 @@ publishing (``linkat`` of the descriptor).
   being replaced must be a regular file with one link: what ``lstat``
   through the directory's descriptor shows just before the rename (and at
   the open, to fail early) is judged, never a name looked up again.
+* An output that is not published is truncated through its descriptor
+  before its names are removed: a name the directory's owner gave it
+  meanwhile (a temp name renamed away) keeps an empty file, never a refused
+  or unfinished output.  And while an output is open, ``open_source``
+  refuses its inode: a second request cannot read a file this process is
+  writing, whatever name it finds it under.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import logging
 import os
 import secrets
 import stat
+import threading
 
 from accel_daemon.engine import beneath
 from accel_daemon.engine import devices
@@ -156,6 +163,16 @@ def _open_device(conf: paths.Confinement, path: str, flags: int) -> Opened:
         raise
 
 
+# (st_dev, st_ino) of every output open in this process (Output).
+_writing: set[tuple[int, int]] = set()
+_writing_lock = threading.Lock()
+
+
+def _being_written(st: os.stat_result) -> bool:
+    with _writing_lock:
+        return (st.st_dev, st.st_ino) in _writing
+
+
 def open_source(conf: paths.Confinement, path: str) -> Opened:
     """Open an input once and judge the opened file (see the module doc)."""
     paths.check_name(path)
@@ -173,6 +190,9 @@ def open_source(conf: paths.Confinement, path: str) -> Opened:
         if not stat.S_ISREG(st.st_mode):
             raise exception.PathNotAllowed(path=path,
                                            reason='not a regular file')
+        if _being_written(st):
+            raise exception.PathNotAllowed(
+                path=path, reason='it is an output being written')
         real = paths.fd_path(fd)
         if not conf.contains(real):
             raise conf.outside(path, real)
@@ -252,6 +272,7 @@ class Output:
         self.device: Opened | None = None
         self.committed = False
         self._parent: Output | None = None
+        self._key: tuple[int, int] | None = None
 
     @property
     def is_device(self) -> bool:
@@ -294,6 +315,10 @@ class Output:
         elif self._name_taken():
             raise exception.OutputExists(path=self.path)
         self.fd = self._create()
+        st = os.fstat(self.fd)
+        self._key = (st.st_dev, st.st_ino)
+        with _writing_lock:
+            _writing.add(self._key)
 
     def _lstat_name(self) -> os.stat_result | None:
         """lstat of the final name through the directory's descriptor."""
@@ -460,6 +485,16 @@ class Output:
         self._remove_temp_name()
         os.fsync(self.dir_fd)
 
+    def _discard(self) -> None:
+        """Leave nothing of an output that is not published: emptied
+        through its descriptor if any name still leads to it (one its
+        directory's owner made by renaming a temp name, too), then our
+        own temp names removed."""
+        if self.device is None and self.fd >= 0 and \
+                os.fstat(self.fd).st_nlink > 0:
+            os.ftruncate(self.fd, 0)
+        self._remove_temp_name()
+
     def _remove_temp_name(self) -> None:
         """Unlink our temp names, if they still name our file."""
         for attr in ('temp_name', 'publish_name'):
@@ -479,8 +514,12 @@ class Output:
     def close(self) -> None:
         try:
             if not self.committed:
-                self._remove_temp_name()
+                self._discard()
         finally:
+            if self._key is not None:
+                with _writing_lock:
+                    _writing.discard(self._key)
+                self._key = None
             if self.device is not None:
                 self.device.close()
             elif self.fd >= 0:

@@ -266,8 +266,10 @@ class Server:
                 self.sock.sendall(part)
 
     def _buffer(self) -> mmap.mmap:
-        """A buffer of MAX_BLOCK for one request (never more than
-        IN_FLIGHT exist: each request in flight holds at most one)."""
+        """A buffer of MAX_BLOCK (mapped, so only what a request uses is
+        ever touched): one kept by each worker for reads, and one per
+        write in flight, given back after it, so never more than
+        WORKERS + IN_FLIGHT."""
         try:
             return self._buffers.get_nowait()
         except queue.Empty:

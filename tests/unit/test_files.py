@@ -165,6 +165,33 @@ def test_named_temp_is_private_and_removed(conf, allowed):
     assert os.listdir(allowed) == []
 
 
+def test_a_refused_output_its_owner_renamed_is_left_empty(conf, allowed):
+    # The owner of the directory renames our temp name to keep the output
+    # of a request that is about to be refused: they keep an empty file.
+    with pytest.raises(RuntimeError):
+        with NamedOutput(conf, str(allowed / 'out')) as out:
+            os.write(out.fd, b'refused content' * 1000)
+            os.rename(allowed / out.temp_name, allowed / 'kept')
+            raise RuntimeError('refused')
+    assert os.listdir(allowed) == ['kept']
+    assert (allowed / 'kept').read_bytes() == b''
+
+
+def test_an_output_being_written_is_not_an_input(conf, allowed):
+    with NamedOutput(conf, str(allowed / 'out')) as out:
+        os.write(out.fd, b'in flight')
+        os.link(allowed / out.temp_name, allowed / 'alias')
+        for name in (out.temp_name, 'alias'):
+            with pytest.raises(exception.PathNotAllowed) as e:
+                files.open_source(conf, str(allowed / name))
+            assert 'being written' in e.value.message
+        out.commit()
+    os.unlink(allowed / 'alias')
+    # Once published and closed, it is a file like any other.
+    with files.open_source(conf, str(allowed / 'out')) as src:
+        assert os.pread(src.fd, 100, 0) == b'in flight'
+
+
 def test_named_temp_swapped_for_a_symlink_publishes_our_inode(conf, allowed,
                                                               victim):
     final = allowed / 'out.raw'
