@@ -37,10 +37,9 @@ from typing import Any
 
 import accel_daemon
 from accel_daemon.drivers.cli import DecodingChild
-from accel_daemon.drivers.isal_decode import BackgroundReader
+from accel_daemon.drivers.isal_decode import FrameReader
 from accel_daemon.drivers.isal_decode import GZIP_WBITS
 from accel_daemon.drivers.isal_decode import MAX_LEVEL
-from accel_daemon.drivers.isal_decode import read_frames
 from accel_daemon.drivers.isal_decode import zero_member
 from accel_daemon.engine import directio
 from accel_daemon.engine import driver as base
@@ -160,7 +159,7 @@ class IsalCompressor(base.Compressor):
 
     @contextlib.contextmanager
     def open_decompressed(self, src_fd: int,
-                          progress: Progress) -> Iterator[BackgroundReader]:
+                          progress: Progress) -> Iterator[FrameReader]:
         """The caller's gzip is inflated by ``isal_child`` in a child that
         runs as a tool (tool user, no capability, Landlock), never in this
         process; it reads ``src_fd`` from offset 0 as its stdin."""
@@ -201,20 +200,16 @@ def inflate_argv(code_fd: int, lib_fd: int, chunk: int) -> list[str]:
             str(int(chunk))]
 
 
-class _ChildReader(BackgroundReader):
-    """``read_frames`` of a ``DecodingChild``, read ahead in a thread."""
+class _ChildReader(FrameReader):
+    """``FrameReader`` of a ``DecodingChild``, which it ends."""
 
     def __init__(self, child: DecodingChild, path: str) -> None:
+        super().__init__(child, path)
         self._child = child
-        super().__init__(read_frames(child, path), path)
 
     def close(self) -> None:
-        # The child first: a reading thread blocked on its pipe then sees
-        # the end, and the thread can be joined.
-        self._child.stop()
-        super().close()
         self._child.close()
-        self.cpu_seconds += self._child.cpu_seconds
+        self.cpu_seconds = self._child.cpu_seconds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ Landlock) by ``IsalCompressor.open_decompressed``: the root helper never
 parses a tenant's deflate stream.  The child sends what it decoded on its
 stdout as frames (``write_frames``): decoded bytes, or a count of zeros
 for a member of zeros our compressor wrote (never inflated), then an end
-mark.  ``read_frames`` takes them apart in the helper and trusts nothing
+mark.  ``FrameReader`` takes them apart in the helper and trusts nothing
 of them but the framing: a frame longer than ``MAX_FRAME``, an unknown
 tag or a missing end mark is ``CorruptInput``; the zeros it announces
 count against the same output cap as any byte.
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 import os
-import queue
 import struct
 import threading
-import time
 import zlib
 from typing import BinaryIO, Protocol, cast
 
@@ -165,109 +163,6 @@ def _zero_run(data: bytes, zero_members: dict[bytes, int]
     return None
 
 
-class BackgroundReader:
-    """Decodes in its own thread so decoding overlaps the engine's writes.
-
-    The queue hands the writer ready blocks, so reading ahead and writing
-    overlap (the writer's memcmp and pwrite release the GIL).  Items are
-    bytes, or an int for a run of zeros that needs no inflating.  At most
-    ``depth`` items wait in the queue.  Bad input surfaces in the reading
-    thread as CorruptInput.
-    """
-
-    def __init__(self, chunks: Iterator[bytes | bytearray | int], path: str,
-                 depth: int = 4,
-                 block_size: int = 1024 * 1024) -> None:
-        self._chunks, self._path = chunks, path
-        self._block_size = block_size
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._current = memoryview(b'')
-        self._zeros = 0
-        self._eof = False
-        self.cpu_seconds = 0.0
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name='isal-decode')
-        self._thread.start()
-
-    def _run(self) -> None:
-        started = time.thread_time()
-        try:
-            for data in self._chunks:
-                if self._stop.is_set():
-                    return
-                self._put(data)
-            self._put(b'')
-        except DECODE_ERRORS as e:
-            self._put(exception.CorruptInput(
-                path=self._path, reason=str(e) or type(e).__name__))
-        except BaseException as e:  # re-raised in the reading thread
-            self._put(e)
-        finally:
-            self.cpu_seconds = time.thread_time() - started
-
-    def _put(self, item: bytes | bytearray | int | BaseException) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    def _next(self) -> None:
-        """Make the next queued item current (bytes or a zero run)."""
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            self._eof = True
-            raise item
-        if isinstance(item, int):
-            self._zeros = item
-        elif not item:
-            self._eof = True
-        else:
-            self._current = memoryview(item)
-
-    def take_zeros(self) -> int:
-        """Consume and return a run of zeros that comes next, else 0.
-
-        The sparse writer calls this between reads so that members of
-        zeros become holes without being inflated or compared.
-        """
-        if not self._current and not self._zeros and not self._eof:
-            self._next()
-        n, self._zeros = self._zeros, 0
-        return n
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        if not self._current and not self._zeros:
-            if self._eof:
-                return 0
-            self._next()
-            if self._eof:
-                return 0
-        if self._zeros:     # a reader that does not ask for zero runs
-            n = min(len(buf), self._zeros)
-            buf[:n] = bytes(n)
-            self._zeros -= n
-            return n
-        n = min(len(buf), len(self._current))
-        buf[:n] = self._current[:n]
-        self._current = self._current[n:]
-        return n
-
-    def zeros_pending(self) -> bool:
-        return bool(self._zeros)
-
-    def read(self, size: int = -1) -> bytes:
-        buf = bytearray(size if size > 0 else self._block_size)
-        n = self.readinto(buf)
-        return bytes(buf[:n])
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 # --- the child's frames ------------------------------------------------------
 _FRAME = struct.Struct('>cQ')
 DATA, ZEROS, END = b'D', b'Z', b'.'
@@ -315,32 +210,82 @@ def _fill(stream: _Readable, buf: bytearray) -> int:
     return got
 
 
-def read_frames(stream: _Readable, path: str
-                ) -> Iterator[bytes | bytearray | int]:
-    """The helper's side: what the child decoded, from its frames.
+class FrameReader:
+    """The helper's side: the child's frames as a ``Decompressed`` stream,
+    read on demand from its stdout (``drivers.cli.DecodingChild``, which
+    raises ``CorruptInput`` with the child's own words when it failed).
 
-    ``stream`` is the child's stdout (``drivers.cli.DecodingChild``, which
-    raises ``CorruptInput`` with the child's own words when it failed)."""
-    header = bytearray(_FRAME.size)
-    while True:
-        got = _fill(stream, header)
-        if got != len(header):
-            raise exception.CorruptInput(
-                path=path, reason='the decoder ended before the end of '
-                                  'the data')
-        tag, length = _FRAME.unpack(header)
+    Data is read from the pipe straight into the caller's buffer (no
+    intermediate copy, no thread: the child decodes in parallel already);
+    a run of zeros is handed over by ``take_zeros()``, or as zero bytes to
+    a reader that does not ask.  Only the framing is trusted: a frame of
+    an unknown kind, an empty or oversized data frame, an end mark with a
+    length, bytes after it, or an end of the pipe before it is
+    ``CorruptInput``.
+    """
+
+    def __init__(self, stream: _Readable, path: str) -> None:
+        self._stream = stream
+        self._path = path
+        self._header = bytearray(_FRAME.size)
+        self._left = 0          # bytes of the current data frame unread
+        self._zeros = 0         # zeros announced, not yet handed over
+        self._eof = False
+        self.cpu_seconds = 0.0
+
+    def _broken(self, reason: str = 'the decoder broke its protocol'
+                ) -> exception.CorruptInput:
+        self._eof = True
+        return exception.CorruptInput(path=self._path, reason=reason)
+
+    def _next(self) -> None:
+        """Read the next frame's header."""
+        if _fill(self._stream, self._header) != len(self._header):
+            raise self._broken('the decoder ended before the end of the '
+                               'data')
+        tag, length = _FRAME.unpack(self._header)
         if tag == END and length == 0:
-            if _fill(stream, bytearray(1)):
-                break
-            return
-        if tag == ZEROS:
-            yield length
+            if _fill(self._stream, bytearray(1)):
+                raise self._broken()
+            self._eof = True
+        elif tag == ZEROS:
+            self._zeros = length
         elif tag == DATA and 0 < length <= MAX_FRAME:
-            data = bytearray(length)
-            if _fill(stream, data) != length:
-                break
-            yield data
+            self._left = length
         else:
-            break
-    raise exception.CorruptInput(path=path,
-                                 reason='the decoder broke its protocol')
+            raise self._broken()
+
+    def take_zeros(self) -> int:
+        """Consume and return a run of zeros that comes next, else 0."""
+        if not (self._left or self._zeros or self._eof):
+            self._next()
+        n, self._zeros = self._zeros, 0
+        return n
+
+    def zeros_pending(self) -> bool:
+        return bool(self._zeros)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        while not self._left:
+            if self._zeros:
+                n = min(len(buf), self._zeros, len(_ZERO_BLOCK))
+                buf[:n] = _ZERO_BLOCK[:n]
+                self._zeros -= n
+                return n
+            if self._eof:
+                return 0
+            self._next()
+        with memoryview(buf) as view:
+            n = self._stream.readinto(view[:min(len(view), self._left)])
+        if n == 0:
+            raise self._broken('the decoder ended inside a frame')
+        self._left -= n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        buf = bytearray(size if size > 0 else _OUT_BLOCK)
+        n = self.readinto(buf)
+        return bytes(buf[:n])
+
+
+_ZERO_BLOCK = memoryview(bytes(_OUT_BLOCK))

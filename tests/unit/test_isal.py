@@ -167,41 +167,38 @@ def test_zero_members_come_out_as_counts_not_bytes(tmp_path):
         bytes(chunk) + b'abc' * 1000 + bytes(2 * chunk)
 
 
-def test_zero_run_reader_without_take_zeros_gets_bytes(tmp_path):
-    chunk = 1 * MiB
-    path = tmp_path / 'z.gz'
-    path.write_bytes(isal_driver.zero_member(chunk, 1) * 2)
-    with open(path, 'rb') as raw:
-        reader = isal_decode.BackgroundReader(isal_decode.inflate_members(
-            raw, str(path), isal_decode.known_zero_members(chunk)), 'z')
-        try:
-            got = bytearray()
-            buf = bytearray(300 * 1024)
-            while n := reader.readinto(buf):
-                got += buf[:n]
-        finally:
-            reader.close()
+def test_zero_run_reader_without_take_zeros_gets_bytes(env):
+    chunk = MiB
+    path = env.path('z.gz')
+    with open(path, 'wb') as f:
+        f.write(isal_driver.zero_member(chunk, 1) * 2)
+    drv = isal_driver.IsalCompressor(
+        env.with_settings(chunk_size=chunk).settings, env.policy)
+    got = bytearray()
+    buf = bytearray(300 * 1024)
+    with fdutil.decompressing(drv, path) as reader:
+        while n := reader.readinto(buf):
+            got += buf[:n]
     assert bytes(got) == bytes(2 * chunk)
 
 
-def test_bomb_of_zero_members_stops_at_cap_without_inflating(tmp_path):
+def test_bomb_of_zero_members_stops_at_cap_without_inflating(env):
     chunk = 4 * MiB
-    path = tmp_path / 'bomb.gz'
+    path = env.path('bomb.gz')
     # 4096 members of 4 MiB of zeros: 16 GiB once decompressed.
-    path.write_bytes(isal_driver.zero_member(chunk, 1) * 4096)
-    out = tmp_path / 'out'
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+    with open(path, 'wb') as f:
+        f.write(isal_driver.zero_member(chunk, 1) * 4096)
+    drv = isal_driver.IsalCompressor(
+        env.with_settings(chunk_size=chunk).settings, env.policy)
+    fd = os.open(env.path('out'), os.O_WRONLY | os.O_CREAT)
     try:
-        with open(path, 'rb') as raw:
-            reader = isal_decode.BackgroundReader(isal_decode.inflate_members(
-                raw, str(path), isal_decode.known_zero_members(chunk)), 'b')
-            try:
-                with pytest.raises(exception.SizeLimitExceeded):
-                    sparse.copy_capped(reader, fd, sparse.Flow(64 * MiB))
-            finally:
-                reader.close()
+        with fdutil.decompressing(drv, path) as reader:
+            with pytest.raises(exception.SizeLimitExceeded):
+                sparse.copy_capped(reader, fd, sparse.Flow(64 * MiB))
     finally:
         os.close(fd)
+    # Counted, not inflated: nothing was written.
+    assert os.stat(env.path('out')).st_size == 0
 
 
 def test_near_zero_member_is_inflated_not_trusted(tmp_path):
