@@ -20,8 +20,11 @@ Everything else goes to nova's own function with the same arguments, each
 reason logged once at info: no input format (nova's own refusal, a
 ``RuntimeError``), encryption (``src_encryption``/``dest_encryption``),
 URIs, ``/dev/`` paths other than the devices the daemon allows, paths
-outside the daemon's directories, formats it does not convert, and a
-daemon that does not answer.
+outside the daemon's directories, formats it does not convert, a daemon
+that does not answer, and a qcow2 whose header names a backing file: the
+delta of a live snapshot of a qcow2-backed instance, which nova flattens
+with its own qemu-img run and which the daemon, never following a backing
+file, would refuse.
 
 Errors, as nova's callers expect them from a failed qemu-img run:
 
@@ -109,7 +112,28 @@ def _refusal(source: str, dest: str, in_format: Optional[str],
         return "no input format (nova's own refusal)"
     if src_encryption or dest_encryption:
         return 'encryption (src_encryption, dest_encryption)'
-    return common.local_refusal('URIs', source, dest)
+    refusal = common.local_refusal('URIs', source, dest)
+    if refusal:
+        return refusal
+    if in_format == 'qcow2' and _names_a_backing_file(source):
+        return 'a qcow2 with a backing file (a live snapshot delta)'
+    return None
+
+
+_QCOW2_MAGIC = b'QFI\xfb'
+
+
+def _names_a_backing_file(path: str) -> bool:
+    """Whether the qcow2 header of ``path`` (nova's own file, read here
+    with nova's own rights) has a backing file offset.  Only a routing
+    hint: an unreadable file goes to the daemon, which judges it."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return (len(head) == 16 and head[:4] == _QCOW2_MAGIC
+            and int.from_bytes(head[8:16], 'big') != 0)
 
 
 def _plan(source: str, dest: str, in_format: Optional[str],
