@@ -82,6 +82,17 @@ class ConvertCase(unittest.TestCase):
             f.truncate(4 * MIB)
         return path
 
+    def backed_qcow2(self) -> str:
+        """A qcow2 whose backing file is a raw image of the caller's."""
+        raw = self.raw_image()
+        fd, qcow2 = tempfile.mkstemp(dir=self.images, prefix='backed-')
+        os.close(fd)
+        self.addCleanup(os.unlink, qcow2)
+        proc = qemu_img('create', '-f', 'qcow2', '-b', raw, '-F', 'raw',
+                        qcow2)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        return qcow2
+
     def assertSameImage(self, a: str, fa: str, b: str, fb: str) -> None:
         proc = qemu_img('compare', '-f', fa, '-F', fb, a, b)
         self.assertEqual(0, proc.returncode, proc.stdout + proc.stderr)

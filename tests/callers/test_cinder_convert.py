@@ -10,7 +10,6 @@ import shutil
 import tempfile
 import unittest
 from unittest import mock
-import uuid
 
 
 from cinder import exception as cinder_exception
@@ -77,12 +76,7 @@ class Convert(Base):
         self.recorder.assert_not_called()
 
     def test_backing_file_is_unacceptable_and_writes_nothing(self):
-        raw = self.raw_image()
-        qcow2 = os.path.join(self.images, 'backed-%s' % uuid.uuid4().hex[:8])
-        self.addCleanup(os.unlink, qcow2)
-        proc = qemu_img('create', '-f', 'qcow2', '-b', raw, '-F', 'raw',
-                        qcow2)
-        self.assertEqual(0, proc.returncode, proc.stderr)
+        qcow2 = self.backed_qcow2()
         out = self.dest()
         with self.assertRaises(cinder_exception.ImageUnacceptable) as c:
             integration.convert_image(qcow2, out, 'raw', src_format='qcow2',

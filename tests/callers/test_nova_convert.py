@@ -89,15 +89,6 @@ class Fallback(convertcase.FallbackCase, Base):
         self.assertFallsBack(raw, 'rbd:vms/disk', 'raw', 'raw')
         self.assertFallsBack(raw, self.dest(), None, 'raw')
 
-    def backed_qcow2(self) -> str:
-        raw = self.raw_image()
-        qcow2 = os.path.join(self.images, 'delta-%s' % uuid.uuid4().hex[:8])
-        self.addCleanup(os.unlink, qcow2)
-        proc = qemu_img('create', '-f', 'qcow2', '-b', raw, '-F', 'raw',
-                        qcow2)
-        self.assertEqual(0, proc.returncode, proc.stderr)
-        return qcow2
-
     def test_a_live_snapshot_delta_goes_to_nova(self):
         # nova flattens a qcow2 delta onto its backing file; the daemon
         # never follows one, so the call stays on nova's own path.
