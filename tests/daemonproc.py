@@ -98,7 +98,9 @@ class DaemonProcess:
             'DEFAULT': {'transport_url': transport_url, 'debug': 'false'},
             'accel_daemon': {'allowed_dirs': self.images,
                              'filters_path': self.filters,
-                             'state_dir': self.state},
+                             'state_dir': self.state,
+                             'staging_dir': os.path.join(self.root,
+                                                         'staging')},
             'accel_daemon_rpc': {'host': host},
         }, sections)
         self.extra = extra

@@ -32,11 +32,12 @@
 #
 # What it does: Debian packages from bindep.txt (runtime entries only); the
 # service user and the tools' user; /var/lib/accel-daemon (0750, owned by
-# that user) and its state/ (0700: the task journal and the lock); a venv
-# built from Debian's /usr/bin/python3 with a regular (not editable) install,
-# readable by the service user; /etc/accel-daemon with the config, the
-# rootwrap.conf and the filters (root-owned: the service user must not be
-# able to widen them); the sudoers rule for the privsep helper; where
+# that user), its state/ (0700: the task journal and the lock) and
+# staging/ (root's, 0700: outputs made for a file system without
+# O_TMPFILE); a venv built from Debian's /usr/bin/python3 with a regular
+# (not editable) install, readable by the service user; /etc/accel-daemon
+# with the config, the rootwrap.conf and the filters (root-owned: the
+# service user must not be able to widen them); the sudoers rule for the privsep helper; where
 # systemd runs, the unit accel-daemon.service (Type=notify), neither enabled
 # nor started. accel-daemon.conf is written only when absent, so local edits
 # survive. Sourcing the script defines its functions without running it.
@@ -80,6 +81,9 @@ make_user() {
     # The journal names every task's files, and the lock is the daemon's:
     # 0700, as the daemon itself makes it (doc/source/operations.rst).
     install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$STATE/state"
+    # Where the privileged helper makes outputs whose directory has no
+    # O_TMPFILE ([accel_daemon] staging_dir): root's alone.
+    install -d -m 0700 -o root -g root "$STATE/staging"
     # The default allowed directory; the services' own (cinder, nova) are
     # theirs to create.  The journal (state/) stays outside every allowed
     # directory: the daemon refuses to start otherwise.
@@ -131,6 +135,7 @@ transport_url = $url
 allowed_dirs = $ALLOWED_DIRS
 filters_path = $ETC/rootwrap.d
 state_dir = $STATE/state
+staging_dir = $STATE/staging
 tool_user = ${ACCEL_TOOL_USER:-accel-tools}
 EOF
 }

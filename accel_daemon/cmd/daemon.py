@@ -156,15 +156,21 @@ def make_backend(conf: cfg.ConfigOpts) -> tuple[Any, Callable[[], None]]:
 
 
 def check_state_dir(conf: cfg.ConfigOpts) -> None:
-    """Refuse a state_dir that requests could name: the journal holds every
-    task's paths and results, and an allowed directory is the requests'."""
-    state = os.path.realpath(conf.accel_daemon.state_dir)
-    for allowed in conf.accel_daemon.allowed_dirs:
-        root = os.path.realpath(allowed)
-        if state == root or state.startswith(root.rstrip('/') + '/'):
-            raise SystemExit('[accel_daemon] state_dir %s is inside the '
-                             'allowed directory %s; move it out'
-                             % (state, allowed))
+    """Refuse a state_dir or staging_dir that requests could name: the
+    journal holds every task's paths and results, the staging directory
+    outputs nobody may see before they are accepted, and an allowed
+    directory is the requests'."""
+    a = conf.accel_daemon
+    for option in ('state_dir', 'staging_dir'):
+        if not getattr(a, option):
+            continue
+        own = os.path.realpath(getattr(a, option))
+        for allowed in a.allowed_dirs:
+            root = os.path.realpath(allowed)
+            if own == root or own.startswith(root.rstrip('/') + '/'):
+                raise SystemExit('[accel_daemon] %s %s is inside the '
+                                 'allowed directory %s; move it out'
+                                 % (option, own, allowed))
 
 
 def check_tool_user(conf: cfg.ConfigOpts) -> None:

@@ -39,6 +39,19 @@ OPTS = [
                     'must not be inside any of allowed_dirs (requests could '
                     'then read or overwrite the journal): the daemon refuses '
                     'to start if it is.'),
+    cfg.StrOpt('staging_dir', default='/var/lib/accel-daemon/staging',
+               help='Private directory (root\'s, mode 0700, made on first '
+                    'use) where an output is written when the file system '
+                    'of its directory cannot hold an unnamed file '
+                    '(O_TMPFILE: some NFS, CIFS and FUSE mounts). The '
+                    'output is complete and accepted before it is copied '
+                    'into its directory, so nothing unfinished or refused '
+                    'is ever named there; the copy costs one more write of '
+                    'the output. It must be on a local file system with '
+                    'O_TMPFILE and room for the largest such output, and '
+                    'not inside allowed_dirs (the daemon refuses to start '
+                    'if it is). Empty: outputs into such directories are '
+                    'refused (PathNotAllowed).'),
     cfg.IntOpt('command_timeout', default=3 * 3600, min=0,
                help='Wall-clock limit, in seconds, of every external command '
                     'accel-daemon runs (qemu-img, compressors...). A command '

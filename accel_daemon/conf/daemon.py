@@ -36,6 +36,7 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         filters_path=tuple(a.filters_path),
         exec_dirs=tuple(a.exec_dirs),
         output_file_mode=int(a.output_file_mode, 8),
+        staging_dir=a.staging_dir or None,
         command_timeout=float(a.command_timeout) or None,
         min_bps_limit=a.min_bps_limit,
         max_image_bytes=a.max_image_gib * 1024 ** 3,

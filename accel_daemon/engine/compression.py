@@ -234,7 +234,7 @@ def compress(ctx: Context, drivers: dict[str, base.Compressor],
             ctx.output(dst, replace=opts.replace) as out:
         LOG.info('Compressing %s to %s with %s', source.real, dst, comp.name)
         result = compress_fds(comp, source.fd, out.fd, progress, opts)
-        out.commit()
+        out.commit(progress)
     result['output'] = dst
     return result
 
@@ -253,6 +253,6 @@ def decompress(ctx: Context, drivers: dict[str, base.Compressor],
             ctx.output(dst, replace=opts.replace) as out:
         result = decompress_fds(drivers, source, out.fd, limit, progress,
                                 opts)
-        out.commit()
+        out.commit(progress)
     result['output'] = dst
     return result

@@ -71,4 +71,5 @@ class Context:
         ``replace``: it may replace an existing regular file."""
         return files.Output(self.confinement, path,
                             self.settings.output_file_mode, devices,
-                            replace=replace)
+                            replace=replace,
+                            staging_dir=self.settings.staging_dir)

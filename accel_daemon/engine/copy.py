@@ -9,48 +9,16 @@ no format inspection is needed: nothing here hands the file to qemu-img.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import time
 
 from accel_daemon.engine.context import Context
-from accel_daemon.engine.extents import data_extents
+from accel_daemon.engine import extents
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import throttle
 from accel_daemon.options import Options
 from accel_daemon import records
-
-_STEP = 64 * 1024 * 1024
-
-
-def _copy_range(src: int, dst: int, offset: int, length: int,
-                progress: Progress, pacer: throttle.Pacer | None = None,
-                step: int = _STEP) -> None:
-    done = 0
-    while done < length:
-        progress.check()
-        n = min(step, length - done)
-        try:
-            copied = os.copy_file_range(src, dst, n, offset + done,
-                                        offset + done)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP,
-                               errno.EINVAL):
-                raise
-            copied = _pread_pwrite(src, dst, offset + done, n)
-        if copied == 0:
-            break
-        done += copied
-        progress.add(copied)
-        if pacer is not None:
-            pacer.pace(copied)
-
-
-def _pread_pwrite(src: int, dst: int, offset: int, n: int) -> int:
-    data = os.pread(src, n, offset)
-    os.pwrite(dst, data, offset)
-    return len(data)
 
 
 def copy_fd(src: int, dst: int, progress: Progress,
@@ -60,10 +28,16 @@ def copy_fd(src: int, dst: int, progress: Progress,
     size = os.fstat(src).st_size or os.lseek(src, 0, os.SEEK_END)
     progress.set_total(size)
     pacer = throttle.pacer(bps_limit, progress)
-    step = throttle.step(bps_limit, _STEP)
-    for start, end in data_extents(src, size):
-        _copy_range(src, dst, start, end - start, progress, pacer, step)
-    os.ftruncate(dst, size)
+
+    def each(copied: int) -> None:
+        progress.add(copied)
+        if pacer is not None:
+            pacer.pace(copied)
+        progress.check()
+
+    progress.check()
+    extents.copy_data(src, dst, size,
+                      throttle.step(bps_limit, extents.COPY_STEP), each)
     progress.set_done(size)
     return size
 
@@ -92,7 +66,7 @@ def copy_file(ctx: Context, progress: Progress, src: str, dst: str,
             ctx.output(dst, replace=opts.replace) as out:
         size = copy_fd(source.fd, out.fd, progress, opts.bps_limit)
         digest = sha256_fd(out.fd, progress) if opts.checksum else None
-        out.commit()
+        out.commit(progress)
     return {'output': dst, 'size': size, 'bytes_in': size, 'sha256': digest,
             'engine': 'copy_file_range', 'hardware': False,
             'cpu_seconds': time.thread_time() - cpu}

@@ -21,9 +21,17 @@ publishing (``linkat`` of the descriptor).
   way; the new file is created in it unnamed (``O_TMPFILE``, so a crash
   leaves nothing and nobody can reach it by name), written through its
   descriptor and published with ``linkat`` under its final name, which must
-  still be free.  Where the file system has no O_TMPFILE, a private
-  (0600, ``O_EXCL|O_NOFOLLOW``) temp name is used and removed on failure;
-  journal recovery removes what a crash left.
+  still be free.
+* Where the directory's file system has no O_TMPFILE (NFS, CIFS, some
+  FUSE), the output is written unnamed in the daemon's private staging
+  directory (``[accel_daemon] staging_dir``: root's, 0700, on a local file
+  system) and copied in only at ``commit()``, when it is complete and
+  accepted: into a private (root, 0600, ``O_EXCL|O_NOFOLLOW``) temp name
+  in the caller's directory, published from there as above.  So nothing
+  unfinished or refused is ever named in a caller's directory, and a
+  caller cannot write into an output while it is made.  Without a staging
+  directory such a directory is refused.  Journal recovery removes a temp
+  name a crash left during the copy.
 * ``Output(replace=True)``: an existing output is replaced atomically.  The
   new file is written the same way; to publish it, its descriptor is linked
   to a fresh private temp name in the same directory and ``rename(2)``-d
@@ -51,7 +59,9 @@ import threading
 
 from accel_daemon.engine import beneath
 from accel_daemon.engine import devices
+from accel_daemon.engine import extents
 from accel_daemon.engine import paths
+from accel_daemon.engine.progress import Progress
 from accel_daemon import exception
 
 LOG = logging.getLogger(__name__)
@@ -59,6 +69,8 @@ LOG = logging.getLogger(__name__)
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # Errors of open(2) that mean "this name is not acceptable", as opposed to
 # our own failure (EMFILE, EIO...).
+# Errors of open(O_TMPFILE) that mean "this file system has none".
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 _NAME_ERRORS = {errno.ENOTDIR, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM,
                 errno.EINVAL, errno.ENXIO, errno.EISDIR, errno.EXDEV,
                 errno.ENODEV, errno.EROFS, errno.ETXTBSY, errno.EOPNOTSUPP}
@@ -244,6 +256,48 @@ def _open_dir(conf: paths.Confinement, directory: str, path: str) -> int:
         raise
 
 
+def _open_staging(directory: str) -> int:
+    """The staging directory, made on first use: a directory of this
+    process's user that nobody else may enter (0700 or less), reached
+    without following a symbolic link in its last component."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(directory, flags)
+    except FileNotFoundError:
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        fd = os.open(directory, flags)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise exception.InternalError(
+            reason='[accel_daemon] staging_dir %s must belong to uid %d and '
+                   'be closed to everyone else (mode 0700), not uid %d mode '
+                   '%04o' % (directory, os.geteuid(), st.st_uid,
+                             stat.S_IMODE(st.st_mode)))
+    return fd
+
+
+def staging_tmpfile(directory: str) -> int:
+    """A new unnamed private file (0600) in the staging directory."""
+    try:
+        dir_fd = _open_staging(directory)
+    except OSError as e:
+        raise exception.InternalError(
+            reason='[accel_daemon] staging_dir %s: %s' % (directory, e))
+    try:
+        return os.open('.', os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600,
+                       dir_fd=dir_fd)
+    except OSError as e:
+        raise exception.InternalError(
+            reason='[accel_daemon] staging_dir %s cannot hold an unnamed '
+                   'file (O_TMPFILE): %s' % (directory, e))
+    finally:
+        os.close(dir_fd)
+
+
 class Output:
     """A new file (or an allowed device) written through one descriptor.
 
@@ -253,21 +307,27 @@ class Output:
     mode and the owner of its directory, so the caller can read it.
     """
 
-    # False where O_TMPFILE must not be tried (tests of the fallback).
+    # False where O_TMPFILE must not be tried in the caller's directory
+    # (tests of staging).
     use_tmpfile = True
 
     def __init__(self, conf: paths.Confinement, path: str,
                  mode: int = 0o640, devices: bool = False,
-                 replace: bool = False) -> None:
+                 replace: bool = False,
+                 staging_dir: str | None = None) -> None:
         self.conf = conf
         self.path = path
         self.mode = mode
         self.devices = devices
         self.replace = replace
+        # Where to write it when its directory has no O_TMPFILE.
+        self.staging_dir = staging_dir
+        # Written in staging_dir, copied into its directory at commit().
+        self.staged = False
         self.fd = -1
         self.dir_fd = -1
         self.name = ''
-        self.temp_name: str | None = None    # only without O_TMPFILE
+        self.temp_name: str | None = None    # the copy-in of a staged file
         self.publish_name: str | None = None  # replace: renamed over name
         self.device: Opened | None = None
         self.committed = False
@@ -315,10 +375,7 @@ class Output:
         elif self._name_taken():
             raise exception.OutputExists(path=self.path)
         self.fd = self._create()
-        st = os.fstat(self.fd)
-        self._key = (st.st_dev, st.st_ino)
-        with _writing_lock:
-            _writing.add(self._key)
+        self._track()
 
     def _lstat_name(self) -> os.stat_result | None:
         """lstat of the final name through the directory's descriptor."""
@@ -357,20 +414,71 @@ class Output:
                 return os.open('.', os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC,
                                0o600, dir_fd=self.dir_fd)
             except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR,
-                                   errno.EINVAL):
+                if e.errno not in _NO_TMPFILE:
                     raise open_error(self.path, e)
-        # No O_TMPFILE here (some network file systems): a private name.
-        self.temp_name = paths.temp_name(self.name, secrets.token_hex(4))
+        # No O_TMPFILE here (some network file systems): never a name in
+        # the caller's directory while it is made.
+        if not self.staging_dir:
+            raise exception.PathNotAllowed(
+                path=self.path,
+                reason='its file system cannot hold an unnamed file '
+                       '(O_TMPFILE) and [accel_daemon] staging_dir is not '
+                       'set')
+        fd = staging_tmpfile(self.staging_dir)
+        self.staged = True
+        return fd
+
+    def _create_named(self) -> None:
+        """Make ``fd`` a fresh private file under a new temp name in the
+        caller's directory (root, 0600, never an existing name), kept as
+        ``temp_name``; it is refused as an input from the moment it has a
+        name (``open_source`` judges under the same lock)."""
         flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                  | os.O_CLOEXEC)
+        for _ in range(8):
+            name = paths.temp_name(self.name, secrets.token_hex(4))
+            with _writing_lock:
+                try:
+                    self.fd = os.open(name, flags, 0o600,
+                                      dir_fd=self.dir_fd)
+                except FileExistsError:
+                    continue
+                except OSError as e:
+                    raise open_error(self.path, e)
+                self.temp_name = name
+                self._track_locked()
+            os.fchmod(self.fd, 0o600)
+            return
+        raise exception.PathNotAllowed(
+            path=self.path, reason='no free temp name to copy it in')
+
+    def _copy_in(self, progress: Progress | None) -> None:
+        """Copy the staged file, complete and accepted, into a private temp
+        name of the caller's directory; that file is then the output (its
+        descriptor is ``fd``, the staged one is closed)."""
+        staged, self.fd = self.fd, -1
+        self.staged = False
         try:
-            fd = os.open(self.temp_name, flags, 0o600, dir_fd=self.dir_fd)
-        except OSError as e:
-            self.temp_name = None
-            raise open_error(self.path, e)
-        os.fchmod(fd, 0o600)
-        return fd
+            self._create_named()
+            check = None if progress is None else \
+                (lambda n: progress.check())
+            extents.copy_data(staged, self.fd, os.fstat(staged).st_size,
+                              each=check)
+        finally:
+            os.close(staged)
+
+    def _track(self) -> None:
+        """Refuse the inode at ``fd`` as an input while it is ours."""
+        with _writing_lock:
+            self._track_locked()
+
+    def _track_locked(self) -> None:
+        st = os.fstat(self.fd)
+        key = (st.st_dev, st.st_ino)
+        if self._key is not None:
+            _writing.discard(self._key)
+        _writing.add(key)
+        self._key = key
 
     def sibling(self) -> Output:
         """Another new file for the same path, in the directory this one
@@ -378,7 +486,8 @@ class Output:
         if self.dir_fd < 0:
             raise ValueError('sibling() of an output that is not open')
         other = Output(self.conf, self.path, self.mode,
-                       replace=self.replace)
+                       replace=self.replace, staging_dir=self.staging_dir)
+        other.use_tmpfile = self.use_tmpfile
         other._parent = self
         return other
 
@@ -393,13 +502,16 @@ class Output:
         if not self.is_device and os.geteuid() == 0:
             os.fchown(self.fd, uid, gid)
 
-    def commit(self) -> None:
+    def commit(self, progress: Progress | None = None) -> None:
         """fsync and publish under the final name (never over a file, but
-        with ``replace``, see ``_replace``)."""
+        with ``replace``, see ``_replace``); a staged output is copied in
+        first (cancelled through ``progress``)."""
         if self.is_device:
             os.fsync(self.fd)
             self.committed = True
             return
+        if self.staged:
+            self._copy_in(progress)
         if os.geteuid() == 0:
             # Back to us first (a tool may have owned it): fchmod needs the
             # owner, and the privileged threads hold no CAP_FOWNER.

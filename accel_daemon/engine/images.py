@@ -242,7 +242,7 @@ def convert(ctx: Context, progress: Progress, src: str, dst: str,
                              opts)
         if opts.checksum and not out.is_device:
             result['sha256'] = copy.sha256_fd(out.fd, progress)
-        out.commit()
+        out.commit(progress)
     result['output'] = dst
     return result
 

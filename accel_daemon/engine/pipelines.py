@@ -81,7 +81,7 @@ def upload(engine: Parts, progress: Progress, src: str, dst: str,
                 packed = compression.compress_fds(
                     compressor, stage.fd, out.fd, pack, opts)
             converted = True
-        out.commit()
+        out.commit(progress)
     progress.set_done(2 * span)
     packed.update({'output': dst, 'disk_format': disk_format,
                    'virtual_size': found.virtual_size,
@@ -136,7 +136,7 @@ def download(engine: Parts, progress: Progress, src: str, dst: str,
                 'engine': 'qemu-img:skipped', 'hardware': False,
                 'sha256': (copy.sha256_fd(stage.fd, progress)
                            if checksum else None)}
-            stage.commit()
+            stage.commit(progress)
         else:
             with (ctx.output(dst, devices=True) if on_device
                   else stage.sibling()) as out:
@@ -145,7 +145,7 @@ def download(engine: Parts, progress: Progress, src: str, dst: str,
                     disk_format, dst_format, opts)
                 if checksum and not out.is_device:
                     result['sha256'] = copy.sha256_fd(out.fd, progress)
-                out.commit()
+                out.commit(progress)
             result['output'] = dst
     progress.set_done(2 * size)
     result.update({'decompress_engine': unpacked.get('engine'),

@@ -61,6 +61,9 @@ class Settings:
     sysfs_root: str = '/sys'
     # Mode of every file accel-daemon creates.
     output_file_mode: int = 0o640
+    # Where outputs are made when their directory has no O_TMPFILE (a
+    # private local directory; engine.files); None refuses such outputs.
+    staging_dir: str | None = None
     # The callers and what each may name; empty: one caller, the host's
     # allowed_dirs and allowed_block_devices.
     callers: tuple[Scope, ...] = ()

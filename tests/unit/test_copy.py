@@ -4,6 +4,7 @@ import os
 import pytest
 
 from accel_daemon.engine import copy
+from accel_daemon.engine import extents
 from accel_daemon.engine.progress import Progress
 from accel_daemon import exception
 
@@ -37,9 +38,9 @@ def test_extents_of_empty_and_full_files(tmp_path):
     _sparse(empty, 10 * MiB, [])
     full.write_bytes(b'x' * MiB)
     with open(empty, 'rb') as f:
-        assert list(copy.data_extents(f.fileno(), 10 * MiB)) == []
+        assert list(extents.data_extents(f.fileno(), 10 * MiB)) == []
     with open(full, 'rb') as f:
-        assert list(copy.data_extents(f.fileno(), MiB)) == [(0, MiB)]
+        assert list(extents.data_extents(f.fileno(), MiB)) == [(0, MiB)]
 
 
 def test_copy_cancelled(tmp_path):

@@ -11,7 +11,10 @@ import pytest
 
 from accel_daemon.engine import files
 from accel_daemon.engine import paths
+from accel_daemon.engine.progress import Progress
 from accel_daemon import exception
+from tests.unit.conftest import on_copy_in
+from tests.unit.conftest import StagedOutput
 
 
 # --- sources -------------------------------------------------------------
@@ -151,57 +154,151 @@ def test_device_output_only_when_asked(tmp_path):
         files.Output(loose, '/dev/null').__enter__()
 
 
-# --- without O_TMPFILE: a private temp name ---------------------------------
-class NamedOutput(files.Output):
-    use_tmpfile = False
+# --- without O_TMPFILE: made in the staging directory, copied in ---------
+MIB = 1024 * 1024
 
 
-def test_named_temp_is_private_and_removed(conf, allowed):
+def names(directory):
+    return sorted(os.listdir(directory)) if directory.exists() else []
+
+
+def test_a_staged_output_is_named_only_once_accepted(conf, allowed, staging):
+    final = allowed / 'out'
+    with StagedOutput(conf, str(final)) as out:
+        os.pwrite(out.fd, b'head', 0)
+        os.pwrite(out.fd, b'tail', 8 * MIB)
+        # While it is made, the caller's directory shows nothing, and the
+        # staging directory is root's alone and holds no name either.
+        assert names(allowed) == [] and names(staging) == []
+        st = os.stat(staging)
+        assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+        out.commit()
+    assert names(allowed) == ['out'] and names(staging) == []
+    data = final.read_bytes()
+    assert data[:4] == b'head' and data[8 * MIB:] == b'tail'
+    assert len(data) == 8 * MIB + 4
+    # The copy-in kept the hole.
+    assert os.stat(final).st_blocks * 512 < 4 * MIB
+    assert stat.S_IMODE(os.stat(final).st_mode) == 0o640
+
+
+def test_a_refused_staged_output_leaves_nothing(conf, allowed, staging):
     with pytest.raises(RuntimeError):
-        with NamedOutput(conf, str(allowed / 'out')) as out:
-            st = os.stat(allowed / out.temp_name)
-            assert stat.S_IMODE(st.st_mode) == 0o600
-            raise RuntimeError('boom')
-    assert os.listdir(allowed) == []
-
-
-def test_a_refused_output_its_owner_renamed_is_left_empty(conf, allowed):
-    # The owner of the directory renames our temp name to keep the output
-    # of a request that is about to be refused: they keep an empty file.
-    with pytest.raises(RuntimeError):
-        with NamedOutput(conf, str(allowed / 'out')) as out:
+        with StagedOutput(conf, str(allowed / 'out')) as out:
             os.write(out.fd, b'refused content' * 1000)
-            os.rename(allowed / out.temp_name, allowed / 'kept')
             raise RuntimeError('refused')
-    assert os.listdir(allowed) == ['kept']
+    assert names(allowed) == [] and names(staging) == []
+
+
+def test_without_a_staging_dir_such_a_directory_is_refused(conf, allowed):
+    with pytest.raises(exception.PathNotAllowed) as e:
+        with StagedOutput(conf, str(allowed / 'out'), staging_dir=None):
+            pass
+    assert 'O_TMPFILE' in e.value.message
+    assert names(allowed) == []
+
+
+@pytest.mark.parametrize('bad', ['open', 'symlink'])
+def test_a_staging_dir_others_can_enter_is_refused(conf, allowed, tmp_path,
+                                                   bad):
+    staging = tmp_path / 'shared'
+    staging.mkdir(mode=0o755)
+    os.chmod(staging, 0o755)
+    if bad == 'symlink':
+        os.chmod(staging, 0o700)
+        (tmp_path / 'link').symlink_to(staging)
+        staging = tmp_path / 'link'
+    with pytest.raises(exception.InternalError) as e:
+        with StagedOutput(conf, str(allowed / 'out'),
+                          staging_dir=str(staging)):
+            pass
+    assert 'staging_dir' in e.value.message
+    assert names(allowed) == []
+
+
+def test_a_copy_in_that_fails_leaves_nothing(conf, allowed, staging,
+                                             monkeypatch):
+    # The caller's file system fills up halfway through the copy, after
+    # the directory's owner renamed our temp name to keep it.
+    def full(src, dst, size, step=None, each=None):
+        os.pwrite(dst, b'half', 0)
+        raise OSError(28, 'No space left on device')
+
+    def keep(out):
+        os.rename(allowed / out.temp_name, allowed / 'kept')
+    on_copy_in(monkeypatch, keep)
+    monkeypatch.setattr(files.extents, 'copy_data', full)
+    with pytest.raises(OSError):
+        with StagedOutput(conf, str(allowed / 'out')) as out:
+            os.write(out.fd, b'accepted' * 1000)
+            out.commit()
+    # What they kept is empty; nothing else is named, nothing is staged.
+    assert names(allowed) == ['kept'] and names(staging) == []
     assert (allowed / 'kept').read_bytes() == b''
 
 
-def test_an_output_being_written_is_not_an_input(conf, allowed):
-    with NamedOutput(conf, str(allowed / 'out')) as out:
-        os.write(out.fd, b'in flight')
+def test_a_cancel_during_the_copy_in_leaves_nothing(conf, allowed, staging,
+                                                    monkeypatch):
+    progress = Progress()
+    on_copy_in(monkeypatch, lambda out: progress.cancel())
+    with pytest.raises(exception.Cancelled):
+        with StagedOutput(conf, str(allowed / 'out')) as out:
+            os.write(out.fd, b'x' * 4096)
+            out.commit(progress)
+    assert names(allowed) == [] and names(staging) == []
+
+
+def test_an_output_being_copied_in_is_not_an_input(conf, allowed,
+                                                   monkeypatch):
+    def read_it(out):
         os.link(allowed / out.temp_name, allowed / 'alias')
         for name in (out.temp_name, 'alias'):
             with pytest.raises(exception.PathNotAllowed) as e:
                 files.open_source(conf, str(allowed / name))
             assert 'being written' in e.value.message
+        read_it.called = True
+    on_copy_in(monkeypatch, read_it)
+    with StagedOutput(conf, str(allowed / 'out')) as out:
+        os.write(out.fd, b'in flight')
         out.commit()
+    assert read_it.called
     os.unlink(allowed / 'alias')
     # Once published and closed, it is a file like any other.
     with files.open_source(conf, str(allowed / 'out')) as src:
         assert os.pread(src.fd, 100, 0) == b'in flight'
 
 
-def test_named_temp_swapped_for_a_symlink_publishes_our_inode(conf, allowed,
-                                                              victim):
+def test_an_output_being_written_is_not_an_input(conf, allowed):
+    with files.Output(conf, str(allowed / 'out')) as out:
+        os.write(out.fd, b'in flight')
+        # A name given to the unnamed file (as root could, through /proc).
+        dir_fd = os.open(allowed, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.link('/proc/self/fd/%d' % out.fd, 'alias',
+                    dst_dir_fd=dir_fd, follow_symlinks=True)
+        finally:
+            os.close(dir_fd)
+        with pytest.raises(exception.PathNotAllowed) as e:
+            files.open_source(conf, str(allowed / 'alias'))
+        assert 'being written' in e.value.message
+        out.commit()
+    os.unlink(allowed / 'alias')
+
+
+def test_copy_in_temp_swapped_for_a_symlink_publishes_our_inode(
+        conf, allowed, victim, monkeypatch):
     final = allowed / 'out.raw'
-    with NamedOutput(conf, str(final)) as out:
+
+    def swap(out):
         temp = allowed / out.temp_name
         os.rename(temp, allowed / 'moved')
         temp.symlink_to(victim)
+        swap.temp = temp
+    on_copy_in(monkeypatch, swap)
+    with StagedOutput(conf, str(final)) as out:
         os.write(out.fd, b'ours')
         out.commit()
     assert final.read_bytes() == b'ours'
     assert victim.read_bytes() == b'root:secret\n'
     # Their symlink under our temp name was neither published nor removed.
-    assert os.readlink(temp) == str(victim)
+    assert os.readlink(swap.temp) == str(victim)

@@ -16,38 +16,34 @@ from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
-
-
-class _SwapTempOnCreate(files.Output):
-    """No O_TMPFILE (a named temp file), and the directory's owner swaps
-    the fresh temp name for a symlink before the engine writes."""
-
-    use_tmpfile = False
-    target = ''
-
-    def _create(self):
-        fd = super()._create()
-        link = os.path.join(os.path.dirname(self.path), 'evil')
-        os.symlink(self.target, link)
-        os.rename(link, os.path.join(os.path.dirname(self.path),
-                                     self.temp_name))
-        return fd
+from tests.unit.conftest import on_copy_in
 
 
 def test_copy_never_writes_through_a_swapped_temp(monkeypatch, allowed,
-                                                  victim):
+                                                  victim, staging):
+    # No O_TMPFILE in the caller's directory: the copy is staged, and the
+    # directory's owner swaps the copy-in temp name for a symlink to a
+    # host file the moment it exists.
     src = allowed / 'in.raw'
     src.write_bytes(b'* * * * * root evil\n')
-    settings = Settings(allowed_dirs=(str(allowed),))
+    settings = Settings(allowed_dirs=(str(allowed),),
+                        staging_dir=str(staging))
     engine = Engine(settings, policy=filters.CommandPolicy([]))
-    monkeypatch.setattr(_SwapTempOnCreate, 'target', str(victim))
-    monkeypatch.setattr(files, 'Output', _SwapTempOnCreate)
+
+    def swap(out):
+        link = allowed / 'evil'
+        link.symlink_to(victim)
+        os.rename(link, allowed / out.temp_name)
+        swap.temp = allowed / out.temp_name
+    monkeypatch.setattr(files.Output, 'use_tmpfile', False)
+    on_copy_in(monkeypatch, swap)
     # Our inode lost its only name: it cannot be published, and the
     # symlink under its name is neither written through nor published.
     with pytest.raises(exception.PathNotAllowed):
         engine.copy(Progress(), str(src), str(allowed / 'out.raw'))
     assert victim.read_bytes() == b'root:secret\n'
     assert not os.path.lexists(allowed / 'out.raw')
+    assert os.readlink(swap.temp) == str(victim)
 
 
 def test_source_swapped_between_open_and_use_is_not_read(allowed, victim):

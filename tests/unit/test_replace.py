@@ -19,13 +19,11 @@ from accel_daemon.engine import paths
 from accel_daemon import exception
 
 
-class NamedOutput(files.Output):
-    """Without O_TMPFILE: the private temp-name fallback."""
-    use_tmpfile = False
+from tests.unit.conftest import on_copy_in
+from tests.unit.conftest import StagedOutput
 
-
-OUTPUTS = pytest.mark.parametrize('output', [files.Output, NamedOutput],
-                                  ids=['tmpfile', 'named'])
+OUTPUTS = pytest.mark.parametrize('output', [files.Output, StagedOutput],
+                                  ids=['tmpfile', 'staged'])
 
 
 def replace(output, conf, path, data=b'new', mode=0o640):
@@ -305,20 +303,24 @@ def test_publish_name_swapped_for_a_symlink_changes_nothing_outside(
     assert paths.stray_temp_files(str(allowed)) == []
 
 
-def test_named_temp_swapped_for_a_symlink_publishes_our_inode(
-        conf, allowed, victim):
+def test_copy_in_temp_swapped_for_a_symlink_publishes_our_inode(
+        conf, allowed, victim, monkeypatch):
     final = allowed / 'out.raw'
     final.write_bytes(b'caller')
-    with NamedOutput(conf, str(final), replace=True) as out:
+
+    def swap(out):
         temp = allowed / out.temp_name
         os.rename(temp, allowed / 'moved')
         temp.symlink_to(victim)
+        swap.temp = temp
+    on_copy_in(monkeypatch, swap)
+    with StagedOutput(conf, str(final), replace=True) as out:
         os.write(out.fd, b'ours')
         out.commit()
     # The fresh publish name links the descriptor, not the temp name.
     assert not final.is_symlink() and final.read_bytes() == b'ours'
     assert victim.read_bytes() == b'root:secret\n'
-    assert os.readlink(temp) == str(victim)
+    assert os.readlink(swap.temp) == str(victim)
 
 
 # --- block devices -----------------------------------------------------------

@@ -109,6 +109,18 @@ def test_state_dir_inside_an_allowed_dir_is_refused(conf, tmp_path):
     daemon.check_state_dir(conf)      # outside: accepted
 
 
+def test_staging_dir_inside_an_allowed_dir_is_refused(conf, tmp_path):
+    conf.set_override('state_dir', str(tmp_path / 'state'),
+                      group='accel_daemon')
+    conf.set_override('staging_dir', str(tmp_path / 'images'),
+                      group='accel_daemon')
+    with pytest.raises(SystemExit) as e:
+        daemon.check_state_dir(conf)
+    assert 'staging_dir' in str(e.value)
+    conf.set_override('staging_dir', '', group='accel_daemon')
+    daemon.check_state_dir(conf)      # none: nothing to check
+
+
 # --- one daemon per state_dir and per server name ----------------------------
 def test_second_lock_of_the_state_dir_exits_naming_the_holder(conf):
     held = daemon.lock_state_dir(conf)
