@@ -21,8 +21,12 @@ keeps the first whose ``is_accel_exist()`` is true, and calls it IN PLACE
   compressed on download) without a word.  A daemon that went away is
   reported by the call instead;
 * ``compress_img`` and ``decompress_img`` send ``replace=True`` and wait for
-  the task; every failure -- a typed accel-daemon error, a daemon that does
-  not answer, a wait that times out -- raises cinder's
+  the task; ``decompress_img`` also sends ``container='gzip'`` (cinder
+  checked the magic and supports nothing else) and, as ``max_bytes``, the
+  size of the volume being made (kept by ``fetch_to_volume_format``, the
+  one caller of cinder's, plus room for an image format's metadata);
+  every failure -- a typed accel-daemon error, a daemon that does not
+  answer, a wait that times out -- raises cinder's
   ``CinderAcceleratorError`` whose reason is the typed accel-daemon error:
   its text in the message (cinder keeps only the text of exception
   arguments), the error itself as ``accel_error`` and ``__cause__``.
@@ -158,8 +162,13 @@ class DaemonAccel(_AccelBase):
                   lambda: self.client.compress(src, dest, replace=True))
 
     def decompress_img(self, src: str, dest: str, run_as_root: bool) -> None:
+        # cinder checked the gzip magic and supports nothing else; the
+        # image inside is at most the volume being made from it.
+        max_bytes = decompressed_cap(_volume_bytes())
         self._run('decompress', src, dest,
-                  lambda: self.client.decompress(src, dest, replace=True))
+                  lambda: self.client.decompress(
+                      src, dest, replace=True, container='gzip',
+                      max_bytes=max_bytes))
 
     # -- helpers -------------------------------------------------------------
     def _probe(self) -> bool:
@@ -179,6 +188,57 @@ class DaemonAccel(_AccelBase):
             timeout=self.task_timeout)
 
 
+# -- the volume being made: fetch_to_volume_format --------------------------
+
+GIB = 1024 ** 3
+# What an image format may add to its virtual size (qcow2, vmdk, vhd(x)
+# metadata is well under 1/64 of it), plus headers and alignment.
+_FORMAT_OVERHEAD = 64 * 1024 * 1024
+
+# The size of the volume that cinder's fetch_to_volume_format, running in
+# this thread (a green thread in cinder-volume), writes.
+_volume = threading.local()
+
+
+def _volume_bytes() -> Optional[int]:
+    return getattr(_volume, 'bytes', None)
+
+
+def decompressed_cap(volume_bytes: Optional[int]) -> Optional[int]:
+    """The most a decompressed image of a volume of ``volume_bytes`` may
+    take (room for its format's metadata); None when the volume's size is
+    unknown (the daemon's own cap then applies: the free space of the
+    target's file system)."""
+    if volume_bytes is None:
+        return None
+    return volume_bytes + volume_bytes // 64 + _FORMAT_OVERHEAD
+
+
+def fetch_to_volume_format(context: Any, image_service: Any, image_id: str,
+                           dest: str, volume_format: str, blocksize: int,
+                           volume_subformat: Optional[str] = None,
+                           user_id: Optional[str] = None,
+                           project_id: Optional[str] = None,
+                           size: Optional[int] = None,
+                           run_as_root: bool = True,
+                           disable_sparse: bool = False) -> None:
+    """cinder 29's ``image_utils.fetch_to_volume_format``, unchanged, but
+    for the size of the volume (``size``, GiB) kept for this thread while
+    it runs: ``DaemonAccel.decompress_img`` (which cinder calls from here,
+    with no size) sends it as the decompression cap."""
+    previous = _volume_bytes()
+    _volume.bytes = size * GIB if isinstance(size, int) and size > 0 \
+        else None
+    try:
+        return original_fetch_to_volume_format()(
+            context, image_service, image_id, dest, volume_format,
+            blocksize, volume_subformat=volume_subformat, user_id=user_id,
+            project_id=project_id, size=size, run_as_root=run_as_root,
+            disable_sparse=disable_sparse)
+    finally:
+        _volume.bytes = previous
+
+
 # -- convert_image -----------------------------------------------------------
 
 _fallback_log = common.FallbackLog(LOG, 'cinder')
@@ -189,6 +249,11 @@ _fallback = _fallback_log.fallback
 def original_convert_image() -> Callable[..., None]:
     """cinder's own ``image_utils.convert_image`` (never ours)."""
     return _convert_image.get()
+
+
+def original_fetch_to_volume_format() -> Callable[..., None]:
+    """cinder's own ``image_utils.fetch_to_volume_format`` (never ours)."""
+    return _fetch_to_volume_format.get()
 
 
 def _engines() -> list[str]:
@@ -204,13 +269,15 @@ def _engines() -> list[str]:
 
 def install() -> None:
     """Switch cinder over: replace ``image_utils.convert_image`` with
-    ``convert_image`` (keeping the original for the fallbacks) and put
+    ``convert_image`` (keeping the original for the fallbacks) and
+    ``image_utils.fetch_to_volume_format`` with its size-keeping wrapper,
+    and put
     ``DaemonAccel`` first in cinder's accelerator list, before its QAT and
     gzip engines (which ``ImageAccel`` still picks when the daemon does not
     answer).  Calling it again changes nothing; refused, changing
     nothing, when cinder's function or list is not what it replaces."""
     engines = _engines()
-    common.install(_convert_image)
+    common.install(_convert_image, _fetch_to_volume_format)
     with _lock:
         if PATH not in engines:
             engines.insert(0, PATH)
@@ -218,7 +285,7 @@ def install() -> None:
 
 def uninstall() -> None:
     """Undo ``install()``: cinder's own convert_image and engine list."""
-    common.uninstall(_convert_image)
+    common.uninstall(_convert_image, _fetch_to_volume_format)
     engines = _engines()
     with _lock:
         while PATH in engines:
@@ -312,7 +379,13 @@ def _plan(source: str, dest: str, out_format: str,
     # As cinder: compress only when image_compress_on_upload allows.
     args = common.convert_args(source, dest, src_format, out_format,
                                bool(compress) and _compress_on_upload())
-    args.update(bps_limit=bps_limit,
+    # The virtual size cinder's own inspection accepted (it checked it
+    # against the volume's size), or a raw source's size: the daemon
+    # refuses an image that is larger when it inspects it.
+    max_bytes = common.expected_size(source, src_format, data)
+    if max_bytes is None:
+        raise _fallback('no expected size (neither data nor a raw source)')
+    args.update(bps_limit=bps_limit, max_bytes=max_bytes,
                 sparse=False if disable_sparse else None)
     return client, args
 
@@ -366,8 +439,11 @@ def convert_image(source: str,
     ``src_format`` nor ``data``, URIs (``rbd:``), ``/dev/`` paths other
     than the block devices the daemon allows (``allowed_block_devices``),
     paths outside the daemon's directories, formats it does not convert,
-    throttles it cannot reproduce, and a daemon that does not answer.  Each
-    reason is logged once, at info.
+    throttles it cannot reproduce, a source whose expected size is unknown
+    (neither ``data`` nor a raw source), and a daemon that does not
+    answer.  Each reason is logged once, at info.  The expected size (the
+    virtual size of ``data``, which cinder checked against the volume, or
+    a raw source's size) is sent as ``max_bytes``.
 
     :raises ImageUnacceptable: the daemon refused the image (inspection,
         unsafe image, format mismatch, unsupported format, size limit)
@@ -395,3 +471,6 @@ def convert_image(source: str,
 # (``install()``); resolved on first use otherwise.
 _convert_image = common.Original('cinder.image.image_utils', 'convert_image',
                                  convert_image)
+_fetch_to_volume_format = common.Original(
+    'cinder.image.image_utils', 'fetch_to_volume_format',
+    fetch_to_volume_format)

@@ -312,6 +312,48 @@ def convert_args(source: str, dest: str, src_format: str, dst_format: str,
     }
 
 
+def source_bytes(path: str) -> Optional[int]:
+    """The size of a local source as its bytes: a regular file's, or a
+    block device's (from sysfs, readable without privilege); None when
+    neither can be told."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISBLK(st.st_mode):
+        sysfs = '/sys/dev/block/%d:%d/size' % (
+            os.major(st.st_rdev), os.minor(st.st_rdev))
+        try:
+            with open(sysfs) as f:
+                return int(f.read().strip()) * 512
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def virtual_size(data: Any) -> Optional[int]:
+    """The virtual size, in bytes, of a caller's ``QemuImgInfo`` (cinder's
+    and nova's have the same attribute), if it has a usable one."""
+    size = getattr(data, 'virtual_size', None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    return None
+
+
+def expected_size(source: str, src_format: str,
+                  data: Any = None) -> Optional[int]:
+    """The largest virtual size the caller expects of ``source``: what
+    its own inspection found (``data``), or, for a raw source, its size.
+    Sent as ``max_bytes``: a source that grew or changed after the
+    caller judged it is refused before anything is written."""
+    size = virtual_size(data)
+    if size is None and src_format.lower() == 'raw':
+        size = source_bytes(source)
+    return size
+
+
 def process_error(err: exception.AccelError,
                   args: dict[str, Any]) -> Exception:
     """``err`` as the ``ProcessExecutionError`` of a failed qemu-img run:

@@ -10,21 +10,24 @@ fallbacks.
 
 Sent to the daemon: a local file to a local file, both in the daemon's
 ``allowed_dirs`` (or block devices matching its ``allowed_block_devices``,
-written in place), both formats known to it.  An existing ``dest`` file is
-replaced; ``compress`` applies to qcow2 outputs (nova's snapshot
-extraction converts to qcow2 with ``compress=True``).  The daemon runs
-privileged and inspects the source itself: ``run_as_root`` and
-``instances_path`` are not used.
+written in place), both formats known to it, with the virtual size nova
+expects as ``max_bytes`` (a raw source's size, or what nova's own
+``qemu_img_info`` finds, as its callers did just before), so that a source
+that grew or changed since is refused before anything is written.  An
+existing ``dest`` file is replaced; ``compress`` applies to qcow2 outputs
+(nova's snapshot extraction converts to qcow2 with ``compress=True``).
+The daemon runs privileged and inspects the source itself:
+``run_as_root`` and ``instances_path`` are not used.
 
 Everything else goes to nova's own function with the same arguments, each
 reason logged once at info: no input format (nova's own refusal, a
 ``RuntimeError``), encryption (``src_encryption``/``dest_encryption``),
 URIs, ``/dev/`` paths other than the devices the daemon allows, paths
 outside the daemon's directories, formats it does not convert, a daemon
-that does not answer, and a qcow2 whose header names a backing file: the
-delta of a live snapshot of a qcow2-backed instance, which nova flattens
-with its own qemu-img run and which the daemon, never following a backing
-file, would refuse.
+that does not answer, a source whose size nova cannot tell, and a qcow2
+whose header names a backing file: the delta of a live snapshot of a
+qcow2-backed instance, which nova flattens with its own qemu-img run and
+which the daemon, never following a backing file, would refuse.
 
 Errors, as nova's callers expect them from a failed qemu-img run:
 
@@ -150,8 +153,31 @@ def _plan(source: str, dest: str, in_format: Optional[str],
                                     in_format, out_format)
     if refusal:
         raise _fallback_log.fallback(refusal)
-    return client, common.convert_args(source, dest, in_format, out_format,
-                                       compress)
+    args = common.convert_args(source, dest, in_format, out_format,
+                               compress)
+    args['max_bytes'] = _expected_size(source, in_format)
+    return client, args
+
+
+def _expected_size(source: str, in_format: str) -> int:
+    """The virtual size nova accepts for ``source``: a raw file's size, or
+    what nova's own (unprivileged, resource-limited) ``qemu_img_info``
+    finds, as nova's callers did just before; raise common.Fallback when
+    nova cannot tell."""
+    if in_format.lower() == 'raw':
+        size = common.source_bytes(source)
+    else:
+        from nova.virt import images
+        try:
+            size = common.virtual_size(
+                images.qemu_img_info(source, format=in_format))
+        except Exception as e:
+            LOG.debug('nova cannot inspect %s: %s', source, e)
+            size = None
+    if size is None:
+        raise _fallback_log.fallback(
+            "no expected size (nova's qemu_img_info cannot tell it)")
+    return size
 
 
 def _convert_error(err: exception.AccelError, args: dict[str, Any],

@@ -15,6 +15,7 @@ from unittest import mock
 from cinder import exception as cinder_exception
 from cinder.image import image_utils
 
+from accel_daemon import exception
 from accel_daemon.integrations import cinder as integration
 from accel_daemon.integrations import common
 import convertcase
@@ -23,6 +24,14 @@ from convertcase import no_strings
 from convertcase import qemu_img
 
 setUpModule, tearDownModule = convertcase.module_fixture('cinder-convert')
+
+
+def info(path, fmt):
+    """cinder's ``data`` for ``path``: what its qemu_img_info returns."""
+    from oslo_utils import imageutils
+    return imageutils.QemuImgInfo(
+        qemu_img('info', '--output=json', '-f', fmt, path).stdout,
+        format='json')
 
 
 class Base(convertcase.ConvertCase):
@@ -50,7 +59,7 @@ class Convert(Base):
 
         back = self.dest()
         integration.convert_image(qcow2, back, 'raw', src_format='qcow2',
-                                  compress=True)
+                                  compress=True, data=info(qcow2, 'qcow2'))
         self.assertSameImage(raw, 'raw', back, 'raw')
         self.recorder.assert_not_called()
 
@@ -80,7 +89,8 @@ class Convert(Base):
         out = self.dest()
         with self.assertRaises(cinder_exception.ImageUnacceptable) as c:
             integration.convert_image(qcow2, out, 'raw', src_format='qcow2',
-                                      image_id='img-1')
+                                      image_id='img-1',
+                                      data=info(qcow2, 'qcow2'))
         self.assertIn('img-1', str(c.exception))
         self.assertEqual(0, os.path.getsize(out))
         self.recorder.assert_not_called()
@@ -89,8 +99,41 @@ class Convert(Base):
         raw = self.raw_image()
         out = self.dest()
         with self.assertRaises(cinder_exception.ImageUnacceptable):
-            integration.convert_image(raw, out, 'raw', src_format='qcow2')
+            integration.convert_image(raw, out, 'raw', src_format='qcow2',
+                                      data=info(raw, 'raw'))
         self.assertEqual(0, os.path.getsize(out))
+
+    def test_a_source_larger_than_cinder_accepted_is_refused(self):
+        # cinder's inspection saw 4 MiB; the qcow2 the daemon opens is
+        # 64 MiB (it changed since): refused before anything is written.
+        raw = self.raw_image()
+        qcow2 = self.dest()
+        integration.convert_image(raw, qcow2, 'qcow2', src_format='raw')
+        seen = info(qcow2, 'qcow2')
+        qemu_img('resize', '-f', 'qcow2', qcow2, '64M')
+        out = self.dest()
+        with self.assertRaises(cinder_exception.ImageUnacceptable) as c:
+            integration.convert_image(qcow2, out, 'raw', src_format='qcow2',
+                                      data=seen, image_id='img-3')
+        self.assertIsInstance(c.exception.accel_error,
+                              exception.SizeLimitExceeded)
+        self.assertEqual(0, os.path.getsize(out))
+        self.recorder.assert_not_called()
+
+    def test_the_expected_size_is_sent(self):
+        raw = self.raw_image()
+        qcow2 = self.dest()
+        with mock.patch.object(integration.AccelClient, 'convert',
+                               autospec=True,
+                               side_effect=integration.AccelClient.convert
+                               ) as sent:
+            integration.convert_image(raw, qcow2, 'qcow2', src_format='raw')
+            integration.convert_image(qcow2, self.dest(), 'raw',
+                                      src_format='qcow2',
+                                      data=info(qcow2, 'qcow2'))
+        # A raw source's size; the virtual size in cinder's data.
+        self.assertEqual([4 * MIB, 4 * MIB],
+                         [c.kwargs['max_bytes'] for c in sent.call_args_list])
 
 
 class Fallback(convertcase.FallbackCase, Base):
@@ -120,6 +163,9 @@ class Fallback(convertcase.FallbackCase, Base):
         self.assertFallsBack(raw, '/dev/sdz', 'raw', src_format='raw')
         self.assertFallsBack(raw, out, 'raw', src_format='raw',
                              skip_create=True)
+        # A format with metadata and no data of cinder's: nothing tells
+        # the size cinder expects.
+        self.assertFallsBack(raw, out, 'raw', src_format='qcow2')
         outside = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, outside)
         self.assertFallsBack(raw, os.path.join(outside, 'x'), 'raw',
@@ -142,6 +188,43 @@ class Plumbing(unittest.TestCase):
         self.assertEqual(
             no_strings(inspect.signature(image_utils.convert_image)),
             no_strings(inspect.signature(integration.convert_image)))
+
+    def test_fetch_to_volume_format_signature_is_cinders(self):
+        self.assertEqual(
+            no_strings(inspect.signature(
+                integration.original_fetch_to_volume_format())),
+            no_strings(inspect.signature(
+                integration.fetch_to_volume_format)))
+
+    def test_install_refuses_another_fetch_and_changes_nothing(self):
+        def other(context, image_service, image_id, dest, volume_format,
+                  blocksize, size=None):
+            pass
+        convert = image_utils.convert_image
+        with mock.patch.object(integration._fetch_to_volume_format, 'func',
+                               None), \
+                mock.patch.object(image_utils, 'fetch_to_volume_format',
+                                  other):
+            with self.assertRaisesRegex(RuntimeError, 'signature'):
+                integration.install()
+            self.assertIs(other, image_utils.fetch_to_volume_format)
+            self.assertIs(convert, image_utils.convert_image)
+
+    def test_the_volume_size_is_kept_for_the_thread_while_fetching(self):
+        seen = []
+
+        def fetch(*args, **kwargs):
+            seen.append(integration._volume_bytes())
+        with mock.patch.object(integration._fetch_to_volume_format, 'func',
+                               fetch):
+            integration.fetch_to_volume_format(
+                None, None, 'img', '/dev/null', 'raw', '1M', size=3)
+            integration.fetch_to_volume_format(
+                None, None, 'img', '/dev/null', 'raw', '1M')
+        self.assertEqual([3 * 1024 * MIB, None], seen)
+        self.assertIsNone(integration._volume_bytes())
+        self.assertEqual(3 * 1024 * MIB + 48 * MIB + 64 * MIB,
+                         integration.decompressed_cap(3 * 1024 * MIB))
 
     def test_original_is_cinders_and_install_keeps_it(self):
         convertcase.install_kept(self, integration, image_utils)
@@ -170,7 +253,6 @@ class Plumbing(unittest.TestCase):
     def test_other_errors_are_process_execution_errors(self):
         from oslo_concurrency import processutils
 
-        from accel_daemon import exception
         args = {'src': '/a', 'dst': '/b', 'src_format': 'raw',
                 'dst_format': 'qcow2'}
         err = exception.NoSpace(path='/b')

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import zlib
 
 from oslo_concurrency import processutils
 
@@ -28,12 +29,14 @@ from cinder.image import accelerator
 from cinder.image import image_utils
 
 from accel_daemon.engine import paths
+from accel_daemon import exception
 from accel_daemon.integrations import cinder as integration
 from accel_daemon.integrations import common
 import cinderflows
 import realdaemon
 
 MIB = realdaemon.MIB
+GIB = 1024 * MIB
 SIZE = 24 * MIB
 ImageService = cinderflows.ImageService
 read, write = cinderflows.read, cinderflows.write
@@ -209,10 +212,44 @@ class FetchToVolumeFormat(Base):
         image_id = service.add(self.gzipped_image(source, fmt), fmt,
                                'compressed')
         image_utils.fetch_to_volume_format(
-            CTX, service, image_id, dest, 'raw', '1M', run_as_root=True)
+            CTX, service, image_id, dest, 'raw', '1M', size=1,
+            run_as_root=True)
+        done = cinderflows.new_tasks(DAEMON, self.before)
         self.assertEqual([('decompress', 'succeeded'),
-                          ('convert', 'succeeded')], self.tasks())
+                          ('convert', 'succeeded')],
+                         [(t['kind'], t['state']) for t in done])
+        # What cinder expects travels with each call: the 1 GiB volume
+        # (with room for an image format's metadata) caps the inflated
+        # image, which must be gzip; the virtual size cinder's inspection
+        # accepted caps the conversion.
+        unpack, convert = (t['params'] for t in done)
+        self.assertEqual('gzip', unpack['container'])
+        self.assertEqual(integration.decompressed_cap(GIB),
+                         unpack['max_bytes'])
+        self.assertEqual(SIZE, convert['max_bytes'])
         return source
+
+    def test_an_image_larger_than_the_volume_is_refused_while_inflated(self):
+        # 1.25 GiB of zeros, gzip'd (about 1 MB), for a 1 GiB volume: the
+        # daemon stops inflating at the cap, before cinder's own check of
+        # the virtual size (which only comes after the whole image is
+        # written out).
+        inflated = GIB + GIB // 4
+        pack = zlib.compressobj(1, zlib.DEFLATED, 31)
+        zeros = bytes(64 * MIB)
+        bomb = b''.join(pack.compress(zeros)
+                        for _ in range(inflated // len(zeros))) + \
+            pack.flush()
+        service = ImageService()
+        image_id = service.add(bomb, 'raw', 'compressed')
+        dest = self.old_volume('volume-f3')
+        with self.assertRaises(cinder_exception.CinderAcceleratorError) as c:
+            image_utils.fetch_to_volume_format(
+                CTX, service, image_id, dest, 'raw', '1M', size=1)
+        self.assertIsInstance(c.exception.accel_error,
+                              exception.SizeLimitExceeded)
+        self.assertEqual([('decompress', 'failed')], self.tasks())
+        self.assertEqual(b'\x5a' * SIZE, read(dest))
 
     def test_gzipped_qcow2_onto_a_file_volume(self):
         dest = self.old_volume('volume-f1')
@@ -314,17 +351,22 @@ class RefusedImages(Base):
         self.assertEqual([('decompress', 'succeeded')], self.tasks())
 
     def test_backing_file_refused_by_the_daemon(self):
-        # The same image handed to convert_image (cinder's, switched over)
-        # without cinder's own inspection first: the daemon refuses it.
+        # cinder inspected a plain qcow2 (its data); by the time the daemon
+        # opens it, its header names a host file as its backing file: the
+        # daemon refuses it.
         secret = write(os.path.join(ROOT, 'host-secret2.raw'),
                        b'host secret\n' * 4096)
-        image = realdaemon.qcow2_with_backing(
-            os.path.join(VOLUMES, 'backed.qcow2'), secret)
+        image = os.path.join(VOLUMES, 'backed.qcow2')
+        realdaemon.run('qemu-img', 'create', '-f', 'qcow2', image,
+                       str(len(b'host secret\n' * 4096)))
         self.addCleanup(os.unlink, image)
+        data = image_utils.qemu_img_info(image)
+        os.unlink(image)
+        realdaemon.qcow2_with_backing(image, secret)
         dest = os.path.join(VOLUMES, 'volume-r2')
         with self.assertRaises(cinder_exception.ImageUnacceptable) as c:
             image_utils.convert_image(image, dest, 'raw', src_format='qcow2',
-                                      image_id='backed')
+                                      image_id='backed', data=data)
         self.assertIsInstance(c.exception.accel_error, common.REFUSALS)
         self.assertFalse(os.path.lexists(dest))
         self.assertEqual([('convert', 'failed')], self.tasks())

@@ -57,6 +57,35 @@ class Convert(Base):
         self.assertSameImage(raw, 'raw', back, 'raw')
         self.recorder.assert_not_called()
 
+    def test_the_size_nova_sees_is_sent_and_a_larger_source_refused(self):
+        raw = self.raw_image()
+        qcow2 = self.dest()
+        integration.convert_image(raw, qcow2, 'raw', 'qcow2')
+        with mock.patch.object(integration.AccelClient, 'convert',
+                               autospec=True,
+                               side_effect=integration.AccelClient.convert
+                               ) as sent:
+            integration.convert_image(qcow2, self.dest(), 'qcow2', 'raw')
+        self.assertEqual(os.path.getsize(raw),
+                         sent.call_args.kwargs['max_bytes'])
+        # The source grows between nova's look at it and the daemon's:
+        # refused, typed, before anything is written.
+        real = images.qemu_img_info
+
+        def seen_before_it_grew(path, format=None):
+            data = real(path, format=format)
+            qemu_img('resize', '-f', 'qcow2', path, '64M')
+            return data
+        out = self.dest(exists=True)
+        with mock.patch.object(images, 'qemu_img_info',
+                               seen_before_it_grew), \
+                self.assertRaises(nova_exception.ImageUnacceptable) as c:
+            integration.convert_image(qcow2, out, 'qcow2', 'raw')
+        self.assertIsInstance(c.exception.accel_error,
+                              exception.SizeLimitExceeded)
+        self.assertEqual(0, os.path.getsize(out))
+        self.recorder.assert_not_called()
+
     def test_privsep_twin(self):
         raw = self.raw_image()
         qcow2 = self.dest()
@@ -97,6 +126,15 @@ class Fallback(convertcase.FallbackCase, Base):
                              compress=True)
         self.assertLoggedOnce('backing file', delta, self.dest(), 'qcow2',
                               'raw')
+
+    def test_a_source_nova_cannot_inspect_goes_to_nova(self):
+        raw, out = self.raw_image(), self.dest()
+        with mock.patch.object(images, 'qemu_img_info',
+                               side_effect=processutils.ProcessExecutionError(
+                                   'qemu-img: Could not open')):
+            self.assertFallsBack(raw, out, 'qcow2', 'raw')
+        self.assertIn("no expected size (nova's qemu_img_info cannot tell "
+                      "it)", integration._fallbacks_logged)
 
     def test_absent_daemon_goes_to_nova(self):
         raw, out = self.raw_image(), self.dest()
