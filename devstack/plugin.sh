@@ -15,6 +15,13 @@
 #
 # It never creates or changes another service's directories.
 
+# The callers get broker accounts of their own when devstack runs the
+# broker here (rabbit enabled: devstack has started it before the install
+# phase); otherwise the daemon serves one caller on devstack's transport.
+function _accel_daemon_own_accounts {
+    is_service_enabled rabbit
+}
+
 function install_accel_daemon {
     setup_develop "$ACCEL_DAEMON_DIR"
     # No systemd unit of install.sh's own: devstack runs the daemon as
@@ -25,13 +32,28 @@ function install_accel_daemon {
     if [[ -f ${REQUIREMENTS_DIR:-}/upper-constraints.txt ]]; then
         pins="$REQUIREMENTS_DIR/upper-constraints.txt $pins"
     fi
-    local -a constraints=("PIP_CONSTRAINT=$pins")
+    local -a constraints=("PIP_CONSTRAINT=$pins") callers=()
+    local transport="" allowed=$ACCEL_DAEMON_ALLOWED_DIRS
+    if _accel_daemon_own_accounts; then
+        # One account and virtual host per service (tools/broker.sh): a
+        # request's caller is the login the broker admitted, and each
+        # service names only its own directories.  The operator's
+        # (accel-image as root) is the daemon's own images directory.
+        allowed=$ACCEL_DAEMON_STATE_DIR/images
+        if is_service_enabled c-vol; then
+            callers+=(--caller "cinder:$ACCEL_DAEMON_CINDER_DIRS")
+        fi
+        if is_service_enabled n-cpu; then
+            callers+=(--caller "nova:$ACCEL_DAEMON_NOVA_DIRS")
+        fi
+    else
+        transport=$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")
+    fi
     sudo "${constraints[@]}" \
         ACCEL_USER="$ACCEL_DAEMON_USER" ACCEL_PREFIX="$ACCEL_DAEMON_PREFIX" \
-        ACCEL_ALLOWED_DIRS="$ACCEL_DAEMON_ALLOWED_DIRS" \
-        ACCEL_TRANSPORT_URL="$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")" \
+        ACCEL_ALLOWED_DIRS="$allowed" ACCEL_TRANSPORT_URL="$transport" \
         ACCEL_SYSTEMD_UNIT=0 \
-        bash "$ACCEL_DAEMON_DIR/tools/install.sh"
+        bash "$ACCEL_DAEMON_DIR/tools/install.sh" "${callers[@]}"
     # The daemon's own allowed directory (install.sh makes it only when
     # the allowed directories are left at its default).
     sudo install -d -m 0750 -o "$ACCEL_DAEMON_USER" -g "$ACCEL_DAEMON_USER" \
@@ -45,8 +67,10 @@ function configure_accel_daemon {
     tmp=$(mktemp)
     # shellcheck disable=SC2024  # the copy is ours; only reading needs root
     sudo cat "$ACCEL_DAEMON_CONF" >"$tmp"
-    iniset "$tmp" DEFAULT transport_url \
-        "$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")"
+    if ! _accel_daemon_own_accounts; then
+        iniset "$tmp" DEFAULT transport_url \
+            "$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")"
+    fi
     iniset "$tmp" DEFAULT debug "${ENABLE_DEBUG_LOG_LEVEL:-True}"
     iniset "$tmp" accel_daemon allowed_dirs "$ACCEL_DAEMON_ALLOWED_DIRS"
     iniset "$tmp" accel_daemon_rpc host "$ACCEL_DAEMON_HOST"
@@ -59,21 +83,31 @@ function configure_accel_daemon {
     # nova-compute reads $NOVA_CPU_CONF, which devstack makes from
     # $NOVA_CONF after this phase, so nova's setting goes into $NOVA_CONF.
     if is_service_enabled c-vol; then
-        _accel_daemon_client_conf "$CINDER_CONF"
+        _accel_daemon_client_conf "$CINDER_CONF" cinder
     fi
     if is_service_enabled n-cpu; then
-        _accel_daemon_client_conf "$NOVA_CONF"
+        _accel_daemon_client_conf "$NOVA_CONF" nova
     fi
 }
 
+# _accel_daemon_client_conf CONF CALLER
 function _accel_daemon_client_conf {
+    local url
     iniset "$1" accel_daemon_client enabled True
     iniset "$1" accel_daemon_client host "$ACCEL_DAEMON_HOST"
     # The daemon's broker and virtual host, whatever the service's own
     # transport_url says: with cells v2 "superconductor" (devstack's
-    # default) nova-compute's names the cell's virtual host.
-    iniset "$1" accel_daemon_client transport_url \
-        "$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")"
+    # default) nova-compute's names the cell's virtual host.  With
+    # accounts of their own, the service's login that install.sh made
+    # (root-only until copied into the service's configuration).
+    if _accel_daemon_own_accounts; then
+        url=$(sudo python3 "$ACCEL_DAEMON_DIR/tools/inifile.py" get \
+            "$ACCEL_DAEMON_CONF_DIR/callers/$2.conf" accel_daemon_client \
+            transport_url)
+    else
+        url=$(get_transport_url "$ACCEL_DAEMON_RPC_VHOST")
+    fi
+    iniset "$1" accel_daemon_client transport_url "$url"
 }
 
 function start_accel_daemon {
@@ -90,6 +124,11 @@ function stop_accel_daemon {
 
 function cleanup_accel_daemon {
     pip_uninstall accel-daemon
+    if _accel_daemon_own_accounts; then
+        # The accounts and virtual hosts install.sh made on the broker.
+        sudo bash -c 'source "$1"; broker_forget operator cinder nova' \
+            cleanup "$ACCEL_DAEMON_DIR/tools/broker.sh"
+    fi
     sudo rm -rf "$ACCEL_DAEMON_PREFIX" "$ACCEL_DAEMON_CONF_DIR" \
         "$ACCEL_DAEMON_STATE_DIR" /etc/sudoers.d/accel-daemon
 }

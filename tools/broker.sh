@@ -74,3 +74,17 @@ broker_caller() {
     broker_vhost "accel-$1" "$BROKER_DAEMON_ACCOUNT" "accel-$1"
     broker_url "$BROKER_DAEMON_ACCOUNT" "accel-$1"
 }
+
+# broker_forget NAME...: remove each caller's account and virtual host, and
+# the daemon's account, from the broker and their kept passwords (devstack's
+# clean; what install.sh made for them).
+broker_forget() {
+    local name
+    for name in "$@"; do
+        rabbitmqctl -q delete_vhost "accel-$name" >/dev/null 2>&1 || true
+        rabbitmqctl -q delete_user "accel-$name" >/dev/null 2>&1 || true
+        rm -f "$BROKER_SECRETS/accel-$name"
+    done
+    rabbitmqctl -q delete_user "$BROKER_DAEMON_ACCOUNT" >/dev/null 2>&1 || true
+    rm -f "$BROKER_SECRETS/$BROKER_DAEMON_ACCOUNT"
+}

@@ -64,13 +64,56 @@ with AccelClient(conf) as client:
 '''
 
 
+# The callers the plugin gives broker accounts (devstack's rabbit on this
+# host), and every user and virtual host it makes for them and the daemon.
+CALLERS = ('operator', 'cinder', 'nova')
+BROKER_NAMES = {'accel-daemon'} | {'accel-' + c for c in CALLERS}
+
+
+def _rabbitmqctl(*args: str) -> list[str]:
+    out = subprocess.run(['rabbitmqctl', '-q', *args], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    return [line.split('\t')[0] for line in out.splitlines()[1:]
+            if line.strip()]
+
+
+def _broker_names() -> set[str]:
+    """The broker's users and virtual hosts."""
+    return set(_rabbitmqctl('list_users')) | set(_rabbitmqctl('list_vhosts'))
+
+
+def _broker_permissions(vhost: str) -> set[str]:
+    """The users with any permission on ``vhost``."""
+    return set(_rabbitmqctl('list_permissions', '-p', vhost))
+
+
+def _forget_broker_names() -> None:
+    for name in BROKER_NAMES:
+        subprocess.run(['rabbitmqctl', '-q', 'delete_vhost', name],
+                       capture_output=True, timeout=60)
+        subprocess.run(['rabbitmqctl', '-q', 'delete_user', name],
+                       capture_output=True, timeout=60)
+
+
+def _client_login(client: dict[str, str]) -> tuple[str, str]:
+    """(user, virtual host path) of an [accel_daemon_client] section."""
+    url = urllib.parse.urlsplit(client['transport_url'])
+    return url.username or '', url.path
+
+
 def _skip_unless_possible() -> None:
     if os.geteuid() != 0:
         pytest.skip('needs root (users, sudoers, mount namespace)')
-    for tool in ('unshare', 'nsenter', 'setpriv', 'useradd', 'visudo'):
+    for tool in ('unshare', 'nsenter', 'setpriv', 'useradd', 'visudo',
+                 'rabbitmqctl'):
         if shutil.which(tool) is None:
             pytest.skip('%s is missing' % tool)
     require_broker()
+    taken = BROKER_NAMES & _broker_names()
+    if taken:
+        # A deployment on this host (tools/install.sh): its accounts are
+        # the plugin's names; never touch them.
+        pytest.skip('the broker already has %s' % ', '.join(sorted(taken)))
 
 
 def _devstack_venv() -> str:
@@ -155,6 +198,9 @@ def stack():
         yield _Stack(ns, tmp, accounts.plain('stack'))
     finally:
         accounts.remove()
+        # What the plugin made on the broker, if the test failed before
+        # its clean phase removed it.
+        _forget_broker_names()
         # A failed test must not leave its daemon running.
         pidfile = os.path.join(tmp, 'status', 'accel-daemon.pid')
         if os.path.exists(pidfile):
@@ -352,16 +398,31 @@ def test_plugin_phases(stack):
     assert allowed == ['/var/lib/accel-daemon/images', stack.conversion,
                        stack.instances]
     assert daemon_conf['accel_daemon_rpc']['host'] == stack.host
+    # One broker account, virtual host and set of directories per service
+    # (and the operator's, for accel-image as root); devstack's own
+    # account is nobody's.
+    assert daemon_conf['accel_daemon_rpc']['callers'] == \
+        'operator,cinder,nova'
+    assert daemon_conf['caller:cinder']['allowed_dirs'] == stack.conversion
+    assert daemon_conf['caller:nova']['allowed_dirs'] == stack.instances
+    assert daemon_conf['caller:operator']['allowed_dirs'] == \
+        '/var/lib/accel-daemon/images'
+    assert stack.daemon_url.split('@')[0] not in conf
+    for caller in CALLERS:
+        assert _broker_permissions('accel-' + caller) == {
+            'accel-daemon', 'accel-' + caller}
     cinder = _ini(stack.cinder_conf)['accel_daemon_client']
-    client = {'enabled': 'True', 'host': stack.host,
-              'transport_url': stack.daemon_url}
-    assert cinder == client
+    assert _client_login(cinder) == ('accel-cinder', '/accel-cinder')
+    assert {k: cinder[k] for k in ('enabled', 'host')} == {
+        'enabled': 'True', 'host': stack.host}
     # devstack starts nova-compute after post-config: it copies $NOVA_CONF
     # over $NOVA_CPU_CONF (lib/nova, start_nova_compute), then runs
     # nova-compute --config-file $NOVA_CPU_CONF.
     shutil.copyfile(stack.nova_conf, stack.nova_cpu_conf)
     nova_cpu = _ini(stack.nova_cpu_conf)['accel_daemon_client']
-    assert nova_cpu == client
+    assert _client_login(nova_cpu) == ('accel-nova', '/accel-nova')
+    assert {k: nova_cpu[k] for k in ('enabled', 'host')} == {
+        'enabled': 'True', 'host': stack.host}
     assert _ini(stack.nova_cpu_conf)['DEFAULT']['transport_url'] \
         .endswith('/nova_cell1'), 'the service\'s own transport is kept'
     # Again: a second post-config changes nothing.
@@ -396,13 +457,15 @@ def test_plugin_phases(stack):
     caps = stack.capabilities(
         os.path.join(stack.prefix, 'venv', 'bin', 'python'),
         stack.cinder_conf, SERVICE_USER)
-    assert caps['allowed_dirs'] == allowed, 'started from the written config'
+    # cinder's login: cinder's directories only.
+    assert caps['allowed_dirs'] == [stack.conversion], \
+        'started from the written config'
     # As nova-compute: devstack's environment and $NOVA_CPU_CONF, whose
     # own transport_url names the cell's virtual host: the client's
     # [accel_daemon_client] transport_url reaches the daemon.
     caps = stack.capabilities(os.path.join(stack.venv, 'bin', 'python'),
                               stack.nova_cpu_conf, None, timeout=30)
-    assert caps['allowed_dirs'] == allowed
+    assert caps['allowed_dirs'] == [stack.instances]
     assert _owner_mode(stack.conversion) == cinder_dir
 
     # -- unstack
@@ -416,6 +479,7 @@ def test_plugin_phases(stack):
     for path in (stack.prefix, '/etc/accel-daemon', '/var/lib/accel-daemon',
                  '/etc/sudoers.d/accel-daemon'):
         assert not ns.exists(path), '%s survived clean' % path
+    assert not BROKER_NAMES & _broker_names(), 'clean left broker accounts'
     r = subprocess.run([os.path.join(stack.venv, 'bin', 'python'), '-c',
                         'import accel_daemon'], capture_output=True, cwd='/')
     assert r.returncode != 0, 'clean left accel-daemon in devstack\'s venv'
