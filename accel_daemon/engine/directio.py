@@ -13,10 +13,13 @@ ordinary descriptor.  The caller's fsync still makes the data durable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import ctypes
 import errno
 import mmap
 import os
+
+from accel_daemon.engine.extents import data_extents
 
 ALIGN = 4096
 
@@ -164,3 +167,34 @@ class AppendWriter:
             self._writer.close()
             self._buf.close()
             self._buf = None
+
+
+def copy_extents(src: int, dst: int, size: int,
+                 each: Callable[[int], None] | None = None,
+                 block_size: int = 8 * 1024 * 1024) -> None:
+    """Copy the data extents of ``src`` (``size`` bytes) into the empty
+    regular file ``dst`` at the same offsets, whole aligned blocks with
+    O_DIRECT where ``dst``'s file system takes it; holes stay holes and
+    ``dst`` ends ``size`` bytes long.  For file systems where the kernel
+    cannot move the bytes itself (another kind than ``src``'s): FUSE and
+    network file systems take buffered writes a page request at a time
+    (512 MiB into a FUSE mount here: 8.5 s buffered, 0.8 s direct).
+    ``each(n)`` is called after every block of ``n`` bytes."""
+    buf = AlignedBuffer(block_size)
+    out = BlockWriter(dst)
+    try:
+        for start, end in data_extents(src, size):
+            offset = start
+            while offset < end:
+                n = os.preadv(src, [buf.view[:min(block_size,
+                                                  end - offset)]], offset)
+                if n == 0:
+                    break
+                out.pwrite(buf.view[:n], offset, aligned_memory=True)
+                offset += n
+                if each is not None:
+                    each(n)
+        os.ftruncate(dst, size)
+    finally:
+        out.close()
+        buf.close()

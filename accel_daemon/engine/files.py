@@ -59,7 +59,7 @@ import threading
 
 from accel_daemon.engine import beneath
 from accel_daemon.engine import devices
-from accel_daemon.engine import extents
+from accel_daemon.engine import directio
 from accel_daemon.engine import paths
 from accel_daemon.engine.progress import Progress
 from accel_daemon import exception
@@ -462,8 +462,8 @@ class Output:
             self._create_named()
             check = None if progress is None else \
                 (lambda n: progress.check())
-            extents.copy_data(staged, self.fd, os.fstat(staged).st_size,
-                              each=check)
+            directio.copy_extents(staged, self.fd,
+                                  os.fstat(staged).st_size, each=check)
         finally:
             os.close(staged)
 

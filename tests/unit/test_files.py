@@ -220,14 +220,14 @@ def test_a_copy_in_that_fails_leaves_nothing(conf, allowed, staging,
                                              monkeypatch):
     # The caller's file system fills up halfway through the copy, after
     # the directory's owner renamed our temp name to keep it.
-    def full(src, dst, size, step=None, each=None):
+    def full(src, dst, size, each=None, block_size=None):
         os.pwrite(dst, b'half', 0)
         raise OSError(28, 'No space left on device')
 
     def keep(out):
         os.rename(allowed / out.temp_name, allowed / 'kept')
     on_copy_in(monkeypatch, keep)
-    monkeypatch.setattr(files.extents, 'copy_data', full)
+    monkeypatch.setattr(files.directio, 'copy_extents', full)
     with pytest.raises(OSError):
         with StagedOutput(conf, str(allowed / 'out')) as out:
             os.write(out.fd, b'accepted' * 1000)
