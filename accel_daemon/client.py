@@ -56,6 +56,7 @@ from accel_daemon import records
 from accel_daemon import request_ids
 from accel_daemon.rpc import rpcapi
 from accel_daemon.states import FINAL_STATES
+from accel_daemon import streamproto
 
 # A daemon that answers task_wait at once (its own max_task_wait is 0)
 # must not turn wait() into a busy loop.
@@ -358,6 +359,32 @@ class AccelClient:
             max_bytes=max_bytes, checksum=checksum, replace=replace,
             bps_limit=bps_limit, sparse=sparse, container=container))
 
+    def stream_in(self, dst: str, disk_format: str, dst_format: str,
+                  container: str | None = None,
+                  max_bytes: int | None = None,
+                  replace: bool = False,
+                  sparse: bool | None = None,
+                  target_is_zero: bool | None = None,
+                  context: Any = None) -> StreamWriter:
+        """Write the image this process streams to ``dst`` (API 1.4).
+
+        Returns a ``StreamWriter``: ``write()`` the image's bytes (as a
+        ``data=`` of glanceclient's download), then ``close()``, which
+        says the stream is complete and returns the task's result; or
+        ``abort()``.  Nothing is published before ``close()``."""
+        handle = self._submit(context, lambda api: api.stream_in(
+            self.host, dst, disk_format, dst_format, container=container,
+            max_bytes=max_bytes, replace=replace, sparse=sparse,
+            target_is_zero=target_is_zero))
+        stream = cast(dict, handle.task).pop('stream', None)
+        if not isinstance(stream, dict) or not stream.get('path') or \
+                not stream.get('token'):
+            handle.cancel()
+            raise exception.InternalError(
+                reason='the daemon answered stream_in without a stream')
+        return StreamWriter(handle, stream['path'], stream['token'],
+                            self.task_timeout)
+
     # -- tasks --------------------------------------------------------------
     def task(self, task_id: str, context: Any = None) -> TaskHandle:
         """A handle for an existing task (``TaskNotFound`` if unknown)."""
@@ -369,3 +396,143 @@ class AccelClient:
         ctxt, api = self._with(context)
         return [TaskHandle(self, t, ctxt)
                 for t in api.task_list(self.host, state, limit)]
+
+
+class StreamWriter:
+    """The writing end of one ``stream_in`` task (``accel_daemon.
+    streamproto``): ``write(data)`` the image, then ``close()`` (returns
+    the task's result, or raises its typed error) or ``abort()``.  As a
+    context manager, an exception inside aborts.
+
+    The daemon starts listening when the task starts: the first write
+    connects, waiting while the task is queued.  A failure on the daemon's
+    side (a refused image, a cap passed) breaks the connection; the
+    ``write()`` or ``close()`` that notices raises the task's own error.
+    Under eventlet the socket and the sleeps are green."""
+
+    _CONNECT_POLL = 0.2
+    _STATUS_EVERY = 2.0
+
+    def __init__(self, handle: TaskHandle, path: str, token: str,
+                 timeout: float | None) -> None:
+        self.task = handle
+        self.path = path
+        self._hello = streamproto.hello(token)
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self.sent = 0
+        self.closed = False
+
+    def __enter__(self) -> StreamWriter:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if kind is not None:
+            self.abort('%s in the writer' % kind.__name__)
+        elif not self.closed:
+            self.close()
+
+    def _connect(self) -> socket.socket:
+        deadline = time.monotonic() + (self._timeout or 24 * 3600.0)
+        next_status = time.monotonic() + self._STATUS_EVERY
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+                sock.sendall(self._hello)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+            except OSError:
+                sock.close()
+                raise
+            now = time.monotonic()
+            if now >= next_status:
+                # Still queued, or already over (refused, cancelled)?
+                task = self.task.status()
+                if task['state'] in FINAL_STATES:
+                    self._raise_outcome()
+                next_status = now + self._STATUS_EVERY
+            if now >= deadline:
+                self.task.cancel()
+                raise exception.TaskWaitTimeout(task_id=self.task.id,
+                                                timeout=self._timeout)
+            time.sleep(self._CONNECT_POLL)
+
+    def _send(self, data: bytes) -> None:
+        if self._sock is None:
+            self._sock = self._connect()
+        try:
+            self._sock.sendall(data)
+        except OSError:
+            # The daemon dropped us: its reason is the task's error.
+            self._drop()
+            self._raise_outcome()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            raise ValueError('write to a closed stream')
+        view = memoryview(data).cast('B')
+        while len(view):
+            n = min(len(view), streamproto.MAX_DATA)
+            self._send(streamproto.frame(streamproto.DATA, view[:n]))
+            self.sent += n
+            view = view[n:]
+
+    def close(self) -> records.Result | None:
+        """Say the stream is complete; the task's result once it ends."""
+        if self.closed:
+            return self.task.result
+        self.closed = True
+        self._send(streamproto.frame(
+            streamproto.COMPLETE, streamproto.COUNT.pack(self.sent)))
+        self._finish()
+        return self._outcome()
+
+    def abort(self, reason: str = 'aborted by the writer') -> None:
+        """Nothing is published; the task ends failed (StreamFailed)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._sock is None:
+            self.task.cancel()
+            return
+        try:
+            self._sock.sendall(streamproto.frame(
+                streamproto.ABORT,
+                reason.encode('utf-8')[:streamproto.MAX_REASON]))
+        except OSError:
+            pass
+        self._finish()
+        try:
+            self.task.wait()
+        except exception.AccelError:
+            pass
+
+    def _finish(self) -> None:
+        """Shut our side and wait until the daemon closes its own."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _outcome(self) -> records.Result | None:
+        return self.task.wait()
+
+    def _raise_outcome(self) -> None:
+        self.closed = True
+        self.task.wait()
+        raise exception.StreamFailed(task_id=self.task.id,
+                                     reason='the daemon closed the stream')

@@ -179,5 +179,10 @@ class TaskWaitTimeout(AccelError):
     msg_fmt = "Task %(task_id)s did not finish within %(timeout)s seconds"
 
 
+class StreamFailed(AccelError):
+    msg_fmt = ("The image stream of task %(task_id)s failed: %(reason)s; "
+               "nothing was published")
+
+
 class NoSpace(AccelError):
     msg_fmt = "No space left on the device holding %(path)s"

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 # The RPC API version: the endpoint serves it and the RPC client caps its
 # calls at it.  Bump the minor version with every new operation or argument
 # (``accel_daemon.rpc.rpcapi.AccelAPI`` keeps the history).
-API_VERSION = '1.3'
+API_VERSION = '1.4'
 
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 MAX_PATH = 4096
@@ -279,6 +279,24 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'container': _CONTAINER},
         'decompress, inspect, convert (cinder download)',
         engine_method='download', task=True),
+    # 1.4: the caller streams the image over a local socket
+    # (accel_daemon.streamproto); the task's answer says where, with a
+    # token for the submitter only.
+    Operation('stream_in', {
+        'dst': dataclasses.replace(
+            _DST, help='new output file or allowed block device'),
+        'disk_format': dataclasses.replace(
+            _FORMAT, help='claimed format of the streamed image'),
+        'dst_format': dataclasses.replace(_FORMAT, help='output format'),
+        'container': dataclasses.replace(
+            _CONTAINER, help='the compression of the stream: gzip or zstd '
+                             '(default: none)'),
+        'max_bytes': _MAX_BYTES, 'replace': _REPLACE, 'sparse': _SPARSE,
+        'target_is_zero': Field(boolean, required=False,
+                                help='the output device reads as zeros')},
+        'write an image streamed by the caller (inspect first, publish '
+        'on its complete trailer)',
+        engine_method='stream_in', task=True),
 )}
 
 CALLS: dict[str, Operation] = {op.name: op for op in (

@@ -20,8 +20,10 @@ they test.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,6 +76,12 @@ def merge(*layers: Sections) -> dict[str, dict[str, Any]]:
     return merged
 
 
+# The daemons' stream directories (made by their helpers), removed when
+# the tests end.
+_STREAMS = '/tmp/accel-test-streams'
+atexit.register(shutil.rmtree, _STREAMS, True)
+
+
 class DaemonProcess:
     """One accel-daemon under ``root``, answering as ``host``.
 
@@ -92,6 +100,7 @@ class DaemonProcess:
         self.state = os.path.join(self.root, 'state')
         self.config = os.path.join(self.root, 'accel-daemon.conf')
         self.log_path = os.path.join(self.root, 'daemon.log')
+        self.streams = os.path.join(_STREAMS, host)
         self.executable = os.path.join(os.path.dirname(sys.executable),
                                        'accel-daemon')
         self.sections = merge({
@@ -102,6 +111,9 @@ class DaemonProcess:
                              'staging_dir': os.path.join(self.root,
                                                          'staging')},
             'accel_daemon_rpc': {'host': host},
+            # A socket's path must fit in sun_path: a short directory.
+            'streams': {'socket_dir': self.streams, 'group': 'root',
+                        'allowed_users': 'root', 'idle_timeout': 10},
         }, sections)
         self.extra = extra
         self.proc: Optional[subprocess.Popen] = None

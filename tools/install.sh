@@ -31,7 +31,8 @@
 #                        local-constraints.txt)
 #
 # What it does: Debian packages from bindep.txt (runtime entries only); the
-# service user and the tools' user; /var/lib/accel-daemon (0750, owned by
+# service user, the tools' user and the image streams' group accel-streams
+# (which each --caller's service user, if it exists, joins); /var/lib/accel-daemon (0750, owned by
 # that user), its state/ (0700: the task journal and the lock) and
 # staging/ (root's, 0700: outputs made for a file system without
 # O_TMPFILE); a venv built from Debian's /usr/bin/python3 with a regular
@@ -48,6 +49,7 @@ USER_NAME=${ACCEL_USER:-accel-daemon}
 PREFIX=${ACCEL_PREFIX:-/opt/accel-daemon}
 VENV=$PREFIX/venv
 ALLOWED_DIRS=${ACCEL_ALLOWED_DIRS:-/var/lib/accel-daemon/images}
+STREAM_GROUP=accel-streams
 TRANSPORT_URL=${ACCEL_TRANSPORT_URL:-}
 CALLERS=()
 STATE=/var/lib/accel-daemon
@@ -77,6 +79,12 @@ make_user() {
             --shell /usr/sbin/nologin "$USER_NAME"
     fi
     ensure_tool_user "${ACCEL_TOOL_USER:-accel-tools}"
+    # The group that may enter the image streams' socket directory
+    # ([streams] group); each --caller's service user joins it.
+    if ! getent group "$STREAM_GROUP" >/dev/null; then
+        log "creating system group $STREAM_GROUP"
+        groupadd --system "$STREAM_GROUP"
+    fi
     install -d -m 0750 -o "$USER_NAME" -g "$USER_NAME" "$STATE"
     # The journal names every task's files, and the lock is the daemon's:
     # 0700, as the daemon itself makes it (doc/source/operations.rst).
@@ -183,7 +191,25 @@ configure_callers() {
         python3 "$ROOT/tools/caller_conf.py" "$conf" "$name" "$url" \
             "$dirs" "$devices"
         write_client_conf "$name"
+        allow_streams "$name"
     done
+}
+
+# A caller whose service runs as a system user of its name (cinder, nova)
+# may write image streams: it joins the stream group and [streams]
+# allowed_users.
+allow_streams() {
+    local name=$1 conf=$ETC/accel-daemon.conf users
+    getent passwd "$name" >/dev/null || return 0
+    usermod -a -G "$STREAM_GROUP" "$name"
+    users=$(python3 "$ROOT/tools/inifile.py" get "$conf" streams \
+        allowed_users)
+    case ",$users," in
+        *",$name,"*) ;;
+        *) python3 "$ROOT/tools/inifile.py" set "$conf" streams \
+               allowed_users "${users:+$users,}$name" ;;
+    esac
+    log "caller $name: may write image streams (group $STREAM_GROUP)"
 }
 
 # $ETC/callers/NAME.conf: what the caller's service sets, readable by the

@@ -79,6 +79,7 @@ from accel_daemon.rpc import endpoint as rpc_endpoint  # noqa: E402
 from accel_daemon.rpc import presence  # noqa: E402
 from accel_daemon.rpc import rpcapi  # noqa: E402
 from accel_daemon.rpc import server as rpc_server  # noqa: E402
+from accel_daemon import streamproto  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 CONF = accel_conf.CONF
@@ -156,21 +157,32 @@ def make_backend(conf: cfg.ConfigOpts) -> tuple[Any, Callable[[], None]]:
 
 
 def check_state_dir(conf: cfg.ConfigOpts) -> None:
-    """Refuse a state_dir or staging_dir that requests could name: the
-    journal holds every task's paths and results, the staging directory
-    outputs nobody may see before they are accepted, and an allowed
-    directory is the requests'."""
+    """Refuse a state_dir, staging_dir or stream socket_dir that requests
+    could name: the journal holds every task's paths and results, the
+    staging directory outputs nobody may see before they are accepted,
+    the stream sockets are the streams' only door, and an allowed
+    directory is the requests'.  A socket_dir too long for a socket's
+    path is refused too."""
     a = conf.accel_daemon
-    for option in ('state_dir', 'staging_dir'):
-        if not getattr(a, option):
+    dirs = [('state_dir', a.state_dir), ('staging_dir', a.staging_dir),
+            ('[streams] socket_dir', conf.streams.socket_dir)]
+    for option, value in dirs:
+        if not value:
             continue
-        own = os.path.realpath(getattr(a, option))
+        own = os.path.realpath(value)
         for allowed in a.allowed_dirs:
             root = os.path.realpath(allowed)
             if own == root or own.startswith(root.rstrip('/') + '/'):
                 raise SystemExit('[accel_daemon] %s %s is inside the '
                                  'allowed directory %s; move it out'
                                  % (option, own, allowed))
+    longest = streamproto.socket_path(conf.streams.socket_dir,
+                                      '00000000-0000-0000-0000-000000000000')
+    if len(longest.encode()) > streamproto.MAX_SOCKET_PATH:
+        raise SystemExit('[streams] socket_dir %s is too long for a socket '
+                         'path (at most %d bytes with a task id); choose a '
+                         'shorter one' % (conf.streams.socket_dir,
+                                          streamproto.MAX_SOCKET_PATH))
 
 
 def check_tool_user(conf: cfg.ConfigOpts) -> None:

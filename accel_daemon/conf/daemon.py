@@ -18,9 +18,10 @@ from accel_daemon.conf import compression
 from accel_daemon.conf import manager
 from accel_daemon.conf import qemu_img
 from accel_daemon.conf import rpc
+from accel_daemon.conf import streams
 from accel_daemon.engine.settings import Settings
 
-_MODULES = (accel, compression, qemu_img, manager, rpc)
+_MODULES = (accel, compression, qemu_img, manager, rpc, streams)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
@@ -54,4 +55,11 @@ def settings(conf: cfg.ConfigOpts) -> Settings:
         info_address_space=q.info_address_space_mib * 1024 * 1024,
         convert_coroutines=q.convert_coroutines,
         callers=callers.scopes(conf),
+        stream_dir=conf.streams.socket_dir,
+        stream_group=conf.streams.group or None,
+        stream_users=tuple(conf.streams.allowed_users),
+        stream_groups=tuple(conf.streams.allowed_groups),
+        stream_idle_timeout=float(conf.streams.idle_timeout),
+        stream_total_timeout=float(conf.streams.total_timeout),
+        max_streams=conf.streams.max_streams,
     )

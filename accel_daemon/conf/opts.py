@@ -10,12 +10,13 @@ from accel_daemon.conf import manager
 from accel_daemon.conf import privsep
 from accel_daemon.conf import qemu_img
 from accel_daemon.conf import rpc
+from accel_daemon.conf import streams
 
 
 def list_opts():
     result = []
-    for module in (accel, compression, qemu_img, manager, rpc, callers,
-                   privsep):
+    for module in (accel, compression, qemu_img, manager, rpc, streams,
+                   callers, privsep):
         result.extend(module.list_opts().items())
     return result
 

@@ -138,7 +138,7 @@ class CliCompressor(base.Compressor):
     @contextlib.contextmanager
     def open_decompressed(self, src_fd: int,
                           progress: Progress) -> Iterator[DecodingChild]:
-        os.lseek(src_fd, 0, os.SEEK_SET)
+        base.rewind(src_fd)
         child = DecodingChild(self.decompress_argv(), self.policy, src_fd,
                               paths.fd_path(src_fd))
         try:

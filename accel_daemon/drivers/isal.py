@@ -164,7 +164,7 @@ class IsalCompressor(base.Compressor):
         runs as a tool (tool user, no capability, Landlock), never in this
         process; it reads ``src_fd`` from offset 0 as its stdin."""
         name = paths.fd_path(src_fd)
-        os.lseek(src_fd, 0, os.SEEK_SET)
+        base.rewind(src_fd)
         dirs = [os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 for d in package_dirs()]
         try:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 import dataclasses
+import errno
+import os
 from types import MappingProxyType
 from typing import Any, ContextManager, Protocol
 
@@ -107,3 +109,13 @@ class Compressor(abc.ABC):
     def open_decompressed(self, src_fd: int, progress: Progress
                           ) -> ContextManager[Decompressed]:
         """A context manager yielding the decompressed bytes of src_fd."""
+
+
+def rewind(fd: int) -> None:
+    """Read ``fd`` from its start: a file is rewound, a pipe (an image
+    stream, ``engine.streams``) is read from where it is."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError as e:
+        if e.errno != errno.ESPIPE:
+            raise

@@ -38,6 +38,7 @@ from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
 from accel_daemon.options import Options
 from accel_daemon import records
+from accel_daemon import streamproto
 
 LOG = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ class Engine:
         self._running: dict[str, Progress] = {}
         # One box, shared with every for_caller() view: drivers load once.
         self._drivers_box: list[dict[str, base.Compressor] | None] = [drivers]
+        # Image streams (engine.streams): the key of their tokens, made
+        # here and never leaving this process, and their slots.
+        self._stream_key = os.urandom(32)
+        self._stream_slots = threading.BoundedSemaphore(
+            max(1, settings.max_streams))
 
     def for_caller(self, caller: str | None) -> Engine:
         """This engine as ``caller`` sees it: the same drivers, tasks and
@@ -90,6 +96,7 @@ class Engine:
         limit = self.settings.command_timeout
         progress = Progress(deadline=(time.monotonic() + limit
                                       if limit else None))
+        progress.task_id = task_id
         with self._lock:
             if task_id in self._running:
                 raise exception.InvalidRequest(
@@ -208,6 +215,32 @@ class Engine:
         options = self.admit(options)
         return pipelines.upload(self, progress, src, dst, src_format,
                                 disk_format, options)
+
+    def stream_in(self, progress: Progress, dst: str, disk_format: str,
+                  dst_format: str,
+                  options: Options = Options()) -> records.Result:
+        options = self.admit(options)
+        return pipelines.stream_in(self, progress, dst, disk_format,
+                                   dst_format, options)
+
+    @property
+    def stream_key(self) -> bytes:
+        return self._stream_key
+
+    def stream_token(self, task_id: str) -> str:
+        """The token a writer of ``task_id``'s stream must present: given
+        by the daemon to the caller that submitted the task only."""
+        return streamproto.token(self._stream_key, task_id)
+
+    @contextlib.contextmanager
+    def stream_slot(self) -> Iterator[None]:
+        """One of ``max_streams``; QueueFull at once when none is free."""
+        if not self._stream_slots.acquire(blocking=False):
+            raise exception.QueueFull(limit=self.settings.max_streams)
+        try:
+            yield
+        finally:
+            self._stream_slots.release()
 
     def download(self, progress: Progress, src: str, dst: str,
                  disk_format: str, dst_format: str,

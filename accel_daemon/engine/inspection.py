@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import os
 import stat
+from typing import Any
 
 from oslo_utils.imageutils import format_inspector as fi
 
@@ -108,25 +109,59 @@ def inspect_fd(fd: int, path: str, claimed: str) -> Inspected:
 def _detect(fd: int, path: str) -> list[fi.FileInspector]:
     """Feed the file to every inspector until they all decided."""
     with os.fdopen(os.dup(fd), 'rb', buffering=0) as f:
-        wrapper = fi.InspectWrapper(f)
-        _vmdk_default(wrapper)
-        read = 0
-        while read < _MAX_READ:
-            chunk = wrapper.read(_CHUNK)
-            if not chunk:
-                break
-            read += len(chunk)
-            if wrapper.formats is not None:
-                break
-        wrapper.close()
-        try:
-            found = wrapper.formats
-        except fi.ImageFormatError as e:
-            raise exception.ImageInspectionError(path=path, reason=str(e))
+        return _feed(f, path)[0]
+
+
+def _feed(source: Any, path: str) -> tuple[list[fi.FileInspector], bytes]:
+    """Feed ``source`` (``read(n)``) to every inspector until they all
+    decided (at most ``_MAX_READ`` bytes); the formats found and the bytes
+    read."""
+    wrapper = fi.InspectWrapper(source)
+    _vmdk_default(wrapper)
+    head = bytearray()
+    while len(head) < _MAX_READ:
+        chunk = wrapper.read(_CHUNK)
+        if not chunk:
+            break
+        head += chunk
+        if wrapper.formats is not None:
+            break
+    wrapper.close()
+    try:
+        found = wrapper.formats
+    except fi.ImageFormatError as e:
+        raise exception.ImageInspectionError(path=path, reason=str(e))
     if not found:
         raise exception.ImageInspectionError(
             path=path, reason='format could not be determined')
-    return found
+    return found, bytes(head)
+
+
+class _Reads:
+    """``read(n)`` of a stream that has ``readinto``."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def read(self, n: int) -> bytes:
+        buf = bytearray(n)
+        got = self._stream.readinto(buf)
+        return bytes(buf[:got])
+
+
+def inspect_head(stream: Any, path: str, claimed: str) -> tuple[bytes, str]:
+    """Judge the start of a stream (``readinto``) as ``inspect_fd`` judges a
+    file, before anything of it is written: one format, the one claimed,
+    safe.  Returns the bytes read, which come first in what is written,
+    and the format format_inspector found."""
+    fmt = qemu_img.input_format(claimed, 'inspection')
+    found_all, head = _feed(_Reads(stream), path)
+    found = _choose(found_all, fmt, path)
+    _check_claim(found, fmt, path)
+    _safety(found, path)
+    if str(found) == 'vmdk':
+        check_vmdk_extents(found, path)
+    return head, str(found)
 
 
 class _QuietVmdkProbe(logging.Filter):

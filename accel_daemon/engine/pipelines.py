@@ -17,10 +17,13 @@ output is ever published.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
 import dataclasses
 import os
 import secrets
-from typing import Protocol
+import time
+from typing import ContextManager, Protocol
 
 from accel_daemon.engine import compression
 from accel_daemon.engine.context import Context
@@ -28,10 +31,13 @@ from accel_daemon.engine import copy
 from accel_daemon.engine import driver as base
 from accel_daemon.engine import files
 from accel_daemon.engine import images
+from accel_daemon.engine import inspection
 from accel_daemon.engine import paths
 from accel_daemon.engine.progress import Phase
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
+from accel_daemon.engine import sparse
+from accel_daemon.engine import streams
 from accel_daemon import exception
 from accel_daemon.options import Options
 from accel_daemon import records
@@ -169,3 +175,161 @@ def stage_target(ctx: Context, dst: str, on_device: bool) -> str:
 
 def _same_format(a: str, b: str) -> bool:
     return (qemu_img.ALIASES.get(a, a) == qemu_img.ALIASES.get(b, b))
+
+
+# --- stream_in ---------------------------------------------------------------
+class StreamParts(Parts, Protocol):
+    """What ``stream_in`` uses of the engine besides ``Parts``."""
+
+    @property
+    def stream_key(self) -> bytes: ...
+
+    def stream_slot(self) -> ContextManager[None]: ...
+
+
+class _Prefixed:
+    """``head`` (what inspection read), then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: sparse.Readable) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            memoryview(buf).cast('B')[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._stream.readinto(buf)
+
+
+class _Decoded:
+    """The bytes of a gzip (or zstd) stream, inflated by an unprivileged
+    child that reads them from a pipe; a failure of the stream itself
+    (abort, a writer gone) is reported as such, not as the corrupt input
+    the child then sees."""
+
+    def __init__(self, feeder: streams.Feeder,
+                 stream: sparse.Readable) -> None:
+        self.feeder = feeder
+        self._stream = stream
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        try:
+            return self._stream.readinto(buf)
+        except exception.AccelError:
+            # The child gave up (or saw its input end): a stream that
+            # failed first is the reason; else the child's own.
+            self.feeder.close()
+            self.feeder.raise_error()
+            raise
+
+
+@contextlib.contextmanager
+def _decoded(engine: StreamParts, conn: streams.Connection,
+             container: str | None,
+             progress: Progress) -> Iterator[tuple[sparse.Readable, str]]:
+    """The image bytes of ``conn`` and what decoded them."""
+    if container is None:
+        yield conn, 'none'
+        return
+    decoder = compression.decoder_for(engine.drivers, container)
+    feeder = streams.Feeder(conn)
+    try:
+        with decoder.open_decompressed(feeder.read_fd, progress) as inner:
+            yield _Decoded(feeder, inner), decoder.name
+        feeder.join()
+        feeder.raise_error()
+    finally:
+        feeder.close()
+
+
+def stream_in(engine: StreamParts, progress: Progress, dst: str,
+              disk_format: str, dst_format: str,
+              opts: Options) -> records.Result:
+    """Write the image a caller streams (``engine.streams``) to ``dst``.
+
+    The start of the (inflated) image is judged before anything is
+    written (``inspection.inspect_head``: one format, the claimed one,
+    safe).  A raw image written as raw goes straight to ``dst``: holes for
+    zeros in a new file, every byte on a device.  Any other goes into one
+    unnamed stage, is inspected whole and converted as ``download`` does.
+    Nothing is published before the writer's ``complete`` trailer.
+    """
+    ctx = engine.ctx
+    disk_format = qemu_img.input_format(disk_format, 'stream_in')
+    dst_format = qemu_img.output_format(dst_format, 'stream_in')
+    on_device = ctx.confinement.device_name(dst)
+    if on_device and opts.replace:
+        raise exception.InvalidRequest(
+            reason='replace is for file outputs, not block devices')
+    name = 'the stream of task %s' % progress.task_id
+    limit = images.image_limit(ctx.settings, opts.max_bytes)
+    direct = disk_format == 'raw' and _same_format(disk_format, dst_format)
+    started = time.monotonic()
+    with engine.stream_slot(), \
+            streams.accept(ctx.settings, engine.stream_key, progress,
+                           progress.task_id) as conn, \
+            _decoded(engine, conn, opts.container, progress) as (data,
+                                                                 decoder):
+        head, detected = inspection.inspect_head(data, name, disk_format)
+        image = _Prefixed(head, data)
+        if direct:
+            with ctx.output(dst, devices=True, replace=opts.replace) as out:
+                # Zeros are holes in a new file and skipped on a device
+                # that reads as zeros; written on any other device.
+                size = sparse.copy_capped(image, out.fd, sparse.Flow(
+                    limit, name, progress,
+                    sparse=(opts.target_is_zero if out.is_device
+                            else opts.sparse),
+                    room=None if out.is_device else sparse.room(out.fd),
+                    truncate=not out.is_device))
+                _complete(conn, data)
+                out.commit(progress)
+            result: records.Result = {
+                'size': size, 'virtual_size': size,
+                'engine': 'stream', 'hardware': False}
+        else:
+            result = _staged(ctx, progress, image, conn, data, name, dst,
+                             on_device, disk_format, dst_format, opts)
+    result.update({'output': dst, 'disk_format': disk_format,
+                   'format': dst_format, 'bytes_in': conn.received,
+                   'decompress_engine': decoder, 'sha256': None,
+                   'wall_seconds': time.monotonic() - started})
+    return result
+
+
+def _complete(conn: streams.Connection, data: sparse.Readable) -> None:
+    """The writer's trailer says the stream is whole (the decoder, if
+    any, consumed it all: its feeder stopped at the trailer)."""
+    if isinstance(data, _Decoded):
+        data.feeder.join()
+        data.feeder.raise_error()
+    conn.finish()
+
+
+def _staged(ctx: Context, progress: Progress, image: sparse.Readable,
+            conn: streams.Connection, data: sparse.Readable, name: str,
+            dst: str, on_device: bool, disk_format: str, dst_format: str,
+            opts: Options) -> records.Result:
+    limit = images.image_limit(ctx.settings, opts.max_bytes)
+    with ctx.output(stage_target(ctx, dst, on_device),
+                    replace=opts.replace) as stage:
+        sparse.copy_capped(image, stage.fd, sparse.Flow(
+            compression.decompress_limit(ctx.settings, None), name,
+            progress, room=sparse.room(stage.fd)))
+        _complete(conn, data)
+        inner = stage.as_source(name)
+        found, _ = images.inspect_source(ctx, inner, disk_format, limit)
+        if _same_format(disk_format, dst_format) and not on_device:
+            stage.commit(progress)
+            return {'size': os.fstat(stage.fd).st_size,
+                    'virtual_size': found.virtual_size,
+                    'engine': 'stream', 'hardware': False}
+        with (ctx.output(dst, devices=True) if on_device
+              else stage.sibling()) as out:
+            result = images.convert_fds(ctx, progress, inner, out,
+                                        disk_format, dst_format, opts)
+            out.commit(progress)
+    result['virtual_size'] = found.virtual_size
+    return result

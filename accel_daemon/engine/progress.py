@@ -25,6 +25,8 @@ class Progress:
         # time.monotonic() past which the run may not wait (a paced flow
         # that would sleep beyond it fails instead: engine.throttle).
         self.deadline = deadline
+        # The task this is the progress of (Engine.task), if any.
+        self.task_id: str | None = None
 
     @property
     def done(self) -> int:

@@ -67,6 +67,17 @@ class Settings:
     # The callers and what each may name; empty: one caller, the host's
     # allowed_dirs and allowed_block_devices.
     callers: tuple[Scope, ...] = ()
+    # Image streams (engine.streams): where their sockets go, the group
+    # that may enter there, who may connect (user and group names; both
+    # empty: nobody), how long a stream may idle and last, and how many
+    # may run at once.
+    stream_dir: str = '/run/accel-daemon/streams'
+    stream_group: str | None = None
+    stream_users: tuple[str, ...] = ()
+    stream_groups: tuple[str, ...] = ()
+    stream_idle_timeout: float = 60.0
+    stream_total_timeout: float = 3 * 3600.0
+    max_streams: int = 8
 
     def scope(self, caller: str | None) -> Scope | None:
         """What ``caller`` may name (None: the host's whole envelope);

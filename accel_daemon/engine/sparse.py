@@ -96,6 +96,9 @@ class Flow:
     # Bytes of data (not holes) the output may take: the room its file
     # system has (``room``); None: no such cap.
     room: int | None = None
+    # Set the length of a sparse output at the end (a file); a device
+    # that reads as zeros has its length already.
+    truncate: bool = True
 
 
 def room(fd: int, margin: int = 64 * 1024 * 1024) -> int:
@@ -131,7 +134,7 @@ def copy_capped(stream: Readable, out_fd: int, flow: Flow) -> int:
     finally:
         out.close()
         buf.close()
-    if flow.sparse:
+    if flow.sparse and flow.truncate:
         # Trailing zeros were skipped: set the length explicitly.
         os.ftruncate(out_fd, total)
     return total

@@ -60,6 +60,11 @@ class Backend(Protocol):
 
     def reload_filters(self) -> int: ...
 
+    def stream_token(self, task_id: str) -> str:
+        """The token a writer of task ``task_id``'s image stream presents
+        (``engine.streams``); the key behind it never leaves the engine's
+        process."""
+
 
 class LocalBackend:
     """An Engine in-process; it has whatever privileges this process has."""
@@ -92,6 +97,9 @@ class LocalBackend:
 
     def reload_filters(self) -> int:
         return int(self.engine.reload_filters())
+
+    def stream_token(self, task_id: str) -> str:
+        return self.engine.stream_token(task_id)
 
 
 def reset_dead_channel(context: Any = None) -> bool:
@@ -160,3 +168,6 @@ class PrivsepBackend:
 
     def reload_filters(self) -> int:
         return call_entrypoint(ops.reload_filters)
+
+    def stream_token(self, task_id: str) -> str:
+        return call_entrypoint(ops.stream_token, task_id)

@@ -187,5 +187,10 @@ def discard_partial(dst: str, caller: str | None = None) -> list[str]:
 
 
 @_privileged
+def stream_token(task_id: str) -> str:
+    return engine().stream_token(_check_id(task_id))
+
+
+@_privileged
 def reload_filters() -> int:
     return int(engine().reload_filters())

@@ -42,6 +42,7 @@ from accel_daemon import exception
 from accel_daemon import operations
 from accel_daemon import records
 from accel_daemon import request_ids
+from accel_daemon import streamproto
 
 LOG = logging.getLogger(__name__)
 
@@ -235,6 +236,24 @@ class AccelEndpoint:
     @rpc_method
     def download(self, ctxt, **kwargs):
         return self._submit('download', kwargs, ctxt)
+
+    @rpc_method
+    def stream_in(self, ctxt, **kwargs):
+        task = self._submit('stream_in', kwargs, ctxt)
+        try:
+            token = self._backend.stream_token(task['id'])
+        except exception.AccelError:
+            # Nobody could write it: do not leave it waiting for a writer.
+            self._manager.cancel(task['id'], owner=self.caller.owner)
+            raise
+        # Only in this answer, to the caller that submitted the task: the
+        # task record (task_get, the journal) never holds the token.
+        answer: dict[str, Any] = dict(task)
+        answer['stream'] = {
+            'path': streamproto.socket_path(self._settings.stream_dir,
+                                            task['id']),
+            'token': token}
+        return answer
 
     @rpc_method
     def task_get(self, ctxt, **kwargs):

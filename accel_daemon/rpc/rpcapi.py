@@ -120,6 +120,9 @@ class AccelAPI:
     * 1.3 - container ('gzip' or 'zstd') on decompress and download: the
       compression the input must be, refused (CorruptInput) when its magic
       says otherwise.  Sent as 1.3 only when given.
+    * 1.4 - stream_in: the caller streams an image over a local socket
+      (``accel_daemon.streamproto``); the answer is the task plus
+      ``stream`` (the socket's path and the writer's one-time token).
 
     To add a method or an argument: bump the minor version of
     ``accel_daemon.operations.API_VERSION`` (the one constant the endpoint
@@ -267,6 +270,17 @@ class AccelAPI:
                          dst=dst, disk_format=disk_format,
                          dst_format=dst_format, max_bytes=max_bytes,
                          checksum=checksum, **extra)
+
+    def stream_in(self, host: str, dst: str, disk_format: str,
+                  dst_format: str, container: str | None = None,
+                  max_bytes: int | None = None, replace: bool = False,
+                  sparse: bool | None = None,
+                  target_is_zero: bool | None = None) -> records.Task:
+        return self.call(host, 'stream_in', version='1.4', dst=dst,
+                         disk_format=disk_format, dst_format=dst_format,
+                         container=container, max_bytes=max_bytes,
+                         replace=replace, sparse=sparse,
+                         target_is_zero=target_is_zero)
 
     def task_get(self, host: str, task_id: str) -> records.Task:
         return self.call(host, 'task_get', task_id=task_id)

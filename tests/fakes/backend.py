@@ -11,6 +11,7 @@ from typing import Any
 
 from accel_daemon.engine.progress import Progress
 from accel_daemon import exception
+from accel_daemon import streamproto
 
 
 class FakeBackend:
@@ -169,3 +170,7 @@ class FakeBackend:
     def reload_filters(self) -> int:
         self.filters_reloaded += 1
         return 0
+
+    def stream_token(self, task_id: str) -> str:
+        # A fixed key: the fake runs no stream, it only answers.
+        return streamproto.token(b'fake-backend-key', task_id)

@@ -76,6 +76,11 @@ class StubEngine:
     def task(self, task_id):
         yield None
 
+    def decompress(self, progress, src, dst, **kwargs):
+        self.calls.append(('decompress', src, dst, kwargs))
+        return {'output': dst, 'size': 1024, 'engine': 'isal',
+                'hardware': False}
+
     def compress(self, progress, src, dst, **kwargs):
         self.calls.append(('compress', src, dst, kwargs))
         time.sleep(self.seconds)
@@ -505,3 +510,23 @@ def test_debug_shows_the_traceback():
     assert rc == 1
     assert 'Traceback (most recent call last)' in err
     assert err.splitlines()[-1].startswith('accel-image: NoSpace: ')
+
+
+@pytest.mark.parametrize('container', ['gzip', 'zstd'])
+def test_container_is_a_name(tmp_path, monkeypatch, container):
+    monkeypatch.chdir(tmp_path)
+    engine = StubEngine()
+    rc, out, err = local(['decompress', 'in.gz', 'out.raw', '--container',
+                          container, '-f', 'json'], engine)
+    assert rc == 0, err
+    assert engine.calls[0][3]['options'].container == container
+    rc, out, err = local(['decompress', 'in.gz', 'out.raw', '--container',
+                          'bzip2'], engine)
+    assert rc == 2 and 'invalid choice' in err
+
+
+def test_stream_in_needs_the_daemon(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = local(['stream-in', '--disk-format', 'raw',
+                          '--dst-format', 'raw', 'out.raw'])
+    assert rc == 1 and 'needs the daemon' in err

@@ -181,3 +181,20 @@ def test_start_warns_when_hard_links_are_unprotected(tmp_path, caplog,
     with caplog.at_level(logging.WARNING):
         daemon.check_hardlinks(str(tmp_path))
     assert ('fs.protected_hardlinks is 0' in caplog.text) is warned
+
+
+def test_a_stream_socket_dir_too_long_or_inside_is_refused(conf, tmp_path):
+    conf.set_override('state_dir', str(tmp_path / 'state'),
+                      group='accel_daemon')
+    conf.set_override('socket_dir', '/run/' + 'x' * 70, group='streams')
+    with pytest.raises(SystemExit) as e:
+        daemon.check_state_dir(conf)
+    assert 'too long for a socket' in str(e.value)
+    conf.set_override('socket_dir', str(tmp_path / 'images' / 's'),
+                      group='streams')
+    with pytest.raises(SystemExit) as e:
+        daemon.check_state_dir(conf)
+    assert 'socket_dir' in str(e.value)
+    conf.set_override('socket_dir', '/run/accel-daemon/streams',
+                      group='streams')
+    daemon.check_state_dir(conf)

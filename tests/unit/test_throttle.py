@@ -320,9 +320,10 @@ def test_bps_limit_is_a_positive_integer(name, value):
         op.validate(dict(args, bps_limit=value))
 
 
-def test_sparse_on_convert_and_download_only():
+def test_sparse_on_convert_download_and_stream_in_only():
     for name, op in operations.OPERATIONS.items():
-        assert ('sparse' in op.fields) == (name in ('convert', 'download'))
+        assert ('sparse' in op.fields) == (
+            name in ('convert', 'download', 'stream_in'))
     args = {'src': '/a', 'dst': '/b', 'src_format': 'raw',
             'dst_format': 'raw'}
     assert operations.OPERATIONS['convert'].bind(args)['sparse'] is True

@@ -6,6 +6,7 @@ tasks list, show, wait and cancel."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from accel_daemon.cmd.cli import base
@@ -52,6 +53,11 @@ class TaskOperation(base.ShowOne):
                 parser.add_argument(flag, dest=name, default=None,
                                     action=argparse.BooleanOptionalAction,
                                     help=field.help)
+            elif field.check is operations.container:
+                parser.add_argument(flag, dest=name,
+                                    choices=operations.CONTAINERS,
+                                    required=field.required,
+                                    help=field.help)
             else:
                 kind = str if field.check in (operations.short_name,
                                               operations.path) else int
@@ -60,11 +66,16 @@ class TaskOperation(base.ShowOne):
                                     help=field.help)
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace) -> Any:
+    def params(self, parsed_args: argparse.Namespace) -> dict[str, Any]:
+        """The operation's arguments given on the command line, paths
+        made absolute."""
         op = operations.OPERATIONS[self.operation]
         params = {n: getattr(parsed_args, n) for n in op.fields
                   if getattr(parsed_args, n, None) is not None}
-        params = base.absolute(params, dict(op.fields))
+        return base.absolute(params, dict(op.fields))
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Any:
+        params = self.params(parsed_args)
         backend = self.backend()
         handle = backend.submit(self.operation, params)
         if self.app.options.no_wait and hasattr(handle, 'done'):
@@ -102,6 +113,33 @@ class Upload(TaskOperation):
 class Download(TaskOperation):
     """Decompress, inspect, convert (cinder's download)."""
     operation = 'download'
+
+
+class StreamIn(TaskOperation):
+    """Write the image read from standard input to DST, streamed to the
+    daemon (inspected before anything is written, published at the end
+    of the input); needs the daemon (not --local)."""
+    operation = 'stream_in'
+
+    CHUNK = 4 * 1024 * 1024
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Any:
+        params = self.params(parsed_args)
+        backend = self.backend()
+        if not isinstance(backend, base.Remote):
+            raise exception.InvalidRequest(
+                reason='stream-in needs the daemon (not --local)')
+        with backend.guard():
+            writer = backend.client.stream_in(**params)
+        stdin = sys.stdin.buffer
+        try:
+            while chunk := stdin.read(self.CHUNK):
+                writer.write(chunk)
+        except BaseException as e:
+            writer.abort('%s reading standard input' % type(e).__name__)
+            raise
+        writer.close()
+        return _outcome(writer.task.status())
 
 
 class TasksList(base.Lister):
