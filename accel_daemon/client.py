@@ -412,6 +412,8 @@ class StreamWriter:
 
     _CONNECT_POLL = 0.2
     _STATUS_EVERY = 2.0
+    # Bytes gathered before a data frame goes.
+    FRAME = 1024 * 1024
 
     def __init__(self, handle: TaskHandle, path: str, token: str,
                  timeout: float | None) -> None:
@@ -460,10 +462,13 @@ class StreamWriter:
                                                 timeout=self._timeout)
             time.sleep(self._CONNECT_POLL)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | memoryview,
+              header: bytes = b'') -> None:
         if self._sock is None:
             self._sock = self._connect()
         try:
+            if header:
+                self._sock.sendall(header)
             self._sock.sendall(data)
         except OSError:
             # The daemon dropped us: its reason is the task's error.
@@ -471,19 +476,33 @@ class StreamWriter:
             self._raise_outcome()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` (gathered into frames of ``FRAME`` bytes: callers
+        such as glanceclient write 64 KiB at a time)."""
         if self.closed:
             raise ValueError('write to a closed stream')
-        view = memoryview(data).cast('B')
-        while len(view):
-            n = min(len(view), streamproto.MAX_DATA)
-            self._send(streamproto.frame(streamproto.DATA, view[:n]))
-            self.sent += n
-            view = view[n:]
+        self._buf += memoryview(data).cast('B')
+        if len(self._buf) >= self.FRAME:
+            self._flush()
+
+    def _flush(self) -> None:
+        view = memoryview(self._buf)
+        try:
+            while len(view):
+                n = min(len(view), streamproto.MAX_DATA)
+                # The header, then the bytes themselves (no copy).
+                self._send(view[:n], streamproto.HEADER.pack(
+                    streamproto.DATA, n))
+                self.sent += n
+                view = view[n:]
+        finally:
+            view.release()
+        self._buf.clear()
 
     def close(self) -> records.Result | None:
         """Say the stream is complete; the task's result once it ends."""
         if self.closed:
             return self.task.result
+        self._flush()
         self.closed = True
         self._send(streamproto.frame(
             streamproto.COMPLETE, streamproto.COUNT.pack(self.sent)))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -190,7 +189,7 @@ def _paced_stdin(src_fd: int, bps_limit: int | None,
         yield src_fd
         return
     pacer = throttle.Pacer(bps_limit, progress)
-    block = throttle.step(bps_limit, _PIPE_SIZE)
+    block = throttle.step(bps_limit, base.PIPE_SIZE)
     errors: list[BaseException] = []
     r, w = os.pipe2(os.O_CLOEXEC)
 
@@ -219,20 +218,6 @@ def _paced_stdin(src_fd: int, bps_limit: int | None,
         raise errors[0]
 
 
-_F_SETPIPE_SZ = 1031     # fcntl.F_SETPIPE_SZ (Python >= 3.10 names it)
-_PIPE_SIZE = 1024 * 1024
-
-
-def _widen_pipe(fd: int) -> None:
-    """A 1 MiB pipe instead of 64 KiB: 16x fewer wake-ups between the
-    decompressing child and us while gigabytes go through."""
-    try:
-        fcntl.fcntl(fd, getattr(fcntl, 'F_SETPIPE_SZ', _F_SETPIPE_SZ),
-                    _PIPE_SIZE)
-    except OSError:
-        pass     # above /proc/sys/fs/pipe-max-size: keep the default
-
-
 class DecodingChild:
     """A decompressing child whose stdout is read through a pipe; its
     stdin is ``src_fd``, and it inherits ``pass_fds`` besides."""
@@ -246,7 +231,7 @@ class DecodingChild:
         self._error: BaseException | None = None
         policy.check(argv)             # refuse before creating anything
         self._r, self._w = os.pipe2(os.O_CLOEXEC)
-        _widen_pipe(self._r)
+        base.widen_pipe(self._r)
         self._thread = threading.Thread(
             target=self._run, args=(argv, policy, src_fd, pass_fds),
             daemon=True, name='decompress-child')

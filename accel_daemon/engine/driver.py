@@ -19,6 +19,7 @@ import abc
 from collections.abc import Mapping
 import dataclasses
 import errno
+import fcntl
 import os
 from types import MappingProxyType
 from typing import Any, ContextManager, Protocol
@@ -119,3 +120,17 @@ def rewind(fd: int) -> None:
     except OSError as e:
         if e.errno != errno.ESPIPE:
             raise
+
+
+_F_SETPIPE_SZ = 1031     # fcntl.F_SETPIPE_SZ (Python >= 3.10 names it)
+PIPE_SIZE = 1024 * 1024
+
+
+def widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: 16x fewer wake-ups between a
+    decoding child and us while gigabytes go through."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, 'F_SETPIPE_SZ', _F_SETPIPE_SZ),
+                    PIPE_SIZE)
+    except OSError:
+        pass     # above /proc/sys/fs/pipe-max-size: keep the default

@@ -43,6 +43,7 @@ import struct
 import threading
 import time
 
+from accel_daemon.engine import driver
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine.settings import Settings
 from accel_daemon import exception
@@ -197,6 +198,26 @@ class Connection:
         self.received += n
         return n
 
+    def splice_to(self, fd: int) -> int:
+        """Move the next data bytes into the pipe ``fd`` inside the kernel
+        (splice(2): they never enter this process); 0 at the trailer."""
+        if self.done:
+            return 0
+        if self._left == 0 and not self._next_frame():
+            return 0
+        self._wait_readable()
+        try:
+            n = os.splice(self.sock.fileno(), fd, self._left)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise self._fail('the connection broke: %s' % e) from None
+        if n == 0:
+            raise self._fail('the writer went away before its trailer')
+        self._left -= n
+        self.received += n
+        return n
+
     def drain(self) -> None:
         """Read on to the trailer (the consumer stopped at its end)."""
         buf = bytearray(64 * 1024)
@@ -290,28 +311,23 @@ def _admit(settings: Settings, listener: socket.socket, expected: str,
 
 
 class Feeder:
-    """Copies a ``Connection``'s bytes into a pipe a decoding child reads
-    (its stdin), in a thread; ``error`` is what stopped it, if anything."""
+    """Moves a ``Connection``'s bytes into a pipe a decoding child reads
+    (its stdin), in a thread, with splice(2); ``error`` is what stopped
+    it, if anything."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.error: BaseException | None = None
         self.read_fd, self._w = os.pipe2(os.O_CLOEXEC)
+        driver.widen_pipe(self._w)
         self._thread = threading.Thread(
             target=self._run, daemon=True, name='stream-feeder')
         self._thread.start()
 
     def _run(self) -> None:
-        buf = bytearray(1024 * 1024)
-        view = memoryview(buf)
         try:
-            while True:
-                n = self.conn.readinto(view)
-                if n == 0:
-                    break
-                written = 0
-                while written < n:
-                    written += os.write(self._w, view[written:n])
+            while self.conn.splice_to(self._w):
+                pass
         except BaseException as e:   # re-raised by the consumer
             self.error = e
         finally:
