@@ -91,6 +91,30 @@ def _stream_dir(settings: Settings) -> int:
     return fd
 
 
+_swept = threading.Lock()
+_sweep_done = False
+
+
+def _sweep_once(dir_fd: int) -> None:
+    """Remove the sockets a previous helper left (it died mid-stream: a
+    helper removes its own): only once per helper process, before its
+    first stream, when none of its own can be there yet."""
+    global _sweep_done
+    with _swept:
+        if _sweep_done:
+            return
+        _sweep_done = True
+        for name in os.listdir(dir_fd):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISSOCK(st.st_mode) and name.endswith('.sock'):
+                    os.unlink(name, dir_fd=dir_fd)
+                    LOG.info('Removed the stream socket %s a previous '
+                             'helper left', name)
+            except FileNotFoundError:
+                pass
+
+
 def _peer_allowed(settings: Settings, sock: socket.socket) -> str | None:
     """Why the peer of ``sock`` may not stream, None when it may."""
     pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(
@@ -241,6 +265,7 @@ def accept(settings: Settings, key: bytes, progress: Progress,
     if task_id is None:
         raise exception.InvalidRequest(reason='a stream needs a task')
     dir_fd = _stream_dir(settings)
+    _sweep_once(dir_fd)
     name = os.path.basename(proto.socket_path(settings.stream_dir, task_id))
     path = proto.socket_path(settings.stream_dir, task_id)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -461,3 +461,35 @@ def test_accel_image_stream_in_reads_standard_input(daemon):
     local = subprocess.run(argv[:3] + ['--local'] + argv[5:],
                            input=b'', capture_output=True, timeout=120)
     assert local.returncode == 1 and b'needs the daemon' in local.stderr
+
+
+@pytest.mark.rpc
+@pytest.mark.privsep
+def test_the_helper_killed_mid_stream_leaves_nothing(daemon):
+    from tests.functional import procwatch
+    dst = os.path.join(daemon.images, 'helper-killed.raw')
+    with daemon.client() as client:
+        writer = client.stream_in(dst, 'raw', 'raw')
+        writer.write(raw_image(2 * MiB))
+        writer._flush()
+        helpers = procwatch.daemon_pids(daemon.config)
+        assert helpers, 'no privsep helper'
+        for pid in helpers:
+            os.kill(pid, 9)
+        with pytest.raises(exception.AccelError) as caught:
+            for _ in range(64):
+                writer.write(raw_image(1 * MiB))
+            writer.close()
+        assert isinstance(caught.value, (exception.HelperUnavailable,
+                                         exception.StreamFailed))
+        assert not os.path.exists(dst)
+        # The next stream's helper removes the dead one's socket, and works.
+        image = raw_image(1 * MiB)
+        again = client.stream_in(os.path.join(daemon.images, 'after.raw'),
+                                 'raw', 'raw')
+        again.write(image)
+        again.close()
+    assert os.listdir(daemon.streams) == []
+    assert sorted(n for n in os.listdir(daemon.images)
+                  if n.startswith(('helper-killed', 'after'))) == [
+        'after.raw']
