@@ -32,6 +32,8 @@ function install_accel_daemon {
     if [[ -f ${REQUIREMENTS_DIR:-}/upper-constraints.txt ]]; then
         pins="$REQUIREMENTS_DIR/upper-constraints.txt $pins"
     fi
+    # devstack runs cinder-volume and nova-compute as $STACK_USER: that
+    # user may write image streams (stream_in).
     local -a constraints=("PIP_CONSTRAINT=$pins") callers=()
     local transport="" allowed=$ACCEL_DAEMON_ALLOWED_DIRS
     if _accel_daemon_own_accounts; then
@@ -52,7 +54,7 @@ function install_accel_daemon {
     sudo "${constraints[@]}" \
         ACCEL_USER="$ACCEL_DAEMON_USER" ACCEL_PREFIX="$ACCEL_DAEMON_PREFIX" \
         ACCEL_ALLOWED_DIRS="$allowed" ACCEL_TRANSPORT_URL="$transport" \
-        ACCEL_SYSTEMD_UNIT=0 \
+        ACCEL_STREAM_USERS="$STACK_USER" ACCEL_SYSTEMD_UNIT=0 \
         bash "$ACCEL_DAEMON_DIR/tools/install.sh" "${callers[@]}"
     # The daemon's own allowed directory (install.sh makes it only when
     # the allowed directories are left at its default).

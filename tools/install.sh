@@ -21,6 +21,8 @@
 #                        then set up, the daemon serves one caller
 #                        (default: accounts on the local RabbitMQ)
 #   ACCEL_TOOL_USER      the user the tools run as       (accel-tools)
+#   ACCEL_STREAM_USERS   comma-separated users that may write image
+#                        streams besides the --callers' own (none)
 #   ACCEL_SYSTEMD_UNIT_DIR  where the systemd unit goes  (/etc/systemd/system)
 #   ACCEL_SYSTEMD_RUN_DIR   present when systemd runs    (/run/systemd/system)
 #   ACCEL_SYSTEMD_UNIT      0: install no unit (a service manager of
@@ -50,6 +52,7 @@ PREFIX=${ACCEL_PREFIX:-/opt/accel-daemon}
 VENV=$PREFIX/venv
 ALLOWED_DIRS=${ACCEL_ALLOWED_DIRS:-/var/lib/accel-daemon/images}
 STREAM_GROUP=accel-streams
+STREAM_USERS=${ACCEL_STREAM_USERS:-}
 TRANSPORT_URL=${ACCEL_TRANSPORT_URL:-}
 CALLERS=()
 STATE=/var/lib/accel-daemon
@@ -195,9 +198,9 @@ configure_callers() {
     done
 }
 
-# A caller whose service runs as a system user of its name (cinder, nova)
-# may write image streams: it joins the stream group and [streams]
-# allowed_users.
+# A caller whose service runs as a system user of its name (cinder, nova),
+# and each of ACCEL_STREAM_USERS, may write image streams: it joins the
+# stream group and [streams] allowed_users.
 allow_streams() {
     local name=$1 conf=$ETC/accel-daemon.conf users
     getent passwd "$name" >/dev/null || return 0
@@ -238,6 +241,10 @@ install_etc() {
         "$ETC/accel-daemon.conf.sample"
     write_config
     configure_callers
+    local user
+    for user in ${STREAM_USERS//,/ }; do
+        allow_streams "$user"
+    done
     # The filters are the command boundary: owned by root, not writable by
     # the service user (tools/render_filters.py rewrites any path pattern
     # for the allowed directories; the shipped filters have none left).

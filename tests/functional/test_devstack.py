@@ -408,6 +408,13 @@ def test_plugin_phases(stack):
     assert daemon_conf['caller:operator']['allowed_dirs'] == \
         '/var/lib/accel-daemon/images'
     assert stack.daemon_url.split('@')[0] not in conf
+    # devstack's services run as STACK_USER: it may write image streams
+    # (and a caller whose name is a system user, as this test's cinder).
+    streamers = set(daemon_conf['streams']['allowed_users'].split(','))
+    assert stack.env['STACK_USER'] in streamers
+    assert streamers <= {stack.env['STACK_USER'], 'cinder', 'nova'}
+    members = ns.run(['getent', 'group', 'accel-streams']).stdout
+    assert stack.env['STACK_USER'] in members.strip().split(':')[3].split(',')
     for caller in CALLERS:
         assert _broker_permissions('accel-' + caller) == {
             'accel-daemon', 'accel-' + caller}
