@@ -291,7 +291,7 @@ def stream_in(engine: StreamParts, progress: Progress, dst: str,
                 'engine': 'stream', 'hardware': False}
         else:
             result = _staged(ctx, progress, image, conn, data, name, dst,
-                             on_device, disk_format, dst_format, opts)
+                             on_device, disk_format, dst_format, limit, opts)
     result.update({'output': dst, 'disk_format': disk_format,
                    'format': dst_format, 'bytes_in': conn.received,
                    'decompress_engine': decoder, 'sha256': None,
@@ -311,8 +311,7 @@ def _complete(conn: streams.Connection, data: sparse.Readable) -> None:
 def _staged(ctx: Context, progress: Progress, image: sparse.Readable,
             conn: streams.Connection, data: sparse.Readable, name: str,
             dst: str, on_device: bool, disk_format: str, dst_format: str,
-            opts: Options) -> records.Result:
-    limit = images.image_limit(ctx.settings, opts.max_bytes)
+            limit: int, opts: Options) -> records.Result:
     with ctx.output(stage_target(ctx, dst, on_device),
                     replace=opts.replace) as stage:
         sparse.copy_capped(image, stage.fd, sparse.Flow(

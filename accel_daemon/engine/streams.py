@@ -205,7 +205,7 @@ class Connection:
             self.done = True
             return False
         if kind == proto.ABORT:
-            reason = self._exact(min(length, proto.MAX_REASON)) \
+            reason = self._exact(length) \
                 if length <= proto.MAX_REASON else b''
             raise self._fail('the writer aborted it (%s)' % reason.decode(
                 'utf-8', 'replace')[:200])
@@ -266,8 +266,8 @@ def accept(settings: Settings, key: bytes, progress: Progress,
         raise exception.InvalidRequest(reason='a stream needs a task')
     dir_fd = _stream_dir(settings)
     _sweep_once(dir_fd)
-    name = os.path.basename(proto.socket_path(settings.stream_dir, task_id))
     path = proto.socket_path(settings.stream_dir, task_id)
+    name = os.path.basename(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bound = False
     try:
@@ -275,13 +275,13 @@ def accept(settings: Settings, key: bytes, progress: Progress,
             os.unlink(name, dir_fd=dir_fd)
         listener.bind(path)
         bound = True
-        os.chmod(name, 0o660, dir_fd=dir_fd, follow_symlinks=False)
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        os.chown(name, -1, os.fstat(dir_fd).st_gid, dir_fd=dir_fd,
-                 follow_symlinks=False)
         if not stat.S_ISSOCK(st.st_mode):
             raise exception.InternalError(reason='%s is not our socket'
                                           % path)
+        os.chmod(name, 0o660, dir_fd=dir_fd, follow_symlinks=False)
+        os.chown(name, -1, os.fstat(dir_fd).st_gid, dir_fd=dir_fd,
+                 follow_symlinks=False)
         listener.listen(4)
         expected = proto.token(key, task_id)
         idle = float(settings.stream_idle_timeout)

@@ -218,11 +218,17 @@ def test_a_wrong_count_publishes_nothing(env, engine):
     assert 'counted' in err.message
 
 
-def test_an_abort_publishes_nothing(env, engine):
+def _started(engine, env) -> tuple[Run, socket.socket]:
+    """A raw stream_in task whose writer has sent 2 MiB."""
     run = Run(engine, dst=env.path('v.raw'), disk_format='raw',
               dst_format='raw')
     s = run.connect()
     s.sendall(proto.frame(proto.DATA, raw_image(2 * MiB)))
+    return run, s
+
+
+def test_an_abort_publishes_nothing(env, engine):
+    run, s = _started(engine, env)
     s.sendall(proto.frame(proto.ABORT, b'glance checksum mismatch'))
     s.close()
     with pytest.raises(exception.StreamFailed) as caught:
@@ -233,10 +239,7 @@ def test_an_abort_publishes_nothing(env, engine):
 
 
 def test_an_idle_writer_times_out(env, engine):
-    run = Run(engine, dst=env.path('v.raw'), disk_format='raw',
-              dst_format='raw')
-    s = run.connect()
-    s.sendall(proto.frame(proto.DATA, raw_image(2 * MiB)))
+    run, s = _started(engine, env)
     with pytest.raises(exception.StreamFailed) as caught:
         run.wait(timeout=30)
     s.close()
@@ -338,10 +341,7 @@ def test_zstd_where_gzip_was_said_is_refused(env, engine):
 
 
 def test_a_cancel_ends_a_stream(env, engine):
-    run = Run(engine, dst=env.path('v.raw'), disk_format='raw',
-              dst_format='raw')
-    s = run.connect()
-    s.sendall(proto.frame(proto.DATA, raw_image(2 * MiB)))
+    run, s = _started(engine, env)
     deadline = time.monotonic() + 5
     while not engine.cancel(run.task_id):
         assert time.monotonic() < deadline
