@@ -42,11 +42,12 @@ other green threads keep running.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import logging
 import random
 import socket
 import time
-from typing import Any, Callable, cast
+from typing import Any, Callable, cast, NoReturn
 
 from oslo_config import cfg
 
@@ -376,14 +377,29 @@ class AccelClient:
             self.host, dst, disk_format, dst_format, container=container,
             max_bytes=max_bytes, replace=replace, sparse=sparse,
             target_is_zero=target_is_zero))
-        stream = cast(dict, handle.task).pop('stream', None)
-        if not isinstance(stream, dict) or not stream.get('path') or \
-                not stream.get('token'):
-            handle.cancel()
-            raise exception.InternalError(
-                reason='the daemon answered stream_in without a stream')
-        return StreamWriter(handle, stream['path'], stream['token'],
-                            self.task_timeout)
+        return StreamWriter(handle, *_stream_of(handle),
+                            timeout=self.task_timeout)
+
+    def stream_out(self, src: str, src_format: str, disk_format: str,
+                   compression: str | None = None,
+                   level: int | None = None,
+                   compress: bool | None = None,
+                   bps_limit: int | None = None,
+                   context: Any = None) -> StreamReader:
+        """Read the image of ``src``, as ``disk_format``, compressed with
+        ``compression`` (gzip or zstd; None: as it is) (API 1.5).
+
+        Returns a ``StreamReader``: ``open()`` waits until the daemon has
+        inspected (and, if needed, converted) the source and is ready to
+        send; ``read(n)`` then gives the bytes (as the ``data=`` of
+        glanceclient's upload) and ``b''`` once the daemon said they are
+        complete; ``close()`` returns the task's result."""
+        handle = self._submit(context, lambda api: api.stream_out(
+            self.host, src, src_format, disk_format,
+            compression=compression, level=level, compress=compress,
+            bps_limit=bps_limit))
+        return StreamReader(handle, *_stream_of(handle),
+                            timeout=self.task_timeout)
 
     # -- tasks --------------------------------------------------------------
     def task(self, task_id: str, context: Any = None) -> TaskHandle:
@@ -398,22 +414,30 @@ class AccelClient:
                 for t in api.task_list(self.host, state, limit)]
 
 
-class StreamWriter:
-    """The writing end of one ``stream_in`` task (``accel_daemon.
-    streamproto``): ``write(data)`` the image, then ``close()`` (returns
-    the task's result, or raises its typed error) or ``abort()``.  As a
-    context manager, an exception inside aborts.
+def _stream_of(handle: TaskHandle) -> tuple[str, str]:
+    """(socket path, token) of a streamed task's answer (never kept in
+    the task record)."""
+    stream = cast(dict, handle.task).pop('stream', None)
+    if not isinstance(stream, dict) or not stream.get('path') or \
+            not stream.get('token'):
+        handle.cancel()
+        raise exception.InternalError(
+            reason='the daemon answered %s without a stream'
+            % handle.task.get('operation'))
+    return stream['path'], stream['token']
 
-    The daemon starts listening when the task starts: the first write
-    connects, waiting while the task is queued.  A failure on the daemon's
-    side (a refused image, a cap passed) breaks the connection; the
-    ``write()`` or ``close()`` that notices raises the task's own error.
-    Under eventlet the socket and the sleeps are green."""
+
+class _Stream:
+    """One end of a streamed task's socket (``accel_daemon.streamproto``).
+
+    The daemon starts listening when the task starts: connecting waits
+    while the task is queued (and, for ``stream_out``, while the source is
+    inspected and converted), checking the task now and then: one that
+    ended (refused, cancelled) raises its own typed error.  Under eventlet
+    the socket and the sleeps are green."""
 
     _CONNECT_POLL = 0.2
     _STATUS_EVERY = 2.0
-    # Bytes gathered before a data frame goes.
-    FRAME = 1024 * 1024
 
     def __init__(self, handle: TaskHandle, path: str, token: str,
                  timeout: float | None) -> None:
@@ -422,18 +446,9 @@ class StreamWriter:
         self._hello = streamproto.hello(token)
         self._timeout = timeout
         self._sock: socket.socket | None = None
-        self._buf = bytearray()
-        self.sent = 0
         self.closed = False
-
-    def __enter__(self) -> StreamWriter:
-        return self
-
-    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
-        if kind is not None:
-            self.abort('%s in the writer' % kind.__name__)
-        elif not self.closed:
-            self.close()
+        # The typed error the stream ended with, if it failed.
+        self.error: exception.AccelError | None = None
 
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + (self._timeout or 24 * 3600.0)
@@ -461,6 +476,54 @@ class StreamWriter:
                 raise exception.TaskWaitTimeout(task_id=self.task.id,
                                                 timeout=self._timeout)
             time.sleep(self._CONNECT_POLL)
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _raise_outcome(self, reason: str = 'the daemon closed the stream'
+                       ) -> NoReturn:
+        """Raise the task's own error (it failed), else StreamFailed; kept
+        as ``error`` (a caller such as glanceclient may wrap it)."""
+        self.closed = True
+        self._drop()
+        try:
+            self.task.wait()
+            raise exception.StreamFailed(task_id=self.task.id,
+                                         reason=reason)
+        except exception.AccelError as e:
+            self.error = e
+            raise
+
+
+class StreamWriter(_Stream):
+    """The writing end of one ``stream_in`` task (``accel_daemon.
+    streamproto``): ``write(data)`` the image, then ``close()`` (returns
+    the task's result, or raises its typed error) or ``abort()``.  As a
+    context manager, an exception inside aborts.
+
+    The first write connects (``_Stream``).  A failure on the daemon's
+    side (a refused image, a cap passed) breaks the connection; the
+    ``write()`` or ``close()`` that notices raises the task's own error."""
+
+    # Bytes gathered before a data frame goes.
+    FRAME = 1024 * 1024
+
+    def __init__(self, handle: TaskHandle, path: str, token: str,
+                 timeout: float | None) -> None:
+        super().__init__(handle, path, token, timeout)
+        self._buf = bytearray()
+        self.sent = 0
+
+    def __enter__(self) -> StreamWriter:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if kind is not None:
+            self.abort('%s in the writer' % kind.__name__)
+        elif not self.closed:
+            self.close()
 
     def _send(self, data: bytes | memoryview,
               header: bytes = b'') -> None:
@@ -509,6 +572,12 @@ class StreamWriter:
         self._finish()
         return self._outcome()
 
+    def truncate(self, size: int = 0) -> int:
+        """What a caller does to a file it wrote when the image turned out
+        bad (nova's download, on a failed signature check): an abort."""
+        self.abort('the writer discarded what it wrote')
+        return size
+
     def abort(self, reason: str = 'aborted by the writer') -> None:
         """Nothing is published; the task ends failed (StreamFailed)."""
         if self.closed:
@@ -542,16 +611,122 @@ class StreamWriter:
             pass
         self._drop()
 
-    def _drop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
     def _outcome(self) -> records.Result | None:
         return self.task.wait()
 
-    def _raise_outcome(self) -> None:
+
+class StreamReader(_Stream):
+    """The reading end of one ``stream_out`` task (``accel_daemon.
+    streamproto``): ``read(n)`` gives the image's bytes, then ``b''`` once
+    the daemon's ``complete`` trailer arrived with the right count; an
+    ``abort`` trailer or a connection that ends without a trailer raises
+    the task's own typed error (``StreamFailed`` when it has none).
+    ``close()`` returns the task's result; closed early, the daemon's
+    task fails, sending nothing more.  Iterating gives chunks of up to
+    ``CHUNK`` bytes."""
+
+    CHUNK = 1024 * 1024
+
+    def __init__(self, handle: TaskHandle, path: str, token: str,
+                 timeout: float | None) -> None:
+        super().__init__(handle, path, token, timeout)
+        self.received = 0
+        self._left = 0               # of the current data frame
+        self.complete = False
+
+    def __enter__(self) -> StreamReader:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(self.CHUNK):
+            yield chunk
+
+    def open(self) -> StreamReader:
+        """Connect now: returns once the daemon is ready to send (the
+        source inspected, and converted if it had to be)."""
+        if self._sock is None and not self.closed:
+            self._sock = self._connect()
+        return self
+
+    def _exact(self, size: int) -> bytes:
+        sock = self.open()._sock
+        assert sock is not None
+        buf = bytearray()
+        while len(buf) < size:
+            try:
+                chunk = sock.recv(size - len(buf))
+            except OSError as e:
+                self._raise_outcome('the connection broke: %s' % e)
+            if not chunk:
+                self._raise_outcome('the daemon closed the stream before '
+                                    'its trailer')
+            buf += chunk
+        return bytes(buf)
+
+    def _next_frame(self) -> bool:
+        """Read a frame header; True when data follows, False at the
+        ``complete`` trailer."""
+        kind, length = streamproto.HEADER.unpack(
+            self._exact(streamproto.HEADER.size))
+        if kind == streamproto.DATA and 0 < length <= streamproto.MAX_DATA:
+            self._left = length
+            return True
+        if kind == streamproto.COMPLETE and \
+                length == streamproto.COUNT.size:
+            (count,) = streamproto.COUNT.unpack(self._exact(length))
+            if count != self.received:
+                self._raise_outcome('the daemon counted %d bytes, %d '
+                                    'arrived' % (count, self.received))
+            self.complete = True
+            return False
+        if kind == streamproto.ABORT and length <= streamproto.MAX_REASON:
+            reason = self._exact(length).decode('utf-8', 'replace')
+            self._raise_outcome('the daemon aborted it (%s)' % reason)
+        self._raise_outcome('a malformed frame %r of %d bytes'
+                            % (kind, length))
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (``n`` < 0: up to ``CHUNK``); ``b''`` at the
+        end of a complete image."""
+        if self.complete:
+            return b''
+        if self.closed:
+            raise ValueError('read from a closed stream')
+        if self._left == 0 and not self._next_frame():
+            return b''
+        want = min(self._left, self.CHUNK if n is None or n < 0 else n)
+        if want == 0:
+            return b''
+        sock = self._sock
+        assert sock is not None
+        try:
+            data = sock.recv(want)
+        except OSError as e:
+            self._raise_outcome('the connection broke: %s' % e)
+        if not data:
+            self._raise_outcome('the daemon closed the stream before its '
+                                'trailer')
+        self._left -= len(data)
+        self.received += len(data)
+        return data
+
+    def close(self) -> records.Result | None:
+        """The task's result once the image was read whole; before that,
+        the stream is cut (the task fails) and None is returned."""
+        if self.closed:
+            return self.task.result if self.complete else None
         self.closed = True
-        self.task.wait()
-        raise exception.StreamFailed(task_id=self.task.id,
-                                     reason='the daemon closed the stream')
+        connected = self._sock is not None
+        self._drop()
+        if not self.complete:
+            try:
+                if not connected:
+                    self.task.cancel()
+                self.task.wait()
+            except exception.AccelError:
+                pass
+            return None
+        return self.task.wait()

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 # The RPC API version: the endpoint serves it and the RPC client caps its
 # calls at it.  Bump the minor version with every new operation or argument
 # (``accel_daemon.rpc.rpcapi.AccelAPI`` keeps the history).
-API_VERSION = '1.4'
+API_VERSION = '1.5'
 
 _NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 MAX_PATH = 4096
@@ -297,6 +297,25 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
         'write an image streamed by the caller (inspect first, publish '
         'on its complete trailer)',
         engine_method='stream_in', task=True),
+    # 1.5: the daemon streams the image to the caller over a local socket,
+    # as stream_in's answer says.
+    Operation('stream_out', {
+        'src': _SRC,
+        'src_format': dataclasses.replace(_FORMAT, help='input format'),
+        'disk_format': dataclasses.replace(
+            _FORMAT, help='format of the image sent'),
+        'compression': dataclasses.replace(
+            _CONTAINER, help='compress what is sent: gzip or zstd '
+                             '(default: not compressed)'),
+        'level': Field(integer(1, 22), required=False,
+                       help='compression level'),
+        'compress': Field(boolean, required=False,
+                          help='compressed qcow2 clusters (only without '
+                               'compression: an image is deflated once)'),
+        'bps_limit': _BPS_LIMIT},
+        'send an image to the caller over a local socket (inspect first, '
+        'convert if needed, compress on all cores as it goes)',
+        engine_method='stream_out', task=True),
 )}
 
 CALLS: dict[str, Operation] = {op.name: op for op in (

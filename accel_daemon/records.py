@@ -39,7 +39,7 @@ The shape of a task (``Task``)::
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class TaskProgress(TypedDict):
@@ -126,6 +126,11 @@ class Capabilities(TypedDict):
     allowed_dirs: list[str]
     # Callers route a /dev path to the daemon only when it matches one.
     allowed_block_devices: list[str]
+    # 1.5: the API version the daemon serves, and the directory of its
+    # image streams' sockets (None: streams are off).  An older daemon
+    # sends neither.
+    api_version: NotRequired[str]
+    streams: NotRequired[str | None]
 
 
 class Task(TypedDict):

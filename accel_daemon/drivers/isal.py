@@ -233,7 +233,7 @@ class _Job:
         self.hasher = hasher
         # Paces the chunk reads (holes are not read, so not paced).
         self.pacer = pacer
-        self.out = directio.AppendWriter(dst_fd)
+        self.out = directio.appender(dst_fd)
         self.worker_cpu = 0.0
         self._cpu_lock = threading.Lock()
         self._zeros = bytes(chunk)

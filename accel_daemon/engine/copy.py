@@ -42,6 +42,30 @@ def copy_fd(src: int, dst: int, progress: Progress,
     return size
 
 
+def copy_fd_to_pipe(src: int, pipe: int, progress: Progress,
+                    bps_limit: int | None = None) -> int:
+    """Every byte of ``src`` (holes as zeros) into the pipe ``pipe``, moved
+    by the kernel (splice(2)), at most ``bps_limit`` bytes per second."""
+    size = os.fstat(src).st_size or os.lseek(src, 0, os.SEEK_END)
+    progress.set_total(size)
+    pacer = throttle.pacer(bps_limit, progress)
+    offset = 0
+    while offset < size:
+        progress.check()
+        n = os.splice(src, pipe, min(SPLICE_STEP, size - offset),
+                      offset_src=offset)
+        if n == 0:
+            break     # the source shrank: its check says so
+        offset += n
+        progress.set_done(offset)
+        if pacer is not None:
+            pacer.pace(n)
+    return offset
+
+
+SPLICE_STEP = 1024 * 1024
+
+
 def sha256_fd(fd: int, progress: Progress | None = None) -> str:
     """Hash the file open as ``fd`` from offset 0 (positional reads: the
     descriptor's offset is left alone); holes read as zeros, cheaply."""

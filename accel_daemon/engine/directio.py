@@ -18,6 +18,7 @@ import ctypes
 import errno
 import mmap
 import os
+import stat
 
 from accel_daemon.engine.extents import data_extents
 
@@ -113,6 +114,35 @@ class BlockWriter:
 
     def close(self) -> None:
         self._close_direct()
+
+
+class PipeWriter:
+    """``AppendWriter``'s interface for a pipe or a socket (an image
+    stream, ``engine.streams``): written as it comes, in order."""
+
+    direct = False
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast('B')
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+            self.written += n
+
+    def close(self) -> None:
+        pass
+
+
+def appender(fd: int) -> AppendWriter | PipeWriter:
+    """The sequential writer for ``fd``: ``AppendWriter`` for a file,
+    ``PipeWriter`` for anything that cannot seek."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return AppendWriter(fd)
+    return PipeWriter(fd)
 
 
 class AppendWriter:

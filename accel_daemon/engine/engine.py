@@ -35,6 +35,7 @@ from accel_daemon.engine import pipelines
 from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon.engine.settings import Settings
+from accel_daemon.engine import streams
 from accel_daemon import exception
 from accel_daemon.options import Options
 from accel_daemon import records
@@ -147,7 +148,21 @@ class Engine:
             # Callers route a /dev path here only when it matches one.
             'allowed_block_devices': list(
                 self.ctx.confinement.block_patterns),
+            'streams': self._streams_ready(),
         }
+
+    def _streams_ready(self) -> str | None:
+        """The stream sockets' directory, made if need be (callers check
+        they can enter it before they stream), None when streams are off
+        or the directory cannot be made."""
+        if not self.settings.stream_group:
+            return None
+        try:
+            os.close(streams.stream_dir(self.settings))
+        except (OSError, exception.AccelError) as e:
+            LOG.error('Image streams are unavailable: %s', e)
+            return None
+        return self.settings.stream_dir
 
     def image_info(self, path: str, format: str) -> dict[str, Any]:
         return images.info(self.ctx, path, format)
@@ -222,6 +237,13 @@ class Engine:
         options = self.admit(options)
         return pipelines.stream_in(self, progress, dst, disk_format,
                                    dst_format, options)
+
+    def stream_out(self, progress: Progress, src: str, src_format: str,
+                   disk_format: str, compression: str | None = None,
+                   options: Options = Options()) -> records.Result:
+        options = self.admit(options)
+        return pipelines.stream_out(self, progress, src, src_format,
+                                    disk_format, compression, options)
 
     @property
     def stream_key(self) -> bytes:

@@ -17,9 +17,11 @@ output is ever published.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterator
 import contextlib
 import dataclasses
+import hashlib
 import os
 import secrets
 import time
@@ -38,6 +40,7 @@ from accel_daemon.engine.progress import Progress
 from accel_daemon.engine import qemu_img
 from accel_daemon.engine import sparse
 from accel_daemon.engine import streams
+from accel_daemon.engine import throttle
 from accel_daemon import exception
 from accel_daemon.options import Options
 from accel_daemon import records
@@ -117,6 +120,8 @@ def download(engine: Parts, progress: Progress, src: str, dst: str,
         # Refused before anything is read or written (see files.Output).
         raise exception.InvalidRequest(
             reason='replace is for file outputs, not block devices')
+    if disk_format == 'raw' and _same_format(disk_format, dst_format):
+        return _download_raw(engine, progress, src, dst, opts)
     # Off the device, the stage is published as the output (or its
     # sibling is): both may then replace an existing file.
     with ctx.open_source(src) as source, \
@@ -161,6 +166,53 @@ def download(engine: Parts, progress: Progress, src: str, dst: str,
                    'cpu_seconds': (result.get('cpu_seconds') or 0.0)
                    + (unpacked.get('cpu_seconds') or 0.0)})
     return result
+
+
+def _download_raw(engine: Parts, progress: Progress, src: str, dst: str,
+                  opts: Options) -> records.Result:
+    """``download`` of a raw image to raw: inflated by the unprivileged
+    decoding child straight into ``dst``, its start judged before the
+    first write (as ``stream_in`` does), no stage."""
+    ctx = engine.ctx
+    started = time.monotonic()
+    device = bool(ctx.confinement.device_name(dst))
+    with ctx.open_source(src) as source:
+        fmt = compression.detect_format(source)
+        if opts.container is not None and fmt != opts.container:
+            raise exception.CorruptInput(
+                path=src, reason='%s data where %s was announced'
+                % (fmt, opts.container))
+        decoder = compression.decoder_for(engine.drivers, fmt)
+        bytes_in = source.size
+        size = max(1, bytes_in)
+        progress.set_total(size)
+        name = 'the decompressed image (inside %s)' % src
+        hasher = hashlib.sha256() if opts.checksum else None
+        with decoder.open_decompressed(source.fd, progress) as stream:
+            head, _ = inspection.inspect_head(stream, name, 'raw')
+            with ctx.output(dst, devices=True,
+                            replace=opts.replace) as out:
+                written = sparse.copy_capped(
+                    _Prefixed(head, stream), out.fd, sparse.Flow(
+                        images.image_limit(ctx.settings, opts.max_bytes),
+                        name, progress,
+                        sparse=(opts.target_is_zero if out.is_device
+                                else opts.sparse),
+                        hasher=None if device else hasher,
+                        pacer=throttle.pacer(opts.bps_limit, progress),
+                        room=None if out.is_device else sparse.room(out.fd),
+                        truncate=not out.is_device,
+                        zero_range=out.is_device))
+                out.commit(progress)
+    progress.set_done(size)
+    return {'output': dst, 'size': written, 'virtual_size': written,
+            'disk_format': 'raw', 'format': 'raw', 'bytes_in': bytes_in,
+            'engine': 'stream', 'hardware': False,
+            'decompress_engine': decoder.name,
+            'decompress_hardware': decoder.hardware,
+            'sha256': hasher.hexdigest() if hasher and not device else None,
+            'cpu_seconds': stream.cpu_seconds,
+            'wall_seconds': time.monotonic() - started}
 
 
 def stage_target(ctx: Context, dst: str, on_device: bool) -> str:
@@ -277,13 +329,15 @@ def stream_in(engine: StreamParts, progress: Progress, dst: str,
         if direct:
             with ctx.output(dst, devices=True, replace=opts.replace) as out:
                 # Zeros are holes in a new file and skipped on a device
-                # that reads as zeros; written on any other device.
+                # that reads as zeros; on any other device they are
+                # zeroed with fallocate(ZERO_RANGE) where it can, else
+                # written.
                 size = sparse.copy_capped(image, out.fd, sparse.Flow(
                     limit, name, progress,
                     sparse=(opts.target_is_zero if out.is_device
                             else opts.sparse),
                     room=None if out.is_device else sparse.room(out.fd),
-                    truncate=not out.is_device))
+                    truncate=not out.is_device, zero_range=out.is_device))
                 _complete(conn, data)
                 out.commit(progress)
             result: records.Result = {
@@ -331,4 +385,119 @@ def _staged(ctx: Context, progress: Progress, image: sparse.Readable,
                                         disk_format, dst_format, opts)
             out.commit(progress)
     result['virtual_size'] = found.virtual_size
+    return result
+
+
+# --- stream_out --------------------------------------------------------------
+def stream_out(engine: StreamParts, progress: Progress, src: str,
+               src_format: str, disk_format: str, compression: str | None,
+               opts: Options) -> records.Result:
+    """Send the image of ``src``, as ``disk_format`` and compressed with
+    ``compression`` (None: as it is), to the task's reader
+    (``engine.streams``).
+
+    The source is inspected first, as ``upload`` does.  A raw source sent
+    as raw is read once, straight from the file or device, and compressed
+    on all cores while it is sent.  Any other is converted by the
+    confined qemu-img into one unnamed stage (beside the source, or in
+    the first allowed directory for a device), which is then sent; its
+    clusters are compressed (``opts.compress``) only when nothing
+    compresses what is sent (an image is deflated once).  The
+    ``complete`` trailer goes only once everything sent is checked (the
+    source unchanged since its inspection); any failure sends ``abort``.
+    """
+    ctx = engine.ctx
+    disk_format = qemu_img.output_format(disk_format, 'stream_out')
+    comp = None if compression is None else compression_select(
+        engine, compression)
+    name = 'the stream of task %s' % progress.task_id
+    started = time.monotonic()
+    with ctx.open_source(src) as source:
+        before = source.identity()
+        found, _ = images.inspect_source(ctx, source, src_format,
+                                         ctx.settings.max_image_bytes)
+        span = max(1, found.virtual_size)
+        progress.set_total(2 * span)
+        with contextlib.ExitStack() as stack:
+            if found.format == 'raw' and _same_format(found.format,
+                                                      disk_format):
+                # Raw bytes are the guest's and name nothing: sent as
+                # they are, read once.
+                image, converted = source, False
+            else:
+                stage = stack.enter_context(ctx.output(stage_target(
+                    ctx, src, True) if source.is_device else
+                    os.path.join(os.path.dirname(src), paths.temp_name(
+                        'stage', secrets.token_hex(4)))))
+                images.convert_fds(
+                    ctx, Phase(progress, 0, span), source, stage,
+                    found.format, disk_format,
+                    # Deflated once: compressed clusters only when
+                    # nothing compresses what is sent.
+                    dataclasses.replace(opts, max_bytes=None,
+                                        compress=opts.compress
+                                        and comp is None))
+                image, converted = stage.as_source(name), True
+            result = _send(engine, progress, Phase(progress, span, span),
+                           image, comp, opts,
+                           lambda: images.check_unchanged(source, before))
+    progress.set_done(2 * span)
+    result.update({'disk_format': disk_format, 'converted': converted,
+                   'virtual_size': found.virtual_size,
+                   'wall_seconds': time.monotonic() - started})
+    return result
+
+
+def compression_select(engine: Parts, fmt: str) -> base.Compressor:
+    return compression.select(engine.drivers, engine.ctx.settings, fmt)
+
+
+def _send(engine: StreamParts, progress: Progress, phase: Progress,
+          image: files.Opened, comp: base.Compressor | None, opts: Options,
+          verdict: Callable[[], None]) -> records.Result:
+    """Stream ``image`` (compressed by ``comp``) to the reader of
+    ``progress``'s task (``phase``: the part of its progress this is);
+    ``verdict`` raises if what was sent must not count."""
+    settings = engine.ctx.settings
+    with engine.stream_slot(), \
+            streams.admitted(settings, engine.stream_key, progress,
+                             progress.task_id) as (sock, deadline):
+        sender = streams.Sender(sock, progress.task_id, progress,
+                                float(settings.stream_idle_timeout),
+                                deadline)
+        try:
+            result = _pump(image, sender, comp, phase, opts)
+            verdict()
+            sender.complete()
+        except BaseException as e:
+            sender.abort('%s: %s' % (type(e).__name__, e))
+            raise
+    result['bytes_out'] = sender.sent
+    return result
+
+
+def _pump(image: files.Opened, sender: streams.Sender,
+          comp: base.Compressor | None, progress: Progress,
+          opts: Options) -> records.Result:
+    pump = streams.Pump(sender)
+    try:
+        if comp is None:
+            copied = copy.copy_fd_to_pipe(image.fd, pump.write_fd,
+                                          progress, opts.bps_limit)
+            result: records.Result = {
+                'engine': 'stream', 'hardware': False,
+                'bytes_in': copied, 'cpu_seconds': 0.0}
+        else:
+            result = compression.compress_fds(
+                comp, image.fd, pump.write_fd, progress,
+                dataclasses.replace(opts, checksum=False))
+            result['format'] = comp.output_format
+    except BaseException:
+        pump.finish()
+        # The reader's failure, if any, is why the producer stopped.
+        pump.raise_error()
+        raise
+    pump.finish()
+    pump.raise_error()
+    result['size'] = sender.sent
     return result

@@ -12,6 +12,7 @@ image stays mostly unallocated.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import logging
@@ -51,18 +52,77 @@ def _fill(stream: Readable, view: memoryview) -> int:
     return got
 
 
+_FALLOC_FL_ZERO_RANGE = 0x10
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                       ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+# What a device (or its driver) that cannot zero a range answers.
+_NO_ZERO_RANGE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV,
+                  errno.ENOSYS)
+
+
+class ZeroRange:
+    """Zeroes the runs of zeros of a block device's image with
+    ``fallocate(FALLOC_FL_ZERO_RANGE)`` instead of writing them: the
+    device offloads it (WRITE ZEROES, or a loop device's file system
+    allocates nothing), or the kernel writes the zeros without a copy
+    from us.  The first refusal (a device or driver without it) turns it
+    off: the zeros are written from then on."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.usable = True
+        self.zeroed = 0
+
+    def zero(self, out: directio.BlockWriter, view: memoryview,
+             offset: int) -> int:
+        """Zero ``len(view)`` bytes (zeros in ``view``) at ``offset``;
+        returns the bytes written as data."""
+        length = len(view)
+        # The device takes whole logical blocks: the aligned middle.
+        head = -offset % directio.ALIGN
+        body = (length - head) // directio.ALIGN * directio.ALIGN \
+            if length > head else 0
+        if self.usable and body > 0:
+            if _fallocate(self.fd, _FALLOC_FL_ZERO_RANGE, offset + head,
+                          body) == 0:
+                self.zeroed += body
+                written = 0
+                if head:
+                    out.pwrite(view[:head], offset, True)
+                    written += head
+                if head + body < length:
+                    out.pwrite(view[head + body:], offset + head + body,
+                               True)
+                    written += length - head - body
+                return written
+            err = ctypes.get_errno()
+            if err not in _NO_ZERO_RANGE:
+                raise OSError(err, os.strerror(err))
+            LOG.info('fallocate(ZERO_RANGE) refused (%s): zeros are '
+                     'written', os.strerror(err))
+            self.usable = False
+        out.pwrite(view, offset, True)
+        return length
+
+
 def _write_nonzero(out: directio.BlockWriter, buf: directio.AlignedBuffer,
-                   length: int, offset: int) -> int:
-    """Write the non-zero segments of buf[:length] at ``offset``; return
-    how many bytes were written.
+                   length: int, offset: int,
+                   zeroer: ZeroRange | None = None) -> int:
+    """Write the non-zero segments of buf[:length] at ``offset`` (and,
+    with ``zeroer``, zero the others with it); return how many bytes were
+    written.
 
     Zero segments are found with memcmp on the buffer in place (no copies);
-    adjacent data segments are coalesced into one write.  The buffer is
-    page-aligned and segments are multiples of the page size, so every
-    whole segment can go straight to disk with O_DIRECT.
+    adjacent segments of the same kind are coalesced into one write (or
+    one zeroing).  The buffer is page-aligned and segments are multiples
+    of the page size, so every whole segment can go straight to disk with
+    O_DIRECT.
     """
     view = buf.view
-    run_start = None
+    run_start, zero_start = None, None
     written = 0
     for pos in range(0, length, SEGMENT_SIZE):
         end = min(length, pos + SEGMENT_SIZE)
@@ -71,11 +131,21 @@ def _write_nonzero(out: directio.BlockWriter, buf: directio.AlignedBuffer,
                 out.pwrite(view[run_start:pos], offset + run_start, True)
                 written += pos - run_start
                 run_start = None
-        elif run_start is None:
-            run_start = pos
+            if zero_start is None:
+                zero_start = pos
+        else:
+            if zero_start is not None and zeroer is not None:
+                written += zeroer.zero(out, view[zero_start:pos],
+                                       offset + zero_start)
+            zero_start = None
+            if run_start is None:
+                run_start = pos
     if run_start is not None:
         out.pwrite(view[run_start:length], offset + run_start, True)
         written += length - run_start
+    if zero_start is not None and zeroer is not None:
+        written += zeroer.zero(out, view[zero_start:length],
+                               offset + zero_start)
     return written
 
 
@@ -99,6 +169,9 @@ class Flow:
     # Set the length of a sparse output at the end (a file); a device
     # that reads as zeros has its length already.
     truncate: bool = True
+    # Not sparse (a device that does not read as zeros): zero its runs of
+    # zeros with fallocate(ZERO_RANGE) where it can (``ZeroRange``).
+    zero_range: bool = False
 
 
 def room(fd: int, margin: int = 64 * 1024 * 1024) -> int:
@@ -129,8 +202,10 @@ def copy_capped(stream: Readable, out_fd: int, flow: Flow) -> int:
     """
     buf = directio.AlignedBuffer(BLOCK_SIZE)
     out = directio.BlockWriter(out_fd)
+    zeroer = ZeroRange(out_fd) if flow.zero_range and not flow.sparse \
+        else None
     try:
-        total = _copy(stream, out, buf, flow)
+        total = _copy(stream, out, buf, flow, zeroer)
     finally:
         out.close()
         buf.close()
@@ -141,7 +216,8 @@ def copy_capped(stream: Readable, out_fd: int, flow: Flow) -> int:
 
 
 def _copy(stream: Readable, out: directio.BlockWriter,
-          buf: directio.AlignedBuffer, flow: Flow) -> int:
+          buf: directio.AlignedBuffer, flow: Flow,
+          zeroer: ZeroRange | None = None) -> int:
     limit, progress, name = flow.limit, flow.progress, flow.name
     sparse, hasher, pacer = flow.sparse, flow.hasher, flow.pacer
     written = 0
@@ -169,7 +245,9 @@ def _copy(stream: Readable, out: directio.BlockWriter,
             raise exception.SizeLimitExceeded(path=name, limit=limit)
         if hasher is not None:
             hasher.update(view[:n])
-        if not sparse:
+        if zeroer is not None:
+            written += _write_nonzero(out, buf, n, total, zeroer)
+        elif not sparse:
             out.pwrite(view[:n], total, True)
             written += n
         elif not buf.is_zero(0, n):

@@ -59,7 +59,7 @@ def failed(task_id: str | None, reason: str) -> exception.StreamFailed:
     return exception.StreamFailed(task_id=task_id or '?', reason=reason)
 
 
-def _stream_dir(settings: Settings) -> int:
+def stream_dir(settings: Settings) -> int:
     """``stream_dir``, made on first use: root's, mode 0750, group
     ``stream_group``; returns a descriptor of it."""
     path = settings.stream_dir
@@ -262,9 +262,20 @@ def accept(settings: Settings, key: bytes, progress: Progress,
     """Bind the task's socket, admit its writer (see the module's doc) and
     yield its ``Connection``; the socket's name is gone before the first
     byte of data is read."""
+    with admitted(settings, key, progress, task_id) as (sock, deadline):
+        yield Connection(sock, task_id, progress,
+                         float(settings.stream_idle_timeout), deadline)
+
+
+@contextlib.contextmanager
+def admitted(settings: Settings, key: bytes, progress: Progress,
+             task_id: str | None) -> Iterator[tuple[socket.socket, float]]:
+    """Bind the task's socket, admit its peer (see the module's doc) and
+    yield (the peer's socket, the stream's deadline); the socket's name is
+    gone before the first byte goes either way."""
     if task_id is None:
         raise exception.InvalidRequest(reason='a stream needs a task')
-    dir_fd = _stream_dir(settings)
+    dir_fd = stream_dir(settings)
     _sweep_once(dir_fd)
     path = proto.socket_path(settings.stream_dir, task_id)
     name = os.path.basename(path)
@@ -294,7 +305,7 @@ def accept(settings: Settings, key: bytes, progress: Progress,
         bound = False
         listener.close()
         try:
-            yield Connection(sock, task_id, progress, idle, deadline)
+            yield sock, deadline
         finally:
             sock.close()
     finally:
@@ -382,4 +393,123 @@ class Feeder:
             raise self.error
         if self.error is not None and \
                 not isinstance(self.error, BrokenPipeError):
+            raise self.error
+
+
+class Sender:
+    """Data frames to the admitted reader of a ``stream_out`` task, then
+    its trailer: ``complete()`` once everything it was sent is checked,
+    ``abort()`` otherwise.  A reader that takes nothing for
+    ``stream_idle_timeout``, or a stream longer than
+    ``stream_total_timeout``, fails the task with ``StreamFailed``."""
+
+    def __init__(self, sock: socket.socket, task_id: str | None,
+                 progress: Progress, idle: float, deadline: float) -> None:
+        self.sock = sock
+        self.task_id = task_id
+        self.progress = progress
+        self.idle = idle
+        self.deadline = deadline
+        self.sent = 0
+        self.ended = False
+
+    def _fail(self, reason: str) -> exception.StreamFailed:
+        return failed(self.task_id, reason)
+
+    def _wait_writable(self) -> None:
+        idle_until = time.monotonic() + self.idle
+        while True:
+            self.progress.check()
+            now = time.monotonic()
+            if now >= self.deadline:
+                raise self._fail('it lasted longer than [streams] '
+                                 'total_timeout')
+            if now >= idle_until:
+                raise self._fail('the reader took nothing for %ds'
+                                 % self.idle)
+            _, ready, _ = select.select([], [self.sock], [], min(
+                _POLL, idle_until - now, self.deadline - now))
+            if ready:
+                return
+
+    def _send_all(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast('B')
+        while len(view):
+            self._wait_writable()
+            try:
+                n = self.sock.send(view, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise self._fail('the reader went away: %s'
+                                 % e.strerror) from None
+            view = view[n:]
+
+    def send(self, data: bytes | memoryview) -> None:
+        """One or more data frames of ``data``."""
+        view = memoryview(data).cast('B')
+        while len(view):
+            n = min(len(view), proto.MAX_DATA)
+            self._send_all(proto.HEADER.pack(proto.DATA, n))
+            self._send_all(view[:n])
+            self.sent += n
+            view = view[n:]
+
+    def complete(self) -> None:
+        """The ``complete`` trailer: every byte sent is the image."""
+        self._send_all(proto.frame(proto.COMPLETE,
+                                   proto.COUNT.pack(self.sent)))
+        self.ended = True
+
+    def abort(self, reason: str) -> None:
+        """The ``abort`` trailer, if the reader is still there: what it
+        read is not an image.  Never raises."""
+        if self.ended:
+            return
+        self.ended = True
+        with contextlib.suppress(OSError, exception.AccelError):
+            self.sock.setblocking(False)
+            self.sock.send(proto.frame(
+                proto.ABORT, reason.encode('utf-8')[:proto.MAX_REASON]))
+
+
+class Pump:
+    """Moves what a compressor writes into a pipe (``write_fd``) to a
+    ``Sender``, in a thread; ``error`` is what stopped it, if anything.
+    When the reader goes, the pipe's reading end closes: the compressor
+    then fails to write, and ``raise_error`` says why."""
+
+    CHUNK = 1024 * 1024
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.error: BaseException | None = None
+        self._r, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        driver.widen_pipe(self.write_fd)
+        self._thread = threading.Thread(
+            target=self._run, daemon=True, name='stream-pump')
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                data = os.read(self._r, self.CHUNK)
+                if not data:
+                    break
+                self.sender.send(data)
+        except BaseException as e:   # re-raised by the producer
+            self.error = e
+        finally:
+            os.close(self._r)
+
+    def finish(self) -> None:
+        """The producer is done (or gone): end its pipe, wait for the
+        thread to send what is left."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+        self._thread.join()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
             raise self.error

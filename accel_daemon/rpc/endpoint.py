@@ -204,6 +204,8 @@ class AccelEndpoint:
         caps['allowed_dirs'] = list(self.caller.allowed_dirs)
         caps['allowed_block_devices'] = list(
             self.caller.allowed_block_devices)
+        # 1.5: what this endpoint serves (callers send only what it takes).
+        caps['api_version'] = operations.API_VERSION
         return caps
 
     @rpc_method
@@ -239,7 +241,16 @@ class AccelEndpoint:
 
     @rpc_method
     def stream_in(self, ctxt, **kwargs):
-        task = self._submit('stream_in', kwargs, ctxt)
+        return self._streamed('stream_in', kwargs, ctxt)
+
+    @rpc_method
+    def stream_out(self, ctxt, **kwargs):
+        return self._streamed('stream_out', kwargs, ctxt)
+
+    def _streamed(self, name: str, kwargs: dict, ctxt: Any) -> dict:
+        """The task of a streamed operation, plus its stream's socket and
+        one-time token."""
+        task = self._submit(name, kwargs, ctxt)
         try:
             token = self._backend.stream_token(task['id'])
         except exception.AccelError:

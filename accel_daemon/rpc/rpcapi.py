@@ -123,6 +123,8 @@ class AccelAPI:
     * 1.4 - stream_in: the caller streams an image over a local socket
       (``accel_daemon.streamproto``); the answer is the task plus
       ``stream`` (the socket's path and the writer's one-time token).
+    * 1.5 - stream_out: the daemon streams an image (compressed or not)
+      to the caller over a local socket, answered as stream_in is.
 
     To add a method or an argument: bump the minor version of
     ``accel_daemon.operations.API_VERSION`` (the one constant the endpoint
@@ -281,6 +283,16 @@ class AccelAPI:
                          container=container, max_bytes=max_bytes,
                          replace=replace, sparse=sparse,
                          target_is_zero=target_is_zero)
+
+    def stream_out(self, host: str, src: str, src_format: str,
+                   disk_format: str, compression: str | None = None,
+                   level: int | None = None,
+                   compress: bool | None = None,
+                   bps_limit: int | None = None) -> records.Task:
+        return self.call(host, 'stream_out', version='1.5', src=src,
+                         src_format=src_format, disk_format=disk_format,
+                         compression=compression, level=level,
+                         compress=compress, bps_limit=bps_limit)
 
     def task_get(self, host: str, task_id: str) -> records.Task:
         return self.call(host, 'task_get', task_id=task_id)

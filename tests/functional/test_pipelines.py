@@ -7,13 +7,16 @@ download = decompress (capped) -> inspect the inner image -> convert
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import shutil
 import threading
+from unittest import mock
 
 import pytest
 
 from accel_daemon.engine.engine import Engine
+from accel_daemon.engine import files
 from accel_daemon.engine import paths
 from accel_daemon import exception
 from accel_daemon import operations
@@ -91,17 +94,50 @@ def test_upload_same_format_compresses_the_source(env, engine):
         assert f.read() == open(src, 'rb').read()
 
 
-def test_download_raw_to_raw_publishes_the_stage(env, engine):
+def test_download_raw_to_raw_inflates_straight_into_the_output(env,
+                                                               engine):
     data = b'\x11' * MiB + bytes(7 * MiB)
     image = gzip_file(env.path('img.gz'), data)
     down = operations.run(engine, 'd2', 'download', {
         'src': image, 'dst': env.path('out.raw'), 'disk_format': 'raw',
-        'dst_format': 'raw'})
+        'dst_format': 'raw', 'checksum': True})
     with open(down['output'], 'rb') as f:
         assert f.read() == data
+    assert down['sha256'] == hashlib.sha256(data).hexdigest()
+    assert down['engine'] == 'stream' and down['size'] == len(data)
     # Sparse: the 7 MiB of zeros were not allocated.
     assert os.stat(down['output']).st_blocks * 512 < 4 * MiB
     assert paths.stray_temp_files(env.images) == []
+
+
+def test_download_raw_onto_a_device_stages_nothing(env, tmp_path):
+    backing = str(tmp_path / 'disk.img')
+    with open(backing, 'wb') as f:
+        f.write(b'\x5a' * 16 * MiB)
+    data = os.urandom(MiB) + bytes(3 * MiB) + os.urandom(MiB)
+    image = gzip_file(env.path('img.gz'), data)
+    with gen.loop_device(backing) as dev:
+        engine = Engine(env.with_settings(
+            allowed_block_devices=(dev,)).settings, env.policy)
+        seen = []
+        real = files.Output.__init__
+
+        def watched(self, conf, path, *args, **kwargs):
+            seen.append(path)
+            real(self, conf, path, *args, **kwargs)
+        with mock.patch.object(files.Output, '__init__', watched):
+            down = operations.run(engine, 'd-dev', 'download', {
+                'src': image, 'dst': dev, 'disk_format': 'raw',
+                'dst_format': 'raw'})
+        with open(dev, 'rb') as f:
+            written = f.read(16 * MiB)
+    # Every byte of the image, zeros too, nothing past it; one output (the
+    # device): no stage in the allowed directory.
+    assert written[:len(data)] == data
+    assert written[len(data):] == b'\x5a' * (16 * MiB - len(data))
+    assert seen == [dev]
+    assert down['size'] == len(data)
+    assert sorted(os.listdir(env.images)) == ['img.gz']
 
 
 def test_download_content_not_an_image(env, engine):

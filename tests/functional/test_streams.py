@@ -37,8 +37,9 @@ pytestmark = [*gen.REQUIRES_QEMU,
                                  reason='the stream directory is root\'s')]
 
 
-@pytest.fixture
-def env(tmp_path):
+def stream_env(tmp_path):
+    """An engine environment whose streams root may use (a generator: the
+    ``env`` fixture of the stream tests)."""
     # A socket's path must fit in sun_path (108 bytes): not under pytest's
     # long temporary directory.
     short = tempfile.mkdtemp(prefix='accel-st-', dir='/tmp')
@@ -47,6 +48,11 @@ def env(tmp_path):
         stream_group='root', stream_users=('root',),
         stream_idle_timeout=3.0)
     shutil.rmtree(short)
+
+
+@pytest.fixture
+def env(tmp_path):
+    yield from stream_env(tmp_path)
 
 
 @pytest.fixture
@@ -354,13 +360,19 @@ def test_a_cancel_ends_a_stream(env, engine):
 
 
 # --- through a real daemon: RPC, privsep, the client's StreamWriter ----------
-@pytest.fixture(scope='module')
-def daemon(tmp_path_factory):
+def stream_daemon(tmp_path_factory):
+    """A real daemon (RPC, privsep) whose streams the tests may use (a
+    generator: the ``daemon`` fixture of the stream tests)."""
     rpcd.require_broker()
     d = rpcd.DaemonProcess(str(tmp_path_factory.mktemp('streams')))
     d.start()
     yield d
     d.stop()
+
+
+@pytest.fixture(scope='module')
+def daemon(tmp_path_factory):
+    yield from stream_daemon(tmp_path_factory)
 
 
 @pytest.mark.rpc

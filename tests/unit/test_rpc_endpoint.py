@@ -60,7 +60,7 @@ def call(endpoint, method, **kwargs):
 
 
 def test_target_version():
-    assert ep.AccelEndpoint.target.version == '1.4'
+    assert ep.AccelEndpoint.target.version == '1.5'
     assert rpcapi.AccelAPI.VERSION == operations.API_VERSION
     assert ep.AccelEndpoint.target.version == operations.API_VERSION
 
@@ -446,7 +446,7 @@ def test_reserved_argument_names_over_the_wire(wire, args):
 @pytest.mark.parametrize('version', [
     '1', 'x.y', '', 1.0, 1, '1.0.0', None, 'a' * 100000, '1.', '.0',
     '-1.0', '1.0a', ' 1.0', '1.0\n', '\u0661.\u0660', '1' * 40 + '.0',
-    [1, 0], {'major': 1}, True, '2.0', '1.5', '0.9'])
+    [1, 0], {'major': 1}, True, '2.0', '1.6', '0.9'])
 def test_malformed_or_unsupported_versions(wire, version):
     err = refused(wire, {'method': 'capabilities', 'args': {},
                          'version': version})
@@ -495,7 +495,7 @@ def test_bad_values_are_typed_not_internal(wire):
 
 
 @pytest.mark.parametrize('version', [
-    'x.y', '1', '', '1.0.0', '2.0', '1.5', 1.0, None, ['1', '0']])
+    'x.y', '1', '', '1.0.0', '2.0', '1.6', 1.0, None, ['1', '0']])
 def test_client_maps_bad_versions_to_invalid_request(wire, version):
     # Refused by the client (malformed) or by the daemon (unsupported):
     # InvalidRequest either way, never an oslo.messaging or builtin error.

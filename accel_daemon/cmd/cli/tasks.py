@@ -6,6 +6,7 @@ tasks list, show, wait and cancel."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -140,6 +141,48 @@ class StreamIn(TaskOperation):
             raise
         writer.close()
         return _outcome(writer.task.status())
+
+
+class StreamOut(TaskOperation):
+    """Read an image from the daemon, streamed (inspected, converted if
+    needed and compressed on all cores as it is sent) into OUTPUT, a new
+    file, or - for standard output (the task is then shown on standard
+    error); needs the daemon (not --local)."""
+    operation = 'stream_out'
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument('output', metavar='OUTPUT',
+                            help='new file to write, or - for standard '
+                                 'output')
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Any:
+        params = self.params(parsed_args)
+        backend = self.backend()
+        if not isinstance(backend, base.Remote):
+            raise exception.InvalidRequest(
+                reason='stream-out needs the daemon (not --local)')
+        if parsed_args.output == '-':
+            out = sys.stdout.buffer
+            self.app.stdout = sys.stderr
+        else:
+            out = open(parsed_args.output, 'xb')
+        try:
+            with backend.guard():
+                reader = backend.client.stream_out(**params)
+            with reader:
+                for chunk in reader:
+                    out.write(chunk)
+        except BaseException:
+            if out is not sys.stdout.buffer:
+                out.close()
+                os.unlink(parsed_args.output)
+            raise
+        out.flush()
+        if out is not sys.stdout.buffer:
+            out.close()
+        return _outcome(reader.task.status())
 
 
 class TasksList(base.Lister):
