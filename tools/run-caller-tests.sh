@@ -18,7 +18,7 @@
 #                     expected failures listed in installed_cinder.py)
 #   nova-installed    nova-baseline's tests again, the same way
 #   cinder-switch     the accel-cinder-volume console script around cinder's
-#                     real main(), and contrib/'s cinder patch
+#                     real main(), and contrib/'s cinder patches
 #   nova-switch       the accel-nova-compute console script around nova's
 #                     real main()
 #
@@ -53,7 +53,7 @@ targets() {
                 "nova.tests.unit.virt.libvirt.test_utils" ;;
         cinder-installed) echo "cinder installed_cinder" ;;
         nova-installed) echo "nova installed_nova" ;;
-        cinder-switch) echo "cinder test_switch_cinder test_cinder_contrib" ;;
+        cinder-switch) echo "cinder test_switch_cinder test_cinder_contrib test_cinder_contrib_stream" ;;
         nova-switch) echo "nova test_switch_nova" ;;
         *) log "unknown suite: $1"; return 2 ;;
     esac

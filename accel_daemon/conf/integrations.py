@@ -28,6 +28,14 @@ CINDER_OPTS: list[cfg.Opt] = [
                  help='Seconds is_accel_exist waits for the daemon to '
                       'answer its capabilities call before it answers '
                       'False.'),
+    cfg.BoolOpt('stream_images', default=True,
+                help='Stream image data through the daemon (API 1.5): an '
+                     'upload that converts or compresses is read, '
+                     'converted and compressed by the daemon while it is '
+                     'sent to the image service, with no file in '
+                     'image_conversion_dir. Off: the daemon converts and '
+                     'compresses cinder\'s temporary files, as before '
+                     'streams.'),
 ]
 
 NOVA_GROUP = cfg.OptGroup(
@@ -44,6 +52,14 @@ NOVA_OPTS: list[cfg.Opt] = [
                  help='Seconds convert_image waits for the daemon to '
                       'answer its capabilities call before it uses nova\'s '
                       'own qemu-img.'),
+    cfg.BoolOpt('stream_images', default=True,
+                help='Stream image downloads through the daemon (API 1.5): '
+                     'fetch_to_raw writes what glance sends into the '
+                     'daemon, which inspects it before writing anything '
+                     'and publishes the image once the download and '
+                     'nova\'s checks passed, with no .part or .converted '
+                     'file. Off: nova downloads and the daemon converts, '
+                     'as before streams.'),
 ]
 
 

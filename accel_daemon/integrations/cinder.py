@@ -37,6 +37,11 @@ cinder 29 cannot select this class by configuration: its engine list
 hard-coded.  ``install()`` (from a wrapper of cinder-volume's start-up)
 puts this class, ``PATH``, first in that list.
 
+``upload_volume`` is a drop-in for cinder 29's
+``cinder.image.image_utils.upload_volume``: an upload that converts or
+compresses is streamed by the daemon (``stream_out``) straight into the
+image service, with no temporary file (see its docstring).
+
 ``convert_image`` is a drop-in for cinder 29's
 ``cinder.image.image_utils.convert_image`` (same signature): it runs the
 conversions accel-daemon supports in the daemon and hands everything else,
@@ -46,6 +51,7 @@ unchanged, to cinder's original function (see its docstring).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Callable, Optional
 
@@ -222,21 +228,223 @@ def fetch_to_volume_format(context: Any, image_service: Any, image_id: str,
                            size: Optional[int] = None,
                            run_as_root: bool = True,
                            disable_sparse: bool = False) -> None:
-    """cinder 29's ``image_utils.fetch_to_volume_format``, unchanged, but
-    for the size of the volume (``size``, GiB) kept for this thread while
-    it runs: ``DaemonAccel.decompress_img`` (which cinder calls from here,
-    with no size) sends it as the decompression cap."""
+    """cinder 29's ``image_utils.fetch_to_volume_format``, in accel-daemon
+    (create-volume-from-image).
+
+    * An image cinder did not download before (no ``TemporaryImages``
+      entry: cinder's create flow with the contrib patch, or a reimage) is
+      streamed: cinder's own ``image_service.download(..., data=writer)``
+      writes into the daemon's ``stream_in``, which inflates a
+      ``compressed`` container in its unprivileged decoding child,
+      inspects the image before writing anything, writes a raw image
+      straight to the volume (a qcow2 through one unnamed stage) and
+      finishes the volume only once the download is complete.  Nothing is
+      written to ``image_conversion_dir``.
+    * A ``compressed`` image cinder downloaded before (its create flow
+      does, to verify signatures and check the virtual size) is the
+      daemon's ``download`` of that file: inflated straight onto the
+      volume for raw (one stage for qcow2), instead of cinder's
+      decompress-in-place into a second full file, then a convert.
+    * The size of the volume (``size``, GiB) caps what the daemon writes:
+      an image larger than the volume is refused while it is inflated.
+
+    cinder's own function runs, with the same arguments (and the volume's
+    size kept for ``DaemonAccel.decompress_img``), each reason logged
+    once: ``[accel_daemon_cinder] stream_images = False``, a bare image
+    cinder downloaded before (cinder's path is then one conversion, which
+    goes to the daemon through ``convert_image``), a signed image
+    (``img_signature*``: cinder verifies the stored bytes) or a volume of
+    unknown size not downloaded before, containers other than bare and
+    compressed (or compressed ones cinder refuses), a
+    ``volume_subformat``, a target or format the daemon does not take, and
+    a daemon that does not answer (or, for a stream, is older than API
+    1.5 or whose stream sockets cinder-volume may not reach).
+
+    :raises ImageUnacceptable: the daemon refused the image
+    :raises ProcessExecutionError: any other failure of the daemon's task
+    """
     previous = _volume_bytes()
     _volume.bytes = size * GIB if isinstance(size, int) and size > 0 \
         else None
     try:
-        return original_fetch_to_volume_format()(
-            context, image_service, image_id, dest, volume_format,
-            blocksize, volume_subformat=volume_subformat, user_id=user_id,
-            project_id=project_id, size=size, run_as_root=run_as_root,
-            disable_sparse=disable_sparse)
+        try:
+            # A Fallback comes before anything is written.
+            _fetch_plan(context, image_service, image_id, dest,
+                        volume_format, volume_subformat, size,
+                        disable_sparse)()
+        except common.Fallback:
+            return original_fetch_to_volume_format()(
+                context, image_service, image_id, dest, volume_format,
+                blocksize, volume_subformat=volume_subformat,
+                user_id=user_id, project_id=project_id, size=size,
+                run_as_root=run_as_root, disable_sparse=disable_sparse)
     finally:
         _volume.bytes = previous
+
+
+def _fetch_plan(context: Any, image_service: Any, image_id: str, dest: str,
+                volume_format: str, volume_subformat: Optional[str],
+                size: Optional[int],
+                disable_sparse: bool) -> Callable[[], None]:
+    """What to run for a fetch, or raise common.Fallback."""
+    from cinder.image import image_utils
+    client = shared_client()
+    register_opts(client.conf)
+    if not client.conf.accel_daemon_cinder.stream_images:
+        raise _fallback('[accel_daemon_cinder] stream_images = False')
+    if volume_subformat:
+        raise _fallback('volume_subformat')
+    refusal = common.local_refusal('rbd: and other URIs', dest)
+    if refusal:
+        raise _fallback(refusal)
+    # Where the image goes, before the image service is asked what it is
+    # (cinder's own path asks again).
+    caps = _capabilities(client)
+    refusal = common.daemon_refusal(caps, dest, dest, 'raw', 'raw')
+    if refusal:
+        raise _fallback(refusal)
+    assert caps is not None       # daemon_refusal said so
+    meta = image_service.show(context, image_id)
+    if not meta or not isinstance(meta.get('disk_format'), str):
+        raise _fallback('an image without a disk_format')
+    image_utils.check_image_conversion_disable(
+        meta['disk_format'], volume_format, image_id, upload=False)
+    container = meta.get('container_format')
+    if container not in ('bare', 'compressed'):
+        raise _fallback('a container other than bare or compressed (%s)'
+                        % container)
+    compressed = container == 'compressed'
+    if compressed and not _allow_compressed():
+        raise _fallback('a compressed image cinder refuses '
+                        '(allow_compression_on_image_upload = false)')
+    disk_format = image_utils.fixup_disk_format(meta['disk_format'])
+    if not common.formats_known(caps, disk_format, volume_format):
+        raise _fallback('a format accel-daemon does not convert')
+    tmp = image_utils.TemporaryImages.for_image_service(
+        image_service).get(context, image_id)
+    common_args = {
+        'dst': dest, 'disk_format': disk_format.lower(),
+        'dst_format': volume_format.lower(),
+        'replace': os.path.lexists(dest) and not common.is_device(dest),
+        'sparse': False if disable_sparse else None}
+    where = {'src': 'image %s' % image_id, 'src_format': disk_format,
+             'dst': dest, 'dst_format': volume_format}
+    if tmp:
+        if not compressed:
+            raise _fallback('a bare image cinder downloaded before (one '
+                            'conversion, through convert_image)')
+        args = dict(common_args, src=tmp, container='gzip',
+                    max_bytes=decompressed_cap(_volume_bytes()))
+        return lambda: common.run_task(
+            lambda: client.download(**args),
+            lambda err: _convert_error(err, where, image_id))
+    if _signed(meta):
+        raise _fallback('a signed image (cinder verifies the stored bytes)')
+    if not (isinstance(size, int) and size > 0):
+        raise _fallback('a volume of unknown size (cinder checks the '
+                        "image's virtual size against it)")
+    refusal = common.stream_refusal(caps)
+    if refusal:
+        raise _fallback(refusal)
+    args = dict(common_args, container='gzip' if compressed else None,
+                max_bytes=size * GIB)
+    return lambda: _stream_in(client, args, where, context, image_service,
+                              image_id)
+
+
+def _stream_in(client: AccelClient, args: dict[str, Any],
+               where: dict[str, Any], context: Any, image_service: Any,
+               image_id: str) -> None:
+    try:
+        writer = client.stream_in(**args)
+    except exception.ServiceUnavailable:
+        # Gone since it answered: nothing started, cinder's own path runs.
+        raise _fallback('a daemon that did not take the stream') from None
+    except exception.AccelError as e:
+        raise _convert_error(e, where, image_id) from e
+    try:
+        image_service.download(context, image_id, data=writer)
+    except exception.AccelError as e:
+        writer.abort('%s: %s' % (type(e).__name__, e))
+        raise _convert_error(e, where, image_id) from e
+    except BaseException as e:
+        # The image service's failure (or glanceclient's hash check):
+        # nothing is published.
+        writer.abort('%s: %s' % (type(e).__name__, e))
+        if writer.error is not None:
+            raise _convert_error(writer.error, where, image_id) from e
+        raise
+    try:
+        writer.close()
+    except exception.AccelError as e:
+        raise _convert_error(e, where, image_id) from e
+
+
+def download_before_volume(context: Any, image_service: Any, image_id: str,
+                           image_meta: dict) -> bool:
+    """The hook of ``contrib/cinder-stream-create-from-image.patch``
+    (``image_utils.download_before_volume``): False, so that cinder's
+    create flow writes the volume without first downloading the image into
+    ``image_conversion_dir``, when the integration's
+    ``fetch_to_volume_format`` can stream it (``stream_images`` on, a
+    daemon that streams, a bare or compressed image of a format it
+    takes) and nothing needs the stored bytes (no ``img_signature*``).
+    The daemon then refuses an image larger than the volume, or not of
+    its ``disk_format``, while it arrives; and where the stream does not
+    happen after all (a target the daemon does not take), cinder's own
+    ``fetch_to_volume_format`` downloads the image and checks its size
+    itself.  Otherwise cinder's own answer (True)."""
+    try:
+        _streamable(image_meta)
+    except common.Fallback:
+        return original_download_before_volume()(context, image_service,
+                                                 image_id, image_meta)
+    return False
+
+
+def _streamable(meta: dict) -> None:
+    """Raise common.Fallback unless an image of ``meta`` can be
+    streamed onto a volume."""
+    client = shared_client()
+    register_opts(client.conf)
+    if not client.conf.accel_daemon_cinder.stream_images:
+        raise _fallback('[accel_daemon_cinder] stream_images = False')
+    if _signed(meta):
+        raise _fallback('a signed image (cinder verifies the stored bytes)')
+    container = meta.get('container_format')
+    if container not in ('bare', 'compressed'):
+        raise _fallback('a container other than bare or compressed (%s)'
+                        % container)
+    caps = _capabilities(client)
+    refusal = common.stream_refusal(caps)
+    if refusal:
+        raise _fallback(refusal)
+    assert caps is not None       # stream_refusal said so
+    disk_format = meta.get('disk_format')
+    if not isinstance(disk_format, str) or \
+            not common.formats_known(caps, disk_format, 'raw'):
+        raise _fallback('a format accel-daemon does not convert')
+
+
+def _signed(meta: dict) -> bool:
+    props = meta.get('properties') or {}
+    return any(str(k).startswith('img_signature')
+               for k in list(meta) + list(props))
+
+
+def original_download_before_volume() -> Callable[..., bool]:
+    """cinder's own ``image_utils.download_before_volume`` (a cinder with
+    the contrib patch only)."""
+    return _download_before_volume.get()
+
+
+def _allow_compressed() -> bool:
+    """cinder's ``allow_compression_on_image_upload`` (False, its
+    default, when cinder has not registered it)."""
+    try:
+        return bool(cfg.CONF.allow_compression_on_image_upload)
+    except cfg.NoSuchOptError:
+        return False
 
 
 # -- convert_image -----------------------------------------------------------
@@ -269,23 +477,36 @@ def _engines() -> list[str]:
 
 def install() -> None:
     """Switch cinder over: replace ``image_utils.convert_image`` with
-    ``convert_image`` (keeping the original for the fallbacks) and
-    ``image_utils.fetch_to_volume_format`` with its size-keeping wrapper,
-    and put
-    ``DaemonAccel`` first in cinder's accelerator list, before its QAT and
-    gzip engines (which ``ImageAccel`` still picks when the daemon does not
-    answer).  Calling it again changes nothing; refused, changing
-    nothing, when cinder's function or list is not what it replaces."""
+    ``convert_image`` (keeping the original for the fallbacks),
+    ``image_utils.fetch_to_volume_format`` with its size-keeping wrapper
+    and ``image_utils.upload_volume`` with the streamed ``upload_volume``,
+    and put ``DaemonAccel`` first in cinder's accelerator list, before its
+    QAT and gzip engines (which ``ImageAccel`` still picks when the daemon
+    does not answer); in a cinder with
+    ``contrib/cinder-stream-create-from-image.patch``, its hook
+    ``image_utils.download_before_volume`` too.  Calling it again changes
+    nothing; refused, changing nothing, when cinder's function or list is
+    not what it replaces."""
     engines = _engines()
-    common.install(_convert_image, _fetch_to_volume_format)
+    common.install(_convert_image, _fetch_to_volume_format, _upload_volume,
+                   *_patched())
     with _lock:
         if PATH not in engines:
             engines.insert(0, PATH)
 
 
+def _patched() -> tuple[common.Original, ...]:
+    """The hooks of the contrib patches the installed cinder has."""
+    from cinder.image import image_utils
+    if hasattr(image_utils, 'download_before_volume'):
+        return (_download_before_volume,)
+    return ()
+
+
 def uninstall() -> None:
     """Undo ``install()``: cinder's own convert_image and engine list."""
-    common.uninstall(_convert_image, _fetch_to_volume_format)
+    common.uninstall(_convert_image, _fetch_to_volume_format,
+                     _upload_volume, *_patched())
     engines = _engines()
     with _lock:
         while PATH in engines:
@@ -467,6 +688,142 @@ def convert_image(source: str,
                     lambda err: _convert_error(err, args, image_id))
 
 
+# -- upload_volume -----------------------------------------------------------
+
+def original_upload_volume() -> Callable[..., None]:
+    """cinder's own ``image_utils.upload_volume`` (never ours)."""
+    return _upload_volume.get()
+
+
+def _upload_plan(image_meta: dict, volume_path: str, volume_fd: Any,
+                 volume_format: str,
+                 compress: bool) -> tuple[AccelClient, dict[str, Any]]:
+    """The client and stream_out() arguments of an upload, or raise
+    common.Fallback."""
+    compressed = image_meta.get('container_format') == 'compressed'
+    disk_format = image_meta.get('disk_format')
+    client = shared_client()
+    register_opts(client.conf)
+    if not client.conf.accel_daemon_cinder.stream_images:
+        raise _fallback('[accel_daemon_cinder] stream_images = False')
+    if not compressed and disk_format == volume_format:
+        raise _fallback('an upload with nothing to convert or compress '
+                        '(cinder sends the volume as it is)')
+    if volume_fd is not None:
+        raise _fallback('a volume given as an open file (volume_fd)')
+    if not volume_format or not isinstance(disk_format, str):
+        raise _fallback('an upload without a volume or image format')
+    refusal = common.local_refusal('rbd: and other URIs', volume_path)
+    if refusal:
+        raise _fallback(refusal)
+    from cinder.image import image_utils
+    out_format = image_utils.fixup_disk_format(disk_format)
+    caps = _capabilities(client)
+    refusal = (common.daemon_refusal(caps, volume_path, volume_path,
+                                     volume_format, out_format)
+               or common.stream_refusal(caps))
+    if refusal:
+        raise _fallback(refusal)
+    return client, {
+        'src': volume_path, 'src_format': volume_format.lower(),
+        'disk_format': out_format.lower(),
+        'compression': 'gzip' if compressed else None,
+        # As cinder: compressed qcow2 clusters when image_compress_on_upload
+        # allows -- but never inside a gzip container (deflated once).
+        'compress': (bool(compress) and _compress_on_upload()
+                     and not compressed and out_format == 'qcow2')}
+
+
+def upload_volume(context: Any,
+                  image_service: Any,
+                  image_meta: dict,
+                  volume_path: str,
+                  volume_fd: Any = None,
+                  volume_format: str = 'raw',
+                  run_as_root: bool = True,
+                  compress: bool = True,
+                  store_id: Optional[str] = None,
+                  base_image_ref: Optional[str] = None) -> None:
+    """cinder 29's ``image_utils.upload_volume``, streamed: the daemon
+    reads the volume once, converts it if ``disk_format`` differs (one
+    unnamed stage) and compresses it for a ``compressed`` container on all
+    cores, while ``image_service.update`` sends what it streams
+    (``AccelClient.stream_out``).  Nothing is written to
+    ``image_conversion_dir``, and a qcow2 in a ``compressed`` container is
+    deflated once (cinder's own path writes compressed clusters, then
+    gzips them).
+
+    cinder's own function runs, with the same arguments, with
+    ``[accel_daemon_cinder] stream_images = False``, for an upload
+    with nothing to convert or compress (cinder already sends the volume
+    as it is), a ``volume_fd``, a path the daemon does not take, a daemon
+    that does not answer, is older than API 1.5 or whose stream sockets
+    this service may not reach, and a volume the daemon finds is not its
+    ``volume_format`` (a LUKS volume, which cinder calls raw; refused
+    before anything is sent).  Each reason is logged once, at info.
+
+    :raises ImageUnacceptable: the daemon refused the volume (inspection,
+        format mismatch, size limit)
+    :raises ProcessExecutionError: any other failure of the daemon's task
+    """
+    from cinder.image import image_utils
+    image_id = image_meta['id']
+    image_utils.check_image_conversion_disable(
+        image_meta['disk_format'], volume_format, image_id, upload=True)
+    try:
+        client, args = _upload_plan(image_meta, volume_path, volume_fd,
+                                    volume_format, compress)
+    except common.Fallback:
+        return original_upload_volume()(
+            context, image_service, image_meta, volume_path,
+            volume_fd=volume_fd, volume_format=volume_format,
+            run_as_root=run_as_root, compress=compress, store_id=store_id,
+            base_image_ref=base_image_ref)
+    where = {'src': volume_path, 'src_format': args['src_format'],
+             'dst': 'image %s' % image_id, 'dst_format': args['disk_format']}
+    try:
+        # Ready to send (inspected, converted if needed) before glance's
+        # upload starts waiting for bytes.
+        reader = client.stream_out(**args).open()
+    except (exception.FormatMismatch, exception.ServiceUnavailable) as e:
+        # Nothing was sent.  The volume is not what cinder says it is (a
+        # LUKS volume cinder calls raw), or the daemon went away since it
+        # answered: cinder's own path, which inspects the volume itself,
+        # decides (and routes a conversion it can make back here through
+        # convert_image).
+        if isinstance(e, exception.FormatMismatch):
+            _fallback_log('a volume that is not its volume_format (%s)'
+                          % e.fields.get('detected'))
+        else:
+            _fallback_log('a daemon that did not take the stream')
+        return original_upload_volume()(
+            context, image_service, image_meta, volume_path,
+            volume_fd=volume_fd, volume_format=volume_format,
+            run_as_root=run_as_root, compress=compress, store_id=store_id,
+            base_image_ref=base_image_ref)
+    except exception.AccelError as e:
+        raise _convert_error(e, where, image_id) from e
+    try:
+        image_service.update(context, image_id, {}, reader,
+                             store_id=store_id,
+                             base_image_ref=base_image_ref)
+    except exception.AccelError as e:
+        reader.close()
+        raise _convert_error(e, where, image_id) from e
+    except BaseException as e:
+        # The image service's own failure, or ours wrapped by it.
+        reader.close()
+        if reader.error is not None:
+            raise _convert_error(reader.error, where, image_id) from e
+        raise
+    try:
+        result = reader.close()
+    except exception.AccelError as e:
+        raise _convert_error(e, where, image_id) from e
+    LOG.debug('accel-daemon streamed volume %s to image %s: %s',
+              volume_path, image_id, result)
+
+
 # cinder's own image_utils.convert_image, kept before anything replaces it
 # (``install()``); resolved on first use otherwise.
 _convert_image = common.Original('cinder.image.image_utils', 'convert_image',
@@ -474,3 +831,9 @@ _convert_image = common.Original('cinder.image.image_utils', 'convert_image',
 _fetch_to_volume_format = common.Original(
     'cinder.image.image_utils', 'fetch_to_volume_format',
     fetch_to_volume_format)
+_upload_volume = common.Original('cinder.image.image_utils', 'upload_volume',
+                                 upload_volume)
+# Only in a cinder with contrib/cinder-stream-create-from-image.patch.
+_download_before_volume = common.Original(
+    'cinder.image.image_utils', 'download_before_volume',
+    download_before_volume)

@@ -119,9 +119,8 @@ class FallbackLog:
             first = reason not in self.logged
             self.logged.add(reason)
         if first:
-            self._log.info("accel-daemon: convert_image falls back to %s's "
-                           "qemu-img for %s (logged once)", self._caller,
-                           reason)
+            self._log.info("accel-daemon: %s's own code runs for %s "
+                           "(logged once)", self._caller, reason)
 
     def fallback(self, reason: str) -> Fallback:
         """Log ``reason`` (once) and return the exception that sends the
@@ -294,6 +293,39 @@ def daemon_refusal(caps: Caps, source: str, dest: str, src_format: str,
         return 'a format accel-daemon does not convert'
     if not paths_allowed(caps, source, dest):
         return "paths outside the daemon's allowed directories"
+    return None
+
+
+# The first API version with both image streams (stream_in 1.4,
+# stream_out 1.5).
+STREAMS_API = (1, 5)
+
+
+def api_version(caps: Caps) -> tuple[int, ...]:
+    """The API version the daemon reports (1.5 and later); (0,) for an
+    older daemon, which reports none."""
+    version = caps.get('api_version') if caps else None
+    try:
+        return tuple(int(p) for p in str(version).split('.'))
+    except ValueError:
+        return (0,)
+
+
+def stream_refusal(caps: Caps) -> Optional[str]:
+    """Why this process cannot stream images with the daemon that
+    answered ``caps``, or None."""
+    if caps is None:
+        return 'a daemon that does not answer'
+    if api_version(caps) < STREAMS_API:
+        return 'a daemon older than API %d.%d (image streams)' % STREAMS_API
+    directory = caps.get('streams')
+    if not directory:
+        return 'image streams are off in the daemon ([streams] group)'
+    if not os.path.isdir(directory):
+        return 'the stream directory %s is missing' % directory
+    if not os.access(directory, os.X_OK):
+        return ('this service may not reach the stream sockets in %s (its '
+                "user is not in the daemon's [streams] group)" % directory)
     return None
 
 

@@ -47,7 +47,9 @@ The typed accel-daemon error stays reachable as ``accel_error`` and
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from typing import Any, Callable, Optional
 
 from oslo_config import cfg
@@ -90,16 +92,22 @@ def original_privsep_convert_image() -> Callable[..., None]:
     return _privsep_convert_image.get()
 
 
+def original_fetch_to_raw() -> Callable[..., None]:
+    """nova's own ``nova.virt.images.fetch_to_raw`` (never ours)."""
+    return _fetch_to_raw.get()
+
+
 def install() -> None:
     """Replace nova's ``nova.virt.images.convert_image`` with
-    ``convert_image``, keeping the original for the fallbacks; refused,
-    changing nothing, when nova's has other parameters."""
-    common.install(_convert_image)
+    ``convert_image`` and its ``fetch_to_raw`` with the streamed
+    ``fetch_to_raw``, keeping the originals for the fallbacks; refused,
+    changing nothing, when nova's have other parameters."""
+    common.install(_convert_image, _fetch_to_raw)
 
 
 def uninstall() -> None:
-    """Undo ``install()``: nova's own ``convert_image`` again."""
-    common.uninstall(_convert_image)
+    """Undo ``install()``: nova's own functions again."""
+    common.uninstall(_convert_image, _fetch_to_raw)
 
 
 def _capabilities(client: AccelClient) -> common.Caps:
@@ -247,9 +255,141 @@ def privsep_convert_image(source: str, dest: str, in_format: Optional[str],
     _run(client, args, wrap=False)
 
 
+# -- fetch_to_raw ------------------------------------------------------------
+
+# Formats nova treats as raw after its inspection (fetch_to_raw's
+# do_image_deep_inspection): left to nova.
+_NOVA_RAW_ALIASES = ('iso', 'ami', 'aki', 'ari')
+
+
+def _fetch_plan(context: Any, image_href: str,
+                path: str) -> tuple[AccelClient, dict[str, Any], Any]:
+    """The client, the stream_in() arguments and nova's image API of a
+    fetch, or raise common.Fallback."""
+    from nova import conf as nova_conf
+    from nova.virt import images
+    conf = nova_conf.CONF
+    client = shared_client()
+    register_opts(client.conf)
+    if not client.conf.accel_daemon_nova.stream_images:
+        raise _fallback_log.fallback(
+            '[accel_daemon_nova] stream_images = False')
+    if conf.workarounds.disable_deep_image_inspection:
+        raise _fallback_log.fallback(
+            '[workarounds] disable_deep_image_inspection (nova lets '
+            'qemu-img guess the format; accel-daemon never does)')
+    if conf.glance.enable_rbd_download:
+        raise _fallback_log.fallback(
+            '[glance] enable_rbd_download (nova reads the image from RBD '
+            'itself)')
+    refusal = common.local_refusal('URIs', path)
+    if refusal:
+        raise _fallback_log.fallback(refusal)
+    # Where the image goes, before glance is asked what it is (nova's own
+    # path asks again).
+    caps = _capabilities(client)
+    refusal = (common.daemon_refusal(caps, path, path, 'raw', 'raw')
+               or common.stream_refusal(caps))
+    if refusal:
+        raise _fallback_log.fallback(refusal)
+    image_api = images.IMAGE_API
+    img = image_api.get(context, image_href)
+    disk_format = img.get('disk_format')
+    if not isinstance(disk_format, str) or disk_format in _NOVA_RAW_ALIASES:
+        raise _fallback_log.fallback(
+            'a disk_format nova reads as raw (%s)' % disk_format)
+    if img.get('container_format') not in (None, 'bare'):
+        raise _fallback_log.fallback(
+            'a container_format other than bare (%s)'
+            % img.get('container_format'))
+    out_format = 'raw' if conf.force_raw_images else disk_format
+    assert caps is not None       # daemon_refusal said so
+    if not common.formats_known(caps, disk_format, out_format):
+        raise _fallback_log.fallback('a format accel-daemon does not '
+                                     'convert')
+    return client, {
+        'dst': path, 'disk_format': disk_format, 'dst_format': out_format,
+        'replace': os.path.lexists(path)}, image_api
+
+
+def _fetch_error(err: exception.AccelError, image_href: str) -> Exception:
+    from nova import exception as nova_exception
+    error: Exception
+    if isinstance(err, common.REFUSALS):
+        error = nova_exception.ImageUnacceptable(image_id=image_href,
+                                                 reason=str(err))
+    else:
+        # A write that failed, as nova's own download would report it.
+        error = OSError(errno.EIO, 'accel-daemon could not write image '
+                        '%s: %s: %s' % (image_href, type(err).__name__, err))
+    error.accel_error = err     # type: ignore[attr-defined]
+    return error
+
+
+def fetch_to_raw(context: Any, image_href: str, path: str,
+                 trusted_certs: Any = None) -> None:
+    """nova 34's ``nova.virt.images.fetch_to_raw``, streamed: nova's own
+    ``IMAGE_API.download(..., data=writer)`` (inside nova's
+    ``disk_ops_semaphore``, with nova's signature verification and
+    glanceclient's hash check) writes the image into an accel-daemon
+    ``stream_in`` task, which inspects its start before writing anything
+    (the claimed ``disk_format`` must be what it is, and safe), writes a
+    raw image straight to ``path`` (a qcow2 through one unnamed stage,
+    converted to raw when ``force_raw_images``) and publishes ``path``
+    only once the download completed and its checks passed.  No
+    ``path.part`` or ``path.converted`` is ever named.
+
+    nova's own function runs, with the same arguments, each reason logged
+    once: ``[accel_daemon_nova] stream_images = False``, ``[workarounds]
+    disable_deep_image_inspection``, ``[glance] enable_rbd_download``, a
+    ``disk_format`` nova reads as raw (iso, ami, aki, ari), a container
+    other than bare, a path or format the daemon does not take, and a
+    daemon that does not answer, is older than API 1.5 or whose stream
+    sockets nova-compute's user may not reach.
+
+    :raises ImageUnacceptable: the daemon refused the image
+    :raises OSError: (EIO) the daemon could not write the image
+    """
+    try:
+        client, args, image_api = _fetch_plan(context, image_href, path)
+    except common.Fallback:
+        return original_fetch_to_raw()(context, image_href, path,
+                                       trusted_certs=trusted_certs)
+    from nova.compute import utils as compute_utils
+    try:
+        writer = client.stream_in(**args)
+    except exception.ServiceUnavailable:
+        # Gone since it answered: nothing started, nova's own path runs.
+        _fallback_log('a daemon that did not take the stream')
+        return original_fetch_to_raw()(context, image_href, path,
+                                       trusted_certs=trusted_certs)
+    except exception.AccelError as e:
+        raise _fetch_error(e, image_href) from e
+    with compute_utils.disk_ops_semaphore:
+        try:
+            image_api.download(context, image_href, data=writer,
+                               trusted_certs=trusted_certs)
+        except exception.AccelError as e:
+            writer.abort('%s: %s' % (type(e).__name__, e))
+            raise _fetch_error(e, image_href) from e
+        except BaseException as e:
+            # nova's failure (signature, glanceclient's hash, the
+            # download): nothing is published.
+            writer.abort('%s: %s' % (type(e).__name__, e))
+            if writer.error is not None:
+                raise _fetch_error(writer.error, image_href) from e
+            raise
+        try:
+            writer.close()
+        except exception.AccelError as e:
+            raise _fetch_error(e, image_href) from e
+
+
 # nova's own functions, kept before anything replaces them; resolved on
 # first use otherwise.
 _convert_image = common.Original('nova.virt.images', 'convert_image',
                                  convert_image)
 _privsep_convert_image = common.Original(
     'nova.privsep.qemu', 'convert_image', privsep_convert_image)
+_fetch_to_raw = common.Original('nova.virt.images', 'fetch_to_raw',
+                                fetch_to_raw)

@@ -13,6 +13,7 @@ directory.
 """
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -118,50 +119,156 @@ class Base(unittest.TestCase):
         return gzip.compress(read(image), compresslevel=1)
 
 
-class UploadVolume(Base):
-    """image_utils.upload_volume with container_format 'compressed'."""
+class Counting(Base):
+    """Counts cinder's temporary files (in image_conversion_dir)."""
 
-    def upload(self, disk_format):
-        volume = self.volume('volume-up-%s' % disk_format)
+    def setUp(self):
+        super().setUp()
+        made = []
+        original = image_utils.create_temporary_file
+
+        def counted(*args, **kwargs):
+            made.append(args)
+            return original(*args, **kwargs)
+        image_utils.create_temporary_file = counted
+        self.addCleanup(setattr, image_utils, 'create_temporary_file',
+                        original)
+        self.temporary_files = made
+
+
+class UploadVolume(Counting):
+    """image_utils.upload_volume, streamed by the daemon (stream_out)
+    into the image service: no temporary file in cinder's conversion
+    directory at any moment."""
+
+    def upload(self, disk_format, container='compressed'):
+        volume = self.volume('volume-up-%s-%s' % (disk_format, container))
         service = ImageService()
         meta = {'id': 'image-up-%s' % disk_format,
                 'disk_format': disk_format,
-                'container_format': 'compressed'}
+                'container_format': container}
         image_utils.upload_volume(CTX, service, meta, volume,
                                   volume_format='raw', run_as_root=True)
         self.assertEqual([meta['id']], list(service.uploads))
         data = service.uploads[meta['id']]
-        self.assertEqual(cinderflows.GZIP_MAGIC, data[:2])
-        # The gzip tool reads it; what it gives is the volume, in
-        # disk_format.
         work = tempfile.mkdtemp(dir=ROOT)
         self.addCleanup(shutil.rmtree, work)
-        uploaded = write(os.path.join(work, 'upload.gz'), data)
-        with open(os.path.join(work, 'upload'), 'wb') as out:
-            subprocess.run(['gzip', '-d', '-c', uploaded], stdout=out,
-                           check=True)
+        out = os.path.join(work, 'upload')
+        if container == 'compressed':
+            self.assertEqual(cinderflows.GZIP_MAGIC, data[:2])
+            # The gzip tool reads it; what it gives is the volume, in
+            # disk_format.
+            uploaded = write(os.path.join(work, 'upload.gz'), data)
+            with open(out, 'wb') as f:
+                subprocess.run(['gzip', '-d', '-c', uploaded], stdout=f,
+                               check=True)
+        else:
+            write(out, data)
         info = realdaemon.qemu_img('info', '--output=json', '-f',
-                                   disk_format, out.name)
+                                   disk_format, out)
         self.assertEqual(0, info.returncode, info.stderr)
-        same, text = realdaemon.same_image(out.name, disk_format, volume,
-                                           'raw')
+        same, text = realdaemon.same_image(out, disk_format, volume, 'raw')
         self.assertTrue(same, text)
-        # Converted, then compressed in place, both by the daemon.
-        self.assertEqual([('convert', 'succeeded'),
-                          ('compress', 'succeeded')], self.tasks())
-        return out.name
+        # One task of the daemon's, which read the volume and sent the
+        # image; cinder made no temporary file.
+        self.assertEqual([('stream_out', 'succeeded')], self.tasks(),
+                         integration._fallbacks_logged)
+        self.assertEqual([], self.temporary_files)
+        return out
+
+    def compressed_clusters(self, path):
+        """How many data extents of a qcow2 are compressed (qemu-img map
+        gives them no host offset)."""
+        extents = json.loads(realdaemon.qemu_img(
+            'map', '--output=json', '-f', 'qcow2', path).stdout)
+        data = [e for e in extents if e['data']]
+        self.assertTrue(data)
+        return sum(1 for e in data if 'offset' not in e)
 
     def test_raw(self):
         out = self.upload('raw')
         self.assertEqual(SIZE, os.path.getsize(out))
 
-    def test_qcow2(self):
+    def test_qcow2_is_deflated_once(self):
+        # cinder's own path writes compressed clusters (compress=True),
+        # then gzips them; streamed, the clusters inside the gzip
+        # container are plain.
         out = self.upload('qcow2')
-        # upload_volume asks qemu-img to compress (compress=True).
-        check = realdaemon.qemu_img('check', '--output=json', '-f', 'qcow2',
-                                    out)
-        self.assertIn('"compressed-clusters"', check.stdout)
-        self.assertNotIn('"compressed-clusters": 0', check.stdout)
+        self.assertEqual(0, self.compressed_clusters(out))
+
+    def test_qcow2_in_a_bare_container_keeps_compressed_clusters(self):
+        out = self.upload('qcow2', container='bare')
+        self.assertGreater(self.compressed_clusters(out), 0)
+
+    def test_raw_to_a_bare_raw_image_stays_with_cinder(self):
+        # Nothing to convert or compress: cinder sends the volume itself.
+        volume = self.volume('volume-bare-raw')
+        service = ImageService()
+        meta = {'id': 'image-bare-raw', 'disk_format': 'raw',
+                'container_format': 'bare'}
+        image_utils.upload_volume(CTX, service, meta, volume,
+                                  volume_format='raw')
+        self.assertEqual(read(volume), service.uploads['image-bare-raw'])
+        self.assertEqual([], self.tasks())
+        self.assertIn('an upload with nothing to convert or compress '
+                      '(cinder sends the volume as it is)',
+                      integration._fallbacks_logged)
+
+    def test_stream_images_off_keeps_the_daemon_on_cinders_files(self):
+        conf = cinderflows.CONF
+        integration.register_opts(conf)
+        conf.set_override('stream_images', False, 'accel_daemon_cinder')
+        self.addCleanup(conf.clear_override, 'stream_images',
+                        'accel_daemon_cinder')
+        volume = self.volume('volume-up-files')
+        service = ImageService()
+        meta = {'id': 'image-up-files', 'disk_format': 'qcow2',
+                'container_format': 'compressed'}
+        image_utils.upload_volume(CTX, service, meta, volume,
+                                  volume_format='raw')
+        self.assertEqual(cinderflows.GZIP_MAGIC,
+                         service.uploads['image-up-files'][:2])
+        # Converted into cinder's temporary file, then compressed in
+        # place, both by the daemon.
+        self.assertEqual([('convert', 'succeeded'),
+                          ('compress', 'succeeded')], self.tasks())
+        self.assertEqual(1, len(self.temporary_files))
+        self.assertIn('[accel_daemon_cinder] stream_images = False',
+                      integration._fallbacks_logged)
+
+    def test_a_failing_image_service_fails_the_task(self):
+        volume = self.volume('volume-up-fail')
+
+        class Failing(ImageService):
+            def update(self, context, image_id, image_meta, data=None,
+                       store_id=None, base_image_ref=None):
+                data.read(64 * 1024)
+                raise IOError('the image store is full')
+        meta = {'id': 'image-up-fail', 'disk_format': 'raw',
+                'container_format': 'compressed'}
+        with self.assertRaises(IOError):
+            image_utils.upload_volume(CTX, Failing(), meta, volume,
+                                      volume_format='raw')
+        self.assertEqual([('stream_out', 'failed')], self.tasks())
+
+    def test_a_refused_volume_is_unacceptable_and_nothing_is_sent(self):
+        # A qcow2 volume (an NFS backend's) with a backing file: refused
+        # by the daemon's inspection before the first byte goes.
+        base = self.volume('volume-base')
+        volume = os.path.join(VOLUMES, 'volume-backed')
+        realdaemon.run('qemu-img', 'create', '-f', 'qcow2', '-F', 'raw',
+                       '-b', base, volume)
+        self.addCleanup(os.unlink, volume)
+        service = ImageService()
+        meta = {'id': 'image-backed', 'disk_format': 'raw',
+                'container_format': 'compressed'}
+        with self.assertRaises(cinder_exception.ImageUnacceptable) as c:
+            image_utils.upload_volume(CTX, service, meta, volume,
+                                      volume_format='qcow2')
+        self.assertIsInstance(c.exception.accel_error,
+                              exception.UnsafeImage)
+        self.assertEqual({}, service.uploads)
+        self.assertEqual([('stream_out', 'failed')], self.tasks())
 
 
 class UploadEncryptedVolume(Base):
@@ -196,37 +303,55 @@ class UploadEncryptedVolume(Base):
             image_utils.upload_volume(CTX, service, meta, volume,
                                       volume_format='raw')
         self.assertFalse(hasattr(c.exception, 'accel_error'))
+        # The stream refused it before sending a byte (not the raw that
+        # cinder says), and cinder's own path, which inspects it itself,
+        # decided: no convert sent to the daemon.
+        self.assertIn('a volume that is not its volume_format (luks)',
+                      integration._fallbacks_logged)
         self.assertIn('an encrypted source (LUKS) without a named format',
                       integration._fallbacks_logged)
         self.assertEqual({}, service.uploads)
-        self.assertEqual([], self.tasks())
+        self.assertEqual([('stream_out', 'failed')], self.tasks())
         self.assertEqual(before, read(volume))
 
 
-class FetchToVolumeFormat(Base):
-    """image_utils.fetch_to_volume_format from a 'compressed' container."""
+class FetchToVolumeFormat(Counting):
+    """image_utils.fetch_to_volume_format from a 'compressed' container:
+    streamed into the daemon when cinder did not download the image
+    before; the daemon's one download task when it did (cinder's create
+    flow, TemporaryImages)."""
 
-    def fetch(self, fmt, dest, seed):
+    def fetch(self, fmt, dest, seed, downloaded_before=False):
         source = self.volume('source-%s-%d' % (fmt, seed), seed=seed)
         service = ImageService()
         image_id = service.add(self.gzipped_image(source, fmt), fmt,
                                'compressed')
-        image_utils.fetch_to_volume_format(
-            CTX, service, image_id, dest, 'raw', '1M', size=1,
-            run_as_root=True)
+        if downloaded_before:
+            # As cinder's create flow: the image in image_conversion_dir,
+            # then fetch_to_volume_format (which finds it there).
+            with image_utils.TemporaryImages.fetch(service, CTX, image_id):
+                image_utils.fetch_to_volume_format(
+                    CTX, service, image_id, dest, 'raw', '1M', size=1,
+                    run_as_root=True)
+        else:
+            image_utils.fetch_to_volume_format(
+                CTX, service, image_id, dest, 'raw', '1M', size=1,
+                run_as_root=True)
         done = cinderflows.new_tasks(DAEMON, self.before)
-        self.assertEqual([('decompress', 'succeeded'),
-                          ('convert', 'succeeded')],
-                         [(t['kind'], t['state']) for t in done])
-        # What cinder expects travels with each call: the 1 GiB volume
-        # (with room for an image format's metadata) caps the inflated
-        # image, which must be gzip; the virtual size cinder's inspection
-        # accepted caps the conversion.
-        unpack, convert = (t['params'] for t in done)
-        self.assertEqual('gzip', unpack['container'])
-        self.assertEqual(integration.decompressed_cap(GIB),
-                         unpack['max_bytes'])
-        self.assertEqual(SIZE, convert['max_bytes'])
+        kind = 'download' if downloaded_before else 'stream_in'
+        self.assertEqual([(kind, 'succeeded')],
+                         [(t['kind'], t['state']) for t in done],
+                         integration._fallbacks_logged)
+        # What cinder expects travels with the call: gzip, and the 1 GiB
+        # volume caps the image (a downloaded file with room for an image
+        # format's metadata: it caps the inflated bytes too).
+        params = done[0]['params']
+        self.assertEqual('gzip', params['container'])
+        self.assertEqual(integration.decompressed_cap(GIB)
+                         if downloaded_before else GIB,
+                         params['max_bytes'])
+        self.assertEqual(1 if downloaded_before else 0,
+                         len(self.temporary_files))
         return source
 
     def test_an_image_larger_than_the_volume_is_refused_while_inflated(self):
@@ -243,12 +368,12 @@ class FetchToVolumeFormat(Base):
         service = ImageService()
         image_id = service.add(bomb, 'raw', 'compressed')
         dest = self.old_volume('volume-f3')
-        with self.assertRaises(cinder_exception.CinderAcceleratorError) as c:
+        with self.assertRaises(cinder_exception.ImageUnacceptable) as c:
             image_utils.fetch_to_volume_format(
                 CTX, service, image_id, dest, 'raw', '1M', size=1)
         self.assertIsInstance(c.exception.accel_error,
                               exception.SizeLimitExceeded)
-        self.assertEqual([('decompress', 'failed')], self.tasks())
+        self.assertEqual([('stream_in', 'failed')], self.tasks())
         self.assertEqual(b'\x5a' * SIZE, read(dest))
 
     def test_gzipped_qcow2_onto_a_file_volume(self):
@@ -263,9 +388,20 @@ class FetchToVolumeFormat(Base):
         self.assertEqual(SIZE, os.path.getsize(dest))
         self.assertTrue(realdaemon.same_bytes(source, dest))
 
-    def onto_loop(self, fmt, seed):
+    def test_downloaded_gzipped_raw_onto_a_file_volume(self):
+        dest = self.old_volume('volume-f4')
+        source = self.fetch('raw', dest, seed=6, downloaded_before=True)
+        self.assertTrue(realdaemon.same_bytes(source, dest))
+
+    def test_downloaded_gzipped_qcow2_onto_a_file_volume(self):
+        dest = self.old_volume('volume-f5')
+        source = self.fetch('qcow2', dest, seed=7, downloaded_before=True)
+        self.assertTrue(realdaemon.same_bytes(source, dest))
+
+    def onto_loop(self, fmt, seed, downloaded_before=False):
         LOOP.fill(b'\x5a')
-        source = self.fetch(fmt, LOOP.path, seed=seed)
+        source = self.fetch(fmt, LOOP.path, seed=seed,
+                            downloaded_before=downloaded_before)
         self.assertTrue(realdaemon.same_bytes(source, LOOP.path, SIZE))
         # Nothing past the image was touched.
         with open(LOOP.path, 'rb') as f:
@@ -277,6 +413,51 @@ class FetchToVolumeFormat(Base):
 
     def test_gzipped_raw_onto_a_loop_device(self):
         self.onto_loop('raw', seed=5)
+
+    def test_downloaded_gzipped_raw_onto_a_loop_device(self):
+        self.onto_loop('raw', seed=8, downloaded_before=True)
+
+    def test_a_bare_raw_image_is_streamed_too(self):
+        source = self.volume('source-bare', seed=9)
+        service = ImageService()
+        image_id = service.add(read(source), 'raw', 'bare')
+        dest = self.old_volume('volume-bare')
+        image_utils.fetch_to_volume_format(CTX, service, image_id, dest,
+                                           'raw', '1M', size=1)
+        self.assertEqual([('stream_in', 'succeeded')], self.tasks())
+        self.assertTrue(realdaemon.same_bytes(source, dest))
+        self.assertEqual([], self.temporary_files)
+
+    def test_a_signed_image_keeps_cinders_path(self):
+        source = self.volume('source-signed', seed=10)
+        service = ImageService()
+        image_id = service.add(read(source), 'raw', 'bare')
+        service.images[image_id][0]['properties'] = {
+            'img_signature': 'c2lnbmF0dXJl',
+            'img_signature_hash_method': 'SHA-256'}
+        dest = self.old_volume('volume-signed')
+        image_utils.fetch_to_volume_format(CTX, service, image_id, dest,
+                                           'raw', '1M', size=1)
+        self.assertTrue(realdaemon.same_bytes(source, dest))
+        self.assertNotIn(('stream_in', 'succeeded'), self.tasks())
+        self.assertIn('a signed image (cinder verifies the stored bytes)',
+                      integration._fallbacks_logged)
+
+    def test_a_failed_download_publishes_nothing(self):
+        source = self.volume('source-broken', seed=11)
+
+        class Broken(ImageService):
+            def download(self, context, image_id, data=None):
+                data.write(read(source)[:4 * MIB])
+                raise IOError('Corrupt image download')
+        service = Broken()
+        image_id = service.add(read(source), 'raw', 'bare')
+        dest = self.old_volume('volume-broken')
+        with self.assertRaises(IOError):
+            image_utils.fetch_to_volume_format(CTX, service, image_id, dest,
+                                               'raw', '1M', size=1)
+        self.assertEqual([('stream_in', 'failed')], self.tasks())
+        self.assertEqual(b'\x5a' * SIZE, read(dest))
 
 
 class DeviceOutsideThePatterns(Base):

@@ -103,7 +103,7 @@ class Base(unittest.TestCase):
 
 class KilledMidFlow(Base):
 
-    def test_upload_volume_killed_while_converting(self):
+    def test_upload_volume_killed_while_streaming(self):
         volume = os.path.join(self.volumes, 'volume-big')
         realdaemon.big_volume(volume, 192)
         self.addCleanup(os.unlink, volume)
@@ -111,7 +111,8 @@ class KilledMidFlow(Base):
         service = ImageService()
         meta = {'id': 'image-killed', 'disk_format': 'qcow2',
                 'container_format': 'compressed'}
-        with realdaemon.KillWhenRunning(self.daemon, 'convert') as killer:
+        with realdaemon.KillWhenRunning(self.daemon,
+                                        'stream_out') as killer:
             with self.assertRaises(
                     processutils.ProcessExecutionError) as caught:
                 image_utils.upload_volume(CTX, service, meta, volume,

@@ -27,6 +27,7 @@ from oslo_config import cfg
 
 from nova import context as nova_context
 from nova import exception as nova_exception
+from nova.image import glance
 from nova.virt import images
 from nova.virt.libvirt import utils as libvirt_utils
 
@@ -41,18 +42,32 @@ SIZE = 24 * MIB
 
 
 class ImageAPI:
-    """The calls nova.virt.images makes of nova.image.glance.API."""
+    """The calls nova.virt.images makes of nova.image.glance.API.
+
+    ``download`` writes through nova's own
+    ``GlanceImageServiceV2._verify_and_write`` (its signature check, its
+    truncate on a bad signature, its fsync of a dest_path), fed 64 KiB
+    chunks as glanceclient's iterator gives them; ``fail_at_end`` makes
+    that iterator raise once every chunk went, as glanceclient does when
+    the sha512 of what it read is not glance's, and ``bad_signature``
+    makes the verifier refuse.  ``calls`` records whether nova passed a
+    file object (``data``) or a path."""
+
+    CHUNK = 64 * 1024
 
     def __init__(self):
         self.images = {}
+        self.calls = []
+        self.fail_at_end = None
+        self.bad_signature = False
 
-    def add(self, path, disk_format):
+    def add(self, path, disk_format, container_format='bare'):
         image_id = str(uuid.uuid4())
         with open(path, 'rb') as f:
             data = f.read()
         self.images[image_id] = ({'id': image_id, 'status': 'active',
                                   'disk_format': disk_format,
-                                  'container_format': 'bare',
+                                  'container_format': container_format,
                                   'size': len(data)}, data)
         return image_id
 
@@ -60,10 +75,25 @@ class ImageAPI:
             show_deleted=True):
         return dict(self.images[image_id][0])
 
+    def _chunks(self, data):
+        for off in range(0, len(data), self.CHUNK):
+            yield data[off:off + self.CHUNK]
+        if self.fail_at_end is not None:
+            raise self.fail_at_end
+
     def download(self, context, image_id, data=None, dest_path=None,
                  trusted_certs=None):
-        with open(dest_path, 'wb') as f:
-            f.write(self.images[image_id][1])
+        self.calls.append('data' if data is not None else 'dest_path')
+        verifier = None
+        if self.bad_signature:
+            from cryptography.exceptions import InvalidSignature
+            verifier = mock.Mock()
+            verifier.verify.side_effect = InvalidSignature()
+        service = glance.GlanceImageServiceV2.__new__(
+            glance.GlanceImageServiceV2)
+        return service._verify_and_write(
+            context, image_id, verifier,
+            self._chunks(self.images[image_id][1]), data, dest_path)
 
 
 def configure(daemon, timeout=5, **nova_accel):
@@ -72,6 +102,10 @@ def configure(daemon, timeout=5, **nova_accel):
     instances = os.path.join(daemon.images, 'instances')
     os.makedirs(instances, exist_ok=True)
     path = os.path.join(daemon.root, 'nova.conf')
+    # The first capabilities call starts the daemon's privsep helper: on a
+    # loaded host it can take longer than the default 3 s, and a daemon
+    # that does not answer in time is "not there".
+    nova_accel.setdefault('probe_timeout', 15)
     daemon.service_conf(path, {
         'instances_path': instances,
         'state_path': os.path.join(daemon.root, 'nova-state'),
@@ -159,6 +193,13 @@ class Base(unittest.TestCase):
 
 
 class FetchToRaw(Base):
+    """fetch_to_raw streams: nova's own download writes into a stream_in
+    task; nothing is named before the image is whole and checked."""
+
+    def assertStreamed(self, state='succeeded'):
+        self.assertEqual(['data'], self.api.calls,
+                         integration._fallbacks_logged)
+        self.assertEqual([('stream_in', state)], self.tasks())
 
     def test_qcow2_image_converted_by_the_daemon(self):
         source = self.raw('source.raw')
@@ -169,11 +210,36 @@ class FetchToRaw(Base):
         images.fetch_to_raw(CTX, image_id, path)
         self.assertTrue(realdaemon.same_bytes(source, path))
         self.assertEqual(SIZE, os.path.getsize(path))
-        self.assertEqual([('convert', 'succeeded')], self.tasks())
-        # nova's .part and .converted files are gone.
+        self.assertStreamed()
+        # No .part, no .converted: nothing but the disk.
         self.assertOnly('disk-1')
 
-    def test_backing_file_refused_by_novas_inspection(self):
+    def test_raw_image_written_straight_with_holes(self):
+        source = self.raw('source.raw', seed=11)
+        image_id = self.api.add(source, 'raw')
+        path = self.in_instances('disk-raw')
+        images.fetch_to_raw(CTX, image_id, path)
+        self.assertTrue(realdaemon.same_bytes(source, path))
+        self.assertLess(os.stat(path).st_blocks * 512,
+                        os.stat(source).st_blocks * 512 + MIB)
+        self.assertStreamed()
+        self.assertOnly('disk-raw')
+
+    def test_qcow2_kept_as_qcow2_without_force_raw_images(self):
+        CONF.set_override('force_raw_images', False)
+        self.addCleanup(CONF.clear_override, 'force_raw_images')
+        source = self.raw('source.raw', seed=12)
+        image = realdaemon.qcow2_from(source,
+                                      os.path.join(self.work, 'src.qcow2'))
+        image_id = self.api.add(image, 'qcow2')
+        path = self.in_instances('disk-qcow2')
+        images.fetch_to_raw(CTX, image_id, path)
+        same, text = realdaemon.same_image(path, 'qcow2', source, 'raw')
+        self.assertTrue(same, text)
+        self.assertStreamed()
+        self.assertOnly('disk-qcow2')
+
+    def test_backing_file_refused_before_anything_is_written(self):
         secret = os.path.join(self.work, 'host-secret')
         with open(secret, 'wb') as f:
             f.write(b'secret\n' * 1000)
@@ -181,10 +247,81 @@ class FetchToRaw(Base):
             os.path.join(self.work, 'backed.qcow2'), secret)
         image_id = self.api.add(image, 'qcow2')
         path = self.in_instances('disk-2')
-        with self.assertRaises(nova_exception.ImageUnacceptable):
+        with self.assertRaises(nova_exception.ImageUnacceptable) as caught:
             images.fetch_to_raw(CTX, image_id, path)
-        self.assertEqual([], self.tasks())
+        self.assertIsInstance(caught.exception.accel_error,
+                              exception.UnsafeImage)
+        self.assertStreamed('failed')
         self.assertOnly()
+
+    def test_qcow2_claimed_as_raw_is_refused(self):
+        image = realdaemon.qcow2_from(
+            self.raw('source.raw', seed=13),
+            os.path.join(self.work, 'src.qcow2'))
+        image_id = self.api.add(image, 'raw')
+        path = self.in_instances('disk-claimed')
+        with self.assertRaises(nova_exception.ImageUnacceptable) as caught:
+            images.fetch_to_raw(CTX, image_id, path)
+        self.assertIsInstance(caught.exception.accel_error,
+                              exception.FormatMismatch)
+        self.assertOnly()
+
+    def test_a_hash_mismatch_at_the_end_publishes_nothing(self):
+        # glanceclient raises once it read everything and the sha512 is
+        # not glance's: every byte was written, nothing is published.
+        source = self.raw('source.raw', seed=14)
+        image_id = self.api.add(source, 'raw')
+        self.api.fail_at_end = IOError('Corrupt image download. Hash was '
+                                       'x expected y')
+        path = self.in_instances('disk-hash')
+        with self.assertRaises(IOError) as caught:
+            images.fetch_to_raw(CTX, image_id, path)
+        self.assertIn('Corrupt image download', str(caught.exception))
+        self.assertStreamed('failed')
+        self.assertOnly()
+
+    def test_a_bad_signature_publishes_nothing(self):
+        from cryptography.exceptions import InvalidSignature
+        source = self.raw('source.raw', seed=15)
+        image_id = self.api.add(source, 'raw')
+        self.api.bad_signature = True
+        path = self.in_instances('disk-signed')
+        with self.assertRaises(InvalidSignature):
+            images.fetch_to_raw(CTX, image_id, path)
+        self.assertStreamed('failed')
+        self.assertOnly()
+
+    def test_stream_images_off_keeps_novas_download(self):
+        integration.register_opts(CONF)
+        CONF.set_override('stream_images', False, 'accel_daemon_nova')
+        self.addCleanup(CONF.clear_override, 'stream_images',
+                        'accel_daemon_nova')
+        source = self.raw('source.raw', seed=16)
+        image = realdaemon.qcow2_from(source,
+                                      os.path.join(self.work, 'src.qcow2'))
+        image_id = self.api.add(image, 'qcow2')
+        path = self.in_instances('disk-files')
+        images.fetch_to_raw(CTX, image_id, path)
+        self.assertTrue(realdaemon.same_bytes(source, path))
+        self.assertEqual(['dest_path'], self.api.calls)
+        self.assertEqual([('convert', 'succeeded')], self.tasks())
+        self.assertIn('[accel_daemon_nova] stream_images = False',
+                      integration._fallbacks_logged)
+        self.assertOnly('disk-files')
+
+    def test_rbd_download_keeps_novas_path(self):
+        CONF.set_override('enable_rbd_download', True, 'glance')
+        self.addCleanup(CONF.clear_override, 'enable_rbd_download',
+                        'glance')
+        source = self.raw('source.raw', seed=17)
+        image_id = self.api.add(source, 'raw')
+        path = self.in_instances('disk-rbd')
+        images.fetch_to_raw(CTX, image_id, path)
+        self.assertEqual(['dest_path'], self.api.calls)
+        self.assertEqual([], self.tasks())
+        self.assertTrue(realdaemon.same_bytes(source, path))
+        self.assertIn('[glance] enable_rbd_download (nova reads the image '
+                      'from RBD itself)', integration._fallbacks_logged)
 
 
 class ConvertImage(Base):

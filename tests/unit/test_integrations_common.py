@@ -73,10 +73,8 @@ def test_each_fallback_reason_logged_once(caplog):
             assert isinstance(log.fallback('encryption'), common.Fallback)
         log.fallback('URIs')
     assert [r.getMessage() for r in caplog.records] == [
-        "accel-daemon: convert_image falls back to nova's qemu-img for "
-        "encryption (logged once)",
-        "accel-daemon: convert_image falls back to nova's qemu-img for "
-        "URIs (logged once)"]
+        "accel-daemon: nova's own code runs for encryption (logged once)",
+        "accel-daemon: nova's own code runs for URIs (logged once)"]
 
 
 CAPS = {'allowed_dirs': ['/srv/images'],
@@ -111,3 +109,39 @@ def test_convert_args_compress_qcow2_only(tmp_path):
     dest.touch()
     args = common.convert_args('/a', str(dest), 'raw', 'qcow2', True)
     assert args['compress'] and args['replace']
+
+
+# --- image streams -----------------------------------------------------------
+@pytest.mark.parametrize('version, expected', [
+    ('1.5', (1, 5)), ('1.12', (1, 12)), (None, (0,)), ('x', (0,))])
+def test_api_version(version, expected):
+    caps = dict(CAPS, api_version=version) if version else dict(CAPS)
+    assert common.api_version(caps) == expected
+
+
+def test_stream_refusal(tmp_path):
+    open_dir = tmp_path / 'streams'
+    open_dir.mkdir()
+    ok = dict(CAPS, api_version='1.5', streams=str(open_dir))
+    assert common.stream_refusal(ok) is None
+    assert common.stream_refusal(None) == 'a daemon that does not answer'
+    assert common.stream_refusal(dict(ok, api_version='1.4')) == \
+        'a daemon older than API 1.5 (image streams)'
+    assert common.stream_refusal(dict(CAPS)) == \
+        'a daemon older than API 1.5 (image streams)'
+    assert common.stream_refusal(dict(ok, streams=None)) == \
+        'image streams are off in the daemon ([streams] group)'
+    missing = str(tmp_path / 'nowhere')
+    assert common.stream_refusal(dict(ok, streams=missing)) == \
+        'the stream directory %s is missing' % missing
+
+
+def test_stream_refusal_of_a_directory_this_user_cannot_enter(
+        tmp_path, monkeypatch):
+    closed = tmp_path / 'closed'
+    closed.mkdir()
+    monkeypatch.setattr(common.os, 'access', lambda path, mode: False)
+    reason = common.stream_refusal(dict(CAPS, api_version='1.5',
+                                        streams=str(closed)))
+    assert reason.startswith('this service may not reach the stream '
+                             'sockets in %s' % closed)
