@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -250,18 +251,15 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def read_plain(path: str, limit: int = 256 * MiB) -> bytes:
-    """The bytes of ``path``, gunzipped when it is gzip (capped)."""
-    with open(path, 'rb') as f:
-        head = f.read(2)
-    if head == b'\x1f\x8b':
+def plain(data: bytes, limit: int = 256 * MiB) -> bytes:
+    """``data``, gunzipped when it is gzip (capped)."""
+    if data[:2] == b'\x1f\x8b':
         try:
-            with gzip.open(path, 'rb') as g:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
                 return g.read(limit)
         except (OSError, EOFError):
             pass
-    with open(path, 'rb') as f:
-        return f.read(limit)
+    return data[:limit]
 
 
 def qemu_info(path: str, fmt: str | None = None) -> dict:
