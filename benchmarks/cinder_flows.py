@@ -17,29 +17,49 @@ upload-raw, upload-qcow2
     ``image_compress_on_upload = true``).
 fetch-qcow2 (and fetch-raw)
     ``fetch_to_volume_format`` of a gzip'd qcow2 (raw) image onto a file
-    volume of the same size (create-volume-from-image).
+    volume of the same size, called alone: what create-volume-from-image
+    is once its first download is gone (a change to cinder's create flow),
+    and what a reimage does.
+create-qcow2 (and create-raw)
+    the same inside what cinder 29's create flow does around it
+    (``_create_from_image_cache_or_download``): the image downloaded into
+    ``image_conversion_dir`` first (``TemporaryImages.fetch``), its
+    signature and virtual size checked on that file, then
+    ``fetch_to_volume_format``.
 
 Paths:
 
 stock
     cinder's own ``image_utils.convert_image`` (qemu-img) and its own
     accelerator list (``AccelQAT``, then the ``AccelGZIP`` fallback: gzip
-    and mv), no daemon.
+    and mv), and its own ``upload_volume``, no daemon.
 daemon
-    ``accel_daemon.integrations.cinder.install()`` (cinder's
-    ``convert_image`` replaced by the integration's) with
-    ``DaemonAccel`` first in cinder's accelerator list, against a real
-    accel-daemon (the installed console script, privsep backend, real
-    RabbitMQ; ``benchmarks/bench_daemon.py``).  What the integration does
-    not send to the daemon still runs cinder's own code: the table says
-    which daemon tasks and how many of cinder's qemu-img conversions ran.
+    ``accel_daemon.integrations.cinder.install()`` with ``[accel_daemon_
+    cinder] stream_images = false``: cinder's ``convert_image`` replaced
+    by the integration's, with ``DaemonAccel`` first in cinder's
+    accelerator list, against a real accel-daemon (the installed console
+    script, privsep backend, real RabbitMQ; ``benchmarks/bench_daemon.py``):
+    the daemon works on cinder's temporary files.  What the integration
+    does not send to the daemon still runs cinder's own code: the table
+    says which daemon tasks and how many of cinder's qemu-img conversions
+    ran.
+stream
+    the same with streams (``stream_images = true``, the default): an
+    upload is the daemon's ``stream_out`` read by the image service.
 
-Both use the same fake image service (``FakeImageService``), which stores
-uploads as files in the work directory (a file-backed glance store) and
-serves downloads from a file.  The repetitions are interleaved (stock and
-daemon alternate, the first of each pair alternating too), outputs are
-deleted and the page cache written back (``sync``) between runs, and
-every run is timed around the cinder call alone.
+The image service is a file-backed stand-in (``FakeImageService``, which
+stores uploads as files in the work directory) or, with ``--glance``, a
+real glance-api from PyPI on loopback (``benchmarks/glance_api.py``:
+sqlite, file store, no keystone) reached through cinder's own
+``GlanceImageService`` and python-glanceclient.  The repetitions are
+interleaved (the order of the paths rotates), outputs are deleted and the
+page cache written back (``sync``) between runs, and every run is timed
+around the cinder call and a ``sync`` of what it wrote.  Each run also
+records the CPU seconds of each process group (cinder's process and what
+runs under it, accel-daemon, its privsep helper, the tools it runs,
+glance-api; ``benchmarks/procstats.py``), the peak bytes allocated in
+``image_conversion_dir`` (named files, sampled every 20 ms) and the bytes
+written to the host's disks (/proc/diskstats).
 
 Checks (not timed): every upload, through ``gzip -dc``, decompresses to
 the same image on both paths (raw: byte-identical to the volume; qcow2:
@@ -75,15 +95,20 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import bench_daemon  # noqa: E402
+import glance_api  # noqa: E402
 import mixed_volume  # noqa: E402
+import procstats  # noqa: E402
 
 LOG = logging.getLogger('cinder_flows')
 MiB = 1024 * 1024
 CHUNK = MiB
 DEFAULT_URL = 'rabbit://guest:guest@127.0.0.1:5672/'
-FLOWS = ('upload-raw', 'upload-qcow2', 'fetch-qcow2', 'fetch-raw')
+FLOWS = ('upload-raw', 'upload-qcow2', 'fetch-qcow2', 'fetch-raw',
+         'create-raw', 'create-qcow2')
 DEFAULT_FLOWS = ('upload-raw', 'upload-qcow2', 'fetch-qcow2')
-PATHS = ('stock', 'daemon')
+PATHS = ('stock', 'daemon', 'stream')
+# CPU seconds are reported per group of processes (procstats.CpuTree).
+CPU_GROUPS = ('caller', 'daemon', 'helper', 'tools', 'glance')
 
 CINDER_CONF = """[DEFAULT]
 transport_url = %(url)s
@@ -100,6 +125,14 @@ helper_command = %(privsep_helper)s --config-file %(self)s
 [accel_daemon_client]
 enabled = true
 host = %(host)s
+%(glance)s"""
+
+# A real glance-api (benchmarks/glance_api.py), as cinder reaches it
+# without keystone.
+GLANCE_CONF = """
+[DEFAULT]
+glance_api_servers = %(url)s
+auth_strategy = noauth
 """
 
 
@@ -159,6 +192,56 @@ class FakeImageService:
                     return
                 data.write(chunk)
 
+    # -- what the benchmark asks of its store (as GlanceStore) ---------------
+    def new_image(self, context, name: str, disk_format: str,
+                  container_format: str, path: str | None = None) -> str:
+        self.add({'id': name, 'disk_format': disk_format,
+                  'container_format': container_format}, path)
+        if path is None:
+            remove(self.path(name))
+        return name
+
+    def stored_size(self, context, image_id: str) -> int:
+        return os.path.getsize(self.images[image_id]['file'])
+
+    def fetch_file(self, context, image_id: str, path: str) -> None:
+        run(['cp', self.images[image_id]['file'], path])
+
+
+class GlanceStore:
+    """cinder's real ``GlanceImageService`` on a real glance-api
+    (``glance_api.GlanceAPI``): python-glanceclient, HTTP, glance's
+    sha512 multihash and its file store."""
+
+    def __init__(self) -> None:
+        # image_utils first: cinder 29's glance module, imported first,
+        # fails on a circular import.
+        from cinder.image import image_utils  # noqa: F401
+        from cinder.image import glance  # noqa: H306
+        self.service = glance.GlanceImageService()
+        # cinder's TemporaryImages hangs itself on the service.
+        self.temp_images = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.service, name)
+
+    def new_image(self, context, name: str, disk_format: str,
+                  container_format: str, path: str | None = None) -> str:
+        image_id = self.service.create(context, {
+            'name': name, 'disk_format': disk_format,
+            'container_format': container_format})['id']
+        if path is not None:
+            with open(path, 'rb') as f:
+                self.service.update(context, image_id, {}, f)
+        return image_id
+
+    def stored_size(self, context, image_id: str) -> int:
+        return int(self.service.show(context, image_id)['size'])
+
+    def fetch_file(self, context, image_id: str, path: str) -> None:
+        with open(path, 'wb') as f:
+            self.service.download(context, image_id, data=f)
+
 
 # -- the two paths -----------------------------------------------------------
 
@@ -194,15 +277,24 @@ class Paths:
         # install() keeps what it replaces as the integration's fallback:
         # the counting wrapper, on both paths alike.
         image_utils.convert_image = counted_convert
+        stock_upload = image_utils.upload_volume
         integration.install()
         daemon_list = list(accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST)
         if integration.PATH not in daemon_list:
             # cinder 29's list is hard-coded: what an operator's start-up
             # wrapper or cinder patch does.
             daemon_list.insert(0, integration.PATH)
+        daemon_convert = self._timed(image_utils.convert_image)
+        # (convert_image, accelerator list, upload_volume, stream_images)
         self.settings = {
-            'stock': (self._timed(counted_convert), stock_list),
-            'daemon': (self._timed(image_utils.convert_image), daemon_list),
+            'stock': (self._timed(counted_convert), stock_list,
+                      stock_upload, False),
+            # The integration with streams off: the daemon converts and
+            # compresses cinder's temporary files.
+            'daemon': (daemon_convert, daemon_list,
+                       integration.upload_volume, False),
+            'stream': (daemon_convert, daemon_list,
+                       integration.upload_volume, True),
         }
         self.use('stock')
 
@@ -231,9 +323,14 @@ class Paths:
                                                         started)
 
     def use(self, path: str) -> None:
-        convert, accels = self.settings[path]
+        from oslo_config import cfg
+        convert, accels, upload, stream = self.settings[path]
         self.image_utils.convert_image = convert
+        self.image_utils.upload_volume = upload
         self.accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST = list(accels)
+        self.integration.register_opts(cfg.CONF)
+        cfg.CONF.set_override('stream_images', stream,
+                              'accel_daemon_cinder')
 
     def engine_name(self, scratch: str) -> str:
         """The class cinder's ImageAccel selects on the current path."""
@@ -338,6 +435,13 @@ class Bench:
         self.steps: dict[tuple[str, str], dict[str, list[float]]] = {}
         self.failures: list[str] = []
         self.checks: list[str] = []
+        # Per run: CPU seconds per group of processes, the peak bytes in
+        # image_conversion_dir, the bytes written to the host's disks.
+        self.cpu: dict[tuple[str, str], list[dict[str, float]]] = {}
+        self.peaks: dict[tuple[str, str], list[int]] = {}
+        self.written: dict[tuple[str, str], list[int]] = {}
+        self.uploaded: dict[tuple[str, str], str] = {}
+        self.glance_api: glance_api.GlanceAPI | None = None
 
     # -- set-up --------------------------------------------------------------
     def prepare_images(self) -> None:
@@ -345,7 +449,8 @@ class Bench:
         self.volume, self.volume_sha = mixed_volume.build(cache, self.size)
         self.glance = {}
         for fmt in ('qcow2', 'raw'):
-            if 'fetch-%s' % fmt not in self.args.flows:
+            if 'fetch-%s' % fmt not in self.args.flows and \
+                    'create-%s' % fmt not in self.args.flows:
                 continue
             gz = os.path.join(cache, 'glance-%s-%s.gz' % (
                 self.volume_sha[:16], fmt))
@@ -379,13 +484,21 @@ class Bench:
         # directory (a file-based backend such as NFS keeps them so).
         self.volume_path = os.path.join(self.volumes, 'volume-source')
         run(['cp', '--sparse=always', self.volume, self.volume_path])
-        self.service = FakeImageService(os.path.join(self.work, 'store',
-                                                     self.daemon.host))
-        for fmt, gz in self.glance.items():
-            self.service.add({'id': 'glance-%s-gz' % fmt,
-                              'disk_format': fmt,
-                              'container_format': 'compressed'}, gz)
+        if self.args.glance:
+            self.glance_api = glance_api.GlanceAPI(
+                os.path.join(self.run_dir, 'glance'), self.args.glance_venv)
+            LOG.info('starting glance-api (%s)', self.args.glance_venv)
+            self.glance_api.start()
         self.configure_cinder()
+        if self.glance_api is not None:
+            self.service = GlanceStore()
+        else:
+            self.service = FakeImageService(os.path.join(
+                self.work, 'store', self.daemon.host))
+        self.fetch_ids = {
+            fmt: self.service.new_image(self.ctx, 'glance-%s-gz' % fmt, fmt,
+                                        'compressed', gz)
+            for fmt, gz in self.glance.items()}
 
     def configure_cinder(self) -> None:
         from oslo_config import cfg
@@ -400,7 +513,9 @@ class Bench:
                 'state': os.path.join(self.run_dir, 'cinder-state'),
                 'conversion': self.conversion, 'host': self.daemon.host,
                 'self': path, 'privsep_helper': os.path.join(
-                    os.path.dirname(sys.executable), 'privsep-helper')})
+                    os.path.dirname(sys.executable), 'privsep-helper'),
+                'glance': GLANCE_CONF % {'url': self.glance_api.url}
+                if self.glance_api is not None else ''})
         cfg.CONF(['--config-file', path], project='cinder')
         self.ctx = context.get_admin_context()
         self.paths = Paths()
@@ -410,6 +525,8 @@ class Bench:
             with contextlib.suppress(Exception):
                 self.client.close()
         self.daemon.stop()
+        if self.glance_api is not None:
+            self.glance_api.stop()
         if not self.args.keep:
             for d in (getattr(self, 'run_dir', None),
                       getattr(getattr(self, 'service', None), 'store',
@@ -430,26 +547,37 @@ class Bench:
         del self.paths.accel_calls[:]
         self.paths.steps.clear()
         if kind == 'upload':
-            image_id = '%s-%s' % (flow, path)
-            self.service.add({'id': image_id, 'disk_format': fmt,
-                              'container_format': 'compressed'})
-            out = self.service.path(image_id)
-            remove(out)
+            image_id = self.service.new_image(
+                self.ctx, '%s-%s' % (flow, path), fmt, 'compressed')
+            self.uploaded[(flow, path)] = image_id
             call = self._upload(image_id)
         else:
             out = os.path.join(self.volumes, 'volume-%s-%s' % (flow, path))
             remove(out)
             with open(out, 'wb') as f:       # the new, empty file volume
                 f.truncate(self.size)
-            call = self._fetch('glance-%s-gz' % fmt, out)
+            call = self._fetch(self.fetch_ids[fmt], out,
+                               create=kind == 'create')
         os.sync()
+        cpu_before = self.cpu_snapshot()
+        disk_before = procstats.disk_written()
         started = time.monotonic()
         try:
-            call()
+            with procstats.PeakBytes(self.conversion) as peak:
+                call()
+                # What the run wrote is written (in the timed span: the
+                # paths write different amounts through the page cache).
+                os.sync()
         except Exception as e:
             raise FlowError('%s on the %s path: %s: %s'
                             % (flow, path, type(e).__name__, e)) from e
         wall = time.monotonic() - started
+        key = (flow, path)
+        self.cpu.setdefault(key, []).append(
+            procstats.delta(cpu_before, self.cpu_snapshot()))
+        self.written.setdefault(key, []).append(
+            procstats.disk_written() - disk_before)
+        self.peaks.setdefault(key, []).append(peak.peak)
         tasks = [t for t in self.daemon_tasks().values()
                  if t['id'] not in before]
         tasks.sort(key=lambda t: t.get('created_at') or 0)
@@ -468,7 +596,7 @@ class Bench:
                 step, []).append(seconds)
         if kind == 'upload':
             self.outputs.setdefault((flow, path), []).append(
-                os.path.getsize(out))
+                self.service.stored_size(self.ctx, image_id))
         else:
             self.outputs.setdefault((flow, path), []).append(allocated(out))
             ok = images_match('raw', out, self.volume_path)
@@ -481,6 +609,12 @@ class Bench:
         LOG.info('%-12s %-6s %7.2f s  %s', flow, path, wall, ', '.join(ran))
         os.sync()
 
+    def cpu_snapshot(self) -> dict[str, float]:
+        return procstats.by_group(
+            self.daemon.proc.pid, self.daemon.config,
+            self.glance_api.pids() if self.glance_api is not None else [],
+            os.path.join(self.run_dir, 'cinder.conf'))
+
     def _upload(self, image_id: str):
         from cinder.image import image_utils
         meta = self.service.show(self.ctx, image_id)
@@ -488,12 +622,30 @@ class Bench:
             self.ctx, self.service, meta, self.volume_path,
             volume_format='raw', run_as_root=False)
 
-    def _fetch(self, image_id: str, dest: str):
+    def _fetch(self, image_id: str, dest: str, create: bool = False):
         from cinder.image import image_utils
         size_gb = math.ceil(self.size / 2 ** 30)
-        return lambda: image_utils.fetch_to_volume_format(
-            self.ctx, self.service, image_id, dest, 'raw', '1M',
-            size=size_gb, run_as_root=False)
+
+        def fetch():
+            image_utils.fetch_to_volume_format(
+                self.ctx, self.service, image_id, dest, 'raw', '1M',
+                size=size_gb, run_as_root=False)
+
+        def create_flow():
+            # What cinder 29's create flow does around it
+            # (_create_from_image_cache_or_download): the image downloaded
+            # into image_conversion_dir first, its signature checked (none
+            # here: a quick look at its properties) and its virtual size
+            # checked on that file.
+            with image_utils.TemporaryImages.fetch(
+                    self.service, self.ctx, image_id) as tmp:
+                image_utils.verify_glance_image_signature(
+                    self.ctx, self.service, image_id, tmp)
+                data = image_utils.qemu_img_info(tmp, run_as_root=False)
+                image_utils.check_virtual_size(data.virtual_size, size_gb,
+                                               image_id)
+                fetch()
+        return create_flow if create else fetch
 
     def warm(self) -> None:
         """What the first timed run would otherwise pay alone: the
@@ -517,8 +669,8 @@ class Bench:
             self.engines[path] = self.paths.engine_name(scratch)
         for n in range(self.args.repeat):
             for i, flow in enumerate(self.args.flows):
-                order = PATHS if (n + i) % 2 == 0 else PATHS[::-1]
-                for path in order:
+                k = (n + i) % len(PATHS)
+                for path in PATHS[k:] + PATHS[:k]:
                     self.one(flow, path)
 
     def verify_uploads(self) -> None:
@@ -530,10 +682,13 @@ class Bench:
                 continue
             digests = {}
             for path in PATHS:
-                out = self.service.path('%s-%s' % (flow, path))
+                out = os.path.join(scratch, '%s-%s.gz' % (flow, path))
+                self.service.fetch_file(self.ctx,
+                                        self.uploaded[(flow, path)], out)
                 keep = None if fmt == 'raw' else os.path.join(
                     scratch, '%s-%s.%s' % (flow, path, fmt))
                 digests[path] = gunzip_sha256(out, keep)
+                remove(out)
                 if fmt == 'raw':
                     ok = digests[path] == self.volume_sha
                     what = 'byte-identical to the volume'
@@ -546,17 +701,20 @@ class Bench:
                 if not ok:
                     self.failures.append('%s %s: gzip -d output differs'
                                          % (flow, path))
-            same = digests['stock'] == digests['daemon']
-            # A qcow2 may differ in layout (the daemon writes compressed
-            # clusters out of order, -W) while holding the same data:
-            # qemu-img compare above is its check.
-            self.checks.append('%s: the two uploads decompress to %s' % (
-                flow, 'byte-identical images' if same
-                else 'different bytes%s' % (
-                    ' (cluster layout; the same data, compared above)'
-                    if fmt == 'qcow2' else '')))
+            same = len(set(digests.values())) == 1
+            # A qcow2 may differ in layout (the daemon writes clusters out
+            # of order, -W; stock compresses them) while holding the same
+            # data: qemu-img compare above is its check.
+            self.checks.append('%s: the uploads of the %d paths decompress '
+                               'to %s' % (
+                                   flow, len(PATHS),
+                                   'byte-identical images' if same
+                                   else 'different bytes%s' % (
+                                       ' (cluster layout; the same data, '
+                                       'compared above)'
+                                       if fmt == 'qcow2' else '')))
             if fmt == 'raw' and not same:
-                self.failures.append('%s: stock and daemon differ' % flow)
+                self.failures.append('%s: the paths differ' % flow)
         shutil.rmtree(scratch, ignore_errors=True)
 
     # -- report --------------------------------------------------------------
@@ -585,8 +743,8 @@ class Bench:
             '(hardware: %s; drivers: %s)' % (
                 caps.get('default_driver'),
                 'yes' if caps.get('hardware') else 'no', drivers),
-            '- cinder accelerator selected: stock %s, daemon path %s'
-            % (self.engines['stock'], self.engines['daemon']),
+            '- cinder accelerator selected: %s' % ', '.join(
+                '%s path %s' % (p, self.engines[p]) for p in PATHS),
             '- volume: %d MiB raw file (%d MiB allocated), %s'
             % (vol_mib, allocated(self.volume) // MiB,
                mixed_volume.LAYOUT),
@@ -595,39 +753,79 @@ class Bench:
             lines.append('- fetch-%s image: gzip -6 of the volume%s, %d MiB'
                          % (fmt, ' as qcow2' if fmt == 'qcow2' else '',
                             os.path.getsize(gz) // MiB))
+        lines.append('- image service: %s' % (
+            'glance-api %s (%s; sqlite, file store, no keystone), reached '
+            'through cinder\'s GlanceImageService and python-glanceclient %s'
+            % (self.glance_version(), self.glance_api.url,
+               dist_version('python-glanceclient'))
+            if self.glance_api is not None else
+            'a file-backed stand-in (FakeImageService)'))
         lines += [
-            '- %d runs per row, interleaved; times are wall seconds around '
-            'the cinder call; steps: convert_image, compress_img or '
-            'decompress_img, and the rest (cinder\'s qemu-img info, the '
-            'image service, temp files); MiB/s is the volume size over the '
+            '- %d runs per row, interleaved (the paths rotate); times are '
+            'wall seconds around the cinder call, with a sync of what it '
+            'wrote; steps: convert_image, compress_img or decompress_img, '
+            'and the rest (cinder\'s qemu-img info, the image service, '
+            'temp files, a stream); MiB/s is the volume size over the '
             'median' % self.args.repeat,
+            '- paths: stock = cinder\'s own code; daemon = the integration '
+            'with `stream_images = false` (the daemon works on cinder\'s '
+            'temporary files); stream = the integration with streams',
             '',
             '| flow | path | what ran (per run) | median s | min-max s | '
-            'steps, median s | MiB/s | output MiB | vs stock |',
-            '|---|---|---|---|---|---|---|---|---|',
+            'steps, median s | MiB/s | output MiB | peak MiB in '
+            'conversion dir | MiB written to disk | vs stock | vs daemon |',
+            '|---|---|---|---|---|---|---|---|---|---|---|---|',
         ]
         for flow in self.args.flows:
             base = statistics.median(self.samples[(flow, 'stock')])
+            daemon = statistics.median(self.samples[(flow, 'daemon')])
             for path in PATHS:
-                s = self.samples[(flow, path)]
+                key = (flow, path)
+                s = self.samples[key]
                 med = statistics.median(s)
-                outs = self.outputs[(flow, path)]
+                outs = self.outputs[key]
                 out = '%.0f' % (statistics.median(outs) / MiB)
-                if flow.startswith('fetch'):
+                if not flow.startswith('upload'):
                     out += ' alloc'
-                ran = ' / '.join(sorted(self.what[(flow, path)]))
+                ran = ' / '.join(sorted(self.what[key]))
                 steps = ', '.join(
                     '%s %.2f' % (step, statistics.median(v))
-                    for step, v in self.steps[(flow, path)].items())
-                lines.append('| %s | %s | %s | %.2f | %.2f-%.2f | %s | %.0f '
-                             '| %s | %s |' % (
-                                 flow, path, ran or '-', med, min(s), max(s),
-                                 steps, vol_mib / med, out,
-                                 '1.00x' if path == 'stock'
-                                 else '%.2fx faster' % (base / med)))
+                    for step, v in self.steps[key].items())
+                lines.append(
+                    '| %s | %s | %s | %.2f | %.2f-%.2f | %s | %.0f | %s | '
+                    '%.0f | %.0f | %s | %s |' % (
+                        flow, path, ran or '-', med, min(s), max(s), steps,
+                        vol_mib / med, out,
+                        max(self.peaks[key]) / MiB,
+                        statistics.median(self.written[key]) / MiB,
+                        '1.00x' if path == 'stock'
+                        else '%.2fx' % (base / med),
+                        '-' if path == 'stock'
+                        else '%.2fx' % (daemon / med)))
+        lines += [
+            '',
+            'CPU seconds per process group, median of the runs (caller: '
+            'this process and everything under it that is not another '
+            'group: cinder, its privsep daemon, the qemu-img and gzip it '
+            'runs; helper: the daemon\'s privsep helper, which compresses '
+            'in-process with isal; tools: what the helper runs, as the '
+            'tool user):',
+            '',
+            '| flow | path | %s | total |' % ' | '.join(CPU_GROUPS),
+            '|---|---|%s---|' % ('---|' * len(CPU_GROUPS)),
+        ]
+        for flow in self.args.flows:
+            for path in PATHS:
+                runs = self.cpu[(flow, path)]
+                cells = [statistics.median(r.get(g, 0.0) for r in runs)
+                         for g in CPU_GROUPS]
+                total = statistics.median(sum(r.values()) for r in runs)
+                lines.append('| %s | %s | %s | %.2f |' % (
+                    flow, path, ' | '.join('%.2f' % c for c in cells),
+                    total))
         fallbacks = sorted(self.paths.integration._fallbacks_logged)
-        lines += ['', "Fallbacks of the integration's convert_image to "
-                  "cinder's own (reasons it logged): %s" % (
+        lines += ['', "Where the integration left cinder's own code "
+                  "running (reasons it logged): %s" % (
                       '; '.join(fallbacks) or 'none'),
                   '', 'Checks:', '']
         counts: dict[str, int] = {}
@@ -637,6 +835,16 @@ class Bench:
                   for c, n in counts.items()]
         return '\n'.join(lines)
 
+    def glance_version(self) -> str:
+        try:
+            out = subprocess.run(
+                [os.path.join(self.args.glance_venv, 'bin', 'python'), '-c',
+                 'import importlib.metadata as m; print(m.version("glance"))'],
+                capture_output=True, text=True, check=True).stdout
+            return out.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return '?'
+
     def dump(self, path: str) -> None:
         with open(path, 'w') as f:
             json.dump({'size': self.size, 'caps': self.caps,
@@ -644,6 +852,11 @@ class Bench:
                                    for k, v in self.samples.items()},
                        'outputs': {'%s/%s' % k: v
                                    for k, v in self.outputs.items()},
+                       'cpu': {'%s/%s' % k: v for k, v in self.cpu.items()},
+                       'peaks': {'%s/%s' % k: v
+                                 for k, v in self.peaks.items()},
+                       'written': {'%s/%s' % k: v
+                                   for k, v in self.written.items()},
                        'checks': self.checks,
                        'failures': self.failures}, f, indent=1)
 
@@ -662,6 +875,13 @@ def parse_args(argv):
                    help='volume cache, daemon dirs, image store')
     p.add_argument('--transport-url', default=DEFAULT_URL)
     p.add_argument('--json', help='also write the samples to this file')
+    p.add_argument('--glance', action='store_true',
+                   help='a real glance-api (sqlite, file store, no '
+                        'keystone) reached through cinder\'s '
+                        'GlanceImageService, instead of the file-backed '
+                        'stand-in')
+    p.add_argument('--glance-venv', default=glance_api.DEFAULT_VENV,
+                   help='glance\'s venv (tools/glance-venv.sh)')
     p.add_argument('--keep', action='store_true',
                    help="keep this run's files (uploads, conversion dir)")
     args = p.parse_args(argv)
