@@ -85,6 +85,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 import uuid
 import warnings
 
@@ -887,27 +888,39 @@ def parse_args(argv):
                    help='glance\'s venv (tools/glance-venv.sh)')
     p.add_argument('--keep', action='store_true',
                    help="keep this run's files (uploads, conversion dir)")
+    return checked_args(p, argv, FLOWS)
+
+
+def checked_args(p: argparse.ArgumentParser, argv, flows) -> Any:
+    """Parse ``argv``: ``--flows`` a list of ``flows``, ``--size-mib`` a
+    positive multiple of 16."""
     args = p.parse_args(argv)
     args.flows = [f.strip() for f in args.flows.split(',') if f.strip()]
     for flow in args.flows:
-        if flow not in FLOWS:
+        if flow not in flows:
             p.error('unknown flow %s' % flow)
     if args.size_mib <= 0 or args.size_mib % 16:
         p.error('--size-mib must be a positive multiple of 16')
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.makedirs(args.workdir, exist_ok=True)
+def log_to(workdir: str, name: str, log: logging.Logger) -> None:
+    """Everything into ``workdir/name``; ``log`` on the console too; the
+    broker clients' chatter left out."""
+    os.makedirs(workdir, exist_ok=True)
     logging.basicConfig(
         level=logging.INFO, format='%(asctime)s %(name)s %(message)s',
-        filename=os.path.join(args.workdir, 'cinder-flows.log'))
+        filename=os.path.join(workdir, name))
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter('%(message)s'))
-    LOG.addHandler(console)
-    for name in ('oslo_messaging', 'amqp', 'kombu'):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    log.addHandler(console)
+    for noisy in ('oslo_messaging', 'amqp', 'kombu'):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log_to(args.workdir, 'cinder-flows.log', LOG)
     load = os.getloadavg()
     bench = Bench(args)
     bench.prepare_images()

@@ -341,27 +341,12 @@ def parse_args(argv):
     p.add_argument('--transport-url', default=shared.DEFAULT_URL)
     p.add_argument('--glance-venv', default=glance_api.DEFAULT_VENV)
     p.add_argument('--keep', action='store_true')
-    args = p.parse_args(argv)
-    args.flows = [f.strip() for f in args.flows.split(',') if f.strip()]
-    for flow in args.flows:
-        if flow not in FLOWS:
-            p.error('unknown flow %s' % flow)
-    if args.size_mib <= 0 or args.size_mib % 16:
-        p.error('--size-mib must be a positive multiple of 16')
-    return args
+    return shared.checked_args(p, argv, FLOWS)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.makedirs(args.workdir, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO, format='%(asctime)s %(name)s %(message)s',
-        filename=os.path.join(args.workdir, 'nova-flows.log'))
-    console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter('%(message)s'))
-    LOG.addHandler(console)
-    for name in ('oslo_messaging', 'amqp', 'kombu'):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    shared.log_to(args.workdir, 'nova-flows.log', LOG)
     bench = Bench(args)
     bench.prepare()
     try:

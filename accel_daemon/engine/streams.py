@@ -136,6 +136,30 @@ def _peer_allowed(settings: Settings, sock: socket.socket) -> str | None:
     return 'user %s (pid %d) is not allowed to stream' % (user.pw_name, pid)
 
 
+def _wait(sock: socket.socket, write: bool, progress: Progress,
+          idle: float, deadline: float, task_id: str | None,
+          idle_reason: str) -> None:
+    """Wait until ``sock`` can be read (written, with ``write``),
+    checking for a cancel; StreamFailed past ``idle`` seconds (saying
+    ``idle_reason``) or past ``deadline``."""
+    idle_until = time.monotonic() + idle
+    while True:
+        progress.check()
+        now = time.monotonic()
+        if now >= deadline:
+            raise failed(task_id, 'it lasted longer than [streams] '
+                                  'total_timeout')
+        if now >= idle_until:
+            raise failed(task_id, '%s for %ds' % (idle_reason, idle))
+        wait = min(_POLL, idle_until - now, deadline - now)
+        if write:
+            ready = select.select([], [sock], [], wait)[1]
+        else:
+            ready = select.select([sock], [], [], wait)[0]
+        if ready:
+            return
+
+
 class Connection:
     """The admitted peer's data frames as a byte stream (``readinto``),
     until its trailer; ``finish()`` says whether the stream is complete."""
@@ -156,20 +180,8 @@ class Connection:
         return failed(self.task_id, reason)
 
     def _wait_readable(self) -> None:
-        idle_until = time.monotonic() + self.idle
-        while True:
-            self.progress.check()
-            now = time.monotonic()
-            if now >= self.deadline:
-                raise self._fail('it lasted longer than [streams] '
-                                 'total_timeout')
-            if now >= idle_until:
-                raise self._fail('the writer sent nothing for %ds'
-                                 % self.idle)
-            ready, _, _ = select.select([self.sock], [], [], min(
-                _POLL, idle_until - now, self.deadline - now))
-            if ready:
-                return
+        _wait(self.sock, False, self.progress, self.idle, self.deadline,
+              self.task_id, 'the writer sent nothing')
 
     def _recv_into(self, view: memoryview) -> int:
         self._wait_readable()
@@ -417,20 +429,8 @@ class Sender:
         return failed(self.task_id, reason)
 
     def _wait_writable(self) -> None:
-        idle_until = time.monotonic() + self.idle
-        while True:
-            self.progress.check()
-            now = time.monotonic()
-            if now >= self.deadline:
-                raise self._fail('it lasted longer than [streams] '
-                                 'total_timeout')
-            if now >= idle_until:
-                raise self._fail('the reader took nothing for %ds'
-                                 % self.idle)
-            _, ready, _ = select.select([], [self.sock], [], min(
-                _POLL, idle_until - now, self.deadline - now))
-            if ready:
-                return
+        _wait(self.sock, True, self.progress, self.idle, self.deadline,
+              self.task_id, 'the reader took nothing')
 
     def _send_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast('B')
