@@ -58,6 +58,7 @@ class Engine:
         self._stream_key = os.urandom(32)
         self._stream_slots = threading.BoundedSemaphore(
             max(1, settings.max_streams))
+        self._streams_unavailable_said = False
 
     def for_caller(self, caller: str | None) -> Engine:
         """This engine as ``caller`` sees it: the same drivers, tasks and
@@ -154,13 +155,17 @@ class Engine:
     def _streams_ready(self) -> str | None:
         """The stream sockets' directory, made if need be (callers check
         they can enter it before they stream), None when streams are off
-        or the directory cannot be made."""
+        or the directory cannot be made (callers then keep their files:
+        said once, at info; a stream asked for fails with the reason)."""
         if not self.settings.stream_group:
             return None
         try:
             os.close(streams.stream_dir(self.settings))
         except (OSError, exception.AccelError) as e:
-            LOG.error('Image streams are unavailable: %s', e)
+            if not self._streams_unavailable_said:
+                self._streams_unavailable_said = True
+                LOG.info('Image streams are unavailable, callers keep '
+                         'their files: %s', e)
             return None
         return self.settings.stream_dir
 

@@ -105,6 +105,23 @@ def test_capabilities_have_the_keys_of_capabilities(tmp_path):
     assert set(caps['formats']) == _keys(records.Formats)
 
 
+def test_streams_without_their_group_are_said_unavailable_once(tmp_path,
+                                                               caplog):
+    # A host where tools/install.sh did not make the streams group: the
+    # capabilities say there are no streams (callers keep their files),
+    # once at info, never as an error (the daemon's log stays quiet).
+    settings = Settings(filters_path=(FILTERS,), allowed_dirs=(
+        str(tmp_path),), stream_dir=str(tmp_path / 'streams'),
+        stream_group='accel-no-such-group-%d' % os.getpid())
+    engine = Engine(settings, drivers={})
+    with caplog.at_level('DEBUG'):
+        assert engine.capabilities()['streams'] is None
+        assert engine.capabilities()['streams'] is None
+    said = [r for r in caplog.records if 'Image streams' in r.getMessage()]
+    assert [r.levelname for r in said] == ['INFO']
+    assert not os.path.exists(tmp_path / 'streams')
+
+
 def test_a_result_has_only_keys_of_result(tmp_path):
     src, dst = tmp_path / 'a', tmp_path / 'b'
     src.write_bytes(os.urandom(4096) + bytes(65536))
