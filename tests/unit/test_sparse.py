@@ -119,3 +119,96 @@ def test_non_sparse_writes_every_byte(tmp_path):
     finally:
         os.close(fd)
     assert path.read_bytes() == bytes(2 * MiB)
+
+
+def test_reading_goes_on_while_a_write_is_slow(tmp_path, monkeypatch):
+    # A write that takes long (a slow disk) must not stop the next blocks
+    # from being read: the reader fills the other buffers meanwhile.
+    import threading
+    gate = threading.Event()
+    in_first_write = threading.Event()
+    reads_while_blocked = []
+    real = sparse._WriteBehind._write
+
+    def slow_write(self, buf, n, offset):
+        if offset == 0:
+            in_first_write.set()
+            gate.wait(10)
+            in_first_write.clear()
+        return real(self, buf, n, offset)
+
+    class Stream(io.BytesIO):
+        def readinto(self, b):
+            if self.tell() == sparse.BLOCK_SIZE:
+                in_first_write.wait(5)
+            if in_first_write.is_set():
+                reads_while_blocked.append(self.tell())
+                if len(reads_while_blocked) == 3:
+                    gate.set()
+            return super().readinto(b)
+
+    monkeypatch.setattr(sparse._WriteBehind, '_write', slow_write)
+    data = os.urandom(8 * sparse.BLOCK_SIZE)
+    path, n = _copy(tmp_path, Stream(data), limit=len(data))
+    assert n == len(data)
+    assert path.read_bytes() == data
+    # Three further blocks were read while the first was being written.
+    assert reads_while_blocked[:3] == [sparse.BLOCK_SIZE * i
+                                       for i in (1, 2, 3)]
+
+
+def test_a_write_error_ends_the_copy_with_it(tmp_path, monkeypatch):
+    # A failed write (EIO on a dying disk) is raised by the copy, which
+    # reads no further than the blocks already in flight.
+    import errno
+    real = sparse._WriteBehind._write
+    read = []
+
+    def failing(self, buf, n, offset):
+        if offset == 2 * sparse.BLOCK_SIZE:
+            raise OSError(errno.EIO, 'I/O error')
+        return real(self, buf, n, offset)
+
+    class Stream(io.BytesIO):
+        def readinto(self, b):
+            read.append(self.tell())
+            return super().readinto(b)
+
+    monkeypatch.setattr(sparse._WriteBehind, '_write', failing)
+    data = os.urandom(64 * sparse.BLOCK_SIZE)
+    with pytest.raises(OSError) as err:
+        _copy(tmp_path, Stream(data), limit=len(data))
+    assert err.value.errno == errno.EIO
+    assert len(read) < 64
+
+
+def test_a_failed_read_waits_for_the_writes_in_flight(tmp_path,
+                                                      monkeypatch):
+    # When the stream fails, no write may still be running after the copy
+    # returns (the caller closes and discards the output next).
+    import threading
+    import time
+    running = threading.Event()
+    finished = []
+    real = sparse._WriteBehind._write
+
+    def slow(self, buf, n, offset):
+        running.set()
+        time.sleep(0.2)
+        finished.append(offset)
+        return real(self, buf, n, offset)
+
+    class Broken(io.BytesIO):
+        def readinto(self, b):
+            if self.tell() >= sparse.BLOCK_SIZE:
+                running.wait(5)
+                raise exception.StreamFailed(task_id='t', reason='cut')
+            return super().readinto(b)
+
+    monkeypatch.setattr(sparse._WriteBehind, '_write', slow)
+    data = os.urandom(4 * sparse.BLOCK_SIZE)
+    with pytest.raises(exception.StreamFailed):
+        _copy(tmp_path, Broken(data), limit=len(data))
+    assert finished == [0]
+    assert not [t for t in threading.enumerate()
+                if t.name == 'write-behind']
