@@ -272,6 +272,14 @@ install_sudoers() {
         return 1
     fi
     install -m 0440 -o root -g root "$tmp" /etc/sudoers.d/accel-daemon
+    # The command line the helper accepts from the service user
+    # (accel_daemon.privileged.helper_args): the sudoers rule is a plain
+    # command rule.
+    install -d -m 0755 -o root -g root "$VENV/etc/accel-daemon"
+    printf '# The configuration accel-privsep-helper accepts when sudo runs it\n# (written by tools/install.sh; one "config-file PATH" or\n# "config-dir PATH" per line, in the daemon'"'"'s order).\nconfig-file %s\n' \
+        "$ETC/accel-daemon.conf" >"$tmp"
+    install -m 0644 -o root -g root "$tmp" \
+        "$VENV/etc/accel-daemon/privsep-helper.conf"
     rm -f "$tmp"
 }
 

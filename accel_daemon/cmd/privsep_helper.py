@@ -25,6 +25,7 @@ processes ever runs a green thread:
 """
 
 import os
+import sys
 import warnings
 
 # The text eventlet's import-time warning starts with (after a newline).
@@ -41,5 +42,13 @@ def without_green_threads() -> None:
 
 def main() -> None:
     without_green_threads()
+    # Before oslo.privsep reads a single argument: a service user gets
+    # only the installed command line (accel_daemon.privileged.helper_args).
+    from accel_daemon.privileged import helper_args
+    try:
+        helper_args.enforce(sys.argv[1:])
+    except (helper_args.Refused, OSError) as e:
+        sys.stderr.write('accel-privsep-helper: refused: %s\n' % e)
+        sys.exit(2)
     from oslo_privsep import daemon
     daemon.helper_main()

@@ -22,6 +22,7 @@ from oslo_privsep import priv_context
 
 from accel_daemon import privileged
 from accel_daemon.privileged import CAPABILITIES
+from accel_daemon.privileged import helper_args
 from accel_daemon.privileged import SECTION
 
 LOG = logging.getLogger(__name__)
@@ -81,6 +82,12 @@ def init(conf: cfg.ConfigOpts = cfg.CONF, start: bool = True) -> None:
     # Again here: a test fixture's conf.reset() unsets privsep's defaults.
     conf.set_default('capabilities', list(CAPABILITIES), group=SECTION)
     privileged.apply_pool_default(conf)
+    if os.geteuid() == 0:
+        # A root daemon (even one an operator started with sudo) starts its
+        # helper itself: the helper must not take it for a service user
+        # that sudo ran it for (helper_args.caller_uid).
+        for name in helper_args.CALLER_VARIABLES:
+            os.environ.pop(name, None)
     if not conf[SECTION].helper_command:
         cmd = helper_command(sys.executable, os.geteuid(),
                              _conf_list(conf, 'config_file'),

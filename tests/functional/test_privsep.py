@@ -517,20 +517,53 @@ def traversable_by(user, path):
                            check=False)
 
 
+# What the service user may try through the plain sudoers command rule:
+# each must be refused by the helper itself before it reads a thing.
+EVIL = (
+    ['--config-file', '/tmp/evil.conf'],              # its own filters
+    ['--log-file', '/etc/accel-evil'],                 # a file as root
+    ['--privsep_context', 'os_brick.privileged.default'],
+    ['--version'],
+)
+
+
 def _run_as_service_user(user, venv, conf_path):
-    """The script as the service user, and an extended helper command line
-    through sudo (which the sudoers rule must refuse)."""
+    """The script as the service user, and extended helper command lines
+    through sudo (which the helper must refuse)."""
     run = subprocess.run(
         ['runuser', '-u', user, '--', os.path.join(venv, 'bin', 'python'),
          '-c', SUDO_SCRIPT, conf_path], capture_output=True, text=True,
         cwd='/', timeout=60)
-    # Appending anything to the allowed command line is refused.
-    evil = subprocess.run(
+    evil = [subprocess.run(
         ['runuser', '-u', user, '--', 'sudo', '-n',
          os.path.join(venv, 'bin', 'accel-privsep-helper'), '--config-file',
-         conf_path, '--config-file', '/tmp/evil.conf', '--version'],
+         conf_path] + extra + [
+             '--privsep_context', 'accel_daemon.privileged.context',
+             '--privsep_sock_path', '/tmp/tmpabcdefgh/privsep.sock'],
         capture_output=True, text=True, cwd='/', timeout=30)
+        for extra in EVIL]
     return run, evil
+
+
+@contextlib.contextmanager
+def helper_policy(venv, conf_path):
+    """The installed configuration the helper accepts (what
+    tools/install.sh writes into the venv), for the test's config."""
+    from accel_daemon.privileged import helper_args
+    path = helper_args.policy_path(venv)
+    made = not os.path.isdir(os.path.dirname(path))
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    with open(path, 'w') as f:
+        f.write('config-file %s\n' % conf_path)
+    os.chmod(path, 0o644)
+    try:
+        yield
+    finally:
+        os.unlink(path)
+        if made:
+            os.rmdir(os.path.dirname(path))
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(os.path.dirname(path)))
 
 
 def _install_sudoers(user, venv, conf_path):
@@ -538,8 +571,6 @@ def _install_sudoers(user, venv, conf_path):
                            'sudoers.d', 'accel-daemon')) as f:
         text = f.read()
     text = (text.replace('/opt/accel-daemon/venv', venv)
-            .replace('/etc/accel-daemon/accel-daemon[.]conf',
-                     conf_path.replace('.', '[.]'))
             .replace('\naccel-daemon ', '\n%s ' % user)
             .replace('Defaults:accel-daemon', 'Defaults:%s' % user))
     path = '/etc/sudoers.d/zz-%s' % user
@@ -569,7 +600,8 @@ def test_service_user_starts_privsep_through_sudo(service_user):
     os.chmod(conf_path, 0o644)
     sudoers = _install_sudoers(service_user, venv, conf_path)
     try:
-        with traversable_by(service_user, venv):
+        with traversable_by(service_user, venv), \
+                helper_policy(venv, conf_path):
             run, evil = _run_as_service_user(service_user, venv, conf_path)
     finally:
         os.unlink(sudoers)
@@ -582,4 +614,8 @@ def test_service_user_starts_privsep_through_sudo(service_user):
                                                  'accel-privsep-helper')]
     assert out['filters'] == len(env.policy)
     assert out['error'] == 'PathNotAllowed'
-    assert evil.returncode != 0
+    for extra, attempt in zip(EVIL, evil):
+        # sudo ran it (a plain command rule); the helper refused it.
+        assert attempt.returncode == 2, (extra, attempt.stderr)
+        assert 'accel-privsep-helper: refused' in attempt.stderr, extra
+    assert not os.path.exists('/etc/accel-evil')

@@ -281,7 +281,8 @@ def test_service_user_through_sudo_is_quiet_and_ready(notify, accounts):
                     8)
         prefix = setpriv_prefix(user) + [
             'sh', '-c', 'umask %03o; exec "$@"' % umask, 'sh']
-        with test_privsep.traversable_by(user, DAEMON):
+        with test_privsep.traversable_by(user, DAEMON), \
+                test_privsep.helper_policy(venv, d.config):
             seen = run_cycle(d, notify, base_env(notify), prefix)
         check_cycle(seen, d)
         # It really ran as the service user, its helper through sudo.
