@@ -39,7 +39,8 @@
 # tested, and the venv is the same on every machine;
 # `tools/constraints.py check` runs on it at the end of a build.
 #
-# Usage: bash tools/caller-venvs.sh [cinder|nova ...]   (default: both)
+# Usage: bash tools/caller-venvs.sh [cinder|nova|cinder-27|... ...]
+#        (default: cinder and nova, the newest releases)
 # Prints one line per venv: name, path, "reused"/"built"/"reinstalled".
 set -euo pipefail
 
@@ -60,18 +61,52 @@ export PIP_CONSTRAINT="$ROOT/upper-constraints.txt $ROOT/local-constraints.txt"
 
 log() { echo "caller-venvs: $*" >&2; }
 
+# The older releases the integrations support (accel_daemon.integrations.
+# cinder.SUPPORTED, nova.SUPPORTED), each in a venv of its own named
+# CALLER-MAJOR (cinder-27, nova-32...): the same build, with
+# tools/caller-constraints/NAME.txt (that release's pin, and what it needs
+# that upper-constraints.txt no longer pins) in place of
+# local-constraints.txt's pin of the caller. The newest release is
+# local-constraints'.
+release_constraints() {
+    local f="$ROOT/tools/caller-constraints/$1.txt"
+    if [ -f "$f" ]; then
+        echo "$f"
+    fi
+    return 0
+}
+
 pins_for() {
     case $1 in
         cinder) echo "$CINDER_PINS" ;;
         nova) echo "$NOVA_PINS" ;;
-        *) log "unknown caller: $1 (cinder or nova)"; return 2 ;;
+        *)
+            if [ -n "$(release_constraints "$1")" ]; then
+                pins_for "${1%%-*}"
+            else
+                log "unknown caller: $1 (cinder, nova, or one of" \
+                    "tools/caller-constraints/)"
+                return 2
+            fi ;;
     esac
+}
+
+# local-constraints.txt as venv NAME uses it.
+local_constraints() {
+    local extra
+    extra=$(release_constraints "$1")
+    if [ -z "$extra" ]; then
+        cat "$ROOT/local-constraints.txt"
+    else
+        grep -v "^${1%%-*}==" "$ROOT/local-constraints.txt"
+        cat "$extra"
+    fi
 }
 
 # Keyed on what decides the venv's third-party contents.
 deps_stamp() {
     { pins_for "$1"; "$PYTHON" --version; cat "$ROOT/requirements.txt" \
-        "$ROOT/upper-constraints.txt" "$ROOT/local-constraints.txt"; } |
+        "$ROOT/upper-constraints.txt"; local_constraints "$1"; } |
         sha256sum | cut -d' ' -f1
 }
 
@@ -98,6 +133,9 @@ build() {
     log "building $venv ($pins)"
     rm -rf "$venv"
     "$PYTHON" -m venv "$venv"
+    local_constraints "$name" >"$venv/local-constraints.txt"
+    local PIP_CONSTRAINT="$ROOT/upper-constraints.txt $venv/local-constraints.txt"
+    export PIP_CONSTRAINT
     # shellcheck disable=SC2086  # one requirement per word
     "$venv/bin/pip" install -q $pins
     "$venv/bin/pip" freeze --all >"$venv/caller-freeze.txt"
@@ -106,7 +144,8 @@ build() {
         diff "$venv/caller-freeze.txt" - | sed -n 's/^> //p' \
             >"$venv/accel-daemon-added.txt" || true
     "$venv/bin/pip" check
-    "$PYTHON" "$ROOT/tools/constraints.py" check "$venv"
+    "$PYTHON" "$ROOT/tools/constraints.py" check \
+        --local "$venv/local-constraints.txt" "$venv"
     log "$name: built in $((SECONDS - start)) s," \
         "$(du -sm "$venv" | cut -f1) MB; accel-daemon added:" \
         "$(tr '\n' ' ' <"$venv/accel-daemon-added.txt")"

@@ -110,8 +110,8 @@ def problems(venv: str, held: dict[str, tuple[str, str]],
     return found
 
 
-def check(venvs: list[str]) -> int:
-    upper, local = read_pins(UPPER), read_pins(LOCAL)
+def check(venvs: list[str], local_path: str = LOCAL) -> int:
+    upper, local = read_pins(UPPER), read_pins(local_path)
     both = sorted(set(upper) & set(local))
     if both:
         print('constraints: pinned in both files: %s' % ', '.join(both),
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('check', help='every installed package is pinned')
+    p.add_argument('--local', default=LOCAL, metavar='FILE',
+                   help='our own pins (default: local-constraints.txt; a '
+                        'caller venv of an older release has its copy)')
     p.add_argument('venvs', nargs='+')
     p = sub.add_parser('update', help='regenerate upper-constraints.txt')
     p.add_argument('--upper-constraints', required=True, metavar='FILE')
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('venvs', nargs='+')
     args = parser.parse_args(argv)
     if args.command == 'check':
-        return check(args.venvs)
+        return check(args.venvs, args.local)
     return update(args.upper_constraints, args.source, args.venvs)
 
 

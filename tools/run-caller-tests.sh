@@ -21,6 +21,12 @@
 #                     real main(), and contrib/'s cinder patches
 #   nova-switch       the accel-nova-compute console script around nova's
 #                     real main()
+#   cinder-27, cinder-28, nova-32, nova-33
+#                     the older releases the integrations support
+#                     (integrations.*.SUPPORTED), each in its own venv: the
+#                     integration's tests, its flows on the real daemon and
+#                     the console script (switch-on, and the refusal of
+#                     another signature or release)
 #
 # Each suite writes $ACCEL_TEST_RESULTS/callers-SUITE.xml (JUnit, summed
 # into tools/run-tests.sh's summary) and callers-SUITE.log (its stderr:
@@ -55,6 +61,10 @@ targets() {
         nova-installed) echo "nova installed_nova" ;;
         cinder-switch) echo "cinder test_switch_cinder test_cinder_contrib test_cinder_contrib_stream" ;;
         nova-switch) echo "nova test_switch_nova" ;;
+        cinder-2[78]) echo "$1 test_cinder test_cinder_convert" \
+                "test_flows_cinder test_flows_cinder_down test_switch_cinder" ;;
+        nova-3[23]) echo "$1 test_nova test_nova_convert test_flows_nova" \
+                "test_switch_nova" ;;
         *) log "unknown suite: $1"; return 2 ;;
     esac
 }
@@ -78,7 +88,8 @@ run_suite() {
 
 main() {
     [ $# -gt 0 ] || set -- cinder nova cinder-baseline nova-baseline \
-        cinder-installed nova-installed cinder-switch nova-switch
+        cinder-installed nova-installed cinder-switch nova-switch \
+        cinder-27 cinder-28 nova-32 nova-33
     local suite rc=0
     mkdir -p "$RESULTS" "$CACHE"
     # One run at a time on this machine: caller-venvs.sh may reinstall
@@ -86,7 +97,13 @@ main() {
     exec 9>"$CACHE/.lock"
     flock -w 1800 9
     export ACCEL_CALLER_VENVS_LOCKED=1
-    bash "$ROOT/tools/caller-venvs.sh" >&2
+    # The venvs the suites asked for (each suite's first word).
+    local venvs=() suite
+    for suite in "$@"; do
+        venvs+=("$(targets "$suite" | cut -d' ' -f1)")
+    done
+    mapfile -t venvs < <(printf '%s\n' "${venvs[@]}" | sort -u)
+    bash "$ROOT/tools/caller-venvs.sh" "${venvs[@]}" >&2
     # The callers' tests may leave files in the working directory.
     WORKDIR=$(mktemp -d)
     trap 'rm -rf "$WORKDIR"' EXIT

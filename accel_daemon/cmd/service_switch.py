@@ -22,6 +22,7 @@ switch is read.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Any
@@ -35,6 +36,7 @@ from oslo_config import cfg
 from accel_daemon.conf import client as client_conf
 
 GROUP = client_conf.CLIENT_GROUP.name
+LOG = logging.getLogger(__name__)
 
 
 class SwitchError(Exception):
@@ -117,5 +119,13 @@ def run(project: str, service_module: str,
         refuse(prog, e)
     service = importlib.import_module(service_module)
     if enabled:
-        install()
+        try:
+            install()
+        except Exception as e:
+            # Another release of the service, or a function that is not
+            # what the integration replaces: nothing was replaced, the
+            # service runs as it is (never a crash, never a call routed
+            # that the integration does not understand).
+            LOG.error('accel-daemon: %s runs without accel-daemon: %s',
+                      project, e)
     return service.main()

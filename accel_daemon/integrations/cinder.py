@@ -66,6 +66,9 @@ LOG = logging.getLogger(__name__)
 
 NAME = 'accel-daemon'
 PATH = '%s.DaemonAccel' % __name__
+# The cinder releases (major versions) install() switches over; they are
+# tested against their real code (tools/run-caller-tests.sh).
+SUPPORTED = (27, 28, 29)
 
 # The options live in accel_daemon.conf.integrations (the
 # accel_daemon.cinder namespace of oslo.config.opts).
@@ -470,8 +473,8 @@ def _engines() -> list[str]:
     from cinder.image import accelerator
     engines = accelerator._ACCEL_PATH_PREFERENCE_ORDER_LIST
     if not isinstance(engines, list):
-        raise RuntimeError('cinder.image.accelerator.'
-                           '_ACCEL_PATH_PREFERENCE_ORDER_LIST is not a list')
+        raise common.Refused('cinder.image.accelerator.'
+                             '_ACCEL_PATH_PREFERENCE_ORDER_LIST is not a list')
     return engines
 
 
@@ -486,7 +489,9 @@ def install() -> None:
     ``contrib/cinder-stream-create-from-image.patch``, its hook
     ``image_utils.download_before_volume`` too.  Calling it again changes
     nothing; refused, changing nothing, when cinder's function or list is
-    not what it replaces."""
+    not what it replaces, or cinder is not a release in ``SUPPORTED``
+    (``common.Refused``)."""
+    common.check_release('cinder', SUPPORTED)
     engines = _engines()
     common.install(_convert_image, _fetch_to_volume_format, _upload_volume,
                    *_patched())
@@ -676,16 +681,43 @@ def convert_image(source: str,
                              passphrase_file, compress, src_passphrase_file,
                              disable_sparse, skip_create, data)
     except common.Fallback:
+        # skip_create exists from cinder 29 on (and is only ever True
+        # there): not passed when False, so cinder 27 and 28 take it.
+        extra = {'skip_create': True} if skip_create else {}
         return original_convert_image()(
             source, dest, out_format, out_subformat=out_subformat,
             src_format=src_format, run_as_root=run_as_root,
             throttle=throttle, cipher_spec=cipher_spec,
             passphrase_file=passphrase_file, compress=compress,
             src_passphrase_file=src_passphrase_file, image_id=image_id,
-            data=data, disable_sparse=disable_sparse,
-            skip_create=skip_create)
+            data=data, disable_sparse=disable_sparse, **extra)
     common.run_task(lambda: client.convert(**args),
                     lambda err: _convert_error(err, args, image_id))
+
+
+def convert_image_27(source: str,
+                     dest: str,
+                     out_format: str,
+                     out_subformat: Optional[str] = None,
+                     src_format: Optional[str] = None,
+                     run_as_root: bool = True,
+                     throttle: Any = None,
+                     cipher_spec: Optional[dict] = None,
+                     passphrase_file: Optional[str] = None,
+                     compress: bool = False,
+                     src_passphrase_file: Optional[str] = None,
+                     image_id: Optional[str] = None,
+                     data: Any = None,
+                     disable_sparse: bool = False) -> None:
+    """``convert_image`` with cinder 27's and 28's parameters (no
+    ``skip_create``: those releases always create the output)."""
+    convert_image(source, dest, out_format, out_subformat=out_subformat,
+                  src_format=src_format, run_as_root=run_as_root,
+                  throttle=throttle, cipher_spec=cipher_spec,
+                  passphrase_file=passphrase_file, compress=compress,
+                  src_passphrase_file=src_passphrase_file,
+                  image_id=image_id, data=data,
+                  disable_sparse=disable_sparse)
 
 
 # -- upload_volume -----------------------------------------------------------
@@ -827,7 +859,7 @@ def upload_volume(context: Any,
 # cinder's own image_utils.convert_image, kept before anything replaces it
 # (``install()``); resolved on first use otherwise.
 _convert_image = common.Original('cinder.image.image_utils', 'convert_image',
-                                 convert_image)
+                                 convert_image, variants=(convert_image_27,))
 _fetch_to_volume_format = common.Original(
     'cinder.image.image_utils', 'fetch_to_volume_format',
     fetch_to_volume_format)

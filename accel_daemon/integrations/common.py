@@ -136,16 +136,27 @@ def _shape(func: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
             for p in inspect.signature(func).parameters.values()]
 
 
+class Refused(RuntimeError):
+    """``install()`` replaced nothing: the caller is another release, or
+    one of its functions is not what the integration replaces."""
+
+
 class Original:
     """A function of the caller's (``module.name``) that ``replacement``
     stands in for, kept before it is replaced so that the fallbacks and
-    ``uninstall()`` can reach it."""
+    ``uninstall()`` can reach it.  ``variants`` are the replacement with
+    the parameters the function has in other supported releases of the
+    caller (cinder 27 and 28's ``convert_image`` has no ``skip_create``):
+    the one whose parameters match is installed."""
 
     def __init__(self, module: str, name: str,
-                 replacement: Callable[..., Any]) -> None:
+                 replacement: Callable[..., Any],
+                 variants: tuple[Callable[..., Any], ...] = ()) -> None:
         self.module = module
         self.name = name
         self.replacement = replacement
+        self.variants = variants
+        self.installed: Optional[Callable[..., Any]] = None
         self.func: Optional[Callable[..., Any]] = None
         self._lock = threading.Lock()
 
@@ -155,40 +166,77 @@ class Original:
     def _where(self) -> Any:
         return importlib.import_module(self.module)
 
+    def _ours(self) -> tuple[Callable[..., Any], ...]:
+        return (self.replacement,) + self.variants
+
     def get(self) -> Callable[..., Any]:
         """The caller's own function (never the replacement)."""
         with self._lock:
             if self.func is None:
                 func = getattr(self._where(), self.name)
-                if func is self.replacement:
+                if any(func is ours for ours in self._ours()):
                     raise RuntimeError('%r was replaced before its original '
                                        'was kept: use install()' % self)
                 self.func = func
             return self.func
 
-    def check(self) -> None:
-        """Refuse to replace a function whose parameters are not the
-        replacement's: another release of the caller would pass its
-        arguments to the wrong parameters, silently."""
+    def _match(self) -> Callable[..., Any]:
+        """The replacement (or variant) with the parameters of the
+        caller's function; Refused when none has them: that release of
+        the caller would pass its arguments to the wrong parameters,
+        silently."""
         func = self.get()
-        if _shape(func) != _shape(self.replacement):
-            raise RuntimeError('%r has the signature %s, not the %s this '
-                               'integration replaces' % (
-                                   self, inspect.signature(func),
-                                   inspect.signature(self.replacement)))
+        for ours in self._ours():
+            if _shape(func) == _shape(ours):
+                return ours
+        raise Refused('%r has the signature %s, not the %s this '
+                      'integration replaces' % (
+                          self, inspect.signature(func),
+                          inspect.signature(self.replacement)))
+
+    def check(self) -> None:
+        """Refused unless a replacement has the function's parameters."""
+        self._match()
 
     def replace(self) -> None:
-        setattr(self._where(), self.name, self.replacement)
+        self.installed = self._match()
+        setattr(self._where(), self.name, self.installed)
 
     def restore(self) -> None:
         where = self._where()
-        if getattr(where, self.name) is self.replacement:
+        current = getattr(where, self.name)
+        if any(current is ours for ours in self._ours()):
             setattr(where, self.name, self.get())
+        self.installed = None
+
+
+def release(project: str) -> str:
+    """The installed release of ``project`` (its distribution's version),
+    or '' when it is not installed as a distribution."""
+    from importlib import metadata
+    try:
+        return metadata.version(project)
+    except metadata.PackageNotFoundError:
+        return ''
+
+
+def check_release(project: str, supported: tuple[int, ...]) -> None:
+    """Refused unless the installed ``project``'s major release is one of
+    ``supported``."""
+    version = release(project)
+    try:
+        major = int(version.split('.')[0])
+    except ValueError:
+        major = -1
+    if major not in supported:
+        raise Refused('%s %s is not a release this accel-daemon supports '
+                      '(%s)' % (project, version or '(unknown release)',
+                                ', '.join(str(m) for m in supported)))
 
 
 def install(*originals: Original) -> None:
     """Check every function first, then replace them all: a caller whose
-    functions are not what we expect is left as it was."""
+    functions are not what we expect is left as it was (Refused)."""
     for original in originals:
         original.check()
     for original in originals:

@@ -60,6 +60,9 @@ from accel_daemon import exception
 from accel_daemon.integrations import common
 
 LOG = logging.getLogger(__name__)
+# The nova releases (major versions) install() switches over; they are
+# tested against their real code (tools/run-caller-tests.sh).
+SUPPORTED = (32, 33, 34)
 
 # The options live in accel_daemon.conf.integrations (the
 # accel_daemon.nova namespace of oslo.config.opts).
@@ -101,7 +104,9 @@ def install() -> None:
     """Replace nova's ``nova.virt.images.convert_image`` with
     ``convert_image`` and its ``fetch_to_raw`` with the streamed
     ``fetch_to_raw``, keeping the originals for the fallbacks; refused,
-    changing nothing, when nova's have other parameters."""
+    changing nothing, when nova's have other parameters or nova is not a
+    release in ``SUPPORTED`` (``common.Refused``)."""
+    common.check_release('nova', SUPPORTED)
     common.install(_convert_image, _fetch_to_raw)
 
 

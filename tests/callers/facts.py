@@ -8,6 +8,14 @@ import sys
 
 REQUIRED = '<required>'
 
+
+def major(project):
+    """The installed release of ``project``, its major version (the
+    caller venvs hold cinder 27-29 or nova 32-34)."""
+    from importlib import metadata
+    return int(metadata.version(project).split('.')[0])
+
+
 # Appended to a caller's start-up code, which leaves its configuration in
 # CONF: which exchange that configuration gives oslo.messaging, and which
 # one an AccelClient built on it sends to.

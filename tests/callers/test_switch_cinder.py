@@ -49,6 +49,13 @@ class AccelCinderVolumeTest(switchtest.SwitchTestCase):
         self.assertTrue(run.event('integration')['eventlet_patched'])
         self.assertEqual(run.report['conf']['config_file'], [conf])
 
+    def test_another_signature_is_refused_and_cinder_runs_as_it_is(self):
+        run = self.run_other_release('signature', 'signature')
+        self.assertIn('new_parameter', run.output)
+
+    def test_another_release_is_refused_and_cinder_runs_as_it_is(self):
+        self.run_other_release('release', 'cinder 1.0.0 is not a release')
+
     def test_disabled_runs_cinder_unchanged(self):
         conf = self.conf('cinder.conf', 'false')
         argv = ['--config-file', conf, '--debug']

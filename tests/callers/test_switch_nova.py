@@ -14,6 +14,7 @@ configuration.  Nothing of nova is patched.
 
 import unittest
 
+import facts
 import switchtest
 
 
@@ -37,14 +38,24 @@ class AccelNovaComputeTest(switchtest.SwitchTestCase):
         self.assertReached(run)
         self.assertServiceMainRan(run, argv)
         self.assertInstalled(run)
-        # nova 34 chose native threads before the integration (and so
-        # oslo.messaging through accel-daemon's client) was imported.
+        # nova chose its concurrency model before the integration (and so
+        # oslo.messaging through accel-daemon's client) was imported:
+        # native threads from nova 34 on, eventlet in 32 and 33.
         integration = run.event('integration')
-        self.assertFalse(integration['eventlet_patched'])
-        self.assertEqual(integration['backend'], 'BackendType.THREADING')
+        threads = facts.major('nova') >= 34
+        self.assertEqual(integration['eventlet_patched'], not threads)
+        self.assertEqual(integration['backend'], 'BackendType.THREADING'
+                         if threads else 'BackendType.EVENTLET')
         self.assertEqual(run.report['conf']['config_file'], [conf])
         self.assertEqual(run.event('stop')['convert_image'],
                          'accel_daemon.integrations.nova')
+
+    def test_another_signature_is_refused_and_nova_runs_as_it_is(self):
+        run = self.run_other_release('signature', 'signature')
+        self.assertIn('new_parameter', run.output)
+
+    def test_another_release_is_refused_and_nova_runs_as_it_is(self):
+        self.run_other_release('release', 'nova 1.0.0 is not a release')
 
     def test_disabled_runs_nova_unchanged(self):
         conf = self.conf('nova.conf', 'false')

@@ -53,6 +53,58 @@ def test_install_checks_every_signature_before_replacing(caller):
     assert caller.other is other_convert
 
 
+def our_convert_older(source, dest, fmt, run_as_root=True):
+    return 'ours, for the other release'
+
+
+def test_the_variant_with_the_callers_parameters_is_installed(caller):
+    # Another supported release has other parameters: its variant goes in,
+    # and uninstall() finds it.
+    caller.convert = other_convert
+    original = common.Original(caller.__name__, 'convert', our_convert,
+                               variants=(our_convert_older,))
+    common.install(original)
+    assert caller.convert is our_convert_older
+    assert original.installed is our_convert_older
+    common.uninstall(original)
+    assert caller.convert is other_convert
+    # The release this integration was written for gets the replacement.
+    caller.convert = callers_convert
+    fresh = common.Original(caller.__name__, 'convert', our_convert,
+                            variants=(our_convert_older,))
+    common.install(fresh)
+    assert caller.convert is our_convert
+
+
+def test_no_variant_matching_is_refused(caller):
+    def newer(source, dest, fmt, compress=False, new_parameter=None):
+        pass
+    caller.convert = newer
+    original = common.Original(caller.__name__, 'convert', our_convert,
+                               variants=(our_convert_older,))
+    with pytest.raises(common.Refused, match='new_parameter'):
+        common.install(original)
+    assert caller.convert is newer
+
+
+@pytest.mark.parametrize('version, ok', [
+    ('29.0.0', True), ('27.1.2', True), ('28.0.0.0rc1', True),
+    ('26.2.0', False), ('30.0.0', False), ('', False)])
+def test_release_range(monkeypatch, version, ok):
+    monkeypatch.setattr(common, 'release', lambda project: version)
+    if ok:
+        common.check_release('cinder', (27, 28, 29))
+    else:
+        with pytest.raises(common.Refused,
+                           match='is not a release this accel-daemon '
+                                 'supports \\(27, 28, 29\\)'):
+            common.check_release('cinder', (27, 28, 29))
+
+
+def test_release_of_what_is_not_installed():
+    assert common.release('no-such-distribution-here') == ''
+
+
 def test_install_refuses_what_is_missing(caller):
     missing = common.Original(caller.__name__, 'gone', our_convert)
     with pytest.raises(AttributeError):

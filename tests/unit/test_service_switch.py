@@ -6,6 +6,7 @@ from a service's own configuration files before the service starts.
 the caller suites cinder-switch and nova-switch.)
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -166,3 +167,30 @@ def test_without_the_service_installed(tmp_path, module, service):
                           text=True, check=False)
     assert proc.returncode == 1
     assert "No module named '%s'" % service in proc.stderr
+
+
+def test_a_refused_install_leaves_the_service_running(tmp_path, monkeypatch,
+                                                      caplog):
+    # Another release of the service: one ERROR line, and its own main()
+    # runs (never a crash at start).
+    import types
+
+    from accel_daemon.integrations import common
+    conf = tmp_path / 'svc.conf'
+    conf.write_text('[accel_daemon_client]\nenabled = true\n')
+    module = types.ModuleType('fake_service_cmd')
+    module.main = lambda: 'service main'
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(sys, 'argv', ['accel-svc', '--config-file',
+                                      str(conf)])
+
+    def install():
+        raise common.Refused('svc 1.0.0 is not a release this '
+                             'accel-daemon supports (2, 3)')
+    with caplog.at_level(logging.ERROR):
+        assert service_switch.run('svc', module.__name__,
+                                  install) == 'service main'
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        'accel-daemon: svc runs without accel-daemon: svc 1.0.0 is not a '
+        'release this accel-daemon supports (2, 3)']

@@ -20,6 +20,11 @@ each, what the process looks like then:
 
 The report (JSON, to ACCEL_PROBE_REPORT) is written at exit or at the stop
 point, with the service's parsed configuration files.
+
+Only with ACCEL_PROBE_ALTER does it change the service, at the
+``integration`` event (before ``install()`` looks at it), to look like
+another release of it: ``signature`` gives its ``convert_image`` one more
+parameter, ``release`` makes its distribution report version 1.0.0.
 """
 
 import atexit
@@ -30,6 +35,7 @@ import sys
 SERVICE = os.environ.get('ACCEL_PROBE_SERVICE')
 REPORT = os.environ.get('ACCEL_PROBE_REPORT')
 STOP = os.environ.get('ACCEL_PROBE_STOP')
+ALTER = os.environ.get('ACCEL_PROBE_ALTER')
 STOP_STATUS = 97
 
 # (file name suffix, function name) -> event
@@ -103,6 +109,27 @@ def _write(end):
                    'final': _state()}, f)
 
 
+def _alter():
+    """The service as another release of it would be (ACCEL_PROBE_ALTER)."""
+    import importlib
+    if ALTER == 'signature':
+        module = importlib.import_module(
+            'cinder.image.image_utils' if SERVICE == 'cinder'
+            else 'nova.virt.images')
+        original = module.convert_image
+
+        def convert_image(*args, new_parameter=None, **kwargs):
+            return original(*args, **kwargs)
+        module.convert_image = convert_image
+    elif ALTER == 'release':
+        from importlib import metadata
+        real = metadata.version
+
+        def version(name):
+            return '1.0.0' if name == SERVICE else real(name)
+        metadata.version = version
+
+
 def _profile(frame, event, arg):
     if event != 'call':
         return
@@ -111,6 +138,8 @@ def _profile(frame, event, arg):
     if key is None:
         return
     EVENTS.append(dict(_state(), event=key))
+    if key == 'integration' and ALTER:
+        _alter()
     if key == 'stop':
         _write('stop')
         sys.stdout.flush()
