@@ -3,6 +3,14 @@
 # root:
 #
 #   bash tools/install.sh [--caller NAME:DIR[,DIR...][:DEVICE_PATTERN[,...]]]...
+#                         [--switch cinder-volume,nova-compute]
+#   bash tools/install.sh --unswitch cinder-volume,nova-compute
+#
+# --switch, where systemd runs: after the install, a drop-in
+# (UNIT.service.d/accel-daemon.conf) that starts the packaged unit through
+# accel-daemon's launcher with the unit's own arguments
+# (tools/systemd_switch.py); accel-daemon must be installed in the
+# service's own Python environment. --unswitch removes the drop-ins.
 #
 # --caller (repeatable) gives one calling service (cinder, nova...) its own
 # broker account and virtual host, accel-NAME, and its own directories and
@@ -55,6 +63,8 @@ STREAM_GROUP=accel-streams
 STREAM_USERS=${ACCEL_STREAM_USERS:-}
 TRANSPORT_URL=${ACCEL_TRANSPORT_URL:-}
 CALLERS=()
+SWITCH=
+UNSWITCH=
 STATE=/var/lib/accel-daemon
 ETC=/etc/accel-daemon
 UNIT_DIR=${ACCEL_SYSTEMD_UNIT_DIR:-/etc/systemd/system}
@@ -319,6 +329,44 @@ how_to_start() {
     fi
 }
 
+# --switch: a drop-in for each packaged unit that runs it through the
+# launcher (tools/systemd_switch.py renders it from the unit's own
+# ExecStart); the service is not restarted here.
+switch_services() {
+    local unit tmp dir
+    if [ ! -d "$SYSTEMD_RUN" ]; then
+        log "--switch: systemd does not run here; start the services with"
+        log "accel-cinder-volume / accel-nova-compute instead (doc/source/deployment.rst)"
+        return 1
+    fi
+    tmp=$(mktemp)
+    for unit in ${1//,/ }; do
+        if ! systemctl cat "$unit.service" |
+            /usr/bin/python3 "$ROOT/tools/systemd_switch.py" "$unit" >"$tmp"; then
+            rm -f "$tmp"
+            return 1
+        fi
+        dir=$UNIT_DIR/$unit.service.d
+        install -d -m 0755 "$dir"
+        install -m 0644 "$tmp" "$dir/accel-daemon.conf"
+        log "$unit: switched ($dir/accel-daemon.conf); restart it to use accel-daemon"
+    done
+    rm -f "$tmp"
+    systemctl daemon-reload
+}
+
+unswitch_services() {
+    local unit
+    for unit in ${1//,/ }; do
+        rm -f "$UNIT_DIR/$unit.service.d/accel-daemon.conf"
+        rmdir "$UNIT_DIR/$unit.service.d" 2>/dev/null || true
+        log "$unit: switched back; restart it"
+    done
+    if [ -d "$SYSTEMD_RUN" ]; then
+        systemctl daemon-reload
+    fi
+}
+
 main() {
     if [ "$(id -u)" -ne 0 ]; then
         log "run as root"
@@ -333,9 +381,20 @@ main() {
                 fi
                 CALLERS+=("$2")
                 shift 2 ;;
+            --switch|--unswitch)
+                if ! [[ "${2:-}" =~ ^(cinder-volume|nova-compute)(,(cinder-volume|nova-compute))*$ ]]; then
+                    log "$1 cinder-volume,nova-compute (one or both), got '${2:-}'"
+                    exit 2
+                fi
+                if [ "$1" = --switch ]; then SWITCH=$2; else UNSWITCH=$2; fi
+                shift 2 ;;
             *) log "unknown argument $1"; exit 2 ;;
         esac
     done
+    if [ -n "$UNSWITCH" ]; then
+        unswitch_services "$UNSWITCH"
+        return
+    fi
     if [ -n "$TRANSPORT_URL" ] && is_guest_url "$TRANSPORT_URL"; then
         log "refusing to deploy on the broker's guest account: any local"
         log "user may log in as guest and would be the daemon's caller"
@@ -353,6 +412,9 @@ main() {
     install_etc
     install_sudoers
     how_to_start
+    if [ -n "$SWITCH" ]; then
+        switch_services "$SWITCH"
+    fi
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

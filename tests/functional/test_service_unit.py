@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -197,3 +198,71 @@ def test_install_sh_passes_shellcheck():
     proc = subprocess.run(['shellcheck', '-x', INSTALL],
                           cwd=envfixture.ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def _fake_systemctl(tmp_path, unit_text):
+    """A systemctl that prints ``unit_text`` for ``cat`` and records
+    every call (this machine runs no systemd)."""
+    bindir = tmp_path / 'bin'
+    bindir.mkdir()
+    (tmp_path / 'unit.txt').write_text(unit_text)
+    script = bindir / 'systemctl'
+    script.write_text('#!/bin/sh\necho "$*" >> %s\n'
+                      'if [ "$1" = cat ]; then cat %s; fi\n'
+                      % (tmp_path / 'calls', tmp_path / 'unit.txt'))
+    script.chmod(0o755)
+    return bindir
+
+
+def test_install_sh_switches_a_packaged_unit_and_back(tmp_path):
+    # cinder-volume as Ubuntu packages it, its program a console script of
+    # a Python where accel-daemon is installed (this venv's).
+    program = tmp_path / 'cinder-volume'
+    program.write_text('#!%s\n' % sys.executable)
+    program.chmod(0o755)
+    unit = ('[Service]\nUser=cinder\nExecStart=%s --config-file='
+            '/etc/cinder/cinder.conf\n' % program)
+    bindir = _fake_systemctl(tmp_path, unit)
+    run_dir = tmp_path / 'run-systemd-system'
+    run_dir.mkdir()
+    unit_dir = tmp_path / 'etc-systemd-system'
+    env = {'PATH': '%s:%s' % (bindir, os.environ['PATH']),
+           'ACCEL_SYSTEMD_RUN_DIR': str(run_dir),
+           'ACCEL_SYSTEMD_UNIT_DIR': str(unit_dir)}
+    proc = subprocess.run(['bash', '-c', 'source "$1"; switch_services '
+                           'cinder-volume', 'x', INSTALL], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    dropin = unit_dir / 'cinder-volume.service.d' / 'accel-daemon.conf'
+    service = parse_unit(unit + dropin.read_text())['Service']
+    # The last ExecStart wins after the reset: the launcher, same args.
+    assert service['ExecStart'][-2:] == ['', '%s --config-file=/etc/cinder/'
+                                         'cinder.conf' % os.path.join(
+                                             os.path.dirname(sys.executable),
+                                             'accel-cinder-volume')]
+    assert service['Environment'] == ['OS_ACCEL_DAEMON_CLIENT__ENABLED=true']
+    assert 'restart it' in proc.stderr
+    calls = (tmp_path / 'calls').read_text().splitlines()
+    assert calls == ['cat cinder-volume.service', 'daemon-reload']
+    back = subprocess.run(['bash', '-c', 'source "$1"; unswitch_services '
+                           'cinder-volume', 'x', INSTALL], env=env,
+                          capture_output=True, text=True)
+    assert back.returncode == 0, back.stderr
+    assert not dropin.parent.exists()
+
+
+def test_install_sh_switch_refuses_a_unit_it_cannot_switch(tmp_path):
+    unit = '[Service]\nExecStart=/etc/init.d/cinder-volume systemd-start\n'
+    bindir = _fake_systemctl(tmp_path, unit)
+    run_dir = tmp_path / 'run-systemd-system'
+    run_dir.mkdir()
+    unit_dir = tmp_path / 'etc-systemd-system'
+    env = {'PATH': '%s:%s' % (bindir, os.environ['PATH']),
+           'ACCEL_SYSTEMD_RUN_DIR': str(run_dir),
+           'ACCEL_SYSTEMD_UNIT_DIR': str(unit_dir)}
+    proc = subprocess.run(['bash', '-c', 'source "$1"; switch_services '
+                           'cinder-volume', 'x', INSTALL], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert 'systemd_switch: cinder-volume:' in proc.stderr
+    assert not (unit_dir / 'cinder-volume.service.d').exists()
