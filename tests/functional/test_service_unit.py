@@ -110,13 +110,24 @@ def test_exec_start_is_what_install_sh_installs(unit):
     assert defaults['unit_dir'] == '/etc/systemd/system'
 
 
-def test_exec_start_config_is_the_one_the_sudoers_rule_allows(unit):
+def test_exec_start_config_is_the_one_the_helper_accepts(unit):
+    # The sudoers rule names the unit's venv's helper; the helper accepts
+    # the unit's configuration file (its default; install.sh writes the
+    # same into privsep-helper.conf).
+    from accel_daemon.privileged import helper_args
     argv = shlex.split(one(unit['Service'], 'ExecStart'))
     with open(SUDOERS) as f:
         rule = [ln for ln in f if ln.startswith('accel-daemon ALL')][0]
     venv_bin = os.path.dirname(argv[0])
-    assert ' %s ' % os.path.join(venv_bin, 'accel-privsep-helper') in rule
-    assert '--config-file %s ' % argv[2].replace('.', '[.]') in rule
+    assert rule.rstrip().endswith(
+        ' %s' % os.path.join(venv_bin, 'accel-privsep-helper'))
+    assert helper_args.Installed().config_files == (argv[2],)
+    with open(INSTALL) as f:
+        text = f.read()
+    # install_sudoers: "config-file $ETC/accel-daemon.conf" into the venv.
+    assert re.search(r'config-file %s\\n\' \\\n\s+"\$ETC/accel-daemon\.conf"',
+                     text), 'install.sh writes another configuration'
+    assert '"$VENV/etc/accel-daemon/privsep-helper.conf"' in text
 
 
 def test_no_option_that_stops_sudo(unit):
