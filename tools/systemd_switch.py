@@ -151,7 +151,7 @@ def render(service: str, unit_text: str,
         raise CannotSwitch('the unit has %d ExecStart commands, not one'
                            % len(commands))
     argv = split_command(commands[0])
-    if os.path.basename(argv[0]) in (SERVICES[service][0],):
+    if os.path.basename(argv[0]) == SERVICES[service][0]:
         raise CannotSwitch('the unit already runs %s' % argv[0])
     new = launcher(interpreter(argv[0]), service, run) + argv[1:]
     return ('# Written by accel-daemon (tools/install.sh --switch %s):\n'

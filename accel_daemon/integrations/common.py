@@ -23,6 +23,7 @@ caller's own code.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import inspect
 import logging
@@ -134,6 +135,22 @@ def _shape(func: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
     left out: a caller's may be strings or absent)."""
     return [(p.name, p.kind, p.default)
             for p in inspect.signature(func).parameters.values()]
+
+
+def without(func: Callable[..., Any], *names: str) -> Callable[..., Any]:
+    """``func`` with the parameters of a caller's release that lacks
+    ``names`` (each with a default): what ``Original``'s ``variants``
+    hold, matched by signature."""
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def variant(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+    variant.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values()
+                    if p.name not in names])
+    variant.__name__ = '%s_without_%s' % (func.__name__, '_'.join(names))
+    return variant
 
 
 class Refused(RuntimeError):

@@ -225,6 +225,24 @@ def _fake_systemctl(tmp_path, unit_text):
     return bindir
 
 
+def _switch_env(tmp_path, unit_text):
+    """install.sh's environment on a host where systemd runs (as it
+    sees it) and holds a unit of ``unit_text``; and its unit directory."""
+    bindir = _fake_systemctl(tmp_path, unit_text)
+    run_dir = tmp_path / 'run-systemd-system'
+    run_dir.mkdir()
+    unit_dir = tmp_path / 'etc-systemd-system'
+    return ({'PATH': '%s:%s' % (bindir, os.environ['PATH']),
+             'ACCEL_SYSTEMD_RUN_DIR': str(run_dir),
+             'ACCEL_SYSTEMD_UNIT_DIR': str(unit_dir)}, unit_dir)
+
+
+def _install_sh(env, call):
+    """One function of install.sh (sourced), e.g. ``switch_services X``."""
+    return subprocess.run(['bash', '-c', 'source "$1"; ' + call, 'x',
+                           INSTALL], env=env, capture_output=True, text=True)
+
+
 def test_install_sh_switches_a_packaged_unit_and_back(tmp_path):
     # cinder-volume as Ubuntu packages it, its program a console script of
     # a Python where accel-daemon is installed (this venv's).
@@ -233,16 +251,8 @@ def test_install_sh_switches_a_packaged_unit_and_back(tmp_path):
     program.chmod(0o755)
     unit = ('[Service]\nUser=cinder\nExecStart=%s --config-file='
             '/etc/cinder/cinder.conf\n' % program)
-    bindir = _fake_systemctl(tmp_path, unit)
-    run_dir = tmp_path / 'run-systemd-system'
-    run_dir.mkdir()
-    unit_dir = tmp_path / 'etc-systemd-system'
-    env = {'PATH': '%s:%s' % (bindir, os.environ['PATH']),
-           'ACCEL_SYSTEMD_RUN_DIR': str(run_dir),
-           'ACCEL_SYSTEMD_UNIT_DIR': str(unit_dir)}
-    proc = subprocess.run(['bash', '-c', 'source "$1"; switch_services '
-                           'cinder-volume', 'x', INSTALL], env=env,
-                          capture_output=True, text=True)
+    env, unit_dir = _switch_env(tmp_path, unit)
+    proc = _install_sh(env, 'switch_services cinder-volume')
     assert proc.returncode == 0, proc.stderr
     dropin = unit_dir / 'cinder-volume.service.d' / 'accel-daemon.conf'
     service = parse_unit(unit + dropin.read_text())['Service']
@@ -255,25 +265,15 @@ def test_install_sh_switches_a_packaged_unit_and_back(tmp_path):
     assert 'restart it' in proc.stderr
     calls = (tmp_path / 'calls').read_text().splitlines()
     assert calls == ['cat cinder-volume.service', 'daemon-reload']
-    back = subprocess.run(['bash', '-c', 'source "$1"; unswitch_services '
-                           'cinder-volume', 'x', INSTALL], env=env,
-                          capture_output=True, text=True)
+    back = _install_sh(env, 'unswitch_services cinder-volume')
     assert back.returncode == 0, back.stderr
     assert not dropin.parent.exists()
 
 
 def test_install_sh_switch_refuses_a_unit_it_cannot_switch(tmp_path):
     unit = '[Service]\nExecStart=/etc/init.d/cinder-volume systemd-start\n'
-    bindir = _fake_systemctl(tmp_path, unit)
-    run_dir = tmp_path / 'run-systemd-system'
-    run_dir.mkdir()
-    unit_dir = tmp_path / 'etc-systemd-system'
-    env = {'PATH': '%s:%s' % (bindir, os.environ['PATH']),
-           'ACCEL_SYSTEMD_RUN_DIR': str(run_dir),
-           'ACCEL_SYSTEMD_UNIT_DIR': str(unit_dir)}
-    proc = subprocess.run(['bash', '-c', 'source "$1"; switch_services '
-                           'cinder-volume', 'x', INSTALL], env=env,
-                          capture_output=True, text=True)
+    env, unit_dir = _switch_env(tmp_path, unit)
+    proc = _install_sh(env, 'switch_services cinder-volume')
     assert proc.returncode == 1
     assert 'systemd_switch: cinder-volume:' in proc.stderr
     assert not (unit_dir / 'cinder-volume.service.d').exists()

@@ -197,3 +197,16 @@ def test_stream_refusal_of_a_directory_this_user_cannot_enter(
                                         streams=str(closed)))
     assert reason.startswith('this service may not reach the stream '
                              'sockets in %s' % closed)
+
+
+def test_without_makes_the_variant_of_an_older_release(caller):
+    # The replacement minus a parameter the older release lacks: matched
+    # by signature, and it calls the replacement with the default.
+    def ours(source, dest, fmt, compress=False, new_parameter=False):
+        return ('ours', new_parameter)
+    older = common.without(ours, 'new_parameter')
+    original = common.Original(caller.__name__, 'convert', ours,
+                               variants=(older,))
+    common.install(original)
+    assert caller.convert is older
+    assert caller.convert('a', 'b', 'raw', compress=True) == ('ours', False)

@@ -6,7 +6,6 @@ each rendered drop-in is read back the way systemd merges it."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -14,18 +13,13 @@ import sys
 
 import pytest
 
+from tests import daemonproc
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'systemd_switch', ROOT / 'tools' / 'systemd_switch.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sw = _load_tool()
+sw = daemonproc.load_file('systemd_switch',
+                          str(ROOT / 'tools' / 'systemd_switch.py'))
 
 UBUNTU = '''# /usr/lib/systemd/system/cinder-volume.service
 [Unit]
